@@ -1,0 +1,687 @@
+//! The node's configuration file: one TOML file per node.
+//!
+//! Parsing is pure (a string in, a [`NodeConfig`] or a [`ConfigError`] out);
+//! reading the file is the runtime's job. Every table denies unknown keys, so a
+//! misspelt key is an error that names its line, never a silent default.
+//! Errors carry the file name, the line, the dotted key and what was expected.
+
+use crate::heartbeat::MAX_NAME;
+use crate::types::{Mode, NodeType};
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A whole node configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node: NodeSection,
+    #[serde(default)]
+    pub peer: Option<PeerSection>,
+    #[serde(default)]
+    pub heartbeat: HeartbeatSection,
+    #[serde(default)]
+    pub failback: FailbackSection,
+    #[serde(default)]
+    pub drain: DrainSection,
+    #[serde(default)]
+    pub arbiters: ArbiterSection,
+    #[serde(default)]
+    pub pbx: PbxSection,
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceSection>,
+    #[serde(default)]
+    pub service_policy: ServicePolicySection,
+    #[serde(default)]
+    pub api: ApiSection,
+}
+
+/// `[node]`: who this node is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Unique name in the cluster, sent in every heartbeat (1 to 64 bytes).
+    pub name: String,
+    #[serde(rename = "type")]
+    pub node_type: NodeType,
+    #[serde(default = "default_mode")]
+    pub mode: Mode,
+    /// Where the node keeps its persisted state (SQLite) and history.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+}
+
+/// `[peer]`: the other PBX node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    pub name: String,
+    /// The peer's heartbeat address (its VoIP interface).
+    pub address: SocketAddr,
+    /// A second heartbeat path (another interface pair); the peer is silent
+    /// only when every path is.
+    #[serde(default)]
+    pub extra_addresses: Vec<SocketAddr>,
+    /// The peer's API, shown on the dashboard and used for replication.
+    #[serde(default)]
+    pub api: Option<String>,
+}
+
+/// `[heartbeat]`: timers and the cluster key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatSection {
+    /// Local address the heartbeats are received on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub extra_listen: Vec<SocketAddr>,
+    #[serde(with = "humantime_serde", default = "default_interval")]
+    pub interval: Duration,
+    /// How long the Main must be silent (or report its PBX down) before the
+    /// Standby takes over.
+    #[serde(with = "humantime_serde", default = "default_failover_after")]
+    pub failover_after: Duration,
+    /// How long a starting Main waits to hear the Standby before it starts
+    /// anyway. Defaults to `failover_after`.
+    #[serde(with = "humantime_serde::option", default)]
+    pub startup_wait: Option<Duration>,
+    /// File holding the cluster key in hex (`resilience keygen`).
+    #[serde(default = "default_key_file")]
+    pub key_file: PathBuf,
+}
+
+/// When the returning Main takes the service back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailbackPolicyKind {
+    /// As soon as it hears the Standby (XiVO).
+    Immediate,
+    /// After the Main has been up and heard for `stable_for` (IP Office: 10 min).
+    Stable,
+    /// Only when an admin says so (`resilience failback`).
+    Manual,
+}
+
+/// Who keeps the service when a partition heals with both nodes Active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SplitBrainPolicy {
+    /// The Main, always; the Standby stops at once.
+    Main,
+    /// The node that activated last (higher epoch); the Main on a tie.
+    Latest,
+}
+
+/// `[failback]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailbackSection {
+    #[serde(default = "default_failback_policy")]
+    pub policy: FailbackPolicyKind,
+    #[serde(with = "humantime_serde", default = "default_stable_for")]
+    pub stable_for: Duration,
+    #[serde(default = "default_split_brain")]
+    pub split_brain: SplitBrainPolicy,
+    /// IP Office's homeless prevention: after failback starts, how long a
+    /// phone may still register with either system.
+    #[serde(with = "humantime_serde", default = "default_homeless_grace")]
+    pub homeless_grace: Duration,
+}
+
+/// `[drain]`: how the Standby hands over without cutting calls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainSection {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Longest wait for active calls to end before services stop anyway.
+    #[serde(with = "humantime_serde", default = "default_drain_timeout")]
+    pub timeout: Duration,
+    /// How often the active calls are counted while draining.
+    #[serde(with = "humantime_serde", default = "default_drain_poll")]
+    pub poll: Duration,
+    /// Command that prints the number of active calls.
+    #[serde(default)]
+    pub active_calls_command: Option<String>,
+}
+
+/// `[arbiters]`: witnesses the Standby must reach before it takes over.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ArbiterSection {
+    /// `host:port` addresses probed over TCP; any one reachable is enough.
+    #[serde(default)]
+    pub addresses: Vec<SocketAddr>,
+    #[serde(with = "humantime_serde", default = "default_arbiter_interval")]
+    pub interval: Duration,
+}
+
+/// `[pbx]`: how the local PBX's health is probed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PbxSection {
+    /// SIP address answered with OPTIONS (e.g. `127.0.0.1:5060`).
+    #[serde(default)]
+    pub sip_options: Option<SocketAddr>,
+    /// Optional command that exits 0 when the PBX is healthy.
+    #[serde(default)]
+    pub command: Option<String>,
+    #[serde(with = "humantime_serde", default = "default_pbx_interval")]
+    pub interval: Duration,
+}
+
+/// One `[[service]]`, started in file order and stopped in reverse.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    pub name: String,
+    /// A systemd unit controlled with `systemctl`.
+    #[serde(default)]
+    pub unit: Option<String>,
+    #[serde(default)]
+    pub start: Option<String>,
+    #[serde(default)]
+    pub stop: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(with = "humantime_serde", default = "default_service_timeout")]
+    pub timeout: Duration,
+}
+
+/// `[service_policy]`: what happens when services fail to start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServicePolicySection {
+    /// Attempts before the node gives up and reports a fault.
+    #[serde(default = "default_retries")]
+    pub start_attempts: u32,
+    #[serde(with = "humantime_serde", default = "default_retry_delay")]
+    pub retry_delay: Duration,
+    /// How long a faulted node stays out of the running before it may serve again.
+    #[serde(with = "humantime_serde", default = "default_fault_hold")]
+    pub fault_hold: Duration,
+}
+
+/// `[api]`: the HTTP API and dashboard.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    #[serde(default = "default_api_listen")]
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+fn default_mode() -> Mode {
+    Mode::Automatic
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/resilience")
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7400))
+}
+fn default_interval() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_failover_after() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_key_file() -> PathBuf {
+    PathBuf::from("/etc/resilience/cluster.key")
+}
+fn default_failback_policy() -> FailbackPolicyKind {
+    FailbackPolicyKind::Stable
+}
+fn default_stable_for() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_split_brain() -> SplitBrainPolicy {
+    SplitBrainPolicy::Main
+}
+fn default_homeless_grace() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_true() -> bool {
+    true
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_drain_poll() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_arbiter_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_pbx_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_service_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_retries() -> u32 {
+    3
+}
+fn default_retry_delay() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_fault_hold() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_api_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7480))
+}
+
+impl Default for HeartbeatSection {
+    fn default() -> Self {
+        HeartbeatSection {
+            listen: default_listen(),
+            extra_listen: Vec::new(),
+            interval: default_interval(),
+            failover_after: default_failover_after(),
+            startup_wait: None,
+            key_file: default_key_file(),
+        }
+    }
+}
+impl Default for FailbackSection {
+    fn default() -> Self {
+        FailbackSection {
+            policy: default_failback_policy(),
+            stable_for: default_stable_for(),
+            split_brain: default_split_brain(),
+            homeless_grace: default_homeless_grace(),
+        }
+    }
+}
+impl Default for DrainSection {
+    fn default() -> Self {
+        DrainSection {
+            enabled: true,
+            timeout: default_drain_timeout(),
+            poll: default_drain_poll(),
+            active_calls_command: None,
+        }
+    }
+}
+impl Default for PbxSection {
+    fn default() -> Self {
+        PbxSection {
+            sip_options: None,
+            command: None,
+            interval: default_pbx_interval(),
+        }
+    }
+}
+impl Default for ServicePolicySection {
+    fn default() -> Self {
+        ServicePolicySection {
+            start_attempts: default_retries(),
+            retry_delay: default_retry_delay(),
+            fault_hold: default_fault_hold(),
+        }
+    }
+}
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection {
+            listen: default_api_listen(),
+            token_file: None,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+/// A configuration that cannot be used, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub struct ConfigError {
+    /// The file as the user named it.
+    pub file: String,
+    /// 1-based line, when the error has a place.
+    pub line: Option<usize>,
+    /// Dotted key (`heartbeat.interval`, `service[1].name`), when known.
+    pub key: Option<String>,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+fn line_of(src: &str, offset: usize) -> usize {
+    src.as_bytes()[..offset.min(src.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Turn serde's path (`service.1.name`) into the user's (`service[1].name`).
+fn dotted(path: &serde_path_to_error::Path) -> Option<String> {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Find where a dotted key sits in the document, for errors found after
+/// deserialisation (validation). `service[1].name` style paths are understood;
+/// when a part is missing, the nearest enclosing key is given.
+fn locate(src: &str, key: &str) -> Option<usize> {
+    let doc = toml_edit::Document::parse(src).ok()?;
+    let mut table: &dyn toml_edit::TableLike = doc.as_table();
+    let mut best = None;
+    for part in key.split('.') {
+        let (name, index) = match part.split_once('[') {
+            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let Some((k, v)) = table.get_key_value(name) else {
+            break;
+        };
+        best = k.span().map(|s| s.start).or(best);
+        let next = match (v, index) {
+            (toml_edit::Item::ArrayOfTables(a), Some(i)) => a.get(i).map(|t| {
+                best = t.span().map(|s| s.start).or(best);
+                t as &dyn toml_edit::TableLike
+            }),
+            (v, None) => v.as_table_like(),
+            _ => None,
+        };
+        match next {
+            Some(t) => table = t,
+            None => break,
+        }
+    }
+    best
+}
+
+impl NodeConfig {
+    /// Parse and validate the text of a configuration file named `file`.
+    pub fn parse(file: &str, src: &str) -> Result<NodeConfig, ConfigError> {
+        let err = |line, key, message: String| ConfigError {
+            file: file.to_owned(),
+            line,
+            key,
+            message,
+        };
+        let de = toml::de::Deserializer::parse(src).map_err(|e| {
+            err(
+                e.span().map(|s| line_of(src, s.start)),
+                None,
+                e.message().to_owned(),
+            )
+        })?;
+        let cfg: NodeConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = dotted(e.path());
+            let inner = e.inner();
+            let line = inner.span().map(|s| line_of(src, s.start)).or_else(|| {
+                key.as_deref()
+                    .and_then(|k| locate(src, k))
+                    .map(|o| line_of(src, o))
+            });
+            err(line, key, explain(inner.message()))
+        })?;
+        cfg.validate().map_err(|(key, message)| {
+            let line = locate(src, &key).map(|o| line_of(src, o));
+            err(line, Some(key), message)
+        })?;
+        Ok(cfg)
+    }
+
+    /// Checks across keys that serde cannot express. Returns the key to blame.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |k: &str, m: String| Err((k.to_owned(), m));
+        let name_ok = |n: &str| !n.is_empty() && n.len() <= MAX_NAME;
+        if !name_ok(&self.node.name) {
+            return bad("node.name", format!("expected 1 to {MAX_NAME} bytes"));
+        }
+        match (&self.peer, self.node.node_type) {
+            (None, NodeType::Main | NodeType::Standby) => {
+                return bad(
+                    "node.type",
+                    format!(
+                        "a {} node needs a [peer] table with the other node's name and address",
+                        self.node.node_type
+                    ),
+                )
+            }
+            (Some(p), _) if !name_ok(&p.name) => {
+                return bad("peer.name", format!("expected 1 to {MAX_NAME} bytes"))
+            }
+            (Some(p), _) if p.name == self.node.name => {
+                return bad("peer.name", "must differ from node.name".into())
+            }
+            _ => {}
+        }
+        let hb = &self.heartbeat;
+        if hb.interval.is_zero() {
+            return bad(
+                "heartbeat.interval",
+                "expected a duration above zero".into(),
+            );
+        }
+        if hb.failover_after < hb.interval * 3 {
+            return bad(
+                "heartbeat.failover_after",
+                format!(
+                    "expected at least 3 heartbeat intervals ({:?}); a shorter window fails over on a few lost packets",
+                    hb.interval * 3
+                ),
+            );
+        }
+        if self.failback.policy == FailbackPolicyKind::Stable && self.failback.stable_for.is_zero()
+        {
+            return bad(
+                "failback.stable_for",
+                "expected a duration above zero (or policy = \"immediate\")".into(),
+            );
+        }
+        if self.drain.poll.is_zero() {
+            return bad("drain.poll", "expected a duration above zero".into());
+        }
+        if self.service_policy.start_attempts == 0 {
+            return bad(
+                "service_policy.start_attempts",
+                "expected at least 1".into(),
+            );
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, s) in self.services.iter().enumerate() {
+            if s.name.is_empty() {
+                return bad(
+                    &format!("service[{i}].name"),
+                    "expected a non-empty name".into(),
+                );
+            }
+            if !names.insert(&s.name) {
+                return bad(
+                    &format!("service[{i}].name"),
+                    format!("service `{}` is listed twice", s.name),
+                );
+            }
+            match (&s.unit, &s.start, &s.stop) {
+                (Some(_), None, None) | (None, Some(_), Some(_)) => {}
+                (Some(_), _, _) => {
+                    return bad(
+                        &format!("service[{i}].unit"),
+                        "give either `unit` or `start` and `stop` commands, not both".into(),
+                    )
+                }
+                _ => {
+                    return bad(
+                        &format!("service[{i}]"),
+                        "expected `unit = \"name.service\"`, or both `start` and `stop` commands"
+                            .into(),
+                    )
+                }
+            }
+        }
+        if self.api.tls_cert.is_some() != self.api.tls_key.is_some() {
+            return bad(
+                "api.tls_cert",
+                "`tls_cert` and `tls_key` go together".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The startup wait in force (defaults to `failover_after`).
+    pub fn startup_wait(&self) -> Duration {
+        self.heartbeat
+            .startup_wait
+            .unwrap_or(self.heartbeat.failover_after)
+    }
+}
+
+/// Serde's messages, made to say what is expected in this file's terms.
+fn explain(msg: &str) -> String {
+    if msg.contains("expected a duration")
+        || msg.contains("time unit")
+        || msg.contains("invalid duration")
+        || msg.contains("number is expected")
+        || msg.contains("unknown unit")
+    {
+        format!("{msg}; expected a duration such as \"200ms\", \"3s\" or \"10m\"")
+    } else {
+        msg.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAIN: &str = r#"
+[node]
+name = "pbx-main"
+type = "main"
+
+[peer]
+name = "pbx-standby"
+address = "127.0.0.1:7401"
+
+[heartbeat]
+interval = "200ms"
+failover_after = "3s"
+
+[[service]]
+name = "asterisk"
+unit = "asterisk.service"
+
+[[service]]
+name = "xivo-ctid"
+start = "systemctl start xivo-ctid"
+stop = "systemctl stop xivo-ctid"
+"#;
+
+    #[test]
+    fn parses_a_good_file() {
+        let c = NodeConfig::parse("main.toml", MAIN).unwrap();
+        assert_eq!(c.node.node_type, NodeType::Main);
+        assert_eq!(c.heartbeat.interval, Duration::from_millis(200));
+        assert_eq!(c.failback.stable_for, Duration::from_secs(600));
+        assert_eq!(c.services.len(), 2);
+        assert_eq!(c.startup_wait(), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn misspelt_key_names_line_and_key() {
+        let src = MAIN.replace("failover_after", "failover_aftr");
+        let e = NodeConfig::parse("main.toml", &src).unwrap_err();
+        assert_eq!(e.line, Some(12), "{e}");
+        assert!(e.to_string().contains("failover_aftr"), "{e}");
+        assert!(e.to_string().starts_with("main.toml:12"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_line_and_key() {
+        let src = MAIN.replace("\"3s\"", "\"3 parsecs\"");
+        let e = NodeConfig::parse("main.toml", &src).unwrap_err();
+        assert_eq!(e.line, Some(12), "{e}");
+        assert_eq!(e.key.as_deref(), Some("heartbeat.failover_after"), "{e}");
+        assert!(e.message.contains("duration"), "{e}");
+    }
+
+    #[test]
+    fn bad_enum_value_names_line_and_key() {
+        let src = MAIN.replace("type = \"main\"", "type = \"primary\"");
+        let e = NodeConfig::parse("main.toml", &src).unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+        assert_eq!(e.key.as_deref(), Some("node.type"), "{e}");
+        assert!(e.message.contains("main"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let src = MAIN.replace("interval = \"200ms\"", "interval = \"200ms");
+        let e = NodeConfig::parse("main.toml", &src).unwrap_err();
+        assert_eq!(e.line, Some(11), "{e}");
+    }
+
+    #[test]
+    fn validation_errors_name_line_and_key() {
+        let src = MAIN.replace("failover_after = \"3s\"", "failover_after = \"400ms\"");
+        let e = NodeConfig::parse("main.toml", &src).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("heartbeat.failover_after"), "{e}");
+        assert_eq!(e.line, Some(12), "{e}");
+
+        let src = MAIN.replace("name = \"xivo-ctid\"", "name = \"asterisk\"");
+        let e = NodeConfig::parse("main.toml", &src).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("service[1].name"), "{e}");
+        assert_eq!(e.line, Some(19), "{e}");
+
+        let src = MAIN.replace("name = \"pbx-standby\"", "name = \"pbx-main\"");
+        let e = NodeConfig::parse("main.toml", &src).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("peer.name"), "{e}");
+        assert_eq!(e.line, Some(7), "{e}");
+    }
+
+    #[test]
+    fn main_without_peer_is_refused() {
+        let src = "[node]\nname = \"a\"\ntype = \"standby\"\n";
+        let e = NodeConfig::parse("s.toml", src).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("node.type"));
+        assert_eq!(e.line, Some(3));
+        let ok = "[node]\nname = \"a\"\ntype = \"disabled\"\n";
+        NodeConfig::parse("d.toml", ok).unwrap();
+    }
+
+    #[test]
+    fn missing_required_key() {
+        let src = "[node]\ntype = \"disabled\"\n";
+        let e = NodeConfig::parse("d.toml", src).unwrap_err();
+        assert!(e.message.contains("name"), "{e}");
+    }
+}

@@ -1,0 +1,23 @@
+//! resilience-core: the sans-IO heart of Resilience.
+//!
+//! Everything here is a plain value or a state machine that takes inputs and
+//! time as arguments and hands back outputs. No sockets, no clocks, no threads:
+//! the runtime (`crates/resilience`) does the I/O, so every decision can be
+//! replayed exactly in the simulator (`tests/sim`).
+//!
+//! - [`config`]: the node's TOML file, parsed and validated with line numbers.
+//! - [`heartbeat`]: the authenticated heartbeat frame and its replay guard.
+//! - [`node`]: the node state machine (failover, failback, drain, manual mode).
+//! - [`types`]: node type, mode, status, PBX health.
+
+pub mod config;
+pub mod heartbeat;
+pub mod node;
+pub mod types;
+
+pub use heartbeat::{ClusterKey, Frame, Reject};
+pub use node::{
+    Action, ActionError, ActionId, ActionKind, ActionOutcome, Command, Event, EventKind, Input,
+    InputError, Node, Output, Persisted, Settings, Transmit,
+};
+pub use types::{Mode, NodeType, PbxHealth, Status};

@@ -1,0 +1,120 @@
+//! Every decision the node makes, with its reason.
+
+use crate::heartbeat::Reject;
+use crate::types::{Mode, NodeType, Status};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// A state change or a decision, for the log, the history and the page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub at: Instant,
+    pub kind: EventKind,
+    /// Why, in words an admin reads.
+    pub reason: String,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// The node (re)started from its persisted facts.
+    Booted {
+        node_type: NodeType,
+        mode: Mode,
+        epoch: u64,
+        boot: u64,
+    },
+    StatusChanged {
+        from: Status,
+        to: Status,
+    },
+    /// The XiVO "active" flag flipped (logged in XiVO's words).
+    ActiveChanged {
+        from: bool,
+        to: bool,
+    },
+    PeerHeard {
+        status: Status,
+    },
+    PeerSilent {
+        silent_for: Duration,
+    },
+    /// The peer's configuration disagrees with ours (same type, other mode).
+    PeerMismatch,
+    /// The Main waits before asking for the service back.
+    FailbackPending,
+    /// The Main asks the Standby to hand over.
+    FailbackRequested,
+    DrainStarted,
+    DrainCancelled,
+    ServiceStartFailed {
+        attempt: u32,
+        of: u32,
+    },
+    ServiceStopFailed,
+    /// The node will not serve for a while and tells its peer so.
+    Faulted {
+        until: Duration,
+    },
+    FaultCleared,
+    /// The Standby would take over but may not (no arbiter reachable).
+    FailoverBlocked,
+    /// Both nodes claim the service; the loser steps down.
+    SplitBrain {
+        own_epoch: u64,
+        peer_epoch: u64,
+        winner: bool,
+    },
+    CommandAccepted,
+    CommandRefused,
+    /// Heartbeats dropped for this reason so far (logged at 1, 10, 100, …).
+    FrameRejected {
+        reject: Reject,
+        count: u64,
+    },
+    /// An action the node does not depend on failed (persisting, counting calls).
+    ActionFailed,
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use EventKind::*;
+        match &self.kind {
+            Booted { node_type, mode, epoch, boot } => {
+                write!(f, "node started as {node_type} in {mode} mode (epoch {epoch}, boot {boot})")?
+            }
+            StatusChanged { from, to } => write!(f, "status {from} -> {to}")?,
+            ActiveChanged { from, to } => {
+                write!(f, "Updating resilience state, from: {from} to: {to}")?
+            }
+            PeerHeard { status } => write!(f, "peer heard (status {status})")?,
+            PeerSilent { silent_for } => write!(f, "peer silent for {silent_for:?}")?,
+            PeerMismatch => f.write_str("peer configuration mismatch")?,
+            FailbackPending => f.write_str("failback pending")?,
+            FailbackRequested => f.write_str("failback requested")?,
+            DrainStarted => f.write_str("drain started")?,
+            DrainCancelled => f.write_str("drain cancelled")?,
+            ServiceStartFailed { attempt, of } => {
+                write!(f, "services failed to start (attempt {attempt} of {of})")?
+            }
+            ServiceStopFailed => f.write_str("services failed to stop")?,
+            Faulted { until } => write!(f, "node faulted, yielding for {until:?}")?,
+            FaultCleared => f.write_str("fault cleared")?,
+            FailoverBlocked => f.write_str("failover blocked")?,
+            SplitBrain { own_epoch, peer_epoch, winner } => write!(
+                f,
+                "both nodes active (epoch {own_epoch} here, {peer_epoch} on the peer): this node {}",
+                if *winner { "stays active" } else { "steps down" }
+            )?,
+            CommandAccepted => f.write_str("command accepted")?,
+            CommandRefused => f.write_str("command refused")?,
+            FrameRejected { reject, count } => write!(f, "heartbeat dropped ({count} so far): {reject}")?,
+            ActionFailed => f.write_str("action failed")?,
+        }
+        if !self.reason.is_empty() {
+            write!(f, " — {}", self.reason)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,57 @@
+//! What a node knows of its peer: the last authenticated frame and when.
+
+use crate::heartbeat::{Frame, Reject, ReplayGuard};
+use std::time::Instant;
+
+#[derive(Debug)]
+pub(super) struct Peer {
+    guard: ReplayGuard,
+    last: Option<(Instant, Frame)>,
+    /// Start of the current unbroken run of hearing the peer.
+    heard_since: Option<Instant>,
+    /// Whether the node last reported the peer as heard (for events).
+    reported_alive: bool,
+}
+
+impl Peer {
+    pub(super) fn new(_name: Option<String>, peer_boot: u64) -> Peer {
+        Peer {
+            guard: ReplayGuard::new(peer_boot),
+            last: None,
+            heard_since: None,
+            reported_alive: false,
+        }
+    }
+
+    /// Keep an authenticated frame unless it is replayed or stale.
+    pub(super) fn accept(&mut self, now: Instant, frame: Frame) -> Result<(), Reject> {
+        self.guard.check(frame.boot, frame.seq)?;
+        self.last = Some((now, frame));
+        Ok(())
+    }
+
+    pub(super) fn boot(&self) -> u64 {
+        self.guard.boot()
+    }
+
+    pub(super) fn frame(&self) -> Option<&Frame> {
+        self.last.as_ref().map(|(_, f)| f)
+    }
+
+    pub(super) fn last_heard(&self) -> Option<Instant> {
+        self.last.as_ref().map(|(t, _)| *t)
+    }
+
+    pub(super) fn heard_since(&self) -> Option<Instant> {
+        self.heard_since
+    }
+
+    pub(super) fn reported_alive(&self) -> bool {
+        self.reported_alive
+    }
+
+    pub(super) fn set_reported_alive(&mut self, alive: bool, now: Instant) {
+        self.reported_alive = alive;
+        self.heard_since = alive.then_some(self.last_heard().unwrap_or(now));
+    }
+}

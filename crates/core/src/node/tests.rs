@@ -1,0 +1,204 @@
+//! Unit tests of single rules; whole scenarios live in `tests/` (the simulator).
+use super::*;
+
+fn settings(name: &str, peer: &str, node_type: NodeType, mode: Mode) -> Settings {
+    Settings {
+        name: name.into(),
+        node_type,
+        mode,
+        peer_name: Some(peer.into()),
+        peer_addrs: vec!["127.0.0.1:7400".parse().unwrap()],
+        interval: Duration::from_millis(200),
+        failover_after: Duration::from_secs(3),
+        startup_wait: Duration::from_secs(3),
+        failback: FailbackPolicy::Immediate,
+        split_brain: SplitBrainPolicy::Main,
+        drain: None,
+        arbiters: false,
+        start_attempts: 3,
+        retry_delay: Duration::from_secs(1),
+        fault_hold: Duration::from_secs(60),
+        key: crate::ClusterKey::new(&[1; 32]).unwrap(),
+    }
+}
+
+fn drain(node: &mut Node) -> Vec<Output> {
+    let mut v = Vec::new();
+    loop {
+        match node.poll_output() {
+            Output::Timeout(_) => return v,
+            o => v.push(o),
+        }
+    }
+}
+
+#[test]
+fn boot_persists_a_new_boot_id_and_logs_it() {
+    let now = Instant::now();
+    let p = Persisted {
+        epoch: 7,
+        boot: 4,
+        peer_boot: 2,
+        admin: None,
+    };
+    let mut n = Node::new(
+        settings("a", "b", NodeType::Standby, Mode::Automatic),
+        p,
+        now,
+    );
+    let out = drain(&mut n);
+    assert!(out.iter().any(|o| matches!(o, Output::Action(Action { kind: ActionKind::Persist(p), .. }) if p.boot == 5 && p.epoch == 7)));
+    assert!(out.iter().any(|o| matches!(o, Output::Event(e) if matches!(e.kind, EventKind::Booted { boot: 5, epoch: 7, .. }))));
+    assert_eq!(n.status(), Status::Inactive);
+}
+
+#[test]
+fn active_flag_event_uses_xivo_words() {
+    let now = Instant::now();
+    let mut n = Node::new(
+        settings("a", "b", NodeType::Main, Mode::Manual),
+        Persisted::default(),
+        now,
+    );
+    drain(&mut n);
+    n.handle_input(Input::Command(now, Command::StartServices { force: false }))
+        .unwrap();
+    let out = drain(&mut n);
+    let id = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Action(Action {
+                id,
+                kind: ActionKind::StartServices,
+            }) => Some(*id),
+            _ => None,
+        })
+        .expect("start action");
+    n.handle_input(Input::ActionDone(now, id, Ok(ActionOutcome::Done)))
+        .unwrap();
+    let lines: Vec<String> = drain(&mut n)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Event(e) => Some(e.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("Updating resilience state, from: false to: true")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn disabled_node_serves_alone_and_refuses_commands() {
+    let now = Instant::now();
+    let mut s = settings("a", "b", NodeType::Disabled, Mode::Automatic);
+    s.peer_name = None;
+    s.peer_addrs.clear();
+    let mut n = Node::new(s, Persisted::default(), now);
+    let out = drain(&mut n);
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Action(Action {
+            kind: ActionKind::StartServices,
+            ..
+        })
+    )));
+    assert!(!out.iter().any(|o| matches!(o, Output::Transmit(_))));
+    let e = n
+        .handle_input(Input::Command(now, Command::StopServices))
+        .unwrap_err();
+    assert!(matches!(e, InputError::Refused { .. }));
+}
+
+#[test]
+fn garbage_datagram_is_counted_not_trusted() {
+    let now = Instant::now();
+    let mut n = Node::new(
+        settings("a", "b", NodeType::Standby, Mode::Automatic),
+        Persisted::default(),
+        now,
+    );
+    drain(&mut n);
+    let from = "127.0.0.1:1".parse().unwrap();
+    for _ in 0..3 {
+        let e = n
+            .handle_input(Input::Datagram(now, from, b"hello"))
+            .unwrap_err();
+        assert_eq!(e, InputError::Rejected(Reject::BadMagic));
+    }
+    let snap = n.snapshot(now);
+    assert_eq!(
+        snap.rejected
+            .iter()
+            .find(|(l, _)| *l == "bad_magic")
+            .unwrap()
+            .1,
+        3
+    );
+    assert!(!snap.peer.unwrap().heard);
+}
+
+#[test]
+fn frames_from_self_or_strangers_are_refused() {
+    let now = Instant::now();
+    let s = settings("a", "b", NodeType::Standby, Mode::Automatic);
+    let key = s.key.clone();
+    let mut n = Node::new(s, Persisted::default(), now);
+    let from = "127.0.0.1:1".parse().unwrap();
+    let mut f = Frame {
+        node_type: NodeType::Main,
+        mode: Mode::Automatic,
+        status: Status::Active,
+        pbx: PbxHealth::Up,
+        flags: Flags::default(),
+        boot: 1,
+        seq: 1,
+        epoch: 1,
+        replication: 0,
+        calls: None,
+        name: "a".into(),
+    };
+    let bytes = heartbeat::encode(&f, &key);
+    assert_eq!(
+        n.handle_input(Input::Datagram(now, from, &bytes)),
+        Err(InputError::Rejected(Reject::FromSelf))
+    );
+    f.name = "mallory".into();
+    let bytes = heartbeat::encode(&f, &key);
+    assert_eq!(
+        n.handle_input(Input::Datagram(now, from, &bytes)),
+        Err(InputError::Rejected(Reject::UnknownSender))
+    );
+    f.name = "b".into();
+    let bytes = heartbeat::encode(&f, &key);
+    assert_eq!(n.handle_input(Input::Datagram(now, from, &bytes)), Ok(()));
+    assert_eq!(
+        n.handle_input(Input::Datagram(now, from, &bytes)),
+        Err(InputError::Rejected(Reject::Replayed))
+    );
+    assert!(n.snapshot(now).peer.unwrap().heard);
+}
+
+#[test]
+fn deadline_is_never_in_the_past() {
+    let now = Instant::now();
+    let mut n = Node::new(
+        settings("a", "b", NodeType::Standby, Mode::Automatic),
+        Persisted::default(),
+        now,
+    );
+    let mut t = now;
+    for _ in 0..100 {
+        let next = loop {
+            if let Output::Timeout(at) = n.poll_output() {
+                break at;
+            }
+        };
+        assert!(next > t);
+        t = next;
+        n.handle_input(Input::Timeout(t)).unwrap();
+    }
+}
