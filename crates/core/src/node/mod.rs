@@ -405,13 +405,16 @@ impl Node {
                 self.set_status(Status::Inactive, format!("services failed to start: {e}"));
                 if aborted {
                     // It was to be stopped anyway.
-                } else if self.failed_starts >= of {
-                    self.failed_starts = 0;
-                    self.enter_fault(format!(
-                        "services failed to start {of} times; last error: {e}"
-                    ));
                 } else {
+                    // Even a faulted node retries, slowly, when no one else
+                    // serves (its fault only tells a healthy peer to take over).
                     self.retry_at = Some(self.now + self.s.retry_delay);
+                    if self.failed_starts >= of {
+                        self.failed_starts = 0;
+                        self.enter_fault(format!(
+                            "services failed to start {of} times; last error: {e}"
+                        ));
+                    }
                 }
             }
             (ServiceOp::Stop, Ok(_)) => {

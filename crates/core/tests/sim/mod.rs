@@ -1,0 +1,746 @@
+//! Deterministic simulator of a Main/Standby pair (raft-rs `harness/network.rs`
+//! and str0m's `tests/common.rs` for the shape).
+//!
+//! Two [`Node`]s, links that can be cut one way or both, lossy, delayed and
+//! duplicating (seeded), stand-in services with latency and injectable
+//! failures, a PBX probe, an arbiter, crashes and reboots from the persisted
+//! facts. Time is virtual: the harness jumps from one deadline to the next, so
+//! a simulated hour takes milliseconds. After every step [`Cluster::step`]
+//! checks the invariants and returns the first violation.
+
+#![allow(dead_code)]
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use resilience_core::config::SplitBrainPolicy;
+use resilience_core::node::{AdminChoice, DrainPolicy, FailbackPolicy};
+use resilience_core::{
+    Action, ActionId, ActionKind, ActionOutcome, ClusterKey, Command, EventKind, Input, InputError,
+    Mode, Node, NodeType, Output, PbxHealth, Persisted, Settings, Status,
+};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+pub const MAIN: usize = 0;
+pub const STANDBY: usize = 1;
+
+/// The timers a scenario runs with.
+#[derive(Debug, Clone)]
+pub struct Timers {
+    pub interval: Duration,
+    pub failover_after: Duration,
+    pub startup_wait: Duration,
+    pub failback: FailbackPolicy,
+    pub split_brain: SplitBrainPolicy,
+    pub drain: Option<DrainPolicy>,
+    pub arbiters: bool,
+    pub start_attempts: u32,
+    pub retry_delay: Duration,
+    pub fault_hold: Duration,
+    pub mode: Mode,
+}
+
+impl Default for Timers {
+    /// The shipped defaults (config.rs), with a short stable time so
+    /// scenarios see failback within minutes.
+    fn default() -> Self {
+        Timers {
+            interval: Duration::from_millis(200),
+            failover_after: Duration::from_secs(3),
+            startup_wait: Duration::from_secs(3),
+            failback: FailbackPolicy::Stable(Duration::from_secs(60)),
+            split_brain: SplitBrainPolicy::Main,
+            drain: Some(DrainPolicy {
+                timeout: Duration::from_secs(30),
+                poll: Duration::from_secs(1),
+            }),
+            arbiters: false,
+            start_attempts: 3,
+            retry_delay: Duration::from_secs(2),
+            fault_hold: Duration::from_secs(60),
+            mode: Mode::Automatic,
+        }
+    }
+}
+
+pub fn addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7400 + i as u16))
+}
+
+pub const NAMES: [&str; 2] = ["pbx-main", "pbx-standby"];
+
+pub fn settings(i: usize, t: &Timers) -> Settings {
+    Settings {
+        name: NAMES[i].into(),
+        node_type: if i == MAIN { NodeType::Main } else { NodeType::Standby },
+        mode: t.mode,
+        peer_name: Some(NAMES[1 - i].into()),
+        peer_addrs: vec![addr(1 - i)],
+        interval: t.interval,
+        failover_after: t.failover_after,
+        startup_wait: t.startup_wait,
+        failback: t.failback,
+        split_brain: t.split_brain,
+        drain: t.drain,
+        arbiters: t.arbiters,
+        start_attempts: t.start_attempts,
+        retry_delay: t.retry_delay,
+        fault_hold: t.fault_hold,
+        key: ClusterKey::new(b"simulated cluster key, 32 bytes!").expect("key"),
+    }
+}
+
+/// One direction of the network between the nodes.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub up: bool,
+    /// Probability that a frame is lost.
+    pub loss: f64,
+    /// Probability that a delivered frame is delivered twice.
+    pub dup: f64,
+    pub delay_min: Duration,
+    pub delay_max: Duration,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Link {
+            up: true,
+            loss: 0.0,
+            dup: 0.0,
+            delay_min: Duration::from_millis(1),
+            delay_max: Duration::from_millis(5),
+        }
+    }
+}
+
+/// A host: the node (None while crashed), its disk and its services.
+pub struct Host {
+    pub settings: Settings,
+    pub node: Option<Node>,
+    /// What the node persisted; survives crashes.
+    pub disk: Persisted,
+    /// Services possibly running: from the start order to the end of a stop.
+    pub services: bool,
+    pub start_latency: Duration,
+    pub stop_latency: Duration,
+    /// The next N starts fail.
+    pub fail_starts: u32,
+    /// The PBX answers its probe when running.
+    pub pbx_ok: bool,
+    pub calls: u32,
+    /// Whether calls end while the node drains.
+    pub calls_end: bool,
+    pub arbiter: bool,
+    deadline: Option<Instant>,
+    generation: u64,
+    reported_pbx: Option<PbxHealth>,
+    reported_arbiter: Option<bool>,
+    pub booted_at: Instant,
+    /// Successful activations (Active flag false -> true) since boot.
+    pub activations: u32,
+    /// Start decisions (status -> Starting) since boot.
+    pub starts: u32,
+}
+
+impl Host {
+    pub fn alive(&self) -> bool {
+        self.node.is_some()
+    }
+    pub fn status(&self) -> Option<Status> {
+        self.node.as_ref().map(|n| n.status())
+    }
+    pub fn is_active(&self) -> bool {
+        self.node.as_ref().is_some_and(|n| n.is_active())
+    }
+    pub fn node(&self) -> &Node {
+        self.node.as_ref().expect("node is up")
+    }
+}
+
+#[derive(Debug)]
+enum What {
+    Packet { to: usize, bytes: Vec<u8> },
+    Done { host: usize, generation: u64, id: ActionId, kind: ActionKind },
+}
+
+#[derive(Debug)]
+struct Pending {
+    at: Instant,
+    seq: u64,
+    what: What,
+}
+impl PartialEq for Pending {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+/// What the invariant checker has seen.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    /// Standby start decisions while the Main was reachable and not yielding.
+    pub false_failovers: u32,
+    /// Standby activations during a Main outage.
+    pub failovers: u32,
+    /// Handovers from the Standby back to the Main.
+    pub failbacks: u32,
+    pub frames_sent: u64,
+    pub frames_rejected: u64,
+}
+
+pub struct Cluster {
+    pub base: Instant,
+    pub now: Instant,
+    pub rng: ChaCha8Rng,
+    pub hosts: Vec<Host>,
+    /// `links[from][to]`.
+    pub links: [[Link; 2]; 2],
+    queue: BinaryHeap<Reverse<Pending>>,
+    seq: u64,
+    /// Last lines of the log, printed when an invariant fails.
+    pub log: VecDeque<String>,
+    pub log_all: bool,
+    pub check: bool,
+    pub stats: Stats,
+    pub timers: Timers,
+    /// Last time the topology changed (link cut/heal, crash, reboot).
+    pub disturbed_at: Instant,
+    /// Since when the Main has been unreachable from the Standby.
+    pub outage_since: Option<Instant>,
+    /// Liveness is not checked before this time (an injected failure runs).
+    pub exempt_until: Instant,
+    /// Since when no node has been active.
+    none_active_since: Option<Instant>,
+    outage_activations: u32,
+}
+
+const LOG_KEEP: usize = 400;
+
+impl Cluster {
+    pub fn new(seed: u64, timers: Timers) -> Cluster {
+        let base = Instant::now();
+        let mut c = Cluster {
+            base,
+            now: base,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            hosts: Vec::new(),
+            links: Default::default(),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            log: VecDeque::new(),
+            log_all: false,
+            check: true,
+            stats: Stats::default(),
+            disturbed_at: base,
+            outage_since: None,
+            exempt_until: base,
+            none_active_since: None,
+            outage_activations: 0,
+            timers: timers.clone(),
+        };
+        for i in 0..2 {
+            c.hosts.push(Host {
+                settings: settings(i, &timers),
+                node: None,
+                disk: Persisted::default(),
+                services: false,
+                start_latency: Duration::from_millis(500),
+                stop_latency: Duration::from_millis(300),
+                fail_starts: 0,
+                pbx_ok: true,
+                calls: 0,
+                calls_end: true,
+                arbiter: true,
+                deadline: None,
+                generation: 0,
+                reported_pbx: None,
+                reported_arbiter: None,
+                booted_at: base,
+                activations: 0,
+                starts: 0,
+            });
+        }
+        c
+    }
+
+    /// A cluster with both nodes booted at time zero.
+    pub fn started(seed: u64, timers: Timers) -> Cluster {
+        let mut c = Cluster::new(seed, timers);
+        c.boot(MAIN);
+        c.boot(STANDBY);
+        c
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.now - self.base
+    }
+
+    pub fn note(&mut self, line: String) {
+        let line = format!("{:>9.3}s {line}", self.elapsed().as_secs_f64());
+        if self.log_all {
+            eprintln!("{line}");
+        }
+        if self.log.len() == LOG_KEEP {
+            self.log.pop_front();
+        }
+        self.log.push_back(line);
+    }
+
+    pub fn dump_log(&self) -> String {
+        self.log.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    // ---- faults ------------------------------------------------------
+
+    pub fn boot(&mut self, i: usize) {
+        let h = &mut self.hosts[i];
+        if h.node.is_some() {
+            return;
+        }
+        h.generation += 1;
+        h.node = Some(Node::new(h.settings.clone(), h.disk, self.now));
+        h.deadline = None;
+        h.reported_pbx = None;
+        h.reported_arbiter = None;
+        h.booted_at = self.now;
+        h.activations = 0;
+        h.starts = 0;
+        self.disturbed_at = self.now;
+        if i == STANDBY {
+            self.outage_activations = 0;
+        }
+        self.note(format!("== boot {}", NAMES[i]));
+        self.drain_outputs(i);
+        self.update_outage();
+    }
+
+    /// The host dies: its daemon and its services.
+    pub fn crash(&mut self, i: usize) {
+        let h = &mut self.hosts[i];
+        if h.node.take().is_none() {
+            return;
+        }
+        h.services = false;
+        h.deadline = None;
+        self.disturbed_at = self.now;
+        self.note(format!("== crash {}", NAMES[i]));
+        self.update_outage();
+    }
+
+    pub fn set_link(&mut self, from: usize, to: usize, up: bool) {
+        if self.links[from][to].up != up {
+            self.links[from][to].up = up;
+            self.disturbed_at = self.now;
+            self.note(format!(
+                "== link {} -> {} {}",
+                NAMES[from],
+                NAMES[to],
+                if up { "healed" } else { "cut" }
+            ));
+            self.update_outage();
+        }
+    }
+
+    pub fn cut(&mut self) {
+        self.set_link(MAIN, STANDBY, false);
+        self.set_link(STANDBY, MAIN, false);
+    }
+
+    pub fn heal(&mut self) {
+        self.set_link(MAIN, STANDBY, true);
+        self.set_link(STANDBY, MAIN, true);
+    }
+
+    /// The arbiter answers host `i` or not. Liveness is measured from the
+    /// moment it answers again.
+    pub fn set_arbiter(&mut self, i: usize, ok: bool) {
+        if self.hosts[i].arbiter != ok {
+            self.hosts[i].arbiter = ok;
+            self.note(format!("== arbiter {} for {}", if ok { "answers" } else { "silent" }, NAMES[i]));
+            if ok {
+                self.exempt_until = self.exempt_until.max(self.now);
+            }
+        }
+    }
+
+    /// The next `n` service starts on host `i` fail. Liveness allows for the
+    /// retries.
+    pub fn fail_starts(&mut self, i: usize, n: u32) {
+        let h = &mut self.hosts[i];
+        h.fail_starts = n;
+        let per_try = h.start_latency + self.timers.retry_delay;
+        self.exempt_until = self.exempt_until.max(self.now + per_try * n);
+        self.note(format!("== next {n} starts fail on {}", NAMES[i]));
+    }
+
+    pub fn set_loss(&mut self, loss: f64) {
+        for l in self.links.iter_mut().flatten() {
+            l.loss = loss;
+        }
+    }
+
+    pub fn command(&mut self, i: usize, cmd: Command) -> Result<(), InputError> {
+        let now = self.now;
+        let r = match self.hosts[i].node.as_mut() {
+            Some(n) => n.handle_input(Input::Command(now, cmd)),
+            None => panic!("command to a crashed node"),
+        };
+        self.note(format!("{} <- {cmd}: {r:?}", NAMES[i]));
+        self.drain_outputs(i);
+        r
+    }
+
+    /// Send raw bytes to a node as if from the network.
+    pub fn inject(&mut self, i: usize, bytes: &[u8]) -> Result<(), InputError> {
+        let now = self.now;
+        let r = self.hosts[i]
+            .node
+            .as_mut()
+            .expect("node up")
+            .handle_input(Input::Datagram(now, addr(1 - i), bytes));
+        self.drain_outputs(i);
+        r
+    }
+
+    fn update_outage(&mut self) {
+        let down = !self.hosts[MAIN].alive() || !self.links[MAIN][STANDBY].up;
+        match (down, self.outage_since) {
+            (true, None) => {
+                self.outage_since = Some(self.now);
+                self.outage_activations = 0;
+            }
+            (false, Some(_)) => self.outage_since = None,
+            _ => {}
+        }
+    }
+
+    // ---- running -------------------------------------------------------
+
+    fn next_time(&self) -> Option<Instant> {
+        let q = self.queue.peek().map(|Reverse(p)| p.at);
+        let d = self.hosts.iter().filter_map(|h| h.deadline).min();
+        match (q, d) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Advance to the next thing that happens (not beyond `limit`).
+    pub fn step(&mut self, limit: Instant) -> Result<(), String> {
+        let Some(at) = self.next_time().filter(|&t| t <= limit) else {
+            self.now = limit.max(self.now);
+            return self.check_invariants();
+        };
+        self.now = at.max(self.now);
+        while let Some(Reverse(p)) = self.queue.peek() {
+            if p.at > self.now {
+                break;
+            }
+            let Some(Reverse(p)) = self.queue.pop() else { break };
+            self.deliver(p.what);
+        }
+        for i in 0..2 {
+            if self.hosts[i].deadline.is_some_and(|d| d <= self.now) {
+                self.hosts[i].deadline = None;
+                let now = self.now;
+                if let Some(n) = self.hosts[i].node.as_mut() {
+                    let _ = n.handle_input(Input::Timeout(now));
+                }
+                self.drain_outputs(i);
+            }
+        }
+        for i in 0..2 {
+            self.sync_probes(i);
+        }
+        self.check_invariants()
+    }
+
+    pub fn run_for(&mut self, d: Duration) -> Result<(), String> {
+        let until = self.now + d;
+        while self.now < until {
+            self.step(until)?;
+        }
+        Ok(())
+    }
+
+    /// Run until `cond` holds (checked after every step) or `d` passes.
+    pub fn run_until(&mut self, d: Duration, mut cond: impl FnMut(&Cluster) -> bool) -> Result<bool, String> {
+        let until = self.now + d;
+        while self.now < until {
+            if cond(self) {
+                return Ok(true);
+            }
+            self.step(until)?;
+        }
+        Ok(cond(self))
+    }
+
+    fn deliver(&mut self, what: What) {
+        match what {
+            What::Packet { to, bytes } => {
+                let now = self.now;
+                let Some(n) = self.hosts[to].node.as_mut() else { return };
+                if let Err(e) = n.handle_input(Input::Datagram(now, addr(1 - to), &bytes)) {
+                    self.stats.frames_rejected += 1;
+                    if !matches!(e, InputError::Rejected(resilience_core::Reject::Replayed)) {
+                        self.note(format!("{} dropped a frame: {e}", NAMES[to]));
+                    }
+                }
+                self.drain_outputs(to);
+            }
+            What::Done { host, generation, id, kind } => {
+                let h = &mut self.hosts[host];
+                if h.generation != generation || h.node.is_none() {
+                    return;
+                }
+                let result = match kind {
+                    ActionKind::StartServices => {
+                        if h.fail_starts > 0 {
+                            h.fail_starts -= 1;
+                            h.services = false;
+                            Err(resilience_core::ActionError("asterisk: exit status 1".into()))
+                        } else {
+                            Ok(ActionOutcome::Done)
+                        }
+                    }
+                    ActionKind::StopServices => {
+                        h.services = false;
+                        Ok(ActionOutcome::Done)
+                    }
+                    ActionKind::CountActiveCalls => {
+                        let n = h.calls;
+                        // Calls end one by one as the drain goes on.
+                        if h.calls > 0 && h.calls_end && self.rng.random_bool(0.5) {
+                            self.hosts[host].calls -= 1;
+                        }
+                        Ok(ActionOutcome::ActiveCalls(n))
+                    }
+                    ActionKind::Persist(p) => {
+                        h.disk = p;
+                        Ok(ActionOutcome::Done)
+                    }
+                };
+                let now = self.now;
+                if let Some(n) = self.hosts[host].node.as_mut() {
+                    let _ = n.handle_input(Input::ActionDone(now, id, result));
+                }
+                self.drain_outputs(host);
+            }
+        }
+    }
+
+    /// Feed the PBX probe and the arbiter probe when their answer changes.
+    fn sync_probes(&mut self, i: usize) {
+        let h = &mut self.hosts[i];
+        let Some(n) = h.node.as_mut() else { return };
+        let pbx = if !h.services {
+            PbxHealth::Unknown
+        } else if h.pbx_ok {
+            PbxHealth::Up
+        } else {
+            PbxHealth::Down
+        };
+        let mut changed = false;
+        if h.reported_pbx != Some(pbx) {
+            h.reported_pbx = Some(pbx);
+            let _ = n.handle_input(Input::PbxHealth(self.now, pbx));
+            changed = true;
+        }
+        if h.reported_arbiter != Some(h.arbiter) {
+            h.reported_arbiter = Some(h.arbiter);
+            let _ = n.handle_input(Input::Arbiter(self.now, h.arbiter));
+            changed = true;
+        }
+        if changed {
+            self.drain_outputs(i);
+        }
+    }
+
+    fn push(&mut self, at: Instant, what: What) {
+        self.seq += 1;
+        self.queue.push(Reverse(Pending { at, seq: self.seq, what }));
+    }
+
+    fn delay(&mut self, l: &Link) -> Duration {
+        let (a, b) = (l.delay_min.as_micros() as u64, l.delay_max.as_micros() as u64);
+        Duration::from_micros(if b > a { self.rng.random_range(a..=b) } else { a })
+    }
+
+    fn drain_outputs(&mut self, i: usize) {
+        loop {
+            let Some(n) = self.hosts[i].node.as_mut() else { return };
+            match n.poll_output() {
+                Output::Timeout(at) => {
+                    self.hosts[i].deadline = Some(at);
+                    return;
+                }
+                Output::Transmit(t) => {
+                    self.stats.frames_sent += 1;
+                    let to = if t.to == addr(MAIN) { MAIN } else { STANDBY };
+                    let link = self.links[i][to].clone();
+                    if !link.up || (link.loss > 0.0 && self.rng.random_bool(link.loss)) {
+                        continue;
+                    }
+                    let d = self.delay(&link);
+                    let at = self.now + d;
+                    if link.dup > 0.0 && self.rng.random_bool(link.dup) {
+                        let d2 = self.delay(&link);
+                        let at2 = self.now + d2;
+                        self.push(at2, What::Packet { to, bytes: t.bytes.clone() });
+                    }
+                    self.push(at, What::Packet { to, bytes: t.bytes });
+                }
+                Output::Action(Action { id, kind }) => {
+                    let h = &mut self.hosts[i];
+                    let latency = match kind {
+                        ActionKind::StartServices => {
+                            h.services = true;
+                            h.start_latency
+                        }
+                        ActionKind::StopServices => h.stop_latency,
+                        ActionKind::CountActiveCalls => Duration::from_millis(20),
+                        ActionKind::Persist(_) => Duration::from_millis(1),
+                    };
+                    let generation = h.generation;
+                    let at = self.now + latency;
+                    self.push(at, What::Done { host: i, generation, id, kind });
+                }
+                Output::Event(e) => {
+                    match e.kind {
+                        EventKind::ActiveChanged { to: true, .. } => {
+                            self.hosts[i].activations += 1;
+                            if i == STANDBY && self.outage_since.is_some() {
+                                self.outage_activations += 1;
+                                self.stats.failovers += 1;
+                            }
+                        }
+                        EventKind::StatusChanged { to: Status::Starting, .. } => {
+                            self.hosts[i].starts += 1;
+                            if i == STANDBY && self.outage_since.is_none() {
+                                let main_yields = self.hosts[MAIN]
+                                    .node
+                                    .as_ref()
+                                    .is_some_and(|m| m.is_yielding());
+                                if !main_yields && self.hosts[MAIN].alive() {
+                                    self.stats.false_failovers += 1;
+                                }
+                            }
+                        }
+                        EventKind::StatusChanged { from: Status::Stopping, to: Status::Inactive }
+                            if i == STANDBY =>
+                        {
+                            if self.hosts[MAIN].alive() && self.links[STANDBY][MAIN].up {
+                                self.stats.failbacks += 1;
+                            }
+                        }
+                        _ => {}
+                    }
+                    self.note(format!("{}: {e}", NAMES[i]));
+                }
+            }
+        }
+    }
+
+    // ---- invariants ------------------------------------------------------
+
+    fn connected(&self) -> bool {
+        self.hosts.iter().all(|h| h.alive()) && self.links[0][1].up && self.links[1][0].up
+    }
+
+    fn forced_or_manual(&self) -> bool {
+        self.timers.mode == Mode::Manual
+    }
+
+    fn held(&self, i: usize) -> bool {
+        self.hosts[i].disk.admin == Some(AdminChoice::Stop)
+    }
+
+    /// Time for the pair to settle after a change: notice it, act, confirm.
+    pub fn settle(&self) -> Duration {
+        let h = &self.hosts[0];
+        self.timers.failover_after * 2 + h.start_latency + h.stop_latency + Duration::from_secs(1)
+    }
+
+    fn check_invariants(&mut self) -> Result<(), String> {
+        if !self.check {
+            return Ok(());
+        }
+        let now = self.now;
+        // Never Active without services.
+        for (i, h) in self.hosts.iter().enumerate() {
+            if h.is_active() && !h.services {
+                return Err(format!("{} is active without its services", NAMES[i]));
+            }
+        }
+        let settled = self.connected() && now - self.disturbed_at >= self.settle();
+        // At most one node runs services while the two hear each other.
+        if settled && !self.forced_or_manual() && self.hosts.iter().all(|h| h.services) {
+            return Err("both nodes run services while connected".into());
+        }
+        if self.forced_or_manual() {
+            return Ok(());
+        }
+        // One failover per outage.
+        if self.outage_activations > 1 {
+            return Err(format!(
+                "standby activated {} times during one outage of the main",
+                self.outage_activations
+            ));
+        }
+        let slack = self.hosts[STANDBY].start_latency
+            + self.timers.interval * 2
+            + self.links[MAIN][STANDBY].delay_max
+            + Duration::from_millis(100);
+        // The Standby takes over a dead Main.
+        if let Some(since) = self.outage_since {
+            let s = &self.hosts[STANDBY];
+            let from = since.max(s.booted_at).max(self.exempt_until);
+            let may = s.alive() && !self.held(STANDBY) && (!self.timers.arbiters || s.arbiter);
+            if may && now - from > self.timers.failover_after + slack && !s.is_active() {
+                return Err(format!(
+                    "main unreachable for {:.1}s but the standby is {:?}",
+                    (now - since).as_secs_f64(),
+                    s.status()
+                ));
+            }
+        }
+        // Someone serves: not both inactive for long while one could serve.
+        let any_active = self.hosts.iter().any(|h| h.is_active());
+        if any_active {
+            self.none_active_since = None;
+        } else {
+            let since = *self.none_active_since.get_or_insert(now);
+            let can_serve = (0..2).any(|i| self.hosts[i].alive() && !self.held(i));
+            let bound = self.timers.startup_wait.max(self.timers.failover_after)
+                + self.settle()
+                + self.timers.retry_delay;
+            let from = since.max(self.exempt_until);
+            let arbiter_blocked = self.timers.arbiters
+                && !self.hosts[MAIN].alive()
+                && !self.hosts[STANDBY].arbiter;
+            if can_serve && !arbiter_blocked && now > from && now - from > bound {
+                return Err(format!(
+                    "no node active for {:.1}s (main {:?}, standby {:?})",
+                    (now - since).as_secs_f64(),
+                    self.hosts[MAIN].status(),
+                    self.hosts[STANDBY].status()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
