@@ -66,7 +66,7 @@ impl ClusterKey {
     /// A key from the text of a key file: hex digits, surrounding blanks ignored.
     pub fn from_hex(text: &str) -> Result<Self, KeyError> {
         let t = text.trim();
-        if t.len() % 2 != 0 {
+        if !t.len().is_multiple_of(2) {
             return Err(KeyError::NotHex);
         }
         if !t.is_ascii() {

@@ -6,9 +6,7 @@ mod sim;
 use resilience_core::config::SplitBrainPolicy;
 use resilience_core::heartbeat::{self, Flags, Frame};
 use resilience_core::node::{AdminChoice, FailbackPolicy};
-use resilience_core::{
-    ClusterKey, Command, InputError, Mode, NodeType, PbxHealth, Reject, Status,
-};
+use resilience_core::{ClusterKey, Command, InputError, Mode, NodeType, PbxHealth, Reject, Status};
 use sim::{Cluster, Timers, MAIN, STANDBY};
 use std::time::Duration;
 
@@ -42,10 +40,22 @@ fn status(c: &Cluster, i: usize) -> Option<Status> {
 fn main_starts_and_standby_stays_inactive() {
     play(1, Timers::default(), |c| {
         c.run_for(secs(10))?;
-        ensure!(c.hosts[MAIN].is_active(), "main not active: {:?}", status(c, MAIN));
-        ensure!(status(c, STANDBY) == Some(Status::Inactive), "standby {:?}", status(c, STANDBY));
+        ensure!(
+            c.hosts[MAIN].is_active(),
+            "main not active: {:?}",
+            status(c, MAIN)
+        );
+        ensure!(
+            status(c, STANDBY) == Some(Status::Inactive),
+            "standby {:?}",
+            status(c, STANDBY)
+        );
         // The Main did not wait for startup_wait: it heard the Standby first.
-        ensure!(c.hosts[MAIN].activations == 1, "main activations {}", c.hosts[MAIN].activations);
+        ensure!(
+            c.hosts[MAIN].activations == 1,
+            "main activations {}",
+            c.hosts[MAIN].activations
+        );
         Ok(())
     });
 }
@@ -60,7 +70,10 @@ fn standby_takes_over_a_dead_main_within_seconds() {
         ensure!(ok, "standby never became active");
         let took = c.now - t0;
         // failover_after (3 s) + start latency (0.5 s) + a heartbeat.
-        ensure!(took <= Duration::from_millis(3900), "failover took {took:?}");
+        ensure!(
+            took <= Duration::from_millis(3900),
+            "failover took {took:?}"
+        );
         ensure!(c.stats.failovers == 1, "failovers {}", c.stats.failovers);
         eprintln!("failover after a crash of the main: {took:?} (failover_after 3 s, start 0.5 s)");
         Ok(())
@@ -82,16 +95,33 @@ fn failback_waits_for_the_stable_time_then_drains_and_hands_over() {
         c.boot(MAIN);
         // The returning Main does not grab the service.
         c.run_for(secs(55))?;
-        ensure!(!c.hosts[MAIN].is_active(), "main grabbed the service before the stable time");
+        ensure!(
+            !c.hosts[MAIN].is_active(),
+            "main grabbed the service before the stable time"
+        );
         ensure!(c.hosts[STANDBY].is_active(), "standby stopped early");
         let wait = c.hosts[MAIN].node().snapshot(c.now).failback_wait;
-        ensure!(wait.as_deref().is_some_and(|w| w.contains("stable")), "wait reason {wait:?}");
+        ensure!(
+            wait.as_deref().is_some_and(|w| w.contains("stable")),
+            "wait reason {wait:?}"
+        );
         // After 60 s it asks; the Standby drains its 3 calls, stops, the Main starts.
         let ok = c.run_until(secs(60), |c| c.hosts[MAIN].is_active())?;
         ensure!(ok, "no failback");
-        ensure!(status(c, STANDBY) == Some(Status::Inactive), "standby {:?}", status(c, STANDBY));
-        ensure!(c.hosts[STANDBY].calls == 0, "standby stopped with {} calls", c.hosts[STANDBY].calls);
-        ensure!(c.dump_log().contains("drain started"), "no drain in the log");
+        ensure!(
+            status(c, STANDBY) == Some(Status::Inactive),
+            "standby {:?}",
+            status(c, STANDBY)
+        );
+        ensure!(
+            c.hosts[STANDBY].calls == 0,
+            "standby stopped with {} calls",
+            c.hosts[STANDBY].calls
+        );
+        ensure!(
+            c.dump_log().contains("drain started"),
+            "no drain in the log"
+        );
         ensure!(c.stats.failbacks == 1, "failbacks {}", c.stats.failbacks);
         Ok(())
     });
@@ -99,7 +129,11 @@ fn failback_waits_for_the_stable_time_then_drains_and_hands_over() {
 
 #[test]
 fn failback_immediate_hands_over_at_once() {
-    let timers = Timers { failback: FailbackPolicy::Immediate, drain: None, ..Timers::default() };
+    let timers = Timers {
+        failback: FailbackPolicy::Immediate,
+        drain: None,
+        ..Timers::default()
+    };
     play(4, timers, |c| {
         c.run_for(secs(10))?;
         c.crash(MAIN);
@@ -108,14 +142,21 @@ fn failback_immediate_hands_over_at_once() {
         let t0 = c.now;
         let ok = c.run_until(secs(20), |c| c.hosts[MAIN].is_active())?;
         ensure!(ok, "no failback");
-        ensure!(c.now - t0 < secs(3), "immediate failback took {:?}", c.now - t0);
+        ensure!(
+            c.now - t0 < secs(3),
+            "immediate failback took {:?}",
+            c.now - t0
+        );
         Ok(())
     });
 }
 
 #[test]
 fn drain_timeout_bounds_the_wait() {
-    let timers = Timers { failback: FailbackPolicy::Immediate, ..Timers::default() };
+    let timers = Timers {
+        failback: FailbackPolicy::Immediate,
+        ..Timers::default()
+    };
     play(5, timers, |c| {
         c.run_for(secs(10))?;
         c.crash(MAIN);
@@ -124,18 +165,29 @@ fn drain_timeout_bounds_the_wait() {
         c.hosts[STANDBY].calls_end = false;
         c.boot(MAIN);
         c.run_for(secs(20))?;
-        ensure!(status(c, STANDBY) == Some(Status::Draining), "standby {:?}", status(c, STANDBY));
+        ensure!(
+            status(c, STANDBY) == Some(Status::Draining),
+            "standby {:?}",
+            status(c, STANDBY)
+        );
         ensure!(!c.hosts[MAIN].is_active(), "main active during the drain");
         let ok = c.run_until(secs(20), |c| c.hosts[MAIN].is_active())?;
         ensure!(ok, "drain did not time out");
-        ensure!(c.dump_log().contains("drain timed out with 4 active calls"), "reason missing");
+        ensure!(
+            c.dump_log().contains("drain timed out with 4 active calls"),
+            "reason missing"
+        );
         Ok(())
     });
 }
 
 #[test]
 fn failback_manual_waits_for_an_admin_on_either_node() {
-    let timers = Timers { failback: FailbackPolicy::Manual, drain: None, ..Timers::default() };
+    let timers = Timers {
+        failback: FailbackPolicy::Manual,
+        drain: None,
+        ..Timers::default()
+    };
     for on in [MAIN, STANDBY] {
         play(6 + on as u64, timers.clone(), |c| {
             c.run_for(secs(10))?;
@@ -143,10 +195,17 @@ fn failback_manual_waits_for_an_admin_on_either_node() {
             c.run_for(secs(10))?;
             c.boot(MAIN);
             c.run_for(secs(600))?;
-            ensure!(c.hosts[STANDBY].is_active(), "standby gave up without an admin");
+            ensure!(
+                c.hosts[STANDBY].is_active(),
+                "standby gave up without an admin"
+            );
             let wait = c.hosts[MAIN].node().snapshot(c.now).failback_wait;
-            ensure!(wait.as_deref().is_some_and(|w| w.contains("manual")), "wait {wait:?}");
-            c.command(on, Command::Failback).map_err(|e| e.to_string())?;
+            ensure!(
+                wait.as_deref().is_some_and(|w| w.contains("manual")),
+                "wait {wait:?}"
+            );
+            c.command(on, Command::Failback)
+                .map_err(|e| e.to_string())?;
             let ok = c.run_until(secs(10), |c| c.hosts[MAIN].is_active())?;
             ensure!(ok, "failback command on {} did nothing", sim::NAMES[on]);
             Ok(())
@@ -166,23 +225,35 @@ fn failback_refusals_say_why() {
         c.run_for(secs(10))?;
         let e = c.command(STANDBY, Command::Failback).unwrap_err();
         ensure!(e.to_string().contains("no active node"), "{e}");
-        ensure!(c.hosts[STANDBY].is_active(), "refused failback changed the state");
+        ensure!(
+            c.hosts[STANDBY].is_active(),
+            "refused failback changed the state"
+        );
         Ok(())
     });
 }
 
 #[test]
 fn no_failover_when_no_arbiter_answers_the_standby() {
-    let timers = Timers { arbiters: true, ..Timers::default() };
+    let timers = Timers {
+        arbiters: true,
+        ..Timers::default()
+    };
     play(9, timers, |c| {
         c.run_for(secs(10))?;
         // The Standby is the one cut off: it hears neither the Main nor an arbiter.
         c.set_arbiter(STANDBY, false);
         c.cut();
         c.run_for(secs(60))?;
-        ensure!(!c.hosts[STANDBY].is_active(), "standby took over while isolated");
+        ensure!(
+            !c.hosts[STANDBY].is_active(),
+            "standby took over while isolated"
+        );
         ensure!(c.hosts[MAIN].is_active(), "main stopped");
-        ensure!(c.dump_log().contains("no arbiter answers"), "no FailoverBlocked event");
+        ensure!(
+            c.dump_log().contains("no arbiter answers"),
+            "no FailoverBlocked event"
+        );
         // An arbiter answers again: the Main really is gone from its view.
         c.set_arbiter(STANDBY, true);
         let ok = c.run_until(secs(10), |c| c.hosts[STANDBY].is_active())?;
@@ -197,12 +268,20 @@ fn healed_partition_keeps_the_main_by_default() {
         c.run_for(secs(10))?;
         c.cut();
         c.run_for(secs(10))?;
-        ensure!(c.hosts[MAIN].is_active() && c.hosts[STANDBY].is_active(), "no split brain to heal");
+        ensure!(
+            c.hosts[MAIN].is_active() && c.hosts[STANDBY].is_active(),
+            "no split brain to heal"
+        );
         c.heal();
         let ok = c.run_until(secs(5), |c| {
             c.hosts[MAIN].is_active() && c.hosts[STANDBY].status() == Some(Status::Inactive)
         })?;
-        ensure!(ok, "main {:?} standby {:?}", status(c, MAIN), status(c, STANDBY));
+        ensure!(
+            ok,
+            "main {:?} standby {:?}",
+            status(c, MAIN),
+            status(c, STANDBY)
+        );
         ensure!(c.dump_log().contains("steps down"), "no split-brain event");
         c.run_for(secs(120))?;
         ensure!(c.hosts[MAIN].activations == 1, "main restarted");
@@ -221,13 +300,21 @@ fn healed_partition_with_latest_policy_keeps_the_standby_then_fails_back() {
         c.run_for(secs(10))?;
         c.cut();
         c.run_for(secs(10))?;
-        let (em, es) = (c.hosts[MAIN].node().epoch(), c.hosts[STANDBY].node().epoch());
+        let (em, es) = (
+            c.hosts[MAIN].node().epoch(),
+            c.hosts[STANDBY].node().epoch(),
+        );
         ensure!(es > em, "standby epoch {es} not above main's {em}");
         c.heal();
         let ok = c.run_until(secs(5), |c| {
             c.hosts[STANDBY].is_active() && c.hosts[MAIN].status() == Some(Status::Inactive)
         })?;
-        ensure!(ok, "main {:?} standby {:?}", status(c, MAIN), status(c, STANDBY));
+        ensure!(
+            ok,
+            "main {:?} standby {:?}",
+            status(c, MAIN),
+            status(c, STANDBY)
+        );
         // Then the normal failback policy brings the service home.
         let ok = c.run_until(secs(60), |c| c.hosts[MAIN].is_active())?;
         ensure!(ok, "no failback after the heal");
@@ -241,7 +328,10 @@ fn one_way_cut_fails_over_and_heals_to_one_active() {
         c.run_for(secs(10))?;
         c.set_link(MAIN, STANDBY, false);
         c.run_for(secs(10))?;
-        ensure!(c.hosts[STANDBY].is_active(), "standby cannot hear the main but did not take over");
+        ensure!(
+            c.hosts[STANDBY].is_active(),
+            "standby cannot hear the main but did not take over"
+        );
         c.set_link(MAIN, STANDBY, true);
         let ok = c.run_until(secs(5), |c| {
             c.hosts.iter().filter(|h| h.is_active()).count() == 1
@@ -250,20 +340,30 @@ fn one_way_cut_fails_over_and_heals_to_one_active() {
         // The other direction: the Main cannot hear the Standby; nothing changes.
         c.set_link(STANDBY, MAIN, false);
         c.run_for(secs(60))?;
-        ensure!(c.hosts[MAIN].is_active() && !c.hosts[STANDBY].is_active(), "changed on a one-way cut");
+        ensure!(
+            c.hosts[MAIN].is_active() && !c.hosts[STANDBY].is_active(),
+            "changed on a one-way cut"
+        );
         Ok(())
     });
 }
 
 #[test]
 fn unhealthy_pbx_on_the_main_moves_the_service() {
-    let timers = Timers { failback: FailbackPolicy::Immediate, fault_hold: secs(120), ..Timers::default() };
+    let timers = Timers {
+        failback: FailbackPolicy::Immediate,
+        fault_hold: secs(120),
+        ..Timers::default()
+    };
     play(13, timers, |c| {
         c.run_for(secs(10))?;
         c.hosts[MAIN].pbx_ok = false;
         let t0 = c.now;
         let ok = c.run_until(secs(20), |c| c.hosts[STANDBY].is_active())?;
-        ensure!(ok, "standby did not take over from a main whose PBX is down");
+        ensure!(
+            ok,
+            "standby did not take over from a main whose PBX is down"
+        );
         ensure!(c.now - t0 >= secs(3), "took over before failover_after");
         ensure!(!c.hosts[MAIN].is_active(), "both active");
         let snap = c.hosts[MAIN].node().snapshot(c.now);
@@ -271,7 +371,10 @@ fn unhealthy_pbx_on_the_main_moves_the_service() {
         // The Main stays out for the fault hold, even with an immediate policy.
         c.hosts[MAIN].pbx_ok = true;
         c.run_for(secs(100))?;
-        ensure!(c.hosts[STANDBY].is_active(), "failback during the fault hold");
+        ensure!(
+            c.hosts[STANDBY].is_active(),
+            "failback during the fault hold"
+        );
         let ok = c.run_until(secs(60), |c| c.hosts[MAIN].is_active())?;
         ensure!(ok, "no failback after the fault hold");
         Ok(())
@@ -287,7 +390,10 @@ fn start_failures_are_retried_reported_and_never_claimed() {
         let ok = c.run_until(secs(30), |c| c.hosts[STANDBY].is_active())?;
         ensure!(ok, "standby not active after two failed starts");
         let log = c.dump_log();
-        ensure!(log.contains("attempt 1 of 3") && log.contains("attempt 2 of 3"), "failures not reported");
+        ensure!(
+            log.contains("attempt 1 of 3") && log.contains("attempt 2 of 3"),
+            "failures not reported"
+        );
         Ok(())
     });
 }
@@ -305,7 +411,11 @@ fn main_that_cannot_start_yields_to_the_standby() {
         c.run_for(secs(120))?;
         let log = c.dump_log();
         ensure!(log.contains("services failed to start 3 times"), "no fault");
-        ensure!(c.hosts[STANDBY].is_active(), "nobody serves: standby {:?}", status(c, STANDBY));
+        ensure!(
+            c.hosts[STANDBY].is_active(),
+            "nobody serves: standby {:?}",
+            status(c, STANDBY)
+        );
         ensure!(!c.hosts[MAIN].is_active(), "main claims active");
         Ok(())
     });
@@ -313,31 +423,52 @@ fn main_that_cannot_start_yields_to_the_standby() {
 
 #[test]
 fn manual_mode_refuses_start_over_an_active_peer_unless_forced() {
-    let timers = Timers { mode: Mode::Manual, ..Timers::default() };
+    let timers = Timers {
+        mode: Mode::Manual,
+        ..Timers::default()
+    };
     play(16, timers, |c| {
         c.run_for(secs(10))?;
-        ensure!(!c.hosts[MAIN].is_active() && !c.hosts[STANDBY].is_active(), "manual node started alone");
-        c.command(MAIN, Command::StartServices { force: false }).map_err(|e| e.to_string())?;
+        ensure!(
+            !c.hosts[MAIN].is_active() && !c.hosts[STANDBY].is_active(),
+            "manual node started alone"
+        );
+        c.command(MAIN, Command::StartServices { force: false })
+            .map_err(|e| e.to_string())?;
         c.run_for(secs(2))?;
         ensure!(c.hosts[MAIN].is_active(), "main not started");
-        let e = c.command(STANDBY, Command::StartServices { force: false }).unwrap_err();
+        let e = c
+            .command(STANDBY, Command::StartServices { force: false })
+            .unwrap_err();
         ensure!(matches!(e, InputError::Refused { .. }), "{e:?}");
         ensure!(e.to_string().contains("pbx-main is active"), "reason: {e}");
         // Even with the Main gone, manual mode never fails over by itself.
         c.crash(MAIN);
         c.run_for(secs(60))?;
-        ensure!(!c.hosts[STANDBY].is_active(), "manual standby started by itself");
+        ensure!(
+            !c.hosts[STANDBY].is_active(),
+            "manual standby started by itself"
+        );
         c.boot(MAIN);
         c.run_for(secs(2))?;
         // The persisted override restarts the Main's services after its reboot.
-        ensure!(c.hosts[MAIN].is_active(), "main forgot the admin's start: {:?}", status(c, MAIN));
-        c.command(STANDBY, Command::StartServices { force: true }).map_err(|e| e.to_string())?;
+        ensure!(
+            c.hosts[MAIN].is_active(),
+            "main forgot the admin's start: {:?}",
+            status(c, MAIN)
+        );
+        c.command(STANDBY, Command::StartServices { force: true })
+            .map_err(|e| e.to_string())?;
         c.run_for(secs(2))?;
-        ensure!(c.hosts[STANDBY].is_active() && c.hosts[MAIN].is_active(), "forced start did not start");
+        ensure!(
+            c.hosts[STANDBY].is_active() && c.hosts[MAIN].is_active(),
+            "forced start did not start"
+        );
         // Failback in manual mode is an admin's two steps, refused as a command.
         let e = c.command(MAIN, Command::Failback).unwrap_err();
         ensure!(e.to_string().contains("manual mode"), "{e}");
-        c.command(STANDBY, Command::StopServices).map_err(|e| e.to_string())?;
+        c.command(STANDBY, Command::StopServices)
+            .map_err(|e| e.to_string())?;
         c.run_for(secs(2))?;
         ensure!(!c.hosts[STANDBY].is_active(), "stop did not stop");
         Ok(())
@@ -348,16 +479,24 @@ fn manual_mode_refuses_start_over_an_active_peer_unless_forced() {
 fn admin_stop_in_automatic_mode_holds_across_reboot_and_yields() {
     play(17, Timers::default(), |c| {
         c.run_for(secs(10))?;
-        c.command(MAIN, Command::StopServices).map_err(|e| e.to_string())?;
+        c.command(MAIN, Command::StopServices)
+            .map_err(|e| e.to_string())?;
         let ok = c.run_until(secs(5), |c| c.hosts[STANDBY].is_active())?;
         ensure!(ok, "standby did not take over from a held main");
-        ensure!(c.hosts[MAIN].disk.admin == Some(AdminChoice::Stop), "hold not persisted");
+        ensure!(
+            c.hosts[MAIN].disk.admin == Some(AdminChoice::Stop),
+            "hold not persisted"
+        );
         c.crash(MAIN);
         c.run_for(secs(5))?;
         c.boot(MAIN);
         c.run_for(secs(120))?;
-        ensure!(!c.hosts[MAIN].is_active(), "held main restarted after reboot");
-        c.command(MAIN, Command::StartServices { force: false }).map_err(|e| e.to_string())?;
+        ensure!(
+            !c.hosts[MAIN].is_active(),
+            "held main restarted after reboot"
+        );
+        c.command(MAIN, Command::StartServices { force: false })
+            .map_err(|e| e.to_string())?;
         let ok = c.run_until(secs(120), |c| c.hosts[MAIN].is_active())?;
         ensure!(ok, "released main never failed back");
         Ok(())
@@ -378,7 +517,10 @@ fn reboot_restores_the_epoch() {
         ensure!(before >= 6, "epoch {before}");
         c.crash(STANDBY);
         c.boot(STANDBY);
-        ensure!(c.hosts[STANDBY].node().epoch() == before, "epoch lost at reboot");
+        ensure!(
+            c.hosts[STANDBY].node().epoch() == before,
+            "epoch lost at reboot"
+        );
         Ok(())
     });
 }
@@ -408,18 +550,36 @@ fn replayed_stale_and_forged_heartbeats_change_nothing() {
             )
         };
         // A frame with a sequence already used by the live Main.
-        let e = c.inject(STANDBY, &fake(1, boot, Status::Inactive, &key)).unwrap_err();
+        let e = c
+            .inject(STANDBY, &fake(1, boot, Status::Inactive, &key))
+            .unwrap_err();
         ensure!(e == InputError::Rejected(Reject::Replayed), "{e:?}");
-        let e = c.inject(STANDBY, &fake(1 << 40, boot - 1, Status::Inactive, &key)).unwrap_err();
+        let e = c
+            .inject(STANDBY, &fake(1 << 40, boot - 1, Status::Inactive, &key))
+            .unwrap_err();
         ensure!(e == InputError::Rejected(Reject::Stale), "{e:?}");
         let other = ClusterKey::new(b"an attacker's key, not the real!").unwrap();
-        let e = c.inject(STANDBY, &fake(1 << 40, boot, Status::Inactive, &other)).unwrap_err();
+        let e = c
+            .inject(STANDBY, &fake(1 << 40, boot, Status::Inactive, &other))
+            .unwrap_err();
         ensure!(e == InputError::Rejected(Reject::Forged), "{e:?}");
         c.run_for(secs(30))?;
-        ensure!(c.hosts[MAIN].is_active() && !c.hosts[STANDBY].is_active(), "state changed");
+        ensure!(
+            c.hosts[MAIN].is_active() && !c.hosts[STANDBY].is_active(),
+            "state changed"
+        );
         let snap = c.hosts[STANDBY].node().snapshot(c.now);
-        let count = |l| snap.rejected.iter().find(|(x, _)| *x == l).map_or(0, |(_, n)| *n);
-        ensure!(count("forged") == 1 && count("stale") == 1 && count("replayed") >= 1, "{:?}", snap.rejected);
+        let count = |l| {
+            snap.rejected
+                .iter()
+                .find(|(x, _)| *x == l)
+                .map_or(0, |(_, n)| *n)
+        };
+        ensure!(
+            count("forged") == 1 && count("stale") == 1 && count("replayed") >= 1,
+            "{:?}",
+            snap.rejected
+        );
         Ok(())
     });
 }
@@ -437,7 +597,10 @@ fn standby_crash_while_active_lets_the_main_serve() {
         ensure!(ok, "main did not start alone");
         c.boot(STANDBY);
         c.run_for(secs(30))?;
-        ensure!(c.hosts[MAIN].is_active() && !c.hosts[STANDBY].is_active(), "wrong roles after reboot");
+        ensure!(
+            c.hosts[MAIN].is_active() && !c.hosts[STANDBY].is_active(),
+            "wrong roles after reboot"
+        );
         Ok(())
     });
 }

@@ -73,6 +73,8 @@ pub struct Snapshot {
     pub reason: String,
     /// Why the Main is waiting to fail back, if it is.
     pub failback_wait: Option<String>,
+    /// When the stable timer will let the Main ask, if it is running.
+    pub failback_due_in: Option<Duration>,
     pub want_active: bool,
     /// Active calls last counted (while draining).
     pub calls: Option<u32>,
@@ -288,6 +290,12 @@ impl Node {
             arbiter_ok: self.arbiter_ok,
             reason: self.reason.clone(),
             failback_wait: self.failback_wait.clone(),
+            failback_due_in: match (self.s.failback, &self.failback_wait) {
+                (FailbackPolicy::Stable(d), Some(_)) => {
+                    Some((self.stable_since() + d).saturating_duration_since(now))
+                }
+                _ => None,
+            },
             want_active: self.want_active,
             calls: self.calls,
             peer,
@@ -632,7 +640,8 @@ impl Node {
                 .filter(|f| f.status.claims() && f.mode == Mode::Automatic)
             {
                 let (own, theirs) = (self.epoch, f.epoch);
-                if !self.wins_against(f) {
+                let already = self.status == Status::Starting && self.stop_after_start.is_some();
+                if !already && !self.wins_against(f) {
                     let peer = f.name.clone();
                     self.event(
                         EventKind::SplitBrain {
@@ -899,15 +908,15 @@ impl Node {
                 ),
             ),
             FailbackPolicy::Stable(d) => {
-                let since = self.stable_since();
-                if self.now - since >= d {
+                if self.now - self.stable_since() >= d {
                     (true, None)
                 } else {
+                    // Kept constant while waiting, so it is logged once; the
+                    // snapshot gives the time left.
                     (
                         false,
                         Some(format!(
-                            "waiting for the main to be stable for {d:?} (heard the standby without a break since {:.0}s ago)",
-                            (self.now - since).as_secs_f64()
+                            "waiting for the main to hear the standby without a break for {d:?} (failback policy: stable)"
                         )),
                     )
                 }
@@ -948,10 +957,12 @@ impl Node {
     fn begin_stop(&mut self, why: String) {
         self.drain = None;
         match self.status {
-            Status::Starting => {
+            // A start in flight: stop once it reports (the runtime runs one
+            // service action at a time).
+            Status::Starting if self.service_op.is_some() => {
                 self.stop_after_start = Some(why);
             }
-            Status::Active | Status::Draining => {
+            Status::Starting | Status::Active | Status::Draining => {
                 let id = self.action(ActionKind::StopServices);
                 self.service_op = Some((id, ServiceOp::Stop));
                 self.set_status(Status::Stopping, why);

@@ -74,7 +74,11 @@ pub const NAMES: [&str; 2] = ["pbx-main", "pbx-standby"];
 pub fn settings(i: usize, t: &Timers) -> Settings {
     Settings {
         name: NAMES[i].into(),
-        node_type: if i == MAIN { NodeType::Main } else { NodeType::Standby },
+        node_type: if i == MAIN {
+            NodeType::Main
+        } else {
+            NodeType::Standby
+        },
         mode: t.mode,
         peer_name: Some(NAMES[1 - i].into()),
         peer_addrs: vec![addr(1 - i)],
@@ -143,6 +147,8 @@ pub struct Host {
     pub activations: u32,
     /// Start decisions (status -> Starting) since boot.
     pub starts: u32,
+    /// The last status seen by the checker, and since when.
+    seen: Option<(Status, Instant)>,
 }
 
 impl Host {
@@ -162,8 +168,16 @@ impl Host {
 
 #[derive(Debug)]
 enum What {
-    Packet { to: usize, bytes: Vec<u8> },
-    Done { host: usize, generation: u64, id: ActionId, kind: ActionKind },
+    Packet {
+        to: usize,
+        bytes: Vec<u8>,
+    },
+    Done {
+        host: usize,
+        generation: u64,
+        id: ActionId,
+        kind: ActionKind,
+    },
 }
 
 #[derive(Debug)]
@@ -226,6 +240,9 @@ pub struct Cluster {
     /// Since when no node has been active.
     none_active_since: Option<Instant>,
     outage_activations: u32,
+    /// When the last outage of the Main ended (a decision taken just after
+    /// a heal may still be the outage's).
+    outage_ended: Option<Instant>,
 }
 
 const LOG_KEEP: usize = 400;
@@ -250,6 +267,7 @@ impl Cluster {
             exempt_until: base,
             none_active_since: None,
             outage_activations: 0,
+            outage_ended: None,
             timers: timers.clone(),
         };
         for i in 0..2 {
@@ -272,6 +290,7 @@ impl Cluster {
                 booted_at: base,
                 activations: 0,
                 starts: 0,
+                seen: None,
             });
         }
         c
@@ -370,7 +389,11 @@ impl Cluster {
     pub fn set_arbiter(&mut self, i: usize, ok: bool) {
         if self.hosts[i].arbiter != ok {
             self.hosts[i].arbiter = ok;
-            self.note(format!("== arbiter {} for {}", if ok { "answers" } else { "silent" }, NAMES[i]));
+            self.note(format!(
+                "== arbiter {} for {}",
+                if ok { "answers" } else { "silent" },
+                NAMES[i]
+            ));
             if ok {
                 self.exempt_until = self.exempt_until.max(self.now);
             }
@@ -423,7 +446,10 @@ impl Cluster {
                 self.outage_since = Some(self.now);
                 self.outage_activations = 0;
             }
-            (false, Some(_)) => self.outage_since = None,
+            (false, Some(_)) => {
+                self.outage_since = None;
+                self.outage_ended = Some(self.now);
+            }
             _ => {}
         }
     }
@@ -450,7 +476,9 @@ impl Cluster {
             if p.at > self.now {
                 break;
             }
-            let Some(Reverse(p)) = self.queue.pop() else { break };
+            let Some(Reverse(p)) = self.queue.pop() else {
+                break;
+            };
             self.deliver(p.what);
         }
         for i in 0..2 {
@@ -478,7 +506,11 @@ impl Cluster {
     }
 
     /// Run until `cond` holds (checked after every step) or `d` passes.
-    pub fn run_until(&mut self, d: Duration, mut cond: impl FnMut(&Cluster) -> bool) -> Result<bool, String> {
+    pub fn run_until(
+        &mut self,
+        d: Duration,
+        mut cond: impl FnMut(&Cluster) -> bool,
+    ) -> Result<bool, String> {
         let until = self.now + d;
         while self.now < until {
             if cond(self) {
@@ -493,7 +525,9 @@ impl Cluster {
         match what {
             What::Packet { to, bytes } => {
                 let now = self.now;
-                let Some(n) = self.hosts[to].node.as_mut() else { return };
+                let Some(n) = self.hosts[to].node.as_mut() else {
+                    return;
+                };
                 if let Err(e) = n.handle_input(Input::Datagram(now, addr(1 - to), &bytes)) {
                     self.stats.frames_rejected += 1;
                     if !matches!(e, InputError::Rejected(resilience_core::Reject::Replayed)) {
@@ -502,7 +536,12 @@ impl Cluster {
                 }
                 self.drain_outputs(to);
             }
-            What::Done { host, generation, id, kind } => {
+            What::Done {
+                host,
+                generation,
+                id,
+                kind,
+            } => {
                 let h = &mut self.hosts[host];
                 if h.generation != generation || h.node.is_none() {
                     return;
@@ -512,7 +551,12 @@ impl Cluster {
                         if h.fail_starts > 0 {
                             h.fail_starts -= 1;
                             h.services = false;
-                            Err(resilience_core::ActionError("asterisk: exit status 1".into()))
+                            // Liveness allows for the retry this failure causes.
+                            let retry = self.timers.retry_delay + h.start_latency + self.settle();
+                            self.exempt_until = self.exempt_until.max(self.now + retry);
+                            Err(resilience_core::ActionError(
+                                "asterisk: exit status 1".into(),
+                            ))
                         } else {
                             Ok(ActionOutcome::Done)
                         }
@@ -572,17 +616,30 @@ impl Cluster {
 
     fn push(&mut self, at: Instant, what: What) {
         self.seq += 1;
-        self.queue.push(Reverse(Pending { at, seq: self.seq, what }));
+        self.queue.push(Reverse(Pending {
+            at,
+            seq: self.seq,
+            what,
+        }));
     }
 
     fn delay(&mut self, l: &Link) -> Duration {
-        let (a, b) = (l.delay_min.as_micros() as u64, l.delay_max.as_micros() as u64);
-        Duration::from_micros(if b > a { self.rng.random_range(a..=b) } else { a })
+        let (a, b) = (
+            l.delay_min.as_micros() as u64,
+            l.delay_max.as_micros() as u64,
+        );
+        Duration::from_micros(if b > a {
+            self.rng.random_range(a..=b)
+        } else {
+            a
+        })
     }
 
     fn drain_outputs(&mut self, i: usize) {
         loop {
-            let Some(n) = self.hosts[i].node.as_mut() else { return };
+            let Some(n) = self.hosts[i].node.as_mut() else {
+                return;
+            };
             match n.poll_output() {
                 Output::Timeout(at) => {
                     self.hosts[i].deadline = Some(at);
@@ -600,7 +657,13 @@ impl Cluster {
                     if link.dup > 0.0 && self.rng.random_bool(link.dup) {
                         let d2 = self.delay(&link);
                         let at2 = self.now + d2;
-                        self.push(at2, What::Packet { to, bytes: t.bytes.clone() });
+                        self.push(
+                            at2,
+                            What::Packet {
+                                to,
+                                bytes: t.bytes.clone(),
+                            },
+                        );
                     }
                     self.push(at, What::Packet { to, bytes: t.bytes });
                 }
@@ -617,7 +680,15 @@ impl Cluster {
                     };
                     let generation = h.generation;
                     let at = self.now + latency;
-                    self.push(at, What::Done { host: i, generation, id, kind });
+                    self.push(
+                        at,
+                        What::Done {
+                            host: i,
+                            generation,
+                            id,
+                            kind,
+                        },
+                    );
                 }
                 Output::Event(e) => {
                     match e.kind {
@@ -628,9 +699,15 @@ impl Cluster {
                                 self.stats.failovers += 1;
                             }
                         }
-                        EventKind::StatusChanged { to: Status::Starting, .. } => {
+                        EventKind::StatusChanged {
+                            to: Status::Starting,
+                            ..
+                        } => {
                             self.hosts[i].starts += 1;
-                            if i == STANDBY && self.outage_since.is_none() {
+                            let after_outage = self
+                                .outage_ended
+                                .is_some_and(|e| self.now - e < self.timers.failover_after);
+                            if i == STANDBY && self.outage_since.is_none() && !after_outage {
                                 let main_yields = self.hosts[MAIN]
                                     .node
                                     .as_ref()
@@ -640,12 +717,14 @@ impl Cluster {
                                 }
                             }
                         }
-                        EventKind::StatusChanged { from: Status::Stopping, to: Status::Inactive }
-                            if i == STANDBY =>
+                        EventKind::StatusChanged {
+                            from: Status::Stopping,
+                            to: Status::Inactive,
+                        } if i == STANDBY
+                            && self.hosts[MAIN].alive()
+                            && self.links[STANDBY][MAIN].up =>
                         {
-                            if self.hosts[MAIN].alive() && self.links[STANDBY][MAIN].up {
-                                self.stats.failbacks += 1;
-                            }
+                            self.stats.failbacks += 1;
                         }
                         _ => {}
                     }
@@ -686,6 +765,22 @@ impl Cluster {
                 return Err(format!("{} is active without its services", NAMES[i]));
             }
         }
+        // No node stays in a transition longer than its actions take.
+        let retry_delay = self.timers.retry_delay;
+        for (i, h) in self.hosts.iter_mut().enumerate() {
+            let st = h.status();
+            let bound = h.start_latency + h.stop_latency + retry_delay + Duration::from_secs(1);
+            match (st, h.seen) {
+                (None, _) => h.seen = None,
+                (Some(s), Some((old, _))) if s == old => {}
+                (Some(s), _) => h.seen = Some((s, now)),
+            }
+            if let Some((s @ (Status::Starting | Status::Stopping), since)) = h.seen {
+                if now - since > bound {
+                    return Err(format!("{} stuck in {s:?} for {:?}", NAMES[i], now - since));
+                }
+            }
+        }
         let settled = self.connected() && now - self.disturbed_at >= self.settle();
         // At most one node runs services while the two hear each other.
         if settled && !self.forced_or_manual() && self.hosts.iter().all(|h| h.services) {
@@ -701,10 +796,16 @@ impl Cluster {
                 self.outage_activations
             ));
         }
+        // A Standby caught stopping (a handover) finishes that first.
         let slack = self.hosts[STANDBY].start_latency
+            + self.hosts[STANDBY].stop_latency
             + self.timers.interval * 2
             + self.links[MAIN][STANDBY].delay_max
             + Duration::from_millis(100);
+        // Injected start failures still to come make liveness moot.
+        if self.hosts.iter().any(|h| h.fail_starts > 0) {
+            self.exempt_until = self.exempt_until.max(now);
+        }
         // The Standby takes over a dead Main.
         if let Some(since) = self.outage_since {
             let s = &self.hosts[STANDBY];
@@ -729,9 +830,8 @@ impl Cluster {
                 + self.settle()
                 + self.timers.retry_delay;
             let from = since.max(self.exempt_until);
-            let arbiter_blocked = self.timers.arbiters
-                && !self.hosts[MAIN].alive()
-                && !self.hosts[STANDBY].arbiter;
+            let arbiter_blocked =
+                self.timers.arbiters && !self.hosts[MAIN].alive() && !self.hosts[STANDBY].arbiter;
             if can_serve && !arbiter_blocked && now > from && now - from > bound {
                 return Err(format!(
                     "no node active for {:.1}s (main {:?}, standby {:?})",
