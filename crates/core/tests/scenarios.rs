@@ -604,3 +604,28 @@ fn standby_crash_while_active_lets_the_main_serve() {
         Ok(())
     });
 }
+
+#[test]
+fn main_serves_when_a_deaf_standby_cannot_take_over() {
+    // The Standby cannot hear the Main and no arbiter answers it, so it may
+    // not take over; the rebooted Main hears it Inactive and must serve.
+    let timers = Timers {
+        arbiters: true,
+        ..Timers::default()
+    };
+    play(21, timers, |c| {
+        c.run_for(secs(10))?;
+        c.set_arbiter(STANDBY, false);
+        c.crash(MAIN);
+        c.set_link(MAIN, STANDBY, false);
+        c.run_for(secs(5))?;
+        c.boot(MAIN);
+        let ok = c.run_until(secs(15), |c| c.hosts[MAIN].is_active())?;
+        ensure!(ok, "nobody serves: main {:?}", status(c, MAIN));
+        ensure!(
+            c.dump_log().contains("has not heard this node"),
+            "reason missing"
+        );
+        Ok(())
+    });
+}

@@ -716,7 +716,21 @@ impl Node {
                 let ready = f.status == Status::Inactive
                     && f.flags.has(Flags::HEARS_PEER)
                     && (self.fault.is_none() || f.flags.has(Flags::YIELDING));
-                ready.then(|| format!("standby {peer_name} is inactive"))
+                // A Standby that cannot hear us (one-way cut) would take over
+                // by itself if it could; when it has not, someone must serve.
+                let deaf_for = self.peer.deaf_since().map(|t| self.now - t);
+                let deaf = f.status == Status::Inactive
+                    && deaf_for.is_some_and(|d| d >= self.s.failover_after + self.s.startup_wait);
+                if ready {
+                    Some(format!("standby {peer_name} is inactive"))
+                } else if deaf {
+                    Some(format!(
+                        "standby {peer_name} is inactive and has not heard this node for {:.1}s",
+                        deaf_for.unwrap_or_default().as_secs_f64()
+                    ))
+                } else {
+                    None
+                }
             }
             (NodeType::Main, None) => (silent_for >= self.s.startup_wait).then(|| {
                 format!(
@@ -1158,6 +1172,11 @@ impl Node {
         at.push(last + self.s.failover_after);
         at.push(last + self.s.startup_wait);
         at.extend(self.retry_at);
+        at.extend(
+            self.peer
+                .deaf_since()
+                .map(|t| t + self.s.failover_after + self.s.startup_wait),
+        );
         at.extend(self.fault.as_ref().map(|f| f.until));
         at.extend(self.pbx_down_since.map(|t| t + self.s.failover_after));
         if let Some(d) = &self.drain {

@@ -1,6 +1,6 @@
 //! What a node knows of its peer: the last authenticated frame and when.
 
-use crate::heartbeat::{Frame, Reject, ReplayGuard};
+use crate::heartbeat::{Flags, Frame, Reject, ReplayGuard};
 use std::time::Instant;
 
 #[derive(Debug)]
@@ -9,6 +9,8 @@ pub(super) struct Peer {
     last: Option<(Instant, Frame)>,
     /// Start of the current unbroken run of hearing the peer.
     heard_since: Option<Instant>,
+    /// Since when the peer's frames say it does not hear us (a one-way cut).
+    deaf_since: Option<Instant>,
     /// Whether the node last reported the peer as heard (for events).
     reported_alive: bool,
 }
@@ -19,6 +21,7 @@ impl Peer {
             guard: ReplayGuard::new(peer_boot),
             last: None,
             heard_since: None,
+            deaf_since: None,
             reported_alive: false,
         }
     }
@@ -26,6 +29,11 @@ impl Peer {
     /// Keep an authenticated frame unless it is replayed or stale.
     pub(super) fn accept(&mut self, now: Instant, frame: Frame) -> Result<(), Reject> {
         self.guard.check(frame.boot, frame.seq)?;
+        if frame.flags.has(Flags::HEARS_PEER) {
+            self.deaf_since = None;
+        } else {
+            self.deaf_since.get_or_insert(now);
+        }
         self.last = Some((now, frame));
         Ok(())
     }
@@ -46,6 +54,11 @@ impl Peer {
         self.heard_since
     }
 
+    /// Since when the peer has been heard saying it does not hear us.
+    pub(super) fn deaf_since(&self) -> Option<Instant> {
+        self.deaf_since
+    }
+
     pub(super) fn reported_alive(&self) -> bool {
         self.reported_alive
     }
@@ -53,5 +66,8 @@ impl Peer {
     pub(super) fn set_reported_alive(&mut self, alive: bool, now: Instant) {
         self.reported_alive = alive;
         self.heard_since = alive.then_some(self.last_heard().unwrap_or(now));
+        if !alive {
+            self.deaf_since = None;
+        }
     }
 }
