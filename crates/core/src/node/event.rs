@@ -77,6 +77,35 @@ pub enum EventKind {
     ActionFailed,
 }
 
+impl EventKind {
+    /// A stable one-word name, for the history table, metrics and filters.
+    pub fn label(&self) -> &'static str {
+        use EventKind::*;
+        match self {
+            Booted { .. } => "booted",
+            StatusChanged { .. } => "status",
+            ActiveChanged { .. } => "active",
+            PeerHeard { .. } => "peer_heard",
+            PeerSilent { .. } => "peer_silent",
+            PeerMismatch => "peer_mismatch",
+            FailbackPending => "failback_pending",
+            FailbackRequested => "failback_requested",
+            DrainStarted => "drain_started",
+            DrainCancelled => "drain_cancelled",
+            ServiceStartFailed { .. } => "start_failed",
+            ServiceStopFailed => "stop_failed",
+            Faulted { .. } => "faulted",
+            FaultCleared => "fault_cleared",
+            FailoverBlocked => "failover_blocked",
+            SplitBrain { .. } => "split_brain",
+            CommandAccepted => "command_accepted",
+            CommandRefused => "command_refused",
+            FrameRejected { .. } => "frame_rejected",
+            ActionFailed => "action_failed",
+        }
+    }
+}
+
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use EventKind::*;

@@ -1,0 +1,177 @@
+//! The node's HTTP API (axum): what followers, the edge, the CLI and the
+//! dashboard read, and the admin's actions. Every call that changes
+//! something needs `Authorization: Bearer <token>`; without it the answer is
+//! 401 with a JSON error.
+
+use crate::node::Msg;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use resilience_core::node::Snapshot;
+use resilience_core::Command;
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub tx: mpsc::Sender<Msg>,
+    pub status: watch::Receiver<serde_json::Value>,
+    pub ha: watch::Receiver<serde_json::Value>,
+    pub token: Arc<String>,
+    pub metrics: PrometheusHandle,
+    pub events: broadcast::Sender<serde_json::Value>,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/ha", get(ha))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/services/start", post(start))
+        .route("/api/v1/services/stop", post(stop))
+        .route("/api/v1/failback", post(failback))
+        .with_state(state)
+}
+
+pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) {
+    if let Err(e) = axum::serve(listener, router(state)).await {
+        tracing::error!("API server: {e}");
+    }
+}
+
+fn error(code: StatusCode, msg: impl Into<String>) -> Response {
+    (code, Json(json!({"error": msg.into()}))).into_response()
+}
+
+fn authorized(state: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(t) if bool::from(t.as_bytes().ct_eq(state.token.as_bytes())) => Ok(()),
+        Some(_) => Err(error(StatusCode::UNAUTHORIZED, "invalid API token")),
+        None => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "this call changes the node: send Authorization: Bearer <token> (the node's api.token)",
+        )),
+    }
+}
+
+async fn ha(State(s): State<ApiState>) -> Json<serde_json::Value> {
+    Json(s.ha.borrow().clone())
+}
+
+async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
+    Json(s.status.borrow().clone())
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+async fn events(State(s): State<ApiState>, Query(q): Query<Limit>) -> Response {
+    let limit = q.limit.unwrap_or(50).min(10_000);
+    let (tx, rx) = oneshot::channel();
+    if s.tx.send(Msg::Events(limit, tx)).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "node loop stopped");
+    }
+    match tokio::time::timeout(Duration::from_secs(5), rx).await {
+        Ok(Ok(ev)) => Json(json!({ "events": ev })).into_response(),
+        _ => error(StatusCode::SERVICE_UNAVAILABLE, "node loop did not answer"),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct Force {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn command(s: &ApiState, headers: &HeaderMap, cmd: Command) -> Response {
+    if let Err(r) = authorized(s, headers) {
+        return r;
+    }
+    let (tx, rx) = oneshot::channel();
+    if s.tx.send(Msg::Command(cmd, tx)).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "node loop stopped");
+    }
+    match tokio::time::timeout(Duration::from_secs(5), rx).await {
+        Ok(Ok(Ok(msg))) => Json(json!({"ok": true, "message": msg})).into_response(),
+        Ok(Ok(Err(reason))) => (
+            StatusCode::CONFLICT,
+            Json(json!({"ok": false, "error": format!("{cmd} refused: {reason}"), "reason": reason})),
+        )
+            .into_response(),
+        _ => error(StatusCode::SERVICE_UNAVAILABLE, "node loop did not answer"),
+    }
+}
+
+async fn start(State(s): State<ApiState>, headers: HeaderMap, q: Query<Force>, body: Option<Json<Force>>) -> Response {
+    let force = q.force || body.is_some_and(|b| b.force);
+    command(&s, &headers, Command::StartServices { force }).await
+}
+
+async fn stop(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    command(&s, &headers, Command::StopServices).await
+}
+
+async fn failback(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    command(&s, &headers, Command::Failback).await
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+/// The process-wide Prometheus recorder (installed once).
+pub fn install_metrics() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be set (tests): keep ours for rendering.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Export the node's state as Prometheus series.
+pub fn update_metrics(s: &Snapshot, sent: u64, received: u64) {
+    metrics::gauge!("resilience_active").set(if s.active { 1.0 } else { 0.0 });
+    metrics::gauge!("resilience_epoch").set(s.epoch as f64);
+    metrics::gauge!("resilience_faulted").set(if s.faulted { 1.0 } else { 0.0 });
+    metrics::gauge!("resilience_pbx_up").set(match s.pbx {
+        resilience_core::PbxHealth::Up => 1.0,
+        _ => 0.0,
+    });
+    if let Some(p) = &s.peer {
+        metrics::gauge!("resilience_peer_heard").set(if p.heard { 1.0 } else { 0.0 });
+        if let Some(ago) = p.last_heard_ago {
+            metrics::gauge!("resilience_peer_last_heard_seconds").set(ago.as_secs_f64());
+        }
+        metrics::gauge!("resilience_peer_active").set(if p.status.is_some_and(|x| x.is_active()) { 1.0 } else { 0.0 });
+    }
+    metrics::counter!("resilience_heartbeats_sent_total").absolute(sent);
+    metrics::counter!("resilience_heartbeats_received_total").absolute(received);
+    for (reason, n) in &s.rejected {
+        metrics::counter!("resilience_heartbeats_rejected_total", "reason" => *reason).absolute(*n);
+    }
+}

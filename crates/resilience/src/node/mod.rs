@@ -1,0 +1,509 @@
+//! `resilience node`: the daemon on each PBX host.
+//!
+//! One task owns the sans-IO core (mini-redis style): heartbeat datagrams,
+//! the timer, API commands, probe answers and action results all arrive as
+//! [`Msg`]s or wake-ups; the core's outputs leave as datagrams, spawned
+//! service actions, log lines, history rows and a refreshed status document
+//! that the API reads without asking the loop.
+
+pub mod probe;
+pub mod store;
+
+use crate::api::{self, ApiState};
+use crate::services::{self, ServiceState, Services};
+use anyhow::Context;
+use resilience_core::config::NodeConfig;
+use resilience_core::node::{AdminChoice, Snapshot};
+use resilience_core::{
+    Action, ActionError, ActionId, ActionKind, ActionOutcome, ClusterKey, Command, Event, Input,
+    InputError, Mode, Node, NodeType, Output, PbxHealth, Settings, Status,
+};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use store::{unix_ms, Store, StoredEvent};
+use tokio::net::UdpSocket;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+/// What the loop hears from the other tasks.
+pub enum Msg {
+    Datagram(SocketAddr, Vec<u8>),
+    Command(Command, oneshot::Sender<Result<String, String>>),
+    Events(usize, oneshot::Sender<Vec<StoredEvent>>),
+    ActionDone(ActionId, Result<ActionOutcome, ActionError>),
+    Pbx(PbxHealth),
+    Arbiter(bool),
+    ServiceStates(Vec<ServiceState>),
+}
+
+/// Resolve a path from the config against the config file's folder.
+pub fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+/// Read and validate a node config file.
+pub fn load_config(path: &Path) -> anyhow::Result<(NodeConfig, PathBuf)> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).with_context(|| format!("{shown}: cannot read"))?;
+    let cfg = NodeConfig::parse(&shown, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let base = path
+        .parent()
+        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .unwrap_or(Path::new("."))
+        .to_owned();
+    Ok((cfg, base))
+}
+
+/// Read the cluster key named by the config.
+pub fn load_key(cfg: &NodeConfig, base: &Path) -> anyhow::Result<ClusterKey> {
+    let path = resolve(base, &cfg.heartbeat.key_file);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cluster key {}: cannot read (create it with `resilience keygen --out {}` and copy it to both nodes)",
+            path.display(),
+            path.display()
+        )
+    })?;
+    ClusterKey::from_hex(&text).map_err(|e| anyhow::anyhow!("cluster key {}: {e}", path.display()))
+}
+
+/// The API token: the configured file, or `<state_dir>/api.token`, created
+/// (mode 0600) on first start.
+pub fn load_or_create_token(cfg: &NodeConfig, base: &Path) -> anyhow::Result<(String, PathBuf)> {
+    let path = match &cfg.api.token_file {
+        Some(p) => resolve(base, p),
+        None => resolve(base, &cfg.node.state_dir).join("api.token"),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => Ok((t.trim().to_owned(), path)),
+        Ok(_) => anyhow::bail!("API token file {} is empty", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && cfg.api.token_file.is_none() => {
+            let mut bytes = [0u8; 24];
+            getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("random token: {e}"))?;
+            let token = hex::encode(bytes);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            write_private(&path, &token)?;
+            Ok((token, path))
+        }
+        Err(e) => Err(anyhow::anyhow!("API token file {}: {e}", path.display())),
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(f, "{text}")?;
+    Ok(())
+}
+
+/// Counters the loop keeps beside the core.
+#[derive(Default)]
+struct Counters {
+    frames_sent: u64,
+    frames_received: u64,
+    send_errors: u64,
+    actions: std::collections::BTreeMap<(&'static str, &'static str), u64>,
+}
+
+/// Run the daemon until SIGINT/SIGTERM.
+pub async fn run(config: &Path) -> anyhow::Result<()> {
+    let (cfg, base) = load_config(config)?;
+    let key = load_key(&cfg, &base)?;
+    let state_dir = resolve(&base, &cfg.node.state_dir);
+    let (mut store, warning) = Store::open(&state_dir)?;
+    if let Some(w) = &warning {
+        tracing::error!("{w}");
+    }
+    let persisted = store.load_facts()?;
+    let (token, token_path) = load_or_create_token(&cfg, &base)?;
+    tracing::info!("API token in {}", token_path.display());
+    let settings = Settings::from_config(&cfg, key);
+    let services = Services::new(cfg.services.clone());
+
+    // Heartbeat sockets: one per path.
+    let mut sockets = Vec::new();
+    for addr in std::iter::once(cfg.heartbeat.listen).chain(cfg.heartbeat.extra_listen.iter().copied()) {
+        let s = UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("heartbeat socket {addr}"))?;
+        sockets.push(Arc::new(s));
+    }
+    let (tx, mut rx) = mpsc::channel::<Msg>(1024);
+    for s in &sockets {
+        let s = s.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            loop {
+                match s.recv_from(&mut buf).await {
+                    Ok((n, from)) => {
+                        if tx.send(Msg::Datagram(from, buf[..n].to_vec())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::warn!("heartbeat receive: {e}"),
+                }
+            }
+        });
+    }
+
+    // Reconcile: what runs must match what is decided. The core starts
+    // Inactive; unless it will start at once, running services are stopped
+    // (a Standby that rebooted while Inactive keeps its PBX stopped).
+    let starts_at_once = cfg.node.node_type == NodeType::Disabled
+        || (cfg.node.mode == Mode::Manual && persisted.admin == Some(AdminChoice::Start));
+    if !starts_at_once {
+        let states = services.states().await;
+        let running: Vec<_> = states.iter().filter(|s| s.running == Some(true)).map(|s| s.name.clone()).collect();
+        if !running.is_empty() {
+            tracing::warn!(
+                "reconcile: services {running:?} run while this node starts inactive; stopping them"
+            );
+            if let Err(e) = services.stop_all().await {
+                tracing::error!("reconcile: {e}");
+            }
+        }
+    }
+
+    spawn_probes(&cfg, tx.clone());
+
+    let (status_tx, status_rx) = watch::channel(json!({}));
+    let (ha_tx, ha_rx) = watch::channel(json!({}));
+    let (events_tx, _) = broadcast::channel::<serde_json::Value>(256);
+    let metrics = api::install_metrics();
+    let api_state = ApiState {
+        tx: tx.clone(),
+        status: status_rx,
+        ha: ha_rx,
+        token: Arc::new(token),
+        metrics,
+        events: events_tx.clone(),
+    };
+    let api_listener = tokio::net::TcpListener::bind(cfg.api.listen)
+        .await
+        .with_context(|| format!("API socket {}", cfg.api.listen))?;
+    tracing::info!("API on http://{}", api_listener.local_addr()?);
+    let api_task = tokio::spawn(api::serve(api_listener, api_state));
+
+    let started = Instant::now();
+    let wall_start = SystemTime::now();
+    let wall = move |at: Instant| -> i64 {
+        let t = if at >= started { wall_start + (at - started) } else { wall_start - (started - at) };
+        unix_ms(t)
+    };
+    let mut node = Node::new(settings, persisted, Instant::now());
+    let mut counters = Counters::default();
+    let mut service_states: Vec<ServiceState> = Vec::new();
+    let peer_addrs = node.settings().peer_addrs.clone();
+    let calls_cmd = cfg.drain.active_calls_command.clone();
+    let mut last_active: Option<bool> = None;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+
+    loop {
+        // Hand out everything the core has to say, up to its next deadline.
+        let mut now_inputs: Vec<(ActionId, Result<ActionOutcome, ActionError>)> = Vec::new();
+        let deadline = loop {
+            match node.poll_output() {
+                Output::Transmit(t) => {
+                    let i = peer_addrs.iter().position(|a| *a == t.to).unwrap_or(0);
+                    let s = &sockets[i.min(sockets.len() - 1)];
+                    match s.try_send_to(&t.bytes, t.to) {
+                        Ok(_) => counters.frames_sent += 1,
+                        Err(e) => {
+                            counters.send_errors += 1;
+                            tracing::debug!("heartbeat to {}: {e}", t.to);
+                        }
+                    }
+                }
+                Output::Action(Action { id, kind }) => match kind {
+                    ActionKind::Persist(p) => {
+                        let r = store.save_facts(&p).map(|_| ActionOutcome::Done).map_err(|e| ActionError(e.to_string()));
+                        now_inputs.push((id, r));
+                    }
+                    ActionKind::StartServices | ActionKind::StopServices => {
+                        let start = kind == ActionKind::StartServices;
+                        let services = services.clone();
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            let r = if start { services.start_all().await } else { services.stop_all().await };
+                            let r = r.map(|_| ActionOutcome::Done).map_err(ActionError);
+                            let _ = tx.send(Msg::ActionDone(id, r)).await;
+                        });
+                    }
+                    ActionKind::CountActiveCalls => {
+                        let tx = tx.clone();
+                        let cmd = calls_cmd.clone();
+                        tokio::spawn(async move {
+                            let r = match cmd {
+                                Some(c) => services::count_calls(&c, Duration::from_secs(10))
+                                    .await
+                                    .map(ActionOutcome::ActiveCalls)
+                                    .map_err(ActionError),
+                                // Nothing can count calls: the drain ends at once.
+                                None => Ok(ActionOutcome::ActiveCalls(0)),
+                            };
+                            let _ = tx.send(Msg::ActionDone(id, r)).await;
+                        });
+                    }
+                },
+                Output::Event(e) => record_event(&e, &mut store, &events_tx, &wall),
+                Output::Timeout(at) => break at,
+            }
+        };
+        if !now_inputs.is_empty() {
+            for (id, r) in now_inputs {
+                let _ = node.handle_input(Input::ActionDone(Instant::now(), id, r));
+            }
+            continue;
+        }
+        publish(&node, &cfg, &counters, &service_states, &status_tx, &ha_tx);
+        if last_active != Some(node.is_active()) {
+            last_active = Some(node.is_active());
+        }
+
+        let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
+        tokio::select! {
+            _ = sleep => {
+                let _ = node.handle_input(Input::Timeout(Instant::now()));
+            }
+            msg = rx.recv() => {
+                let Some(msg) = msg else { break };
+                let now = Instant::now();
+                match msg {
+                    Msg::Datagram(from, bytes) => {
+                        counters.frames_received += 1;
+                        if let Err(e) = node.handle_input(Input::Datagram(now, from, &bytes)) {
+                            tracing::debug!("from {from}: {e}");
+                        }
+                    }
+                    Msg::Command(cmd, reply) => {
+                        let r = node.handle_input(Input::Command(now, cmd));
+                        let _ = reply.send(match r {
+                            Ok(()) => Ok(accepted_message(&node, cmd)),
+                            Err(InputError::Refused { reason, .. }) => Err(reason),
+                            Err(e) => Err(e.to_string()),
+                        });
+                    }
+                    Msg::Events(limit, reply) => {
+                        let _ = reply.send(store.events(limit).unwrap_or_default());
+                    }
+                    Msg::ActionDone(id, r) => {
+                        let label = if r.is_ok() { "ok" } else { "error" };
+                        *counters.actions.entry(("service", label)).or_default() += 1;
+                        if let Err(e) = node.handle_input(Input::ActionDone(now, id, r)) {
+                            tracing::warn!("{e}");
+                        }
+                    }
+                    Msg::Pbx(h) => {
+                        let _ = node.handle_input(Input::PbxHealth(now, h));
+                    }
+                    Msg::Arbiter(ok) => {
+                        let _ = node.handle_input(Input::Arbiter(now, ok));
+                    }
+                    Msg::ServiceStates(s) => service_states = s,
+                }
+            }
+            _ = &mut shutdown => {
+                tracing::info!("stopping the daemon (services are left as they are)");
+                break;
+            }
+        }
+    }
+    api_task.abort();
+    Ok(())
+}
+
+fn accepted_message(node: &Node, cmd: Command) -> String {
+    let s = node.snapshot(Instant::now());
+    format!("{cmd}: accepted; status {}", s.status)
+}
+
+fn record_event(
+    e: &Event,
+    store: &mut Store,
+    events: &broadcast::Sender<serde_json::Value>,
+    wall: &impl Fn(Instant) -> i64,
+) {
+    let text = e.to_string();
+    tracing::info!(target: "resilience", "{text}");
+    let at_ms = wall(e.at);
+    let kind = e.kind.label();
+    if let Err(err) = store.append_event(at_ms, kind, &text) {
+        tracing::error!("event history: {err}");
+    }
+    let _ = events.send(json!({"at_ms": at_ms, "kind": kind, "text": text}));
+}
+
+fn spawn_probes(cfg: &NodeConfig, tx: mpsc::Sender<Msg>) {
+    let pbx = cfg.pbx.clone();
+    if pbx.sip_options.is_some() || pbx.command.is_some() {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut last: Option<PbxHealth> = None;
+            let mut failures = 0u32;
+            let mut tick = tokio::time::interval(pbx.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let timeout = pbx.interval.max(Duration::from_millis(300));
+                let mut ok = true;
+                if let Some(target) = pbx.sip_options {
+                    ok &= matches!(probe::sip_options(target, timeout).await, Ok(c) if probe::healthy_code(c));
+                }
+                if let Some(cmd) = &pbx.command {
+                    ok &= services::run(cmd, timeout).await.is_ok();
+                }
+                // Two misses in a row before Down: one lost UDP probe is noise.
+                failures = if ok { 0 } else { failures + 1 };
+                let h = if ok { PbxHealth::Up } else if failures >= 2 { PbxHealth::Down } else { continue };
+                if last != Some(h) {
+                    last = Some(h);
+                    if tx.send(Msg::Pbx(h)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    let arbiters = cfg.arbiters.clone();
+    if !arbiters.addresses.is_empty() {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut last = None;
+            let mut tick = tokio::time::interval(arbiters.interval);
+            loop {
+                tick.tick().await;
+                let ok = probe::any_arbiter(&arbiters.addresses, arbiters.interval.max(Duration::from_millis(300))).await;
+                if last != Some(ok) {
+                    last = Some(ok);
+                    if tx.send(Msg::Arbiter(ok)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    let services = Services::new(cfg.services.clone());
+    tokio::spawn(async move {
+        loop {
+            let s = services.states().await;
+            if tx.send(Msg::ServiceStates(s)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn status_word(s: Status) -> &'static str {
+    if s.is_active() { "active" } else { "inactive" }
+}
+
+/// Refresh the documents the API serves.
+fn publish(
+    node: &Node,
+    cfg: &NodeConfig,
+    c: &Counters,
+    services: &[ServiceState],
+    status_tx: &watch::Sender<serde_json::Value>,
+    ha_tx: &watch::Sender<serde_json::Value>,
+) {
+    let now = Instant::now();
+    let s: Snapshot = node.snapshot(now);
+    let remote = cfg.peer.as_ref().map(|p| p.address.ip().to_string()).unwrap_or_default();
+    let ha = json!({
+        "node_type": s.node_type.to_string(),
+        "mode": s.mode.to_string(),
+        "active": s.active,
+        "remote_address": remote,
+    });
+    ha_tx.send_if_modified(|old| {
+        if *old != ha {
+            *old = ha;
+            true
+        } else {
+            false
+        }
+    });
+    let peer = s.peer.as_ref().map(|p| {
+        json!({
+            "name": p.name,
+            "address": cfg.peer.as_ref().map(|x| x.address.to_string()),
+            "heard": p.heard,
+            "last_heard_ago_s": p.last_heard_ago.map(|d| d.as_secs_f64()),
+            "status": p.status.map(|s| s.to_string()),
+            "active": p.status.map(|s| s.is_active()),
+            "pbx": p.pbx.map(|h| h.to_string()),
+            "epoch": p.epoch,
+            "yielding": p.yielding,
+            "replication": p.replication,
+        })
+    });
+    let rejected: serde_json::Map<String, serde_json::Value> =
+        s.rejected.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    let doc = json!({
+        "node": {
+            "name": s.name,
+            "node_type": s.node_type.to_string(),
+            "mode": s.mode.to_string(),
+            "status": s.status.to_string(),
+            "state": status_word(s.status),
+            "active": s.active,
+            "epoch": s.epoch,
+            "reason": s.reason,
+            "held": s.admin == Some(AdminChoice::Stop),
+            "admin": s.admin.map(|a| format!("{a:?}").to_lowercase()),
+            "faulted": s.faulted,
+            "arbiter_ok": s.arbiter_ok,
+            "arbiters": cfg.arbiters.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        },
+        "pbx": { "health": s.pbx.to_string(), "probe": cfg.pbx.sip_options.map(|a| a.to_string()) },
+        "peer": peer,
+        "services": services,
+        "failback": {
+            "policy": format!("{:?}", cfg.failback.policy).to_lowercase(),
+            "pending": s.failback_wait.is_some() || s.want_active,
+            "requested": s.want_active,
+            "waiting_because": s.failback_wait,
+            "due_in_s": s.failback_due_in.map(|d| d.as_secs_f64()),
+        },
+        "drain": { "active_calls": s.calls },
+        "heartbeat": {
+            "interval_ms": cfg.heartbeat.interval.as_millis() as u64,
+            "failover_after_ms": cfg.heartbeat.failover_after.as_millis() as u64,
+            "sent": c.frames_sent,
+            "received": c.frames_received,
+            "send_errors": c.send_errors,
+            "rejected": rejected,
+        },
+    });
+    api::update_metrics(&s, c.frames_sent, c.frames_received);
+    status_tx.send_replace(doc);
+}

@@ -1,0 +1,260 @@
+//! The node's durable state, in SQLite under the state directory: the facts
+//! the core restarts from (epoch, boot id, the peer's boot id, an admin's
+//! choice) and the event history (bounded, newest first).
+//!
+//! A database that cannot be opened or fails SQLite's `quick_check` is moved
+//! aside (`state.db.corrupt-<unix time>`) and recreated; the node starts as on
+//! a first boot and says so, rather than crash-looping.
+
+use resilience_core::node::AdminChoice;
+use resilience_core::Persisted;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// File name of the database inside the state directory.
+pub const DB_FILE: &str = "state.db";
+/// Events kept; older ones are pruned.
+pub const KEEP_EVENTS: i64 = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state directory {0}: {1}")]
+    Dir(PathBuf, std::io::Error),
+    #[error("state database {0}: {1}")]
+    Sql(PathBuf, rusqlite::Error),
+    #[error("moving the damaged state database {0} aside: {1}")]
+    MoveAside(PathBuf, std::io::Error),
+}
+
+/// One event as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StoredEvent {
+    pub id: i64,
+    /// Unix time in milliseconds.
+    pub at_ms: i64,
+    pub kind: String,
+    pub text: String,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    appended: u64,
+}
+
+pub fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Store {
+    /// Open (or create) the store in `dir`. The second value, when present,
+    /// says what was wrong with the old database and where it was moved.
+    pub fn open(dir: &Path) -> Result<(Store, Option<String>), StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Dir(dir.to_owned(), e))?;
+        let path = dir.join(DB_FILE);
+        match Self::open_checked(&path) {
+            Ok(s) => Ok((s, None)),
+            Err(e) if path.exists() => {
+                let aside = dir.join(format!("{DB_FILE}.corrupt-{}", unix_ms(SystemTime::now())));
+                std::fs::rename(&path, &aside).map_err(|io| StoreError::MoveAside(path.clone(), io))?;
+                for ext in ["-wal", "-shm"] {
+                    let _ = std::fs::remove_file(dir.join(format!("{DB_FILE}{ext}")));
+                }
+                let s = Self::open_checked(&path)?;
+                Ok((
+                    s,
+                    Some(format!(
+                        "state database {} was unreadable ({e}); moved to {} and recreated: starting from first-boot facts",
+                        path.display(),
+                        aside.display()
+                    )),
+                ))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open_checked(path: &Path) -> Result<Store, StoreError> {
+        let sql = |e| StoreError::Sql(path.to_owned(), e);
+        let conn = Connection::open(path).map_err(sql)?;
+        let check: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(sql)?;
+        if check != "ok" {
+            return Err(StoreError::Sql(
+                path.to_owned(),
+                rusqlite::Error::InvalidParameterName(format!("quick_check: {check}")),
+            ));
+        }
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             CREATE TABLE IF NOT EXISTS facts (
+                 key TEXT PRIMARY KEY,
+                 value TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS events (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 at_ms INTEGER NOT NULL,
+                 kind TEXT NOT NULL,
+                 text TEXT NOT NULL
+             );",
+        )
+        .map_err(sql)?;
+        Ok(Store {
+            conn,
+            path: path.to_owned(),
+            appended: 0,
+        })
+    }
+
+    fn sql(&self, e: rusqlite::Error) -> StoreError {
+        StoreError::Sql(self.path.clone(), e)
+    }
+
+    fn fact(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM facts WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.sql(e))
+    }
+
+    /// The facts the core restarts from (defaults on a first boot).
+    pub fn load_facts(&self) -> Result<Persisted, StoreError> {
+        let num = |k| -> Result<u64, StoreError> {
+            Ok(self.fact(k)?.and_then(|v| v.parse().ok()).unwrap_or(0))
+        };
+        let admin = match self.fact("admin")?.as_deref() {
+            Some("start") => Some(AdminChoice::Start),
+            Some("stop") => Some(AdminChoice::Stop),
+            _ => None,
+        };
+        Ok(Persisted {
+            epoch: num("epoch")?,
+            boot: num("boot")?,
+            peer_boot: num("peer_boot")?,
+            admin,
+        })
+    }
+
+    /// Write the facts in one transaction, synchronously.
+    pub fn save_facts(&mut self, p: &Persisted) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let sql = |e| StoreError::Sql(path.clone(), e);
+        let tx = self.conn.transaction().map_err(sql)?;
+        let admin = match p.admin {
+            Some(AdminChoice::Start) => "start",
+            Some(AdminChoice::Stop) => "stop",
+            None => "",
+        };
+        for (k, v) in [
+            ("epoch", p.epoch.to_string()),
+            ("boot", p.boot.to_string()),
+            ("peer_boot", p.peer_boot.to_string()),
+            ("admin", admin.to_string()),
+        ] {
+            tx.execute(
+                "INSERT INTO facts (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![k, v],
+            )
+            .map_err(sql)?;
+        }
+        tx.commit().map_err(sql)
+    }
+
+    /// Append an event; prune the oldest now and then.
+    pub fn append_event(&mut self, at_ms: i64, kind: &str, text: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO events (at_ms, kind, text) VALUES (?1, ?2, ?3)",
+                params![at_ms, kind, text],
+            )
+            .map_err(|e| self.sql(e))?;
+        self.appended += 1;
+        if self.appended % 100 == 0 {
+            self.conn
+                .execute(
+                    "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?1",
+                    [KEEP_EVENTS],
+                )
+                .map_err(|e| self.sql(e))?;
+        }
+        Ok(())
+    }
+
+    /// The newest `limit` events, newest first.
+    pub fn events(&self, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, at_ms, kind, text FROM events ORDER BY id DESC LIMIT ?1")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([limit as i64], |r| {
+                Ok(StoredEvent {
+                    id: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    kind: r.get(2)?,
+                    text: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.sql(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("resilience-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn facts_survive_reopen() {
+        let d = tmp("facts");
+        let (mut s, warn) = Store::open(&d).unwrap();
+        assert!(warn.is_none());
+        assert_eq!(s.load_facts().unwrap(), Persisted::default());
+        let p = Persisted { epoch: 9, boot: 3, peer_boot: 4, admin: Some(AdminChoice::Stop) };
+        s.save_facts(&p).unwrap();
+        drop(s);
+        let (s, _) = Store::open(&d).unwrap();
+        assert_eq!(s.load_facts().unwrap(), p);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn events_newest_first_and_bounded_listing() {
+        let d = tmp("events");
+        let (mut s, _) = Store::open(&d).unwrap();
+        for i in 0..5 {
+            s.append_event(i, "status", &format!("event {i}")).unwrap();
+        }
+        let ev = s.events(3).unwrap();
+        assert_eq!(ev.iter().map(|e| e.at_ms).collect::<Vec<_>>(), vec![4, 3, 2]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn corrupt_database_is_moved_aside_and_recreated() {
+        let d = tmp("corrupt");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(DB_FILE), b"this is not a database, just garbage bytes ....").unwrap();
+        let (s, warn) = Store::open(&d).unwrap();
+        let warn = warn.expect("a warning");
+        assert!(warn.contains("moved to"), "{warn}");
+        assert_eq!(s.load_facts().unwrap(), Persisted::default());
+        let aside = std::fs::read_dir(&d)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().contains(".corrupt-"));
+        assert!(aside, "old file kept for inspection");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

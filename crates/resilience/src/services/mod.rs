@@ -1,0 +1,219 @@
+//! Service control: the PBX services a node starts when it becomes Active
+//! and stops when it hands over (XiVO's `xivo-manage-slave-services`).
+//!
+//! Each service is a systemd unit (`systemctl start|stop|is-active`) or a set
+//! of shell commands. Services start in file order and stop in reverse; a
+//! failed start stops what was already started, so an error always means
+//! "nothing is running". Every command has a timeout, and its exit code and
+//! stderr end up in the error the core turns into an event.
+
+use resilience_core::config::ServiceSection;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::Command;
+
+/// How much of a failing command's stderr is kept in the error.
+const STDERR_KEEP: usize = 400;
+
+#[derive(Debug, Clone)]
+pub struct Services {
+    list: Vec<ServiceSection>,
+}
+
+/// Whether one service runs, as its status command says.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ServiceState {
+    pub name: String,
+    /// `None` when the service has no status command.
+    pub running: Option<bool>,
+}
+
+impl Services {
+    pub fn new(list: Vec<ServiceSection>) -> Services {
+        Services { list }
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.list.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// Start every service in order; on failure stop those started, in
+    /// reverse, and report which one failed and how.
+    pub async fn start_all(&self) -> Result<(), String> {
+        for (i, s) in self.list.iter().enumerate() {
+            if let Err(e) = run(&start_cmd(s), s.timeout).await {
+                let mut msg = format!("service {}: start failed: {e}", s.name);
+                for done in self.list[..i].iter().rev() {
+                    if let Err(e2) = run(&stop_cmd(done), done.timeout).await {
+                        msg.push_str(&format!("; rolling back {} also failed: {e2}", done.name));
+                    }
+                }
+                return Err(msg);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop every service in reverse order; try them all, report every failure.
+    pub async fn stop_all(&self) -> Result<(), String> {
+        let mut errors = Vec::new();
+        for s in self.list.iter().rev() {
+            if let Err(e) = run(&stop_cmd(s), s.timeout).await {
+                errors.push(format!("service {}: stop failed: {e}", s.name));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// Ask each service whether it runs.
+    pub async fn states(&self) -> Vec<ServiceState> {
+        let mut out = Vec::with_capacity(self.list.len());
+        for s in &self.list {
+            let running = match status_cmd(s) {
+                Some(cmd) => Some(run(&cmd, s.timeout).await.is_ok()),
+                None => None,
+            };
+            out.push(ServiceState { name: s.name.clone(), running });
+        }
+        out
+    }
+}
+
+fn start_cmd(s: &ServiceSection) -> String {
+    match (&s.unit, &s.start) {
+        (Some(unit), _) => format!("systemctl start {}", shell_quote(unit)),
+        (None, Some(cmd)) => cmd.clone(),
+        (None, None) => "false".into(),
+    }
+}
+
+fn stop_cmd(s: &ServiceSection) -> String {
+    match (&s.unit, &s.stop) {
+        (Some(unit), _) => format!("systemctl stop {}", shell_quote(unit)),
+        (None, Some(cmd)) => cmd.clone(),
+        (None, None) => "false".into(),
+    }
+}
+
+fn status_cmd(s: &ServiceSection) -> Option<String> {
+    match (&s.unit, &s.status) {
+        (Some(unit), _) => Some(format!("systemctl is-active --quiet {}", shell_quote(unit))),
+        (None, cmd) => cmd.clone(),
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Run a shell command with a timeout. `Ok` on exit status 0; otherwise the
+/// exit status and the end of stderr.
+pub async fn run(cmd: &str, timeout: Duration) -> Result<String, String> {
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("`{cmd}` could not be run: {e}"))?;
+    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => return Err(format!("`{cmd}`: {e}")),
+        Err(_) => return Err(format!("`{cmd}` timed out after {timeout:?} (killed)")),
+    };
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = stderr.trim();
+        let tail = if stderr.len() > STDERR_KEEP {
+            let mut cut = stderr.len() - STDERR_KEEP;
+            while !stderr.is_char_boundary(cut) {
+                cut += 1;
+            }
+            &stderr[cut..]
+        } else {
+            stderr
+        };
+        let status = match out.status.code() {
+            Some(c) => format!("exit status {c}"),
+            None => "killed by a signal".into(),
+        };
+        Err(if tail.is_empty() {
+            format!("`{cmd}`: {status}")
+        } else {
+            format!("`{cmd}`: {status}: {tail}")
+        })
+    }
+}
+
+/// The active calls, from the configured command's output: the number on
+/// the line that says "active call" (`asterisk -rx "core show channels
+/// count"`), else the first number printed.
+pub async fn count_calls(cmd: &str, timeout: Duration) -> Result<u32, String> {
+    let out = run(cmd, timeout).await?;
+    let first_number = |s: &str| {
+        s.split(|c: char| !c.is_ascii_digit())
+            .find(|w| !w.is_empty())
+            .and_then(|w| w.parse().ok())
+    };
+    out.lines()
+        .find(|l| l.contains("active call"))
+        .and_then(first_number)
+        .or_else(|| first_number(&out))
+        .ok_or_else(|| format!("`{cmd}` printed no number: {:?}", out.trim()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(name: &str, start: &str, stop: &str) -> ServiceSection {
+        ServiceSection {
+            name: name.into(),
+            unit: None,
+            start: Some(start.into()),
+            stop: Some(stop.into()),
+            status: None,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn failed_start_rolls_back_in_reverse_and_names_the_service() {
+        let dir = std::env::temp_dir().join(format!("resilience-svc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("log");
+        let l = log.display();
+        let s = Services::new(vec![
+            svc("a", &format!("echo start-a >> {l}"), &format!("echo stop-a >> {l}")),
+            svc("b", &format!("echo start-b >> {l}"), &format!("echo stop-b >> {l}")),
+            svc("c", "echo boom >&2; exit 3", "true"),
+        ]);
+        let e = s.start_all().await.unwrap_err();
+        assert!(e.contains("service c") && e.contains("exit status 3") && e.contains("boom"), "{e}");
+        let got = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(got, "start-a\nstart-b\nstop-b\nstop-a\n");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_and_reports() {
+        let e = run("sleep 5", Duration::from_millis(100)).await.unwrap_err();
+        assert!(e.contains("timed out"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn counts_calls_from_asterisk_output() {
+        let cmd = "printf '3 active channels\\n2 active calls\\n7 calls processed\\n'";
+        assert_eq!(count_calls(cmd, Duration::from_secs(5)).await, Ok(2));
+        assert_eq!(count_calls("echo 4", Duration::from_secs(5)).await, Ok(4));
+        assert!(count_calls("echo none", Duration::from_secs(5)).await.is_err());
+    }
+}
