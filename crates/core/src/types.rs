@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 use std::fmt;
+use std::time::Duration;
 
 /// What a node is configured to be (XiVO's "node type").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -133,5 +134,44 @@ impl fmt::Display for PbxHealth {
             PbxHealth::Up => "up",
             PbxHealth::Down => "down",
         })
+    }
+}
+
+/// A duration as an admin writes it in the config: `200ms`, `3.0s`, `10m`,
+/// `1h5m`.
+pub fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        let s = d.as_secs();
+        let (h, m, s) = (s / 3600, s % 3600 / 60, s % 60);
+        let mut out = String::new();
+        if h > 0 {
+            out.push_str(&format!("{h}h"));
+        }
+        if m > 0 {
+            out.push_str(&format!("{m}m"));
+        }
+        if s > 0 {
+            out.push_str(&format!("{s}s"));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human(Duration::from_millis(200)), "200ms");
+        assert_eq!(human(Duration::from_millis(3004)), "3.0s");
+        assert_eq!(human(Duration::from_secs(600)), "10m");
+        assert_eq!(human(Duration::from_secs(3900)), "1h5m");
+        assert_eq!(human(Duration::from_secs(61)), "1m1s");
     }
 }

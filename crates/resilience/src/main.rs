@@ -1,1 +1,92 @@
-fn main() {}
+//! `resilience`: one binary for every role (see DESIGN.md).
+
+mod api;
+mod check_config;
+mod cli;
+mod client;
+mod keygen;
+mod node;
+mod services;
+mod standin;
+
+use clap::Parser;
+use cli::{CertAction, Cli, Cmd, ServicesAction};
+use std::process::ExitCode;
+
+/// Exit code of a subcommand that does not exist yet.
+const NOT_BUILT: u8 = 2;
+
+fn not_built(what: &str, issue: &str) -> ExitCode {
+    eprintln!("resilience {what}: not built yet (see issue {issue})");
+    ExitCode::from(NOT_BUILT)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn code(c: i32) -> ExitCode {
+    ExitCode::from(c.clamp(0, 255) as u8)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result: anyhow::Result<ExitCode> = (|| match cli.command {
+        Cmd::Node { config } => {
+            init_logging();
+            runtime()?.block_on(node::run(&config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::StandInPbx { listen } => {
+            runtime()?.block_on(standin::run(listen))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::CheckConfig { file } => Ok(check_config::run(&file)),
+        Cmd::Keygen { out, force } => keygen::run(out.as_deref(), force),
+        Cmd::Status { api, json } => {
+            let t = client::Target::new(api.api, api.token_file, api.config.as_deref())?;
+            Ok(code(client::status(&t, json)))
+        }
+        Cmd::Services { action, api } => {
+            let t = client::Target::new(api.api, api.token_file, api.config.as_deref())?;
+            Ok(code(match action {
+                ServicesAction::Start { force } => client::services(&t, true, force),
+                ServicesAction::Stop => client::services(&t, false, false),
+            }))
+        }
+        Cmd::Failback { api } => {
+            let t = client::Target::new(api.api, api.token_file, api.config.as_deref())?;
+            Ok(code(client::failback(&t)))
+        }
+        Cmd::Events { api, limit, json } => {
+            let t = client::Target::new(api.api, api.token_file, api.config.as_deref())?;
+            Ok(code(client::events(&t, limit, json)))
+        }
+        Cmd::Follow { .. } => Ok(not_built("follow", "6: followers")),
+        Cmd::Edge { .. } => Ok(not_built("edge", "5: the SIP edge")),
+        Cmd::Lab => Ok(not_built("lab", "7: the dashboard and the lab")),
+        Cmd::Replicate { .. } => Ok(not_built("replicate", "4: replication")),
+        Cmd::Cert {
+            action: CertAction::Init | CertAction::Issue { .. },
+        } => Ok(not_built("cert", "4: replication (node-to-node TLS)")),
+    })();
+    match result {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("resilience: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! Every decision the node makes, with its reason.
 
 use crate::heartbeat::Reject;
-use crate::types::{Mode, NodeType, Status};
+use crate::types::{human, Mode, NodeType, Status};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -118,7 +118,7 @@ impl fmt::Display for Event {
                 write!(f, "Updating resilience state, from: {from} to: {to}")?
             }
             PeerHeard { status } => write!(f, "peer heard (status {status})")?,
-            PeerSilent { silent_for } => write!(f, "peer silent for {silent_for:?}")?,
+            PeerSilent { silent_for } => write!(f, "peer silent for {}", human(*silent_for))?,
             PeerMismatch => f.write_str("peer configuration mismatch")?,
             FailbackPending => f.write_str("failback pending")?,
             FailbackRequested => f.write_str("failback requested")?,
@@ -128,7 +128,7 @@ impl fmt::Display for Event {
                 write!(f, "services failed to start (attempt {attempt} of {of})")?
             }
             ServiceStopFailed => f.write_str("services failed to stop")?,
-            Faulted { until } => write!(f, "node faulted, yielding for {until:?}")?,
+            Faulted { until } => write!(f, "node faulted, yielding for {}", human(*until))?,
             FaultCleared => f.write_str("fault cleared")?,
             FailoverBlocked => f.write_str("failover blocked")?,
             SplitBrain { own_epoch, peer_epoch, winner } => write!(

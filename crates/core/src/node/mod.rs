@@ -32,7 +32,7 @@ pub use io::{
 
 use crate::config::SplitBrainPolicy;
 use crate::heartbeat::{self, Flags, Frame, Reject};
-use crate::types::{Mode, NodeType, PbxHealth, Status};
+use crate::types::{human, Mode, NodeType, PbxHealth, Status};
 use peer::Peer;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -435,7 +435,7 @@ impl Node {
                 // start) and try again.
                 self.event(
                     EventKind::ServiceStopFailed,
-                    format!("{e}; retrying in {:?}", self.s.retry_delay),
+                    format!("{e}; retrying in {}", human(self.s.retry_delay)),
                 );
                 self.retry_at = Some(self.now + self.s.retry_delay);
             }
@@ -825,8 +825,8 @@ impl Node {
         self.event(
             EventKind::DrainStarted,
             format!(
-                "{why}; waiting up to {:?} for active calls to end",
-                policy.timeout
+                "{why}; waiting up to {} for active calls to end",
+                human(policy.timeout)
             ),
         );
         self.set_status(Status::Draining, why);
@@ -894,7 +894,7 @@ impl Node {
         }
         match self.s.failback {
             FailbackPolicy::Immediate => "failback policy: immediate".into(),
-            FailbackPolicy::Stable(d) => format!("failback policy: main stable for {d:?}"),
+            FailbackPolicy::Stable(d) => format!("failback policy: main stable for {}", human(d)),
             FailbackPolicy::Manual => "an admin asked for failback".into(),
         }
     }
@@ -930,7 +930,8 @@ impl Node {
                     (
                         false,
                         Some(format!(
-                            "waiting for the main to hear the standby without a break for {d:?} (failback policy: stable)"
+                            "waiting for the main to hear the standby without a break for {} (failback policy: stable)",
+                            human(d)
                         )),
                     )
                 }

@@ -17,7 +17,7 @@ use serde_json::json;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -26,7 +26,6 @@ pub struct ApiState {
     pub ha: watch::Receiver<serde_json::Value>,
     pub token: Arc<String>,
     pub metrics: PrometheusHandle,
-    pub events: broadcast::Sender<serde_json::Value>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -52,7 +51,8 @@ fn error(code: StatusCode, msg: impl Into<String>) -> Response {
     (code, Json(json!({"error": msg.into()}))).into_response()
 }
 
-fn authorized(state: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
+/// `Err(reason)` when the call must be refused with 401.
+fn authorized(state: &ApiState, headers: &HeaderMap) -> Result<(), &'static str> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -60,11 +60,10 @@ fn authorized(state: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
         .map(str::trim);
     match given {
         Some(t) if bool::from(t.as_bytes().ct_eq(state.token.as_bytes())) => Ok(()),
-        Some(_) => Err(error(StatusCode::UNAUTHORIZED, "invalid API token")),
-        None => Err(error(
-            StatusCode::UNAUTHORIZED,
+        Some(_) => Err("invalid API token"),
+        None => Err(
             "this call changes the node: send Authorization: Bearer <token> (the node's api.token)",
-        )),
+        ),
     }
 }
 
@@ -100,8 +99,8 @@ struct Force {
 }
 
 async fn command(s: &ApiState, headers: &HeaderMap, cmd: Command) -> Response {
-    if let Err(r) = authorized(s, headers) {
-        return r;
+    if let Err(why) = authorized(s, headers) {
+        return error(StatusCode::UNAUTHORIZED, why);
     }
     let (tx, rx) = oneshot::channel();
     if s.tx.send(Msg::Command(cmd, tx)).await.is_err() {
@@ -111,14 +110,21 @@ async fn command(s: &ApiState, headers: &HeaderMap, cmd: Command) -> Response {
         Ok(Ok(Ok(msg))) => Json(json!({"ok": true, "message": msg})).into_response(),
         Ok(Ok(Err(reason))) => (
             StatusCode::CONFLICT,
-            Json(json!({"ok": false, "error": format!("{cmd} refused: {reason}"), "reason": reason})),
+            Json(
+                json!({"ok": false, "error": format!("{cmd} refused: {reason}"), "reason": reason}),
+            ),
         )
             .into_response(),
         _ => error(StatusCode::SERVICE_UNAVAILABLE, "node loop did not answer"),
     }
 }
 
-async fn start(State(s): State<ApiState>, headers: HeaderMap, q: Query<Force>, body: Option<Json<Force>>) -> Response {
+async fn start(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    q: Query<Force>,
+    body: Option<Json<Force>>,
+) -> Response {
     let force = q.force || body.is_some_and(|b| b.force);
     command(&s, &headers, Command::StartServices { force }).await
 }
@@ -167,7 +173,11 @@ pub fn update_metrics(s: &Snapshot, sent: u64, received: u64) {
         if let Some(ago) = p.last_heard_ago {
             metrics::gauge!("resilience_peer_last_heard_seconds").set(ago.as_secs_f64());
         }
-        metrics::gauge!("resilience_peer_active").set(if p.status.is_some_and(|x| x.is_active()) { 1.0 } else { 0.0 });
+        metrics::gauge!("resilience_peer_active").set(if p.status.is_some_and(|x| x.is_active()) {
+            1.0
+        } else {
+            0.0
+        });
     }
     metrics::counter!("resilience_heartbeats_sent_total").absolute(sent);
     metrics::counter!("resilience_heartbeats_received_total").absolute(received);

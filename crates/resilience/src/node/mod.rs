@@ -54,7 +54,13 @@ pub fn load_config(path: &Path) -> anyhow::Result<(NodeConfig, PathBuf)> {
     let cfg = NodeConfig::parse(&shown, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
     let base = path
         .parent()
-        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
         .unwrap_or(Path::new("."))
         .to_owned();
     Ok((cfg, base))
@@ -132,11 +138,13 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
     let (token, token_path) = load_or_create_token(&cfg, &base)?;
     tracing::info!("API token in {}", token_path.display());
     let settings = Settings::from_config(&cfg, key);
-    let services = Services::new(cfg.services.clone());
+    let services = Services::new(cfg.services.clone(), base.clone());
 
     // Heartbeat sockets: one per path.
     let mut sockets = Vec::new();
-    for addr in std::iter::once(cfg.heartbeat.listen).chain(cfg.heartbeat.extra_listen.iter().copied()) {
+    for addr in
+        std::iter::once(cfg.heartbeat.listen).chain(cfg.heartbeat.extra_listen.iter().copied())
+    {
         let s = UdpSocket::bind(addr)
             .await
             .with_context(|| format!("heartbeat socket {addr}"))?;
@@ -151,7 +159,11 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
             loop {
                 match s.recv_from(&mut buf).await {
                     Ok((n, from)) => {
-                        if tx.send(Msg::Datagram(from, buf[..n].to_vec())).await.is_err() {
+                        if tx
+                            .send(Msg::Datagram(from, buf[..n].to_vec()))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -168,7 +180,11 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
         || (cfg.node.mode == Mode::Manual && persisted.admin == Some(AdminChoice::Start));
     if !starts_at_once {
         let states = services.states().await;
-        let running: Vec<_> = states.iter().filter(|s| s.running == Some(true)).map(|s| s.name.clone()).collect();
+        let running: Vec<_> = states
+            .iter()
+            .filter(|s| s.running == Some(true))
+            .map(|s| s.name.clone())
+            .collect();
         if !running.is_empty() {
             tracing::warn!(
                 "reconcile: services {running:?} run while this node starts inactive; stopping them"
@@ -179,7 +195,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
         }
     }
 
-    spawn_probes(&cfg, tx.clone());
+    spawn_probes(&cfg, &base, tx.clone());
 
     let (status_tx, status_rx) = watch::channel(json!({}));
     let (ha_tx, ha_rx) = watch::channel(json!({}));
@@ -191,7 +207,6 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
         ha: ha_rx,
         token: Arc::new(token),
         metrics,
-        events: events_tx.clone(),
     };
     let api_listener = tokio::net::TcpListener::bind(cfg.api.listen)
         .await
@@ -202,7 +217,11 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     let wall_start = SystemTime::now();
     let wall = move |at: Instant| -> i64 {
-        let t = if at >= started { wall_start + (at - started) } else { wall_start - (started - at) };
+        let t = if at >= started {
+            wall_start + (at - started)
+        } else {
+            wall_start - (started - at)
+        };
         unix_ms(t)
     };
     let mut node = Node::new(settings, persisted, Instant::now());
@@ -232,7 +251,10 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                 }
                 Output::Action(Action { id, kind }) => match kind {
                     ActionKind::Persist(p) => {
-                        let r = store.save_facts(&p).map(|_| ActionOutcome::Done).map_err(|e| ActionError(e.to_string()));
+                        let r = store
+                            .save_facts(&p)
+                            .map(|_| ActionOutcome::Done)
+                            .map_err(|e| ActionError(e.to_string()));
                         now_inputs.push((id, r));
                     }
                     ActionKind::StartServices | ActionKind::StopServices => {
@@ -240,7 +262,11 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                         let services = services.clone();
                         let tx = tx.clone();
                         tokio::spawn(async move {
-                            let r = if start { services.start_all().await } else { services.stop_all().await };
+                            let r = if start {
+                                services.start_all().await
+                            } else {
+                                services.stop_all().await
+                            };
                             let r = r.map(|_| ActionOutcome::Done).map_err(ActionError);
                             let _ = tx.send(Msg::ActionDone(id, r)).await;
                         });
@@ -248,9 +274,10 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                     ActionKind::CountActiveCalls => {
                         let tx = tx.clone();
                         let cmd = calls_cmd.clone();
+                        let dir = base.clone();
                         tokio::spawn(async move {
                             let r = match cmd {
-                                Some(c) => services::count_calls(&c, Duration::from_secs(10))
+                                Some(c) => services::count_calls(&dir, &c, Duration::from_secs(10))
                                     .await
                                     .map(ActionOutcome::ActiveCalls)
                                     .map_err(ActionError),
@@ -305,6 +332,11 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                     Msg::ActionDone(id, r) => {
                         let label = if r.is_ok() { "ok" } else { "error" };
                         *counters.actions.entry(("service", label)).or_default() += 1;
+                        // Show the services as they now are, not as of the last poll.
+                        let (services, tx) = (services.clone(), tx.clone());
+                        tokio::spawn(async move {
+                            let _ = tx.send(Msg::ServiceStates(services.states().await)).await;
+                        });
                         if let Err(e) = node.handle_input(Input::ActionDone(now, id, r)) {
                             tracing::warn!("{e}");
                         }
@@ -349,10 +381,11 @@ fn record_event(
     let _ = events.send(json!({"at_ms": at_ms, "kind": kind, "text": text}));
 }
 
-fn spawn_probes(cfg: &NodeConfig, tx: mpsc::Sender<Msg>) {
+fn spawn_probes(cfg: &NodeConfig, base: &Path, tx: mpsc::Sender<Msg>) {
     let pbx = cfg.pbx.clone();
     if pbx.sip_options.is_some() || pbx.command.is_some() {
         let tx = tx.clone();
+        let dir = base.to_owned();
         tokio::spawn(async move {
             let mut last: Option<PbxHealth> = None;
             let mut failures = 0u32;
@@ -366,11 +399,17 @@ fn spawn_probes(cfg: &NodeConfig, tx: mpsc::Sender<Msg>) {
                     ok &= matches!(probe::sip_options(target, timeout).await, Ok(c) if probe::healthy_code(c));
                 }
                 if let Some(cmd) = &pbx.command {
-                    ok &= services::run(cmd, timeout).await.is_ok();
+                    ok &= services::run_in(&dir, cmd, timeout).await.is_ok();
                 }
                 // Two misses in a row before Down: one lost UDP probe is noise.
                 failures = if ok { 0 } else { failures + 1 };
-                let h = if ok { PbxHealth::Up } else if failures >= 2 { PbxHealth::Down } else { continue };
+                let h = if ok {
+                    PbxHealth::Up
+                } else if failures >= 2 {
+                    PbxHealth::Down
+                } else {
+                    continue;
+                };
                 if last != Some(h) {
                     last = Some(h);
                     if tx.send(Msg::Pbx(h)).await.is_err() {
@@ -388,7 +427,11 @@ fn spawn_probes(cfg: &NodeConfig, tx: mpsc::Sender<Msg>) {
             let mut tick = tokio::time::interval(arbiters.interval);
             loop {
                 tick.tick().await;
-                let ok = probe::any_arbiter(&arbiters.addresses, arbiters.interval.max(Duration::from_millis(300))).await;
+                let ok = probe::any_arbiter(
+                    &arbiters.addresses,
+                    arbiters.interval.max(Duration::from_millis(300)),
+                )
+                .await;
                 if last != Some(ok) {
                     last = Some(ok);
                     if tx.send(Msg::Arbiter(ok)).await.is_err() {
@@ -398,7 +441,7 @@ fn spawn_probes(cfg: &NodeConfig, tx: mpsc::Sender<Msg>) {
             }
         });
     }
-    let services = Services::new(cfg.services.clone());
+    let services = Services::new(cfg.services.clone(), base.to_owned());
     tokio::spawn(async move {
         loop {
             let s = services.states().await;
@@ -423,7 +466,11 @@ async fn shutdown_signal() {
 }
 
 fn status_word(s: Status) -> &'static str {
-    if s.is_active() { "active" } else { "inactive" }
+    if s.is_active() {
+        "active"
+    } else {
+        "inactive"
+    }
 }
 
 /// Refresh the documents the API serves.
@@ -437,7 +484,11 @@ fn publish(
 ) {
     let now = Instant::now();
     let s: Snapshot = node.snapshot(now);
-    let remote = cfg.peer.as_ref().map(|p| p.address.ip().to_string()).unwrap_or_default();
+    let remote = cfg
+        .peer
+        .as_ref()
+        .map(|p| p.address.ip().to_string())
+        .unwrap_or_default();
     let ha = json!({
         "node_type": s.node_type.to_string(),
         "mode": s.mode.to_string(),
@@ -466,8 +517,11 @@ fn publish(
             "replication": p.replication,
         })
     });
-    let rejected: serde_json::Map<String, serde_json::Value> =
-        s.rejected.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    let rejected: serde_json::Map<String, serde_json::Value> = s
+        .rejected
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
     let doc = json!({
         "node": {
             "name": s.name,

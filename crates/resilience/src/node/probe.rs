@@ -21,8 +21,12 @@ pub async fn sip_options(target: SocketAddr, timeout: Duration) -> Result<u16, S
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let sock = UdpSocket::bind(bind).await.map_err(|e| format!("bind: {e}"))?;
-    sock.connect(target).await.map_err(|e| format!("connect {target}: {e}"))?;
+    let sock = UdpSocket::bind(bind)
+        .await
+        .map_err(|e| format!("bind: {e}"))?;
+    sock.connect(target)
+        .await
+        .map_err(|e| format!("connect {target}: {e}"))?;
     let local = sock.local_addr().map_err(|e| e.to_string())?;
     let n = PROBE_SEQ.fetch_add(1, Ordering::Relaxed);
     let call_id = format!("resilience-probe-{}-{n}", std::process::id());
@@ -43,7 +47,9 @@ pub async fn sip_options(target: SocketAddr, timeout: Duration) -> Result<u16, S
          Content-Length: 0\r\n\r\n",
         port = local.port(),
     );
-    sock.send(req.as_bytes()).await.map_err(|e| format!("send to {target}: {e}"))?;
+    sock.send(req.as_bytes())
+        .await
+        .map_err(|e| format!("send to {target}: {e}"))?;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = vec![0u8; 4096];
     loop {
@@ -64,7 +70,11 @@ pub async fn sip_options(target: SocketAddr, timeout: Duration) -> Result<u16, S
         match code {
             Some(c) if c >= 200 => return Ok(c),
             Some(_) => continue,
-            None => return Err(format!("{target} answered something that is not a SIP response")),
+            None => {
+                return Err(format!(
+                    "{target} answered something that is not a SIP response"
+                ))
+            }
         }
     }
 }
@@ -78,7 +88,10 @@ pub fn healthy_code(code: u16) -> bool {
 /// Whether any arbiter accepts a TCP connection within `timeout`.
 pub async fn any_arbiter(addrs: &[SocketAddr], timeout: Duration) -> bool {
     let tries = addrs.iter().copied().map(move |a| async move {
-        matches!(tokio::time::timeout(timeout, TcpStream::connect(a)).await, Ok(Ok(_)))
+        matches!(
+            tokio::time::timeout(timeout, TcpStream::connect(a)).await,
+            Ok(Ok(_))
+        )
     });
     futures_like_any(tries).await
 }
@@ -122,7 +135,9 @@ mod tests {
     async fn silence_is_an_error() {
         let quiet = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = quiet.local_addr().unwrap();
-        let e = sip_options(addr, Duration::from_millis(200)).await.unwrap_err();
+        let e = sip_options(addr, Duration::from_millis(200))
+            .await
+            .unwrap_err();
         assert!(e.contains("no answer"), "{e}");
     }
 

@@ -58,7 +58,8 @@ impl Store {
             Ok(s) => Ok((s, None)),
             Err(e) if path.exists() => {
                 let aside = dir.join(format!("{DB_FILE}.corrupt-{}", unix_ms(SystemTime::now())));
-                std::fs::rename(&path, &aside).map_err(|io| StoreError::MoveAside(path.clone(), io))?;
+                std::fs::rename(&path, &aside)
+                    .map_err(|io| StoreError::MoveAside(path.clone(), io))?;
                 for ext in ["-wal", "-shm"] {
                     let _ = std::fs::remove_file(dir.join(format!("{DB_FILE}{ext}")));
                 }
@@ -116,7 +117,9 @@ impl Store {
 
     fn fact(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.conn
-            .query_row("SELECT value FROM facts WHERE key = ?1", [key], |r| r.get(0))
+            .query_row("SELECT value FROM facts WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(|e| self.sql(e))
     }
@@ -174,7 +177,7 @@ impl Store {
             )
             .map_err(|e| self.sql(e))?;
         self.appended += 1;
-        if self.appended % 100 == 0 {
+        if self.appended.is_multiple_of(100) {
             self.conn
                 .execute(
                     "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?1",
@@ -210,7 +213,8 @@ mod tests {
     use super::*;
 
     fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("resilience-store-{name}-{}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("resilience-store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
     }
@@ -221,7 +225,12 @@ mod tests {
         let (mut s, warn) = Store::open(&d).unwrap();
         assert!(warn.is_none());
         assert_eq!(s.load_facts().unwrap(), Persisted::default());
-        let p = Persisted { epoch: 9, boot: 3, peer_boot: 4, admin: Some(AdminChoice::Stop) };
+        let p = Persisted {
+            epoch: 9,
+            boot: 3,
+            peer_boot: 4,
+            admin: Some(AdminChoice::Stop),
+        };
         s.save_facts(&p).unwrap();
         drop(s);
         let (s, _) = Store::open(&d).unwrap();
@@ -237,7 +246,10 @@ mod tests {
             s.append_event(i, "status", &format!("event {i}")).unwrap();
         }
         let ev = s.events(3).unwrap();
-        assert_eq!(ev.iter().map(|e| e.at_ms).collect::<Vec<_>>(), vec![4, 3, 2]);
+        assert_eq!(
+            ev.iter().map(|e| e.at_ms).collect::<Vec<_>>(),
+            vec![4, 3, 2]
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 
@@ -245,7 +257,11 @@ mod tests {
     fn corrupt_database_is_moved_aside_and_recreated() {
         let d = tmp("corrupt");
         std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join(DB_FILE), b"this is not a database, just garbage bytes ....").unwrap();
+        std::fs::write(
+            d.join(DB_FILE),
+            b"this is not a database, just garbage bytes ....",
+        )
+        .unwrap();
         let (s, warn) = Store::open(&d).unwrap();
         let warn = warn.expect("a warning");
         assert!(warn.contains("moved to"), "{warn}");

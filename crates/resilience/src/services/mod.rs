@@ -8,6 +8,7 @@
 //! stderr end up in the error the core turns into an event.
 
 use resilience_core::config::ServiceSection;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::Command;
@@ -18,6 +19,9 @@ const STDERR_KEEP: usize = 400;
 #[derive(Debug, Clone)]
 pub struct Services {
     list: Vec<ServiceSection>,
+    /// Commands run here (the config file's folder), so relative paths in
+    /// them mean what they mean in the file.
+    dir: PathBuf,
 }
 
 /// Whether one service runs, as its status command says.
@@ -29,22 +33,18 @@ pub struct ServiceState {
 }
 
 impl Services {
-    pub fn new(list: Vec<ServiceSection>) -> Services {
-        Services { list }
-    }
-
-    pub fn names(&self) -> Vec<String> {
-        self.list.iter().map(|s| s.name.clone()).collect()
+    pub fn new(list: Vec<ServiceSection>, dir: PathBuf) -> Services {
+        Services { list, dir }
     }
 
     /// Start every service in order; on failure stop those started, in
     /// reverse, and report which one failed and how.
     pub async fn start_all(&self) -> Result<(), String> {
         for (i, s) in self.list.iter().enumerate() {
-            if let Err(e) = run(&start_cmd(s), s.timeout).await {
+            if let Err(e) = run_in(&self.dir, &start_cmd(s), s.timeout).await {
                 let mut msg = format!("service {}: start failed: {e}", s.name);
                 for done in self.list[..i].iter().rev() {
-                    if let Err(e2) = run(&stop_cmd(done), done.timeout).await {
+                    if let Err(e2) = run_in(&self.dir, &stop_cmd(done), done.timeout).await {
                         msg.push_str(&format!("; rolling back {} also failed: {e2}", done.name));
                     }
                 }
@@ -58,7 +58,7 @@ impl Services {
     pub async fn stop_all(&self) -> Result<(), String> {
         let mut errors = Vec::new();
         for s in self.list.iter().rev() {
-            if let Err(e) = run(&stop_cmd(s), s.timeout).await {
+            if let Err(e) = run_in(&self.dir, &stop_cmd(s), s.timeout).await {
                 errors.push(format!("service {}: stop failed: {e}", s.name));
             }
         }
@@ -74,10 +74,13 @@ impl Services {
         let mut out = Vec::with_capacity(self.list.len());
         for s in &self.list {
             let running = match status_cmd(s) {
-                Some(cmd) => Some(run(&cmd, s.timeout).await.is_ok()),
+                Some(cmd) => Some(run_in(&self.dir, &cmd, s.timeout).await.is_ok()),
                 None => None,
             };
-            out.push(ServiceState { name: s.name.clone(), running });
+            out.push(ServiceState {
+                name: s.name.clone(),
+                running,
+            });
         }
         out
     }
@@ -110,10 +113,11 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// Run a shell command with a timeout. `Ok` on exit status 0; otherwise the
-/// exit status and the end of stderr.
-pub async fn run(cmd: &str, timeout: Duration) -> Result<String, String> {
+/// Run a shell command in `dir` with a timeout. `Ok` (its stdout) on exit
+/// status 0; otherwise the exit status and the end of stderr.
+pub async fn run_in(dir: &Path, cmd: &str, timeout: Duration) -> Result<String, String> {
     let child = Command::new("sh")
+        .current_dir(dir)
         .arg("-c")
         .arg(cmd)
         .stdin(Stdio::null())
@@ -156,8 +160,8 @@ pub async fn run(cmd: &str, timeout: Duration) -> Result<String, String> {
 /// The active calls, from the configured command's output: the number on
 /// the line that says "active call" (`asterisk -rx "core show channels
 /// count"`), else the first number printed.
-pub async fn count_calls(cmd: &str, timeout: Duration) -> Result<u32, String> {
-    let out = run(cmd, timeout).await?;
+pub async fn count_calls(dir: &Path, cmd: &str, timeout: Duration) -> Result<u32, String> {
+    let out = run_in(dir, cmd, timeout).await?;
     let first_number = |s: &str| {
         s.split(|c: char| !c.is_ascii_digit())
             .find(|w| !w.is_empty())
@@ -191,13 +195,27 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("log");
         let l = log.display();
-        let s = Services::new(vec![
-            svc("a", &format!("echo start-a >> {l}"), &format!("echo stop-a >> {l}")),
-            svc("b", &format!("echo start-b >> {l}"), &format!("echo stop-b >> {l}")),
-            svc("c", "echo boom >&2; exit 3", "true"),
-        ]);
+        let s = Services::new(
+            vec![
+                svc(
+                    "a",
+                    &format!("echo start-a >> {l}"),
+                    &format!("echo stop-a >> {l}"),
+                ),
+                svc(
+                    "b",
+                    &format!("echo start-b >> {l}"),
+                    &format!("echo stop-b >> {l}"),
+                ),
+                svc("c", "echo boom >&2; exit 3", "true"),
+            ],
+            dir.clone(),
+        );
         let e = s.start_all().await.unwrap_err();
-        assert!(e.contains("service c") && e.contains("exit status 3") && e.contains("boom"), "{e}");
+        assert!(
+            e.contains("service c") && e.contains("exit status 3") && e.contains("boom"),
+            "{e}"
+        );
         let got = std::fs::read_to_string(&log).unwrap();
         assert_eq!(got, "start-a\nstart-b\nstop-b\nstop-a\n");
         let _ = std::fs::remove_dir_all(&dir);
@@ -205,15 +223,27 @@ mod tests {
 
     #[tokio::test]
     async fn timeout_kills_and_reports() {
-        let e = run("sleep 5", Duration::from_millis(100)).await.unwrap_err();
+        let e = run_in(Path::new("."), "sleep 5", Duration::from_millis(100))
+            .await
+            .unwrap_err();
         assert!(e.contains("timed out"), "{e}");
     }
 
     #[tokio::test]
     async fn counts_calls_from_asterisk_output() {
         let cmd = "printf '3 active channels\\n2 active calls\\n7 calls processed\\n'";
-        assert_eq!(count_calls(cmd, Duration::from_secs(5)).await, Ok(2));
-        assert_eq!(count_calls("echo 4", Duration::from_secs(5)).await, Ok(4));
-        assert!(count_calls("echo none", Duration::from_secs(5)).await.is_err());
+        assert_eq!(
+            count_calls(Path::new("."), cmd, Duration::from_secs(5)).await,
+            Ok(2)
+        );
+        assert_eq!(
+            count_calls(Path::new("."), "echo 4", Duration::from_secs(5)).await,
+            Ok(4)
+        );
+        assert!(
+            count_calls(Path::new("."), "echo none", Duration::from_secs(5))
+                .await
+                .is_err()
+        );
     }
 }

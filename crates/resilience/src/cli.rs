@@ -1,0 +1,128 @@
+//! The command line: one binary, a subcommand per role and per admin action.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "resilience",
+    version,
+    about = "High-availability manager for telephony servers (Main/Standby PBX pairs)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// Where the node's API is, for the admin commands.
+#[derive(Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// Node API base URL (default http://127.0.0.1:7480, or the one in --config).
+    #[arg(long)]
+    pub api: Option<String>,
+    /// File holding the API token (default: the node's, from --config, else
+    /// /var/lib/resilience/api.token).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Take the API address and token file from this node config.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run the HA daemon on a PBX host (Main or Standby).
+    Node {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Follow a node's Active/Inactive status on a CC/UC/media host.
+    Follow {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the SIP and HTTP edge in front of both nodes.
+    Edge {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// The whole cluster on loopback, for a first look.
+    Lab,
+    /// Show a node's state (peer, PBX health, services, failback).
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Print the raw JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start or stop the PBX services on a node.
+    Services {
+        #[command(subcommand)]
+        action: ServicesAction,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Move the service back to the Main now, whatever the failback policy.
+    Failback {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Replicate the Main's data to the Standby now.
+    Replicate {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show the node's event history, newest first.
+    Events {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage the cluster CA and node certificates.
+    Cert {
+        #[command(subcommand)]
+        action: CertAction,
+    },
+    /// Create a cluster key for the heartbeat HMAC (64 hex digits).
+    Keygen {
+        /// Write the key to this file (mode 0600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Validate a node configuration file.
+    CheckConfig { file: PathBuf },
+    /// A stand-in PBX for labs and tests: answers SIP OPTIONS and REGISTER.
+    #[command(hide = true)]
+    StandInPbx {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServicesAction {
+    /// Start the services (manual mode; in automatic mode, release an admin hold).
+    Start {
+        /// Start even though the peer is seen Active (manual mode).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Stop the services and keep them stopped.
+    Stop,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertAction {
+    /// Create the cluster CA.
+    Init,
+    /// Issue a node certificate signed by the cluster CA.
+    Issue { node: String },
+}

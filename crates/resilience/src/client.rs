@@ -1,0 +1,312 @@
+//! The admin's commands against a node's API: `status`, `services
+//! start|stop`, `failback`, `events`.
+//!
+//! Exit codes, for scripts: 0 done; 1 refused by the node (the reason is
+//! printed); 3 the node could not be reached; 4 the token was refused.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const EXIT_REFUSED: i32 = 1;
+pub const EXIT_UNREACHABLE: i32 = 3;
+pub const EXIT_UNAUTHORIZED: i32 = 4;
+
+/// Where the node's API is and how to prove who we are.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub api: String,
+    pub token_file: Option<PathBuf>,
+}
+
+impl Target {
+    /// From the flags, falling back on a node config file (its API address
+    /// and token file) and then on the defaults.
+    pub fn new(
+        api: Option<String>,
+        token_file: Option<PathBuf>,
+        config: Option<&Path>,
+    ) -> anyhow::Result<Target> {
+        let mut t = Target {
+            api: "http://127.0.0.1:7480".into(),
+            token_file: token_file.clone(),
+        };
+        if let Some(path) = config {
+            let (cfg, base) = crate::node::load_config(path)?;
+            let scheme = if cfg.api.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            t.api = format!("{scheme}://{}", cfg.api.listen);
+            if t.token_file.is_none() {
+                t.token_file = Some(match &cfg.api.token_file {
+                    Some(p) => crate::node::resolve(&base, p),
+                    None => crate::node::resolve(&base, &cfg.node.state_dir).join("api.token"),
+                });
+            }
+        }
+        if let Some(a) = api {
+            t.api = a;
+        }
+        if t.token_file.is_none() {
+            t.token_file = Some(PathBuf::from("/var/lib/resilience/api.token"));
+        }
+        t.api = t.api.trim_end_matches('/').to_owned();
+        Ok(t)
+    }
+
+    fn token(&self) -> anyhow::Result<String> {
+        let path = self
+            .token_file
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no token file"))?;
+        let t = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!(
+                "API token {}: {e} (use --token-file or --config)",
+                path.display()
+            )
+        })?;
+        Ok(t.trim().to_owned())
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+/// GET a JSON document. Err carries the exit code and the message.
+fn get(t: &Target, path: &str) -> Result<Value, (i32, String)> {
+    let url = format!("{}{path}", t.api);
+    let mut resp = agent()
+        .get(&url)
+        .call()
+        .map_err(|e| (EXIT_UNREACHABLE, format!("{url}: {e}")))?;
+    let status = resp.status().as_u16();
+    let body: Value = resp
+        .body_mut()
+        .read_json()
+        .map_err(|e| (EXIT_UNREACHABLE, format!("{url}: answer is not JSON: {e}")))?;
+    if status != 200 {
+        return Err((
+            EXIT_REFUSED,
+            format!(
+                "{url}: HTTP {status}: {}",
+                body["error"].as_str().unwrap_or("")
+            ),
+        ));
+    }
+    Ok(body)
+}
+
+/// POST an action with the token. Ok(message) when done.
+fn post(t: &Target, path: &str) -> Result<String, (i32, String)> {
+    let token = t.token().map_err(|e| (EXIT_UNAUTHORIZED, e.to_string()))?;
+    let url = format!("{}{path}", t.api);
+    let mut resp = agent()
+        .post(&url)
+        .header("Authorization", &format!("Bearer {token}"))
+        .send_empty()
+        .map_err(|e| (EXIT_UNREACHABLE, format!("{url}: {e}")))?;
+    let status = resp.status().as_u16();
+    let body: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
+    match status {
+        200 => Ok(body["message"].as_str().unwrap_or("done").to_owned()),
+        401 => Err((
+            EXIT_UNAUTHORIZED,
+            body["error"].as_str().unwrap_or("unauthorized").to_owned(),
+        )),
+        _ => Err((
+            EXIT_REFUSED,
+            body["error"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("HTTP {status}")),
+        )),
+    }
+}
+
+fn finish(r: Result<String, (i32, String)>) -> i32 {
+    match r {
+        Ok(msg) => {
+            println!("{msg}");
+            0
+        }
+        Err((code, msg)) => {
+            eprintln!("{msg}");
+            code
+        }
+    }
+}
+
+pub fn status(t: &Target, as_json: bool) -> i32 {
+    finish(get(t, "/api/v1/status").map(|doc| {
+        if as_json {
+            serde_json::to_string_pretty(&doc).unwrap_or_default()
+        } else {
+            render_status(&doc)
+        }
+    }))
+}
+
+fn secs(v: &Value) -> String {
+    v.as_f64()
+        .map_or("never".into(), |s| format!("{s:.1}s ago"))
+}
+
+/// The status document in a few lines an admin reads at a glance.
+pub fn render_status(d: &Value) -> String {
+    let n = &d["node"];
+    let mut out = format!(
+        "{} ({} node, {} mode): {} [{}], epoch {}\n  why: {}\n  PBX: {}",
+        n["name"].as_str().unwrap_or("?"),
+        n["node_type"].as_str().unwrap_or("?"),
+        n["mode"].as_str().unwrap_or("?"),
+        if n["active"].as_bool() == Some(true) {
+            "ACTIVE"
+        } else {
+            "INACTIVE"
+        },
+        n["status"].as_str().unwrap_or("?"),
+        n["epoch"],
+        n["reason"].as_str().unwrap_or(""),
+        d["pbx"]["health"].as_str().unwrap_or("?"),
+    );
+    if n["held"].as_bool() == Some(true) {
+        out.push_str("\n  held inactive by an admin (yields to the peer)");
+    }
+    if n["faulted"].as_bool() == Some(true) {
+        out.push_str("\n  FAULTED: yields to the peer for a while");
+    }
+    let p = &d["peer"];
+    if p.is_object() {
+        out.push_str(&format!(
+            "\n  peer {}: {}, last heard {}, PBX {}",
+            p["name"].as_str().unwrap_or("?"),
+            if p["heard"].as_bool() == Some(true) {
+                p["status"].as_str().unwrap_or("?")
+            } else {
+                "SILENT"
+            },
+            secs(&p["last_heard_ago_s"]),
+            p["pbx"].as_str().unwrap_or("?"),
+        ));
+    }
+    let f = &d["failback"];
+    if let Some(w) = f["waiting_because"].as_str() {
+        out.push_str(&format!("\n  failback pending: {w}"));
+        if let Some(s) = f["due_in_s"].as_f64() {
+            out.push_str(&format!(" ({s:.0}s left)"));
+        }
+    } else if f["requested"].as_bool() == Some(true) {
+        out.push_str("\n  failback requested: waiting for the standby to hand over");
+    }
+    if let Some(list) = d["services"].as_array() {
+        let s: Vec<String> = list
+            .iter()
+            .map(|s| {
+                let state = match s["running"].as_bool() {
+                    Some(true) => "running",
+                    Some(false) => "stopped",
+                    None => "unknown",
+                };
+                format!("{} {state}", s["name"].as_str().unwrap_or("?"))
+            })
+            .collect();
+        if !s.is_empty() {
+            out.push_str(&format!("\n  services: {}", s.join(", ")));
+        }
+    }
+    let hb = &d["heartbeat"];
+    let rejected: Vec<String> = hb["rejected"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.push_str(&format!(
+        "\n  heartbeats: sent {}, received {}, rejected: {}",
+        hb["sent"],
+        hb["received"],
+        if rejected.is_empty() {
+            "none".into()
+        } else {
+            rejected.join(", ")
+        }
+    ));
+    out
+}
+
+pub fn services(t: &Target, start: bool, force: bool) -> i32 {
+    let path = match (start, force) {
+        (true, true) => "/api/v1/services/start?force=true",
+        (true, false) => "/api/v1/services/start",
+        (false, _) => "/api/v1/services/stop",
+    };
+    finish(post(t, path))
+}
+
+pub fn failback(t: &Target) -> i32 {
+    finish(post(t, "/api/v1/failback"))
+}
+
+pub fn events(t: &Target, limit: usize, as_json: bool) -> i32 {
+    finish(get(t, &format!("/api/v1/events?limit={limit}")).map(|doc| {
+        if as_json {
+            return serde_json::to_string_pretty(&doc).unwrap_or_default();
+        }
+        let mut lines = Vec::new();
+        for e in doc["events"].as_array().into_iter().flatten() {
+            let ms = e["at_ms"].as_i64().unwrap_or(0);
+            lines.push(format!(
+                "{}  {}",
+                format_ms(ms),
+                e["text"].as_str().unwrap_or("")
+            ));
+        }
+        lines.join("\n")
+    }))
+}
+
+/// Unix milliseconds as an RFC 3339 UTC time (no time-zone database needed).
+pub fn format_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_times() {
+        assert_eq!(super::format_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            super::format_ms(1_795_000_000_123),
+            "2026-11-18T11:06:40.123Z"
+        );
+    }
+}
