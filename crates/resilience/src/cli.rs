@@ -48,7 +48,12 @@ pub enum Cmd {
         config: PathBuf,
     },
     /// The whole cluster on loopback, for a first look.
-    Lab,
+    Lab {
+        /// Folder for the lab's configs, key, state and logs (default: a new
+        /// folder under the system's temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Show a node's state (peer, PBX health, services, failback).
     Status {
         #[command(flatten)]

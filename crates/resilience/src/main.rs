@@ -5,6 +5,7 @@ mod check_config;
 mod cli;
 mod client;
 mod keygen;
+mod lab;
 mod node;
 mod services;
 mod standin;
@@ -49,6 +50,7 @@ fn main() -> ExitCode {
             runtime()?.block_on(node::run(&config))?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Lab { dir } => runtime()?.block_on(lab::run(dir)),
         Cmd::StandInPbx { listen } => {
             runtime()?.block_on(standin::run(listen))?;
             Ok(ExitCode::SUCCESS)
@@ -76,7 +78,6 @@ fn main() -> ExitCode {
         }
         Cmd::Follow { .. } => Ok(not_built("follow", "6: followers")),
         Cmd::Edge { .. } => Ok(not_built("edge", "5: the SIP edge")),
-        Cmd::Lab => Ok(not_built("lab", "7: the dashboard and the lab")),
         Cmd::Replicate { .. } => Ok(not_built("replicate", "4: replication")),
         Cmd::Cert {
             action: CertAction::Init | CertAction::Issue { .. },

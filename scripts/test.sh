@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The test command of README.md: installs what the tests need, then runs the
+# formatting check, clippy and every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Install a Debian package when the binary it provides is missing.
+apt_updated=0
+need_pkg() { # need_pkg PACKAGE BINARY
+  if ! command -v "$2" >/dev/null 2>&1; then
+    if [ "$apt_updated" = 0 ]; then
+      apt-get update -q
+      apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1"
+  fi
+}
+
+# Packages the end-to-end tests use (each test fails, never skips, without them).
+need_pkg iproute2 ip
+
+export CARGO_TERM_COLOR=never
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+# --nocapture shows the simulator's figures (seed count, simulated hours,
+# false-failover table); the end-to-end tests run one at a time.
+cargo test --workspace -- --nocapture --test-threads=2
