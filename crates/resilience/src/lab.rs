@@ -232,8 +232,8 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                             ["pbx-down", n] if NODES.contains(n) => lab.kill(&format!("{n}-pbx")).await,
                             ["pbx-up", n] if NODES.contains(n) => lab.spawn(&format!("{n}-pbx"))?,
                             ["status"] => {
-                                for i in 0..2 {
-                                    let cfg = lab.dir.join(format!("{}.toml", NODES[i]));
+                                for n in NODES {
+                                    let cfg = lab.dir.join(format!("{n}.toml"));
                                     let t = crate::client::Target::new(None, None, Some(&cfg))?;
                                     tokio::task::spawn_blocking(move || crate::client::status(&t, false)).await?;
                                 }
