@@ -19,14 +19,14 @@ pub struct Cli {
 #[derive(Args, Debug, Clone)]
 pub struct ApiArgs {
     /// Node API base URL (default http://127.0.0.1:7480, or the one in --config).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub api: Option<String>,
     /// File holding the API token (default: the node's, from --config, else
     /// /var/lib/resilience/api.token).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
     /// Take the API address and token file from this node config.
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     pub config: Option<PathBuf>,
 }
 

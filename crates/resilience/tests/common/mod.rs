@@ -1,0 +1,374 @@
+//! Helpers for the end-to-end tests: real `resilience` processes on loopback,
+//! each killed by its pid when the test ends or panics.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_resilience")
+}
+
+/// Heavy tests take this lock so they run one at a time on a 2-core machine.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A temporary folder, removed when dropped (kept with RES_KEEP=1).
+pub struct TestDir(pub PathBuf);
+
+impl TestDir {
+    pub fn new(name: &str) -> TestDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "resilience-test-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("temp dir");
+        TestDir(d)
+    }
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::env::var_os("RES_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, args: &[&str], cwd: &Path, log: &Path) -> Proc {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        let child = Command::new(bin())
+            .args(args)
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn resilience");
+        Proc {
+            name: name.to_owned(),
+            child: Some(child),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// SIGKILL now.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn free_udp() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn free_tcp() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One node of a test pair.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub name: String,
+    pub node_type: &'static str,
+    pub mode: &'static str,
+    pub peer: String,
+    pub hb: u16,
+    pub peer_hb: u16,
+    pub api: u16,
+    pub pbx: Option<u16>,
+    pub failback: String,
+    pub extra: String,
+}
+
+pub const INTERVAL_MS: u64 = 100;
+pub const FAILOVER_MS: u64 = 1000;
+
+impl Spec {
+    pub fn config(&self, dir: &Path) -> String {
+        let pbx = self
+            .pbx
+            .map(|p| format!("[pbx]\nsip_options = \"127.0.0.1:{p}\"\ninterval = \"200ms\"\n"))
+            .unwrap_or_default();
+        let d = dir.display();
+        format!(
+            r#"[node]
+name = "{name}"
+type = "{ty}"
+mode = "{mode}"
+state_dir = "{d}/state-{name}"
+
+[peer]
+name = "{peer}"
+address = "127.0.0.1:{peer_hb}"
+
+[heartbeat]
+listen = "127.0.0.1:{hb}"
+interval = "{INTERVAL_MS}ms"
+failover_after = "{FAILOVER_MS}ms"
+key_file = "{d}/cluster.key"
+
+[failback]
+{failback}
+
+[drain]
+timeout = "5s"
+poll = "200ms"
+active_calls_command = "cat {d}/{name}.calls 2>/dev/null || echo 0"
+
+{pbx}
+[[service]]
+name = "pbx"
+start = "touch {d}/{name}.up"
+stop = "rm -f {d}/{name}.up"
+status = "test -f {d}/{name}.up"
+timeout = "5s"
+
+[service_policy]
+retry_delay = "500ms"
+fault_hold = "10s"
+
+[api]
+listen = "127.0.0.1:{api}"
+token_file = "{d}/api.token"
+{extra}
+"#,
+            name = self.name,
+            ty = self.node_type,
+            mode = self.mode,
+            peer = self.peer,
+            peer_hb = self.peer_hb,
+            hb = self.hb,
+            failback = self.failback,
+            api = self.api,
+            extra = self.extra,
+        )
+    }
+}
+
+pub const TOKEN: &str = "e2e-test-token-0123456789";
+pub const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+/// A Main and a Standby, configured but not started.
+pub struct Pair {
+    pub dir: TestDir,
+    pub specs: [Spec; 2],
+    pub nodes: [Option<Proc>; 2],
+    pub pbx: [Option<Proc>; 2],
+}
+
+pub const MAIN: usize = 0;
+pub const STANDBY: usize = 1;
+
+impl Pair {
+    pub fn new(test: &str, mode: &'static str, failback: &str, with_pbx: bool) -> Pair {
+        let dir = TestDir::new(test);
+        std::fs::write(dir.path("cluster.key"), format!("{KEY}\n")).unwrap();
+        std::fs::write(dir.path("api.token"), format!("{TOKEN}\n")).unwrap();
+        let (hb0, hb1) = (free_udp(), free_udp());
+        let mk = |name: &str, ty, peer: &str, hb, peer_hb| Spec {
+            name: name.into(),
+            node_type: ty,
+            mode,
+            peer: peer.into(),
+            hb,
+            peer_hb,
+            api: free_tcp(),
+            pbx: with_pbx.then(free_udp),
+            failback: failback.into(),
+            extra: String::new(),
+        };
+        let specs = [
+            mk("pbx-main", "main", "pbx-standby", hb0, hb1),
+            mk("pbx-standby", "standby", "pbx-main", hb1, hb0),
+        ];
+        for s in &specs {
+            std::fs::write(dir.path(&format!("{}.toml", s.name)), s.config(&dir.0)).unwrap();
+        }
+        Pair {
+            dir,
+            specs,
+            nodes: [None, None],
+            pbx: [None, None],
+        }
+    }
+
+    pub fn config_path(&self, i: usize) -> PathBuf {
+        self.dir.path(&format!("{}.toml", self.specs[i].name))
+    }
+
+    pub fn start(&mut self, i: usize) {
+        let cfg = self.config_path(i);
+        // Appended across restarts, so a failing test shows the whole story.
+        let log = self.dir.path(&format!("{}.log", self.specs[i].name));
+        let p = Proc::spawn(
+            &self.specs[i].name,
+            &["node", "--config", cfg.to_str().unwrap()],
+            &self.dir.0,
+            &log,
+        );
+        self.nodes[i] = Some(p);
+        assert!(
+            wait_until(Duration::from_secs(10), || get(&self.url(i, "/api/v1/ha"))
+                .is_some()),
+            "{} API never came up\n{}",
+            self.specs[i].name,
+            self.logs()
+        );
+    }
+
+    pub fn start_pbx(&mut self, i: usize) {
+        let port = self.specs[i].pbx.expect("pair made with PBXs");
+        let addr = format!("127.0.0.1:{port}");
+        let log = self.dir.path(&format!("{}.pbx.log", self.specs[i].name));
+        self.pbx[i] = Some(Proc::spawn(
+            "pbx",
+            &["stand-in-pbx", "--listen", &addr],
+            &self.dir.0,
+            &log,
+        ));
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut p) = self.nodes[i].take() {
+            p.kill();
+        }
+    }
+
+    pub fn url(&self, i: usize, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.specs[i].api)
+    }
+
+    pub fn marker(&self, i: usize) -> bool {
+        self.dir
+            .path(&format!("{}.up", self.specs[i].name))
+            .exists()
+    }
+
+    pub fn active(&self, i: usize) -> Option<bool> {
+        get(&self.url(i, "/api/v1/ha")).and_then(|v| v["active"].as_bool())
+    }
+
+    pub fn status(&self, i: usize) -> Value {
+        get(&self.url(i, "/api/v1/status")).unwrap_or(Value::Null)
+    }
+
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for s in &self.specs {
+            let p = self.dir.path(&format!("{}.log", s.name));
+            out.push_str(&format!(
+                "--- {} ---\n{}\n",
+                s.name,
+                std::fs::read_to_string(&p).unwrap_or_default()
+            ));
+        }
+        out
+    }
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(3)))
+        .build()
+        .into()
+}
+
+pub fn get(url: &str) -> Option<Value> {
+    let mut r = agent().get(url).call().ok()?;
+    if r.status().as_u16() != 200 {
+        return None;
+    }
+    r.body_mut().read_json().ok()
+}
+
+/// POST with an optional token: (HTTP status, JSON body).
+pub fn post(url: &str, token: Option<&str>) -> (u16, Value) {
+    let mut req = agent().post(url);
+    if let Some(t) = token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    match req.send_empty() {
+        Ok(mut r) => (
+            r.status().as_u16(),
+            r.body_mut().read_json().unwrap_or(Value::Null),
+        ),
+        Err(e) => panic!("POST {url}: {e}"),
+    }
+}
+
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// Run the CLI: (exit code, stdout, stderr).
+pub fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run resilience");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

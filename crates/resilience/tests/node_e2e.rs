@@ -1,0 +1,377 @@
+//! End-to-end: two real `resilience node` processes on loopback, services as
+//! marker files, stand-in PBXs as their SIP side. Timers: heartbeat 100 ms,
+//! failover after 1 s.
+
+mod common;
+
+use common::*;
+use resilience_core::heartbeat::{encode, Flags, Frame};
+use resilience_core::{ClusterKey, Mode, NodeType, PbxHealth, Status};
+use std::time::{Duration, Instant};
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// Watches both nodes while `f` runs and fails if both ever run services.
+fn never_both(p: &Pair, dur: Duration, mut until: impl FnMut(&Pair) -> bool) -> bool {
+    let end = Instant::now() + dur;
+    while Instant::now() < end {
+        assert!(
+            !(p.marker(MAIN) && p.marker(STANDBY)),
+            "both nodes run services while connected\n{}",
+            p.logs()
+        );
+        if until(p) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    until(p)
+}
+
+fn boot_pair(p: &mut Pair) {
+    p.start(MAIN);
+    p.start(STANDBY);
+    let ok = wait_until(secs(10), || p.marker(MAIN) && p.active(MAIN) == Some(true));
+    assert!(ok, "main never became active\n{}", p.logs());
+    assert!(!p.marker(STANDBY), "standby started services\n{}", p.logs());
+}
+
+#[test]
+fn sigkill_of_the_main_fails_over_then_immediate_failback() {
+    let _g = serial();
+    let mut p = Pair::new(
+        "kill-immediate",
+        "automatic",
+        "policy = \"immediate\"",
+        false,
+    );
+    boot_pair(&mut p);
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    p.kill(MAIN);
+    let ok = wait_until(secs(10), || p.marker(STANDBY));
+    let took = t0.elapsed();
+    assert!(ok, "standby never started its services\n{}", p.logs());
+    eprintln!("SIGKILL of the main -> standby services started in {took:?} (failover_after 1 s, interval 100 ms)");
+    // failover_after + one interval, plus room for process scheduling on a
+    // loaded CI machine; bench/failover measures it precisely.
+    assert!(
+        took < Duration::from_millis(FAILOVER_MS + INTERVAL_MS + 400),
+        "took {took:?}"
+    );
+    assert_eq!(p.active(STANDBY), Some(true));
+    // The Main comes back: the marker it left behind is reconciled away,
+    // it waits for the handover, and the two never run together.
+    p.start(MAIN);
+    let ok = never_both(&p, secs(15), |p| {
+        p.marker(MAIN) && !p.marker(STANDBY) && p.active(MAIN) == Some(true)
+    });
+    assert!(ok, "no failback\n{}", p.logs());
+    assert_eq!(p.active(STANDBY), Some(false));
+    let ev = get(&p.url(STANDBY, "/api/v1/events?limit=100")).unwrap();
+    let texts: Vec<&str> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["text"].as_str())
+        .collect();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("Updating resilience state, from: false to: true")),
+        "{texts:?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("Updating resilience state, from: true to: false")),
+        "{texts:?}"
+    );
+}
+
+#[test]
+fn failback_after_the_stable_time() {
+    let _g = serial();
+    let mut p = Pair::new(
+        "stable",
+        "automatic",
+        "policy = \"stable\"\nstable_for = \"3s\"",
+        false,
+    );
+    boot_pair(&mut p);
+    p.kill(MAIN);
+    assert!(
+        wait_until(secs(10), || p.marker(STANDBY)),
+        "no failover\n{}",
+        p.logs()
+    );
+    p.start(MAIN);
+    let back = Instant::now();
+    // Waits: still on the Standby after 2 s, and the wait is explained.
+    assert!(
+        !never_both(&p, secs(2), |p| p.marker(MAIN)),
+        "failback before the stable time\n{}",
+        p.logs()
+    );
+    let st = p.status(MAIN);
+    assert!(
+        st["failback"]["waiting_because"]
+            .as_str()
+            .unwrap_or("")
+            .contains("without a break"),
+        "{st:#}"
+    );
+    let ok = never_both(&p, secs(15), |p| {
+        p.marker(MAIN) && p.active(MAIN) == Some(true)
+    });
+    assert!(ok, "no failback\n{}", p.logs());
+    assert!(
+        back.elapsed() >= secs(3),
+        "failback after {:?}",
+        back.elapsed()
+    );
+}
+
+#[test]
+fn manual_failback_waits_for_the_admin_and_drains_calls() {
+    let _g = serial();
+    let mut p = Pair::new("manual-fb", "automatic", "policy = \"manual\"", false);
+    boot_pair(&mut p);
+    p.kill(MAIN);
+    assert!(
+        wait_until(secs(10), || p.marker(STANDBY)),
+        "no failover\n{}",
+        p.logs()
+    );
+    std::fs::write(p.dir.path("pbx-standby.calls"), "2 active calls\n").unwrap();
+    p.start(MAIN);
+    assert!(
+        !never_both(&p, secs(3), |p| p.marker(MAIN)),
+        "failback without the admin\n{}",
+        p.logs()
+    );
+    // The admin, with the CLI against the Main's config.
+    let cfg = p.config_path(MAIN);
+    let (code, out, err) = cli(&["failback", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    // Calls are up: the Standby drains and waits.
+    assert!(
+        wait_until(secs(5), || p.status(STANDBY)["node"]["status"]
+            == "draining"),
+        "{}",
+        p.logs()
+    );
+    assert!(
+        !never_both(&p, secs(1), |p| p.marker(MAIN)),
+        "stopped with calls up\n{}",
+        p.logs()
+    );
+    std::fs::write(p.dir.path("pbx-standby.calls"), "0 active calls\n").unwrap();
+    let ok = never_both(&p, secs(10), |p| {
+        p.marker(MAIN) && p.active(MAIN) == Some(true)
+    });
+    assert!(ok, "no failback after the calls ended\n{}", p.logs());
+}
+
+#[test]
+fn manual_mode_start_stop_and_refusal_without_force() {
+    let _g = serial();
+    let mut p = Pair::new("manual", "manual", "policy = \"immediate\"", false);
+    p.start(MAIN);
+    p.start(STANDBY);
+    std::thread::sleep(secs(2));
+    assert!(
+        !p.marker(MAIN) && !p.marker(STANDBY),
+        "manual nodes started by themselves"
+    );
+    let main_cfg = p.config_path(MAIN);
+    let standby_cfg = p.config_path(STANDBY);
+    let (m, s) = (main_cfg.to_str().unwrap(), standby_cfg.to_str().unwrap());
+    let (code, out, err) = cli(&["services", "start", "--config", m]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(wait_until(secs(5), || p.marker(MAIN)), "{}", p.logs());
+    assert!(wait_until(secs(3), || p.status(STANDBY)["peer"]["active"] == true));
+    // The Standby refuses to start over an active Main, and says why.
+    let (code, out, err) = cli(&["services", "start", "--config", s]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("pbx-main is active"), "{err}");
+    assert!(!p.marker(STANDBY));
+    // Stop on the Main, then start on the Standby: the manual failover.
+    let (code, _, err) = cli(&["services", "stop", "--config", m]);
+    assert_eq!(code, 0, "{err}");
+    assert!(wait_until(secs(5), || !p.marker(MAIN)));
+    assert!(wait_until(secs(3), || p.status(STANDBY)["peer"]["active"] == false));
+    let (code, _, err) = cli(&["services", "start", "--config", s]);
+    assert_eq!(code, 0, "{err}");
+    assert!(wait_until(secs(5), || p.marker(STANDBY)));
+    // Forced start on the Main while the Standby runs: allowed, by choice.
+    let (code, _, err) = cli(&["services", "start", "--force", "--config", m]);
+    assert_eq!(code, 0, "{err}");
+    assert!(wait_until(secs(5), || p.marker(MAIN)));
+    // The admin's start survives a restart of the daemon.
+    p.kill(STANDBY);
+    p.start(STANDBY);
+    assert!(
+        wait_until(secs(5), || p.active(STANDBY) == Some(true)),
+        "{}",
+        p.logs()
+    );
+}
+
+#[test]
+fn pbx_probe_failure_moves_the_service_while_heartbeats_flow() {
+    let _g = serial();
+    let mut p = Pair::new("pbx", "automatic", "policy = \"immediate\"", true);
+    p.start_pbx(MAIN);
+    p.start_pbx(STANDBY);
+    boot_pair(&mut p);
+    assert!(
+        wait_until(secs(5), || p.status(MAIN)["pbx"]["health"] == "up"),
+        "{}",
+        p.logs()
+    );
+    // The Main's PBX dies; its host and daemon live on.
+    if let Some(mut pbx) = p.pbx[MAIN].take() {
+        pbx.kill();
+    }
+    let ok = never_both(&p, secs(10), |p| {
+        p.marker(STANDBY) && p.active(STANDBY) == Some(true)
+    });
+    assert!(ok, "no failover on a dead PBX\n{}", p.logs());
+    let st = p.status(STANDBY);
+    assert_eq!(
+        st["peer"]["heard"], true,
+        "heartbeat should still flow: {st:#}"
+    );
+    let main = p.status(MAIN);
+    assert_eq!(main["node"]["faulted"], true, "{main:#}");
+}
+
+fn frame(seq: u64, boot: u64) -> Frame {
+    Frame {
+        node_type: NodeType::Main,
+        mode: Mode::Automatic,
+        status: Status::Active,
+        pbx: PbxHealth::Up,
+        flags: Flags(Flags::HEARS_PEER),
+        boot,
+        seq,
+        epoch: 1,
+        replication: 0,
+        calls: None,
+        name: "pbx-main".into(),
+    }
+}
+
+#[test]
+fn forged_and_replayed_heartbeats_are_rejected_and_counted() {
+    let _g = serial();
+    let mut p = Pair::new("forged", "automatic", "policy = \"immediate\"", false);
+    // The test plays the Main: only the Standby runs.
+    p.start(STANDBY);
+    let key = ClusterKey::from_hex(KEY).unwrap();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = format!("127.0.0.1:{}", p.specs[STANDBY].hb);
+    let mut seq = 0;
+    let send = |bytes: &[u8]| {
+        sock.send_to(bytes, &to).unwrap();
+    };
+    for _ in 0..20 {
+        seq += 1;
+        send(&encode(&frame(seq, 7), &key));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        wait_until(secs(3), || p.status(STANDBY)["peer"]["heard"] == true),
+        "{}",
+        p.logs()
+    );
+    // Replayed: a frame already sent. Forged: the right shape, another key.
+    send(&encode(&frame(3, 7), &key));
+    let wrong = ClusterKey::new(b"an attacker's key, not the real!").unwrap();
+    send(&encode(&frame(seq + 1, 7), &wrong));
+    // Stale: from an earlier boot of the "Main".
+    send(&encode(&frame(seq + 2, 6), &key));
+    // Garbage.
+    send(b"INVITE sip:nobody SIP/2.0\r\n\r\n");
+    let counted = wait_until(secs(3), || {
+        let r = &p.status(STANDBY)["heartbeat"]["rejected"];
+        r["replayed"] == 1 && r["forged"] == 1 && r["stale"] == 1 && r["bad_magic"] == 1
+    });
+    assert!(counted, "{:#}", p.status(STANDBY)["heartbeat"]);
+    let metrics = agent()
+        .get(&p.url(STANDBY, "/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("resilience_heartbeats_rejected_total{reason=\"forged\"} 1"),
+        "{metrics}"
+    );
+    assert!(!p.marker(STANDBY), "the standby acted on a rejected frame");
+}
+
+#[test]
+fn api_writes_need_the_token() {
+    let _g = serial();
+    let mut p = Pair::new("token", "manual", "policy = \"immediate\"", false);
+    p.start(MAIN);
+    for path in [
+        "/api/v1/services/start",
+        "/api/v1/services/stop",
+        "/api/v1/failback",
+    ] {
+        let (code, body) = post(&p.url(MAIN, path), None);
+        assert_eq!(code, 401, "{path}: {body}");
+        assert!(
+            body["error"].as_str().unwrap_or("").contains("Bearer"),
+            "{body}"
+        );
+        let (code, _) = post(&p.url(MAIN, path), Some("wrong-token"));
+        assert_eq!(code, 401, "{path}");
+    }
+    assert!(!p.marker(MAIN));
+    let (code, body) = post(&p.url(MAIN, "/api/v1/services/start"), Some(TOKEN));
+    assert_eq!(code, 200, "{body}");
+    assert!(wait_until(secs(5), || p.marker(MAIN)));
+    // Reads need no token.
+    let ha = get(&p.url(MAIN, "/api/v1/ha")).unwrap();
+    assert_eq!(ha["node_type"], "main");
+    assert_eq!(ha["mode"], "manual");
+    assert_eq!(ha["active"], true);
+    assert_eq!(ha["remote_address"], "127.0.0.1");
+    // A refused action is a 409 with its reason.
+    let (code, body) = post(&p.url(MAIN, "/api/v1/failback"), Some(TOKEN));
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("manual mode"),
+        "{body}"
+    );
+}
+
+#[test]
+fn corrupt_state_database_is_reported_and_recreated() {
+    let _g = serial();
+    let mut p = Pair::new("corrupt", "automatic", "policy = \"immediate\"", false);
+    let state = p.dir.path("state-pbx-standby");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("state.db"),
+        b"garbage, not SQLite at all ........................",
+    )
+    .unwrap();
+    p.start(STANDBY);
+    let log = std::fs::read_to_string(p.dir.path("pbx-standby.log")).unwrap();
+    assert!(
+        log.contains("moved to") && log.contains("recreated"),
+        "{log}"
+    );
+    assert_eq!(p.status(STANDBY)["node"]["node_type"], "standby");
+}
