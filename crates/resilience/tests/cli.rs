@@ -1,0 +1,148 @@
+//! The command line, run as a user would.
+
+mod common;
+
+use common::{cli, TestDir};
+use std::os::unix::fs::PermissionsExt;
+
+fn example(name: &str) -> String {
+    format!(
+        "{}/../../packaging/examples/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[test]
+fn examples_pass_check_config() {
+    for f in ["main.toml", "standby.toml"] {
+        let (code, out, err) = cli(&["check-config", &example(f)]);
+        assert_eq!(code, 0, "{f}: {out}{err}");
+        assert!(out.contains("OK"), "{out}");
+    }
+}
+
+fn broken(dir: &TestDir, from: &str, to: &str) -> String {
+    let text = std::fs::read_to_string(example("main.toml")).unwrap();
+    assert!(text.contains(from), "example lacks {from}");
+    let path = dir.path("broken.toml");
+    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    path.display().to_string()
+}
+
+fn line_of(file: &str, needle: &str) -> usize {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .position(|l| l.contains(needle))
+        .unwrap()
+        + 1
+}
+
+#[test]
+fn misspelt_key_names_the_line_and_the_key() {
+    let dir = TestDir::new("cli-misspelt");
+    let f = broken(&dir, "failover_after = \"3s\"", "failover_aftr = \"3s\"");
+    let (code, out, err) = cli(&["check-config", &f]);
+    assert_ne!(code, 0, "{out}");
+    let line = line_of(&f, "failover_aftr");
+    assert!(
+        err.contains(&format!("{f}:{line}")),
+        "no file:line {line}: {err}"
+    );
+    assert!(err.contains("failover_aftr"), "{err}");
+}
+
+#[test]
+fn bad_duration_names_the_line_and_the_key() {
+    let dir = TestDir::new("cli-duration");
+    let f = broken(
+        &dir,
+        "failover_after = \"3s\"",
+        "failover_after = \"3 parsecs\"",
+    );
+    let (code, out, err) = cli(&["check-config", &f]);
+    assert_ne!(code, 0, "{out}");
+    let line = line_of(&f, "3 parsecs");
+    assert!(
+        err.contains(&format!("{f}:{line}")),
+        "no file:line {line}: {err}"
+    );
+    assert!(err.contains("heartbeat.failover_after"), "{err}");
+    assert!(err.contains("duration"), "{err}");
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let (code, _, err) = cli(&["check-config", "/nonexistent/node.toml"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("/nonexistent/node.toml") && err.contains("cannot read"),
+        "{err}"
+    );
+}
+
+#[test]
+fn keygen_prints_fresh_keys_and_writes_private_files() {
+    let (c1, k1, _) = cli(&["keygen"]);
+    let (c2, k2, _) = cli(&["keygen"]);
+    assert_eq!((c1, c2), (0, 0));
+    let (k1, k2) = (k1.trim(), k2.trim());
+    assert_eq!(k1.len(), 64);
+    assert!(k1.chars().all(|c| c.is_ascii_hexdigit()));
+    assert_ne!(k1, k2);
+    let dir = TestDir::new("cli-keygen");
+    let out = dir.path("cluster.key");
+    let (code, _, err) = cli(&["keygen", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let first = std::fs::read_to_string(&out).unwrap();
+    let (code, _, err) = cli(&["keygen", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("exists"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        first,
+        "key overwritten"
+    );
+    // check-config accepts a config whose key file is this one.
+    let cfg = dir.path("node.toml");
+    let text = std::fs::read_to_string(example("main.toml")).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "key_file = \"cluster.key\"",
+            &format!("key_file = \"{}\"", out.display()),
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = cli(&["check-config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("warning"), "{err}");
+    // ... and refuses a key file that is not a key.
+    std::fs::write(&out, "not hex at all\n").unwrap();
+    let (code, _, err) = cli(&["check-config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("heartbeat.key_file"), "{err}");
+}
+
+#[test]
+fn unbuilt_subcommands_say_so() {
+    for args in [
+        &["edge", "--config", "x"][..],
+        &["follow", "--config", "x"],
+        &["replicate"],
+        &["cert", "init"],
+    ] {
+        let (code, _, err) = cli(args);
+        assert_eq!(code, 2, "{args:?}");
+        assert!(err.contains("not built yet"), "{err}");
+    }
+}
+
+#[test]
+fn status_of_an_unreachable_node_exits_3() {
+    let port = common::free_tcp();
+    let (code, _, err) = cli(&["status", "--api", &format!("http://127.0.0.1:{port}")]);
+    assert_eq!(code, 3, "{err}");
+}
