@@ -1,0 +1,304 @@
+#!/usr/bin/env python3
+"""bench/failover: time from SIGKILL of the active node to the standby's
+services started, Resilience against keepalived (VRRPv3), side by side.
+
+Both run in the same two network namespaces joined by a veth pair
+(192.0.2.0/24, TEST-NET-1, never routed), with the same detection window:
+heartbeat interval = advert_int = 200 ms, failover_after = keepalived's
+Master_Down_Interval = 3 x 200 ms + skew (priority 100: 122 ms) = 722 ms.
+The "services" of each side are one command that writes the time it ran.
+
+Needs root, iproute2 and keepalived (installed with apt-get when missing).
+Usage: python3 bench/failover/run.py [--runs 20]
+"""
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+INTERVAL_MS = 200
+PRIORITY_BACKUP = 100
+SKEW_MS = (256 - PRIORITY_BACKUP) * INTERVAL_MS / 256
+WINDOW_MS = 3 * INTERVAL_MS + SKEW_MS  # 721.875 ms
+NS = [f"resbench-a-{os.getpid()}", f"resbench-b-{os.getpid()}"]
+ADDR = ["192.0.2.1", "192.0.2.2"]
+started = []  # every process this bench starts, killed by pid at the end
+
+
+def sh(*args, check=True, **kw):
+    return subprocess.run(args, check=check, **kw)
+
+
+def need(binary, package):
+    if shutil.which(binary):
+        return
+    sh("apt-get", "update", "-q")
+    sh("apt-get", "install", "-y", "-q", package)
+
+
+def netns_setup():
+    for ns in NS:
+        sh("ip", "netns", "add", ns)
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+    sh("ip", "link", "add", "rbA", "netns", NS[0], "type", "veth", "peer", "name", "rbB", "netns", NS[1])
+    for ns, dev, addr in [(NS[0], "rbA", ADDR[0]), (NS[1], "rbB", ADDR[1])]:
+        sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+        sh("ip", "-n", ns, "link", "set", dev, "up")
+
+
+def cleanup():
+    for p in started:
+        try:
+            p.kill()
+            p.wait(timeout=5)
+        except Exception:
+            pass
+    for ns in NS:
+        sh("ip", "netns", "del", ns, check=False, stderr=subprocess.DEVNULL)
+
+
+def spawn(ns, args, log):
+    p = subprocess.Popen(["ip", "netns", "exec", ns, *args], stdout=log, stderr=subprocess.STDOUT,
+                         start_new_session=True)
+    started.append(p)
+    return p
+
+
+def wait_file(path, timeout):
+    end = time.time() + timeout
+    while time.time() < end:
+        if path.exists() and path.stat().st_size > 0:
+            return True
+        time.sleep(0.001)
+    return False
+
+
+def kill_tree(p):
+    """SIGKILL the process and every process of its session (keepalived forks)."""
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    p.wait()
+
+
+# ---- keepalived --------------------------------------------------------
+
+def keepalived_conf(work, i, me, run):
+    state, prio, dev = ("MASTER", 200, "rbA") if me == 0 else ("BACKUP", PRIORITY_BACKUP, "rbB")
+    notify = work / f"ka-notify-{me}.sh"
+    notify.write_text(f"#!/bin/sh\ndate +%s.%N > {work}/ka-master-{me}-{run}\n")
+    notify.chmod(0o755)
+    conf = work / f"ka-{me}.conf"
+    conf.write_text(f"""
+global_defs {{
+    vrrp_version 3
+    script_user root
+    enable_script_security
+}}
+vrrp_instance VI_1 {{
+    state {state}
+    interface {dev}
+    virtual_router_id 51
+    priority {prio}
+    advert_int {INTERVAL_MS / 1000}
+    notify_master {notify}
+    virtual_ipaddress {{
+        192.0.2.100/24
+    }}
+}}
+""")
+    return conf
+
+
+def keepalived_run(work, run, log):
+    procs = []
+    for me in (0, 1):
+        conf = keepalived_conf(work, me, me, run)
+        # Fresh pid files each run: a SIGKILLed keepalived leaves its own behind.
+        pid = work / f"ka-{me}-{run}.pid"
+        vpid = work / f"ka-{me}-{run}-vrrp.pid"
+        procs.append(spawn(NS[me], ["keepalived", "--dont-fork", "--log-console", "--vrrp", "-f", str(conf),
+                                    "-p", str(pid), "-r", str(vpid), "-c", str(work / f"ka-{me}-{run}-chk.pid")],
+                           log))
+    if not wait_file(work / f"ka-master-0-{run}", 10):
+        raise RuntimeError("keepalived master never became master")
+    time.sleep(1.0 + random.random() * INTERVAL_MS / 1000)  # random phase
+    t0 = time.time()
+    kill_tree(procs[0])
+    ok = wait_file(work / f"ka-master-1-{run}", 10)
+    kill_tree(procs[1])
+    if not ok:
+        raise RuntimeError("keepalived backup never took over")
+    t1 = float((work / f"ka-master-1-{run}").read_text())
+    sh("ip", "-n", NS[1], "addr", "flush", "dev", "rbB", "to", "192.0.2.100/32", check=False)
+    sh("ip", "-n", NS[0], "addr", "flush", "dev", "rbA", "to", "192.0.2.100/32", check=False)
+    return (t1 - t0) * 1000
+
+
+# ---- resilience ----------------------------------------------------------
+
+def node_conf(work, me, run):
+    name, peer = ("main", "standby") if me == 0 else ("standby", "main")
+    conf = work / f"res-{name}.toml"
+    conf.write_text(f"""
+[node]
+name = "{name}"
+type = "{name}"
+state_dir = "{work}/state-{name}-{run}"
+[peer]
+name = "{peer}"
+address = "{ADDR[1 - me]}:7400"
+[heartbeat]
+listen = "{ADDR[me]}:7400"
+interval = "{INTERVAL_MS}ms"
+failover_after = "{WINDOW_MS:.0f}ms"
+startup_wait = "{WINDOW_MS:.0f}ms"
+key_file = "{work}/cluster.key"
+[failback]
+policy = "manual"
+[[service]]
+name = "pbx"
+start = "date +%s.%N > {work}/res-up-{name}-{run}"
+stop = "true"
+[api]
+listen = "127.0.0.1:7480"
+token_file = "{work}/api.token"
+""")
+    return conf
+
+
+def resilience_run(binary, work, run, log):
+    procs = []
+    for me in (0, 1):
+        conf = node_conf(work, me, run)
+        procs.append(spawn(NS[me], [str(binary), "node", "--config", str(conf)], log))
+    if not wait_file(work / f"res-up-main-{run}", 10):
+        raise RuntimeError("resilience main never became active")
+    time.sleep(1.0 + random.random() * INTERVAL_MS / 1000)  # random phase
+    t0 = time.time()
+    kill_tree(procs[0])
+    ok = wait_file(work / f"res-up-standby-{run}", 10)
+    if not ok:
+        kill_tree(procs[1])
+        raise RuntimeError("resilience standby never took over")
+    t1 = float((work / f"res-up-standby-{run}").read_text())
+    detect = detection_to_start(binary, work, run)
+    rss = None
+    if run == 0:
+        # Idle memory: the surviving node, after a few quiet seconds.
+        time.sleep(3)
+        rss = rss_kb(procs[1])
+    kill_tree(procs[1])
+    return (t1 - t0) * 1000, rss, detect
+
+
+def detection_to_start(binary, work, run):
+    """From the standby's own history: the silence verdict to the services up."""
+    out = subprocess.run(["ip", "netns", "exec", NS[1], str(binary), "events", "--json", "--limit", "50",
+                          "--api", "http://127.0.0.1:7480"], capture_output=True, text=True)
+    try:
+        import json
+        events = json.loads(out.stdout)["events"]
+    except Exception:
+        return None
+    silent = [e["at_ms"] for e in events if e["kind"] == "peer_silent"]
+    up = [e["at_ms"] for e in events if e["kind"] == "active" and "to: true" in e["text"]]
+    if not silent or not up:
+        return None
+    return max(up) - max(silent)
+
+
+def rss_kb(p):
+    """VmRSS of the node under `ip netns exec` (its only child)."""
+    kids = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
+    pid = kids[0] if kids else str(p.pid)
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return None
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    k = (len(xs) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def false_failover_rows():
+    """The simulator's false-failover rate for this same window."""
+    out = subprocess.run(
+        ["cargo", "test", "-q", "--release", "-p", "resilience-core", "--test", "random",
+         "false_failover_rate_by_loss", "--", "--nocapture"],
+        cwd=ROOT, capture_output=True, text=True)
+    return [l for l in out.stderr.splitlines() if l.startswith("|")]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=20)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench/failover needs root (network namespaces)")
+    need("keepalived", "keepalived")
+    need("ip", "iproute2")
+    sh("cargo", "build", "-q", "--release", "-p", "resilience", cwd=ROOT)
+    binary = ROOT / "target" / "release" / "resilience"
+    work = Path(tempfile.mkdtemp(prefix="resbench-"))
+    (work / "cluster.key").write_text("ab" * 32 + "\n")
+    (work / "api.token").write_text("bench\n")
+    log = open(work / "bench.log", "w")
+    ka, res, rss, detect = [], [], None, []
+    try:
+        netns_setup()
+        for run in range(args.runs):
+            # Interleaved, so both see the same machine load.
+            ka.append(keepalived_run(work, run, log))
+            ms, r, d = resilience_run(binary, work, run, log)
+            res.append(ms)
+            if d is not None:
+                detect.append(d)
+            rss = rss or r
+            print(f"run {run + 1:2}/{args.runs}: keepalived {ka[-1]:7.1f} ms   resilience {res[-1]:7.1f} ms",
+                  flush=True)
+    finally:
+        cleanup()
+        log.close()
+    print()
+    print(f"SIGKILL of the active node -> standby services started, {args.runs} runs each, "
+          f"same window {WINDOW_MS:.0f} ms (heartbeat/advert {INTERVAL_MS} ms)\n")
+    # The kill falls at a random point between two heartbeats, so detection
+    # takes the window minus U(0, interval): expected median window - interval/2.
+    expected = WINDOW_MS - INTERVAL_MS / 2
+    print("| system | median ms | p95 ms | overhead beyond the detection window (median - (window - interval/2)) ms |")
+    print("|---|---|---|---|")
+    for name, xs in (("keepalived 2.2.7 (VRRPv3)", ka), ("resilience node", res)):
+        med, p95 = statistics.median(xs), pct(xs, 0.95)
+        print(f"| {name} | {med:.1f} | {p95:.1f} | {med - expected:+.1f} |")
+    if detect:
+        print(f"\nresilience, from its own events: silence detected -> services started, "
+              f"median {statistics.median(detect):.1f} ms, p95 {pct(detect, 0.95):.1f} ms")
+    print(f"\nratio resilience / keepalived: median {statistics.median(res) / statistics.median(ka):.3f}, "
+          f"p95 {pct(res, 0.95) / pct(ka, 0.95):.3f}")
+    if rss:
+        print(f"idle memory of a resilience node: {rss / 1024:.1f} MB RSS")
+    rows = false_failover_rows()
+    if rows:
+        print("\nsimulator, same window, connected but lossy link (false failovers per hour):")
+        for r in rows:
+            print(r)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
