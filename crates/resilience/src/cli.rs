@@ -109,6 +109,9 @@ pub enum Cmd {
     StandInPbx {
         #[arg(long)]
         listen: SocketAddr,
+        /// Also accept (and close) TCP connections here: a witness for arbiters.
+        #[arg(long)]
+        tcp_listen: Option<SocketAddr>,
     },
 }
 

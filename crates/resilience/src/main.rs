@@ -54,8 +54,8 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Lab { dir } => runtime()?.block_on(lab::run(dir)),
-        Cmd::StandInPbx { listen } => {
-            runtime()?.block_on(standin::run(listen))?;
+        Cmd::StandInPbx { listen, tcp_listen } => {
+            runtime()?.block_on(standin::run(listen, tcp_listen))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::CheckConfig { file } => Ok(check_config::run(&file)),

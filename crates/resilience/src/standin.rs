@@ -46,8 +46,18 @@ pub fn answer(req: &str) -> Option<String> {
     Some(out)
 }
 
-/// Answer on `listen` until the process is stopped.
-pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
+/// Answer on `listen` until the process is stopped; with `tcp`, also accept
+/// and close TCP connections there (what an arbiter probe needs).
+pub async fn run(listen: SocketAddr, tcp: Option<SocketAddr>) -> anyhow::Result<()> {
+    if let Some(addr) = tcp {
+        let l = tokio::net::TcpListener::bind(addr).await?;
+        eprintln!("stand-in PBX accepting TCP on {}", l.local_addr()?);
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = l.accept().await {
+                drop(conn);
+            }
+        });
+    }
     let sock = UdpSocket::bind(listen).await?;
     eprintln!("stand-in PBX answering SIP on udp/{}", sock.local_addr()?);
     let mut buf = vec![0u8; 65_536];

@@ -76,6 +76,14 @@ impl Proc {
         }
     }
 
+    /// Guard a child started some other way.
+    pub fn from_child(name: &str, child: Child) -> Proc {
+        Proc {
+            name: name.to_owned(),
+            child: Some(child),
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, |c| c.id())
     }
