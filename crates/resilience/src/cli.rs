@@ -28,6 +28,9 @@ pub struct ApiArgs {
     /// Take the API address and token file from this node config.
     #[arg(long, short, global = true)]
     pub config: Option<PathBuf>,
+    /// Trust this CA (PEM) for an https API (the cluster CA).
+    #[arg(long, global = true)]
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

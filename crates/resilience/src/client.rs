@@ -17,6 +17,8 @@ pub const EXIT_UNAUTHORIZED: i32 = 4;
 pub struct Target {
     pub api: String,
     pub token_file: Option<PathBuf>,
+    /// A CA to trust for https (besides the system's roots).
+    pub ca: Option<PathBuf>,
 }
 
 impl Target {
@@ -30,6 +32,7 @@ impl Target {
         let mut t = Target {
             api: "http://127.0.0.1:7480".into(),
             token_file: token_file.clone(),
+            ca: None,
         };
         if let Some(path) = config {
             let (cfg, base) = crate::node::load_config(path)?;
@@ -56,6 +59,11 @@ impl Target {
         Ok(t)
     }
 
+    pub fn with_ca(mut self, ca: Option<PathBuf>) -> Target {
+        self.ca = ca;
+        self
+    }
+
     fn token(&self) -> anyhow::Result<String> {
         let path = self
             .token_file
@@ -71,18 +79,39 @@ impl Target {
     }
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
+fn agent(t: &Target) -> Result<ureq::Agent, (i32, String)> {
+    let mut b = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into()
+        .timeout_global(Some(Duration::from_secs(10)));
+    if let Some(ca) = &t.ca {
+        use ureq::tls::{PemItem, RootCerts, TlsConfig};
+        let pem = std::fs::read(ca)
+            .map_err(|e| (EXIT_UNREACHABLE, format!("CA {}: {e}", ca.display())))?;
+        let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+            .filter_map(|i| match i {
+                Ok(PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        if certs.is_empty() {
+            return Err((
+                EXIT_UNREACHABLE,
+                format!("CA {}: no PEM certificate in it", ca.display()),
+            ));
+        }
+        b = b.tls_config(
+            TlsConfig::builder()
+                .root_certs(RootCerts::new_with_certs(&certs))
+                .build(),
+        );
+    }
+    Ok(b.build().into())
 }
 
 /// GET a JSON document. Err carries the exit code and the message.
 fn get(t: &Target, path: &str) -> Result<Value, (i32, String)> {
     let url = format!("{}{path}", t.api);
-    let mut resp = agent()
+    let mut resp = agent(t)?
         .get(&url)
         .call()
         .map_err(|e| (EXIT_UNREACHABLE, format!("{url}: {e}")))?;
@@ -107,7 +136,7 @@ fn get(t: &Target, path: &str) -> Result<Value, (i32, String)> {
 fn post(t: &Target, path: &str) -> Result<String, (i32, String)> {
     let token = t.token().map_err(|e| (EXIT_UNAUTHORIZED, e.to_string()))?;
     let url = format!("{}{path}", t.api);
-    let mut resp = agent()
+    let mut resp = agent(t)?
         .post(&url)
         .header("Authorization", &format!("Bearer {token}"))
         .send_empty()

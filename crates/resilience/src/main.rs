@@ -61,22 +61,26 @@ fn main() -> ExitCode {
         Cmd::CheckConfig { file } => Ok(check_config::run(&file)),
         Cmd::Keygen { out, force } => keygen::run(out.as_deref(), force),
         Cmd::Status { api, json } => {
-            let t = client::Target::new(api.api, api.token_file, api.config.as_deref())?;
+            let t = client::Target::new(api.api, api.token_file, api.config.as_deref())?
+                .with_ca(api.ca);
             Ok(code(client::status(&t, json)))
         }
         Cmd::Services { action, api } => {
-            let t = client::Target::new(api.api, api.token_file, api.config.as_deref())?;
+            let t = client::Target::new(api.api, api.token_file, api.config.as_deref())?
+                .with_ca(api.ca);
             Ok(code(match action {
                 ServicesAction::Start { force } => client::services(&t, true, force),
                 ServicesAction::Stop => client::services(&t, false, false),
             }))
         }
         Cmd::Failback { api } => {
-            let t = client::Target::new(api.api, api.token_file, api.config.as_deref())?;
+            let t = client::Target::new(api.api, api.token_file, api.config.as_deref())?
+                .with_ca(api.ca);
             Ok(code(client::failback(&t)))
         }
         Cmd::Events { api, limit, json } => {
-            let t = client::Target::new(api.api, api.token_file, api.config.as_deref())?;
+            let t = client::Target::new(api.api, api.token_file, api.config.as_deref())?
+                .with_ca(api.ca);
             Ok(code(client::events(&t, limit, json)))
         }
         Cmd::Follow { .. } => Ok(not_built("follow", "6: followers")),

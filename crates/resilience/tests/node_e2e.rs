@@ -375,3 +375,82 @@ fn corrupt_state_database_is_reported_and_recreated() {
     );
     assert_eq!(p.status(STANDBY)["node"]["node_type"], "standby");
 }
+
+/// A cluster CA and a node certificate for 127.0.0.1 (what `resilience cert`
+/// will make, issue 4): (ca.pem, node.crt, node.key) written into `dir`.
+fn tls_files(dir: &TestDir) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "resilience test cluster CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    let paths = (
+        dir.path("ca.pem"),
+        dir.path("node.crt"),
+        dir.path("node.key"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    let s = |p: std::path::PathBuf| p.display().to_string();
+    (s(paths.0), s(paths.1), s(paths.2))
+}
+
+#[test]
+fn api_over_tls_is_trusted_through_the_cluster_ca_only() {
+    let _g = serial();
+    let mut p = Pair::new("tls", "manual", "policy = \"immediate\"", false);
+    let (ca, crt, key) = tls_files(&p.dir);
+    p.specs[MAIN].extra = format!("tls_cert = \"{crt}\"\ntls_key = \"{key}\"\n");
+    std::fs::write(p.config_path(MAIN), p.specs[MAIN].config(&p.dir.0)).unwrap();
+    let cfg = p.config_path(MAIN).display().to_string();
+    let log = p.dir.path("pbx-main.log");
+    p.nodes[MAIN] = Some(Proc::spawn(
+        "pbx-main",
+        &["node", "--config", &cfg],
+        &p.dir.0,
+        &log,
+    ));
+    let api = format!("https://127.0.0.1:{}", p.specs[MAIN].api);
+    let ok = wait_until(secs(10), || {
+        cli(&["status", "--api", &api, "--ca", &ca]).0 == 0
+    });
+    assert!(ok, "status over TLS failed\n{}", p.logs());
+    // Without the cluster CA the certificate is refused.
+    let (code, _, err) = cli(&["status", "--api", &api]);
+    assert_eq!(code, 3, "{err}");
+    // Plain HTTP on a TLS port gets nothing useful.
+    let plain = format!("http://127.0.0.1:{}/api/v1/ha", p.specs[MAIN].api);
+    assert!(get(&plain).is_none());
+    // Writes over TLS still need the token.
+    let (code, _, err) = cli(&[
+        "services",
+        "start",
+        "--api",
+        &api,
+        "--ca",
+        &ca,
+        "--token-file",
+        "/nonexistent",
+    ]);
+    assert_eq!(code, 4, "{err}");
+    let token = p.dir.path("api.token").display().to_string();
+    let (code, out, err) = cli(&[
+        "services",
+        "start",
+        "--api",
+        &api,
+        "--ca",
+        &ca,
+        "--token-file",
+        &token,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(wait_until(secs(5), || p.marker(MAIN)));
+}

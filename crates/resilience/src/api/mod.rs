@@ -41,10 +41,35 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) {
-    if let Err(e) = axum::serve(listener, router(state)).await {
-        tracing::error!("API server: {e}");
+/// TLS material for the API, from `[api] tls_cert` and `tls_key` (PEM).
+pub struct Tls {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+/// Serve the API on `listener`, over TLS when `tls` is given.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    tls: Option<Tls>,
+) -> anyhow::Result<()> {
+    let app = router(state);
+    match tls {
+        None => axum::serve(listener, app).await?,
+        Some(t) => {
+            // One process-wide crypto provider (ring); a second install is a no-op.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&t.cert, &t.key)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("API TLS {} / {}: {e}", t.cert.display(), t.key.display())
+                })?;
+            axum_server::tls_rustls::from_tcp_rustls(listener.into_std()?, config)?
+                .serve(app.into_make_service())
+                .await?
+        }
     }
+    Ok(())
 }
 
 fn error(code: StatusCode, msg: impl Into<String>) -> Response {

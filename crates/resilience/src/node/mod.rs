@@ -211,8 +211,16 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
     let api_listener = tokio::net::TcpListener::bind(cfg.api.listen)
         .await
         .with_context(|| format!("API socket {}", cfg.api.listen))?;
-    tracing::info!("API on http://{}", api_listener.local_addr()?);
-    let api_task = tokio::spawn(api::serve(api_listener, api_state));
+    let tls = match (&cfg.api.tls_cert, &cfg.api.tls_key) {
+        (Some(c), Some(k)) => Some(api::Tls {
+            cert: resolve(&base, c),
+            key: resolve(&base, k),
+        }),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("API on {scheme}://{}", api_listener.local_addr()?);
+    let mut api_task = tokio::spawn(api::serve(api_listener, api_state, tls));
 
     let started = Instant::now();
     let wall_start = SystemTime::now();
@@ -353,6 +361,16 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
             _ = &mut shutdown => {
                 tracing::info!("stopping the daemon (services are left as they are)");
                 break;
+            }
+            r = &mut api_task => {
+                // The API is how admins and followers see the node: without
+                // it, stop and let systemd restart us with the error logged.
+                let why = match r {
+                    Ok(Ok(())) => "API server stopped".to_string(),
+                    Ok(Err(e)) => format!("{e:#}"),
+                    Err(e) => format!("API task: {e}"),
+                };
+                anyhow::bail!("{why}");
             }
         }
     }
