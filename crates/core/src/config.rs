@@ -36,6 +36,53 @@ pub struct NodeConfig {
     pub service_policy: ServicePolicySection,
     #[serde(default)]
     pub api: ApiSection,
+    #[serde(default)]
+    pub replication: Option<ReplicationSection>,
+}
+
+/// `[replication]`: Main → Standby copies over TLS under the cluster CA.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationSection {
+    /// Where this node accepts pushes (used while it is the Standby).
+    pub listen: SocketAddr,
+    /// The peer's replication address (pushed to while this node is the Main).
+    pub peer: SocketAddr,
+    /// The cluster CA (`resilience cert init`) and this node's certificate
+    /// and key (`resilience cert issue NAME`).
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// How often the Main pushes every job. Default: 1h
+    #[serde(with = "humantime_serde", default = "default_replication_interval")]
+    pub interval: Duration,
+    /// How long a changed watched folder stays quiet before it is pushed.
+    #[serde(with = "humantime_serde", default = "default_debounce")]
+    pub debounce: Duration,
+    #[serde(default, rename = "dir")]
+    pub dirs: Vec<DirJobSection>,
+}
+
+/// One replicated folder, `[[replication.dir]]`; same name on both nodes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirJobSection {
+    pub name: String,
+    /// The folder on this node.
+    pub path: PathBuf,
+    /// Glob patterns of paths (relative to `path`) or names left out.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Push as soon as something changes in it (debounced), besides the schedule.
+    #[serde(default)]
+    pub watch: bool,
+}
+
+fn default_replication_interval() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_debounce() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// `[node]`: who this node is.
@@ -546,6 +593,29 @@ impl NodeConfig {
                             .into(),
                     )
                 }
+            }
+        }
+        if let Some(r) = &self.replication {
+            let mut names = std::collections::HashSet::new();
+            for (i, d) in r.dirs.iter().enumerate() {
+                if d.name.is_empty() || !names.insert(&d.name) {
+                    return bad(
+                        &format!("replication.dir[{i}].name"),
+                        "expected a unique, non-empty job name".into(),
+                    );
+                }
+                if let Some(p) = d.exclude.iter().find(|p| globset::Glob::new(p).is_err()) {
+                    return bad(
+                        &format!("replication.dir[{i}].exclude"),
+                        format!("`{p}` is not a glob pattern"),
+                    );
+                }
+            }
+            if r.interval.is_zero() {
+                return bad(
+                    "replication.interval",
+                    "expected a duration above zero".into(),
+                );
             }
         }
         if self.api.tls_cert.is_some() != self.api.tls_key.is_some() {

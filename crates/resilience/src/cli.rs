@@ -132,8 +132,26 @@ pub enum ServicesAction {
 
 #[derive(Subcommand, Debug)]
 pub enum CertAction {
-    /// Create the cluster CA.
-    Init,
-    /// Issue a node certificate signed by the cluster CA.
-    Issue { node: String },
+    /// Create the cluster CA (ca.pem, ca.key) in --dir.
+    Init {
+        #[arg(long, default_value = "/etc/resilience/pki")]
+        dir: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "Resilience cluster CA")]
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue NODE.crt and NODE.key, signed by the cluster CA in --dir. The
+    /// certificate names NODE (the node's name in its config) and any --name.
+    Issue {
+        node: String,
+        #[arg(long, default_value = "/etc/resilience/pki")]
+        dir: PathBuf,
+        /// Extra DNS names or IP addresses for the certificate.
+        #[arg(long = "name")]
+        names: Vec<String>,
+        #[arg(long)]
+        force: bool,
+    },
 }

@@ -80,9 +80,16 @@ impl Target {
 }
 
 fn agent(t: &Target) -> Result<ureq::Agent, (i32, String)> {
+    agent_with(t, Some(Duration::from_secs(10)))
+}
+
+/// `timeout`: for the whole call; `None` for calls as long as the work they
+/// wait for (a replication push), with only the connection bounded.
+fn agent_with(t: &Target, timeout: Option<Duration>) -> Result<ureq::Agent, (i32, String)> {
     let mut b = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)));
+        .timeout_connect(Some(Duration::from_secs(10)))
+        .timeout_global(timeout);
     if let Some(ca) = &t.ca {
         use ureq::tls::{PemItem, RootCerts, TlsConfig};
         let pem = std::fs::read(ca)
@@ -280,6 +287,71 @@ pub fn services(t: &Target, start: bool, force: bool) -> i32 {
         (false, _) => "/api/v1/services/stop",
     };
     finish(post(t, path))
+}
+
+/// Ask the Main to push every replication job now; print each job's result.
+pub fn replicate(t: &Target) -> i32 {
+    let token = match t.token() {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("{e}");
+            return EXIT_UNAUTHORIZED;
+        }
+    };
+    let url = format!("{}/api/v1/replicate", t.api);
+    let agent = match agent_with(t, None) {
+        Ok(a) => a,
+        Err((c, m)) => {
+            eprintln!("{m}");
+            return c;
+        }
+    };
+    let mut resp = match agent
+        .post(&url)
+        .header("Authorization", &format!("Bearer {token}"))
+        .send_empty()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{url}: {e}");
+            return EXIT_UNREACHABLE;
+        }
+    };
+    let status = resp.status().as_u16();
+    let body: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
+    match status {
+        200 => {
+            let mut failed = false;
+            for j in body["jobs"].as_array().into_iter().flatten() {
+                match j["error"].as_str() {
+                    Some(e) => {
+                        failed = true;
+                        eprintln!("{}: FAILED: {e}", j["job"].as_str().unwrap_or("?"));
+                    }
+                    None => println!(
+                        "{}: {} files, {} bytes, {} deleted",
+                        j["job"].as_str().unwrap_or("?"),
+                        j["files"],
+                        j["bytes"],
+                        j["deleted"]
+                    ),
+                }
+            }
+            if failed {
+                EXIT_REFUSED
+            } else {
+                0
+            }
+        }
+        401 => {
+            eprintln!("{}", body["error"].as_str().unwrap_or("unauthorized"));
+            EXIT_UNAUTHORIZED
+        }
+        _ => {
+            eprintln!("{}", body["error"].as_str().unwrap_or("refused"));
+            EXIT_REFUSED
+        }
+    }
 }
 
 pub fn failback(t: &Target) -> i32 {

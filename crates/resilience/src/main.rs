@@ -7,6 +7,7 @@ mod client;
 mod keygen;
 mod lab;
 mod node;
+mod replication;
 mod services;
 mod standin;
 
@@ -85,10 +86,39 @@ fn main() -> ExitCode {
         }
         Cmd::Follow { .. } => Ok(not_built("follow", "6: followers")),
         Cmd::Edge { .. } => Ok(not_built("edge", "5: the SIP edge")),
-        Cmd::Replicate { .. } => Ok(not_built("replicate", "4: replication")),
+        Cmd::Replicate { api } => {
+            let t = client::Target::new(api.api, api.token_file, api.config.as_deref())?
+                .with_ca(api.ca);
+            Ok(code(client::replicate(&t)))
+        }
         Cmd::Cert {
-            action: CertAction::Init | CertAction::Issue { .. },
-        } => Ok(not_built("cert", "4: replication (node-to-node TLS)")),
+            action: CertAction::Init { dir, name, force },
+        } => {
+            replication::cert::init(&dir, &name, force)?;
+            println!(
+                "cluster CA written to {}/{} (key {}, readable by root only)",
+                dir.display(),
+                replication::cert::CA_CERT,
+                replication::cert::CA_KEY
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Cert {
+            action:
+                CertAction::Issue {
+                    node,
+                    dir,
+                    names,
+                    force,
+                },
+        } => {
+            replication::cert::issue(&dir, &node, &names, force)?;
+            println!(
+                "{0}/{node}.crt and {0}/{node}.key issued under the cluster CA",
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     })();
     match result {
         Ok(c) => c,

@@ -26,6 +26,7 @@ pub struct ApiState {
     pub ha: watch::Receiver<serde_json::Value>,
     pub token: Arc<String>,
     pub metrics: PrometheusHandle,
+    pub replicator: Option<Arc<crate::replication::Replicator>>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -38,6 +39,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/services/start", post(start))
         .route("/api/v1/services/stop", post(stop))
         .route("/api/v1/failback", post(failback))
+        .route("/api/v1/replicate", post(replicate))
         .with_state(state)
 }
 
@@ -97,7 +99,12 @@ async fn ha(State(s): State<ApiState>) -> Json<serde_json::Value> {
 }
 
 async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
-    Json(s.status.borrow().clone())
+    let mut doc = s.status.borrow().clone();
+    // Replication runs beside the node loop: read it now, not as of the last tick.
+    if let Some(r) = &s.replicator {
+        doc["replication"] = r.status_json();
+    }
+    Json(doc)
 }
 
 #[derive(Deserialize)]
@@ -160,6 +167,48 @@ async fn stop(State(s): State<ApiState>, headers: HeaderMap) -> Response {
 
 async fn failback(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     command(&s, &headers, Command::Failback).await
+}
+
+/// Why this node may not push now, if it may not: only the Active Main
+/// pushes, and never onto an Active Standby.
+pub fn push_refusal(status: &serde_json::Value) -> Option<String> {
+    let node = &status["node"];
+    if node["node_type"] != "main" {
+        return Some("only the main pushes; the standby never does".into());
+    }
+    if node["active"] != true {
+        return Some("this main is not active: its copy is not the one in service".into());
+    }
+    if status["peer"]["active"] == true {
+        return Some("the standby is active: replication pauses until failback".into());
+    }
+    None
+}
+
+async fn replicate(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    if let Err(why) = authorized(&s, &headers) {
+        return error(StatusCode::UNAUTHORIZED, why);
+    }
+    let Some(r) = s.replicator.clone() else {
+        return error(
+            StatusCode::CONFLICT,
+            "no [replication] section in this node's config",
+        );
+    };
+    let refusal = push_refusal(&s.status.borrow());
+    if let Some(why) = refusal {
+        return error(StatusCode::CONFLICT, why);
+    }
+    let jobs: Vec<serde_json::Value> = r
+        .push_all()
+        .await
+        .into_iter()
+        .map(|(job, res)| match res {
+            Ok(a) => json!({"job": job, "files": a.files, "bytes": a.bytes, "deleted": a.deleted}),
+            Err(e) => json!({"job": job, "error": e}),
+        })
+        .collect();
+    Json(json!({ "jobs": jobs })).into_response()
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {

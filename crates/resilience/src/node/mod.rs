@@ -200,6 +200,41 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
     let (status_tx, status_rx) = watch::channel(json!({}));
     let (ha_tx, ha_rx) = watch::channel(json!({}));
     let (events_tx, _) = broadcast::channel::<serde_json::Value>(256);
+    let replicator = cfg.replication.clone().map(|r| {
+        let peer = cfg
+            .peer
+            .as_ref()
+            .map(|p| p.name.clone())
+            .unwrap_or_default();
+        Arc::new(crate::replication::Replicator::new(
+            r, &base, &state_dir, &peer,
+        ))
+    });
+    let (active_tx, active_rx) = watch::channel(false);
+    if let Some(r) = &replicator {
+        let (r2, rx) = (r.clone(), active_rx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = r2.serve(rx).await {
+                tracing::error!("replication server: {e:#}");
+            }
+        });
+        let (r3, status) = (r.clone(), status_rx.clone());
+        let every = cfg
+            .replication
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |c| c.interval);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let refusal = api::push_refusal(&status.borrow());
+                if refusal.is_none() {
+                    r3.push_all().await;
+                }
+            }
+        });
+    }
     let metrics = api::install_metrics();
     let api_state = ApiState {
         tx: tx.clone(),
@@ -207,6 +242,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
         ha: ha_rx,
         token: Arc::new(token),
         metrics,
+        replicator: replicator.clone(),
     };
     let api_listener = tokio::net::TcpListener::bind(cfg.api.listen)
         .await
@@ -307,6 +343,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
             continue;
         }
         publish(&node, &cfg, &counters, &service_states, &status_tx, &ha_tx);
+        active_tx.send_if_modified(|a| std::mem::replace(a, node.is_active()) != node.is_active());
         if last_active != Some(node.is_active()) {
             last_active = Some(node.is_active());
         }
