@@ -131,8 +131,6 @@ fn unbuilt_subcommands_say_so() {
     for args in [
         &["edge", "--config", "x"][..],
         &["follow", "--config", "x"],
-        &["replicate"],
-        &["cert", "init"],
     ] {
         let (code, _, err) = cli(args);
         assert_eq!(code, 2, "{args:?}");

@@ -52,7 +52,8 @@ pub fn mtime_ns(m: &std::fs::Metadata) -> i64 {
 pub fn is_safe_relative(p: &str) -> bool {
     !p.is_empty()
         && !p.contains('\0')
-        && p.split('/').all(|part| !part.is_empty() && part != "." && part != "..")
+        && p.split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
         && Path::new(p)
             .components()
             .all(|c| matches!(c, Component::Normal(_)))

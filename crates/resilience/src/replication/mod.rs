@@ -23,6 +23,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use wire::{Applied, FileEnd, FileHead, Hello, Kind, Op};
@@ -196,10 +197,12 @@ impl Replicator {
         tcp.set_nodelay(true)?;
         let name = rustls::pki_types::ServerName::try_from(self.peer_name.clone())
             .context("peer name is not a valid TLS server name")?;
-        let mut s = tokio_rustls::TlsConnector::from(config)
+        let tls = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
             .with_context(|| format!("TLS with {} ({})", self.peer_name, self.cfg.peer))?;
+        // Buffered: small frames share TLS records instead of one each.
+        let mut s = tokio::io::BufStream::with_capacity(64 << 10, 1 << 20, tls);
         wire::write_json(
             &mut s,
             Kind::Hello,
@@ -209,6 +212,7 @@ impl Replicator {
             },
         )
         .await?;
+        s.flush().await?;
         let theirs: Manifest = wire::expect(&mut s, Kind::Manifest).await?;
         let root = self.path(&d.path);
         let cache_path = self.cache_file("sent", &d.name);
@@ -281,10 +285,10 @@ impl Replicator {
             }
         }
         wire::write_frame(&mut s, Kind::Done, b"{}").await?;
+        s.flush().await?;
         let applied: Applied = wire::expect(&mut s, Kind::Applied).await?;
         cache.retain(|k, _| ours.contains_key(k));
         let _ = tokio::task::spawn_blocking(move || save_cache(&cache_path, &cache)).await;
-        use tokio::io::AsyncWriteExt;
         let _ = s.shutdown().await;
         Ok(applied)
     }
@@ -320,6 +324,7 @@ impl Replicator {
                     }
                 };
                 let serving = *active.borrow();
+                let stream = tokio::io::BufStream::with_capacity(1 << 20, 64 << 10, stream);
                 if let Err(e) = me.receive(stream, serving).await {
                     tracing::warn!("replication: session from {from} failed: {e:#}");
                 }
@@ -352,6 +357,7 @@ impl Replicator {
         });
         if let Some(why) = refusal {
             let _ = wire::write_json(&mut s, Kind::Error, &why).await;
+            let _ = s.flush().await;
             anyhow::bail!("{why}");
         }
         let Some(d) = self.job(&hello.job).cloned() else {
@@ -372,10 +378,12 @@ impl Replicator {
                     a.deleted
                 );
                 wire::write_json(&mut s, Kind::Applied, &a).await?;
+                s.flush().await?;
                 Ok(())
             }
             Err(e) => {
                 let _ = wire::write_json(&mut s, Kind::Error, &format!("{e:#}")).await;
+                let _ = s.flush().await;
                 Err(e)
             }
         }
@@ -394,6 +402,7 @@ impl Replicator {
             tokio::task::spawn_blocking(move || manifest::scan(&root, &excludes, &cache)).await??
         };
         wire::write_json(s, Kind::Manifest, &theirs).await?;
+        s.flush().await?;
         let mut a = tokio::task::block_in_place(|| apply::Applier::new(&root, cache))?;
         let mut buf = Vec::with_capacity(wire::CHUNK);
         loop {

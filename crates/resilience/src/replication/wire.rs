@@ -124,6 +124,8 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     let mut head = [0u8; 5];
     head[0] = kind as u8;
     head[1..].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+    // Callers wrap the stream in a buffer: these two writes become one TLS
+    // record with their neighbours, not two tiny ones.
     w.write_all(&head).await?;
     w.write_all(payload).await?;
     Ok(())
