@@ -61,6 +61,69 @@ pub struct ReplicationSection {
     pub debounce: Duration,
     #[serde(default, rename = "dir")]
     pub dirs: Vec<DirJobSection>,
+    #[serde(default, rename = "sqlite")]
+    pub sqlite: Vec<SqliteJobSection>,
+    #[serde(default, rename = "postgres")]
+    pub postgres: Vec<PostgresJobSection>,
+    /// Paths (under a replicated folder's `path`, written `JOB/relative`)
+    /// that the Standby copies back to the Main at failback before it hands
+    /// over: what it recorded while Active (voicemail, recordings) survives.
+    #[serde(default)]
+    pub keep_on_failback: Vec<String>,
+}
+
+/// One SQLite file (Asterisk's astdb), `[[replication.sqlite]]`: a snapshot
+/// by SQLite's online backup, swapped in whole on the Standby.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteJobSection {
+    pub name: String,
+    /// The database file on this node.
+    pub path: PathBuf,
+}
+
+/// One PostgreSQL database, `[[replication.postgres]]`: `pg_dump` on the
+/// Main, restored on the Standby into a staging database that is swapped in
+/// by a transactional rename, so the old copy stays until the new is whole.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresJobSection {
+    pub name: String,
+    /// The database name, same on both nodes.
+    pub database: String,
+    /// The local server: host name or socket folder. Default: 127.0.0.1
+    #[serde(default = "default_pg_host")]
+    pub host: String,
+    /// Default: 5432
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    /// A superuser or the database's owner. Default: postgres
+    #[serde(default = "default_pg_user")]
+    pub user: String,
+    /// A libpq password file (PGPASSFILE). Default: none
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Folder of pg_dump, pg_restore and psql. Default: found on PATH
+    #[serde(default)]
+    pub bin_dir: Option<PathBuf>,
+    /// Tables whose rows are not copied (call logs, local settings): their
+    /// schema is, and the Standby keeps its own rows.
+    #[serde(default)]
+    pub exclude_tables: Vec<String>,
+    /// Tables fingerprinted after each restore; at failback the Standby
+    /// reports those that changed while it was Active.
+    #[serde(default)]
+    pub report_tables: Vec<String>,
+}
+
+fn default_pg_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_pg_port() -> u16 {
+    5432
+}
+fn default_pg_user() -> String {
+    "postgres".into()
 }
 
 /// One replicated folder, `[[replication.dir]]`; same name on both nodes.
@@ -608,6 +671,46 @@ impl NodeConfig {
                     return bad(
                         &format!("replication.dir[{i}].exclude"),
                         format!("`{p}` is not a glob pattern"),
+                    );
+                }
+            }
+            let ident = |n: &str| {
+                !n.is_empty()
+                    && n.len() <= 40
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            };
+            for (i, j) in r.sqlite.iter().enumerate() {
+                if !ident(&j.name) || !names.insert(&j.name) {
+                    return bad(
+                        &format!("replication.sqlite[{i}].name"),
+                        "expected a unique job name of letters, digits, `_` or `-`".into(),
+                    );
+                }
+            }
+            for (i, j) in r.postgres.iter().enumerate() {
+                if !ident(&j.name) || !names.insert(&j.name) {
+                    return bad(
+                        &format!("replication.postgres[{i}].name"),
+                        "expected a unique job name of letters, digits, `_` or `-`".into(),
+                    );
+                }
+                // Quoted as an identifier on the Standby; keep it plain.
+                if !ident(&j.database) || j.database.contains('-') {
+                    return bad(
+                        &format!("replication.postgres[{i}].database"),
+                        "expected a database name of letters, digits and `_` (at most 40)".into(),
+                    );
+                }
+            }
+            for (i, k) in r.keep_on_failback.iter().enumerate() {
+                let job = k.split('/').next().unwrap_or("");
+                if !r.dirs.iter().any(|d| d.name == job) || k.contains("..") {
+                    return bad(
+                        &format!("replication.keep_on_failback[{i}]"),
+                        format!(
+                            "`{k}` should be JOB/relative/path under a [[replication.dir]] job"
+                        ),
                     );
                 }
             }

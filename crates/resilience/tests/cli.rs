@@ -128,10 +128,7 @@ fn keygen_prints_fresh_keys_and_writes_private_files() {
 
 #[test]
 fn unbuilt_subcommands_say_so() {
-    for args in [
-        &["edge", "--config", "x"][..],
-        &["follow", "--config", "x"],
-    ] {
+    for args in [&["edge", "--config", "x"][..], &["follow", "--config", "x"]] {
         let (code, _, err) = cli(args);
         assert_eq!(code, 2, "{args:?}");
         assert!(err.contains("not built yet"), "{err}");

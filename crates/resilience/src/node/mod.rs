@@ -36,6 +36,8 @@ pub enum Msg {
     Pbx(PbxHealth),
     Arbiter(bool),
     ServiceStates(Vec<ServiceState>),
+    /// An event of the runtime's own (replication), for the history.
+    Note(&'static str, String),
 }
 
 /// Resolve a path from the config against the config file's folder.
@@ -206,11 +208,25 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
             .as_ref()
             .map(|p| p.name.clone())
             .unwrap_or_default();
+        let (notes_tx, mut notes_rx) = tokio::sync::mpsc::unbounded_channel();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some((kind, text)) = notes_rx.recv().await {
+                let _ = tx.send(Msg::Note(kind, text)).await;
+            }
+        });
         Arc::new(crate::replication::Replicator::new(
-            r, &base, &state_dir, &peer,
+            r,
+            &base,
+            &state_dir,
+            &peer,
+            cfg.node.node_type == NodeType::Standby,
+            Some(notes_tx),
         ))
     });
     let (active_tx, active_rx) = watch::channel(false);
+    // Kept for as long as the daemon runs: dropping one stops its watch.
+    let mut watchers = Vec::new();
     if let Some(r) = &replicator {
         let (r2, rx) = (r.clone(), active_rx.clone());
         tokio::spawn(async move {
@@ -218,6 +234,11 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                 tracing::error!("replication server: {e:#}");
             }
         });
+        let status = status_rx.clone();
+        match r.watch(move || api::push_refusal(&status.borrow()).is_none()) {
+            Ok(w) => watchers = w,
+            Err(e) => tracing::error!("replication: cannot watch folders: {e:#}"),
+        }
         let (r3, status) = (r.clone(), status_rx.clone());
         let every = cfg
             .replication
@@ -393,6 +414,13 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                         let _ = node.handle_input(Input::Arbiter(now, ok));
                     }
                     Msg::ServiceStates(s) => service_states = s,
+                    Msg::Note(kind, text) => {
+                        let at_ms = unix_ms(SystemTime::now());
+                        if let Err(err) = store.append_event(at_ms, kind, &text) {
+                            tracing::error!("event history: {err}");
+                        }
+                        let _ = events_tx.send(json!({"at_ms": at_ms, "kind": kind, "text": text}));
+                    }
                 }
             }
             _ = &mut shutdown => {
@@ -412,6 +440,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
         }
     }
     api_task.abort();
+    drop(watchers);
     Ok(())
 }
 

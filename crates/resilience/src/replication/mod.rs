@@ -8,7 +8,10 @@
 
 pub mod apply;
 pub mod cert;
+pub mod changes;
 pub mod manifest;
+pub mod postgres;
+pub mod sqlite;
 pub mod tls;
 pub mod wire;
 
@@ -16,7 +19,9 @@ use crate::node::resolve;
 use crate::node::store::unix_ms;
 use anyhow::Context;
 use manifest::{HashCache, Manifest, Step};
-use resilience_core::config::{DirJobSection, ReplicationSection};
+use resilience_core::config::{
+    DirJobSection, PostgresJobSection, ReplicationSection, SqliteJobSection,
+};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -24,11 +29,32 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::AsyncWriteExt;
+use tokio::io::BufStream;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use wire::{Applied, FileEnd, FileHead, Hello, Kind, Op};
 
 const VERSION: u32 = 1;
+
+/// One configured job, whichever its kind.
+#[derive(Debug, Clone)]
+pub enum Job {
+    Dir(DirJobSection),
+    Sqlite(SqliteJobSection),
+    Postgres(PostgresJobSection),
+}
+
+impl Job {
+    pub fn name(&self) -> &str {
+        match self {
+            Job::Dir(d) => &d.name,
+            Job::Sqlite(j) => &j.name,
+            Job::Postgres(j) => &j.name,
+        }
+    }
+}
+
+type Session = BufStream<tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// One job's last results, for `/api/v1/status`.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -53,6 +79,13 @@ pub struct Replicator {
     pub status: Mutex<BTreeMap<String, JobStatus>>,
     /// One session per job at a time, on either side.
     busy: tokio::sync::Mutex<()>,
+    /// Whether this node is the Standby (the side that receives).
+    standby: bool,
+    /// What changed on this Standby while it was Active, found when it
+    /// handed the service back (shown until the next one).
+    pub local_changes: Mutex<Option<changes::Report>>,
+    /// Where the replication events go (the node's event history).
+    notes: Option<tokio::sync::mpsc::UnboundedSender<(&'static str, String)>>,
 }
 
 fn globs(patterns: &[String]) -> globset::GlobSet {
@@ -87,6 +120,8 @@ impl Replicator {
         base: &Path,
         state_dir: &Path,
         peer_name: &str,
+        standby: bool,
+        notes: Option<tokio::sync::mpsc::UnboundedSender<(&'static str, String)>>,
     ) -> Replicator {
         Replicator {
             cfg,
@@ -95,7 +130,38 @@ impl Replicator {
             peer_name: peer_name.to_owned(),
             status: Mutex::new(BTreeMap::new()),
             busy: tokio::sync::Mutex::new(()),
+            standby,
+            local_changes: Mutex::new(None),
+            notes,
         }
+    }
+
+    fn note(&self, kind: &'static str, text: String) {
+        tracing::info!("{text}");
+        if let Some(n) = &self.notes {
+            let _ = n.send((kind, text));
+        }
+    }
+
+    /// Every configured job: folders, then SQLite files, then databases.
+    pub fn jobs(&self) -> Vec<Job> {
+        let c = &self.cfg;
+        c.dirs
+            .iter()
+            .cloned()
+            .map(Job::Dir)
+            .chain(c.sqlite.iter().cloned().map(Job::Sqlite))
+            .chain(c.postgres.iter().cloned().map(Job::Postgres))
+            .collect()
+    }
+
+    fn find(&self, name: &str) -> Option<Job> {
+        self.jobs().into_iter().find(|j| j.name() == name)
+    }
+
+    fn baseline_file(&self, job: &str) -> PathBuf {
+        self.state_dir
+            .join(format!("replication-baseline-{job}.json"))
     }
 
     fn path(&self, p: &Path) -> PathBuf {
@@ -105,10 +171,6 @@ impl Replicator {
     fn cache_file(&self, side: &str, job: &str) -> PathBuf {
         self.state_dir
             .join(format!("replication-{side}-{job}.json"))
-    }
-
-    fn job(&self, name: &str) -> Option<&DirJobSection> {
-        self.cfg.dirs.iter().find(|d| d.name == name)
     }
 
     fn record(&self, job: &str, role: &'static str, started: Instant, r: &Result<Applied, String>) {
@@ -142,19 +204,33 @@ impl Replicator {
         let now = unix_ms(SystemTime::now());
         let st = self.status.lock().unwrap_or_else(|e| e.into_inner());
         let jobs: serde_json::Map<String, serde_json::Value> = self
-            .cfg
-            .dirs
+            .jobs()
             .iter()
-            .map(|d| {
-                let s = st.get(&d.name).cloned().unwrap_or_default();
+            .map(|j| {
+                let s = st.get(j.name()).cloned().unwrap_or_default();
                 let mut v = serde_json::to_value(&s).unwrap_or_default();
                 v["stale_s"] =
                     serde_json::json!(s.last_success_ms.map(|t| (now - t) as f64 / 1000.0));
-                v["path"] = serde_json::json!(self.path(&d.path).display().to_string());
-                (d.name.clone(), v)
+                let (kind, what) = match j {
+                    Job::Dir(d) => ("dir", self.path(&d.path).display().to_string()),
+                    Job::Sqlite(q) => ("sqlite", self.path(&q.path).display().to_string()),
+                    Job::Postgres(p) => ("postgres", p.database.clone()),
+                };
+                v["kind"] = serde_json::json!(kind);
+                v["path"] = serde_json::json!(what);
+                (j.name().to_owned(), v)
             })
             .collect();
-        serde_json::json!({ "peer": self.cfg.peer.to_string(), "jobs": jobs })
+        let local = self
+            .local_changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        serde_json::json!({
+            "peer": self.cfg.peer.to_string(),
+            "jobs": jobs,
+            "local_changes_at_failback": local,
+        })
     }
 
     // ---- Main: push ---------------------------------------------------
@@ -162,29 +238,38 @@ impl Replicator {
     /// Push every job now; one result per job.
     pub async fn push_all(&self) -> Vec<(String, Result<Applied, String>)> {
         let mut out = Vec::new();
-        for d in &self.cfg.dirs {
-            let started = Instant::now();
-            self.mark_running(&d.name, "push");
-            let r = self.push_job(d).await.map_err(|e| format!("{e:#}"));
-            match &r {
-                Ok(a) => tracing::info!(
-                    "replication {}: pushed {} files, {} bytes, {} deletions in {:?}",
-                    d.name,
-                    a.files,
-                    a.bytes,
-                    a.deleted,
-                    started.elapsed()
-                ),
-                Err(e) => tracing::warn!("replication {}: {e}", d.name),
-            }
-            self.record(&d.name, "push", started, &r);
-            out.push((d.name.clone(), r));
+        for j in self.jobs() {
+            out.push((j.name().to_owned(), self.push(&j).await));
         }
         out
     }
 
-    async fn push_job(&self, d: &DirJobSection) -> anyhow::Result<Applied> {
-        let _one = self.busy.lock().await;
+    /// Push one job now, recording the result.
+    pub async fn push(&self, j: &Job) -> Result<Applied, String> {
+        let started = Instant::now();
+        let name = j.name().to_owned();
+        self.mark_running(&name, "push");
+        let r = match j {
+            Job::Dir(d) => self.push_dir(d).await,
+            other => self.push_snapshot(other).await,
+        }
+        .map_err(|e| format!("{e:#}"));
+        match &r {
+            Ok(a) => tracing::info!(
+                "replication {name}: pushed {} files, {} bytes, {} deletions in {:?}",
+                a.files,
+                a.bytes,
+                a.deleted,
+                started.elapsed()
+            ),
+            Err(e) => tracing::warn!("replication {name}: {e}"),
+        }
+        self.record(&name, "push", started, &r);
+        r
+    }
+
+    /// A TLS session to the peer, both sides proven by the cluster CA.
+    async fn connect(&self) -> anyhow::Result<Session> {
         let config = tls::client(
             &self.path(&self.cfg.ca),
             &self.path(&self.cfg.cert),
@@ -202,7 +287,12 @@ impl Replicator {
             .await
             .with_context(|| format!("TLS with {} ({})", self.peer_name, self.cfg.peer))?;
         // Buffered: small frames share TLS records instead of one each.
-        let mut s = tokio::io::BufStream::with_capacity(64 << 10, 1 << 20, tls);
+        Ok(BufStream::with_capacity(64 << 10, 1 << 20, tls))
+    }
+
+    async fn push_dir(&self, d: &DirJobSection) -> anyhow::Result<Applied> {
+        let _one = self.busy.lock().await;
+        let mut s = self.connect().await?;
         wire::write_json(
             &mut s,
             Kind::Hello,
@@ -293,6 +383,80 @@ impl Replicator {
         Ok(applied)
     }
 
+    /// Main: take a snapshot (SQLite backup, `pg_dump`) into the state
+    /// folder, then send it as one file; the Standby swaps it in only once
+    /// it has all of it and its hash matches.
+    async fn push_snapshot(&self, j: &Job) -> anyhow::Result<Applied> {
+        let _one = self.busy.lock().await;
+        let snap = self
+            .state_dir
+            .join(format!("snapshot-{}{}", j.name(), manifest::TMP_MARK));
+        let taken = match j {
+            Job::Sqlite(q) => {
+                let (src, out) = (self.path(&q.path), snap.clone());
+                tokio::task::spawn_blocking(move || sqlite::snapshot(&src, &out))
+                    .await?
+                    .map_err(anyhow::Error::from)
+            }
+            Job::Postgres(p) => postgres::Pg::new(p, &self.base)
+                .dump(&snap)
+                .await
+                .map_err(anyhow::Error::from),
+            Job::Dir(_) => anyhow::bail!("not a snapshot job"),
+        };
+        let r = match taken {
+            Ok(()) => self.send_snapshot(j, &snap).await,
+            Err(e) => Err(e.context("snapshot")),
+        };
+        let _ = std::fs::remove_file(&snap);
+        r
+    }
+
+    async fn send_snapshot(&self, j: &Job, snap: &Path) -> anyhow::Result<Applied> {
+        let mut s = self.connect().await?;
+        wire::write_json(
+            &mut s,
+            Kind::Hello,
+            &Hello {
+                version: VERSION,
+                job: j.name().to_owned(),
+            },
+        )
+        .await?;
+        s.flush().await?;
+        // The Standby answers an empty manifest when it is ready, or an error.
+        let _ready: Manifest = wire::expect(&mut s, Kind::Manifest).await?;
+        let mut f = std::fs::File::open(snap)?;
+        let size = f.metadata()?.len();
+        let head = FileHead {
+            path: j.name().to_owned(),
+            size,
+            mode: 0o600,
+            mtime_ns: 0,
+        };
+        wire::write_json(&mut s, Kind::FileStart, &head).await?;
+        let mut buf = vec![0u8; wire::CHUNK];
+        let mut hasher = blake3::Hasher::new();
+        let mut left = size;
+        while left > 0 {
+            let want = (left as usize).min(buf.len());
+            let n = tokio::task::block_in_place(|| f.read(&mut buf[..want]))?;
+            if n == 0 {
+                anyhow::bail!("{}: shrank while being sent", snap.display());
+            }
+            hasher.update(&buf[..n]);
+            wire::write_frame(&mut s, Kind::Data, &buf[..n]).await?;
+            left -= n as u64;
+        }
+        let hash = hasher.finalize().to_hex().to_string();
+        wire::write_json(&mut s, Kind::FileEnd, &FileEnd { hash }).await?;
+        wire::write_frame(&mut s, Kind::Done, b"{}").await?;
+        s.flush().await?;
+        let applied: Applied = wire::expect(&mut s, Kind::Applied).await?;
+        let _ = s.shutdown().await;
+        Ok(applied)
+    }
+
     // ---- Standby: receive ---------------------------------------------
 
     /// Accept pushes on `listen` for as long as the node runs. `active` says
@@ -304,6 +468,19 @@ impl Replicator {
             &self.path(&self.cfg.key),
         )?;
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        if self.standby {
+            let (me, mut active) = (self.clone(), active.clone());
+            tokio::spawn(async move {
+                let mut was = *active.borrow();
+                while active.changed().await.is_ok() {
+                    let now = *active.borrow_and_update();
+                    if was && !now {
+                        me.report_local_changes().await;
+                    }
+                    was = now;
+                }
+            });
+        }
         let listener = TcpListener::bind(self.cfg.listen)
             .await
             .with_context(|| format!("replication socket {}", self.cfg.listen))?;
@@ -342,7 +519,7 @@ impl Replicator {
                 "protocol version {} is not {VERSION}",
                 hello.version
             ))
-        } else if self.job(&hello.job).is_none() {
+        } else if self.find(&hello.job).is_none() {
             Some(format!("no replication job named {:?} here", hello.job))
         } else if active {
             Some("this node is active: it takes no push while it serves".to_string())
@@ -360,19 +537,22 @@ impl Replicator {
             let _ = s.flush().await;
             anyhow::bail!("{why}");
         }
-        let Some(d) = self.job(&hello.job).cloned() else {
+        let Some(job) = self.find(&hello.job) else {
             anyhow::bail!("no job")
         };
         let started = Instant::now();
-        self.mark_running(&d.name, "receive");
-        let r = self.receive_job(&mut s, &d).await;
+        let name = job.name().to_owned();
+        self.mark_running(&name, "receive");
+        let r = match &job {
+            Job::Dir(d) => self.receive_job(&mut s, d).await,
+            other => self.receive_snapshot(&mut s, other).await,
+        };
         let r2 = r.as_ref().map(|a| a.clone()).map_err(|e| format!("{e:#}"));
-        self.record(&d.name, "receive", started, &r2);
+        self.record(&name, "receive", started, &r2);
         match r {
             Ok(a) => {
                 tracing::info!(
-                    "replication {}: received {} files, {} bytes, {} deletions",
-                    d.name,
+                    "replication {name}: received {} files, {} bytes, {} deletions",
                     a.files,
                     a.bytes,
                     a.deleted
@@ -403,16 +583,33 @@ impl Replicator {
         };
         wire::write_json(s, Kind::Manifest, &theirs).await?;
         s.flush().await?;
+        // What the folder holds once this session is applied: the baseline
+        // against which a failover's local changes are found.
+        let mut baseline = changes::Baseline::from_manifest(&theirs);
         let mut a = tokio::task::block_in_place(|| apply::Applier::new(&root, cache))?;
         let mut buf = Vec::with_capacity(wire::CHUNK);
+        let mut head: Option<FileHead> = None;
         loop {
             let kind = wire::read_frame(s, &mut buf).await?;
             tokio::task::block_in_place(|| -> anyhow::Result<()> {
                 match kind {
-                    Kind::FileStart => a.start_file(wire::parse(kind, &buf)?)?,
+                    Kind::FileStart => {
+                        let h: FileHead = wire::parse(kind, &buf)?;
+                        head = Some(h.clone());
+                        a.start_file(h)?
+                    }
                     Kind::Data => a.data(&buf)?,
-                    Kind::FileEnd => a.end_file(wire::parse(kind, &buf)?)?,
-                    Kind::Op => a.op(wire::parse(kind, &buf)?)?,
+                    Kind::FileEnd => {
+                        a.end_file(wire::parse(kind, &buf)?)?;
+                        if let Some(h) = head.take() {
+                            baseline.file(&h);
+                        }
+                    }
+                    Kind::Op => {
+                        let op: Op = wire::parse(kind, &buf)?;
+                        baseline.op(&op);
+                        a.op(op)?
+                    }
                     Kind::Done => {}
                     other => anyhow::bail!("unexpected {other:?} frame"),
                 }
@@ -424,7 +621,195 @@ impl Replicator {
         }
         let applied = a.applied.clone();
         let cache = std::mem::take(&mut a.cache);
-        tokio::task::spawn_blocking(move || save_cache(&cache_path, &cache)).await??;
+        let base_path = self.baseline_file(&d.name);
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            save_cache(&cache_path, &cache)?;
+            changes::save(&base_path, &baseline)
+        })
+        .await??;
         Ok(applied)
+    }
+
+    /// Standby: receive a snapshot into a temporary file, check its size and
+    /// hash, then swap it in (SQLite) or restore and swap (PostgreSQL).
+    async fn receive_snapshot<S>(&self, s: &mut S, job: &Job) -> anyhow::Result<Applied>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let incoming = match job {
+            Job::Sqlite(q) => sqlite::incoming_path(&self.path(&q.path)),
+            _ => self
+                .state_dir
+                .join(format!("incoming-{}{}", job.name(), manifest::TMP_MARK)),
+        };
+        if let Some(dir) = incoming.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        wire::write_json(s, Kind::Manifest, &Manifest::new()).await?;
+        s.flush().await?;
+        let r = self.receive_file(s, &incoming).await;
+        let r = match r {
+            Ok(size) => self
+                .install_snapshot(job, &incoming)
+                .await
+                .map(|()| Applied {
+                    files: 1,
+                    bytes: size,
+                    ..Applied::default()
+                }),
+            Err(e) => Err(e),
+        };
+        let _ = std::fs::remove_file(&incoming);
+        r
+    }
+
+    /// Read one whole file of the stream into `to`; its size on success.
+    async fn receive_file<S>(&self, s: &mut S, to: &Path) -> anyhow::Result<u64>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(to)?;
+        let mut buf = Vec::with_capacity(wire::CHUNK);
+        let head: FileHead = wire::expect(s, Kind::FileStart).await?;
+        let mut hasher = blake3::Hasher::new();
+        let mut got = 0u64;
+        loop {
+            match wire::read_frame(s, &mut buf).await? {
+                Kind::Data => {
+                    got += buf.len() as u64;
+                    if got > head.size {
+                        anyhow::bail!("snapshot longer than the {} bytes announced", head.size);
+                    }
+                    hasher.update(&buf);
+                    tokio::task::block_in_place(|| f.write_all(&buf))?;
+                }
+                Kind::FileEnd => break,
+                other => anyhow::bail!("unexpected {other:?} frame in a snapshot"),
+            }
+        }
+        let end: FileEnd = wire::parse(Kind::FileEnd, &buf)?;
+        let hash = hasher.finalize().to_hex().to_string();
+        if got != head.size || hash != end.hash {
+            anyhow::bail!(
+                "snapshot does not match: {got} of {} bytes, hash {hash} vs {}",
+                head.size,
+                end.hash
+            );
+        }
+        let done: Kind = wire::read_frame(s, &mut buf).await?;
+        if done != Kind::Done {
+            anyhow::bail!("expected the end of the session, got {done:?}");
+        }
+        tokio::task::block_in_place(|| f.sync_all())?;
+        Ok(got)
+    }
+
+    async fn install_snapshot(&self, job: &Job, incoming: &Path) -> anyhow::Result<()> {
+        match job {
+            Job::Sqlite(q) => {
+                let (from, to) = (incoming.to_owned(), self.path(&q.path));
+                tokio::task::spawn_blocking(move || sqlite::install(&from, &to)).await??;
+            }
+            Job::Postgres(p) => {
+                let pg = postgres::Pg::new(p, &self.base);
+                let scratch =
+                    self.state_dir
+                        .join(format!("own-rows-{}{}", p.name, manifest::TMP_MARK));
+                pg.install(incoming, &scratch).await?;
+                let prints = pg.fingerprints().await.unwrap_or_default();
+                let base_path = self.baseline_file(&p.name);
+                let b = changes::Baseline::tables(prints);
+                tokio::task::spawn_blocking(move || changes::save(&base_path, &b)).await??;
+            }
+            Job::Dir(_) => anyhow::bail!("not a snapshot job"),
+        }
+        Ok(())
+    }
+
+    /// Standby, on handing the service back: compare every job with what
+    /// the last replication left, before a push may overwrite it.
+    pub async fn report_local_changes(&self) {
+        // Pushes wait (are refused) until the report is made.
+        let _one = self.busy.lock().await;
+        let mut report = changes::Report {
+            at_ms: unix_ms(SystemTime::now()),
+            ..changes::Report::default()
+        };
+        for j in self.jobs() {
+            let Some(base) = changes::load(&self.baseline_file(j.name())) else {
+                continue; // never replicated here: nothing to compare with
+            };
+            let c = match &j {
+                Job::Dir(d) => {
+                    let root = self.path(&d.path);
+                    let excludes = globs(&d.exclude);
+                    let now = tokio::task::spawn_blocking(move || {
+                        manifest::scan(&root, &excludes, &HashCache::new())
+                    })
+                    .await;
+                    match now {
+                        Ok(Ok(now)) => changes::diff_files(&d.name, &base, &now),
+                        _ => continue,
+                    }
+                }
+                Job::Postgres(p) => {
+                    let pg = postgres::Pg::new(p, &self.base);
+                    match pg.fingerprints().await {
+                        Ok(now) => changes::diff_tables(&p.name, &base, &now),
+                        Err(_) => continue,
+                    }
+                }
+                // A key-value store rewritten by the PBX itself: no cheap
+                // way to tell an admin's change from Asterisk's own.
+                Job::Sqlite(_) => continue,
+            };
+            report.jobs.push(c);
+        }
+        self.note("replication", changes::summary(&report));
+        *self.local_changes.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+    }
+
+    /// Main: push a watched folder soon after it changes (debounced), as
+    /// long as `may_push` says this node is the one to push.
+    pub fn watch(
+        self: &Arc<Self>,
+        may_push: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> anyhow::Result<Vec<notify::RecommendedWatcher>> {
+        use notify::Watcher;
+        let mut watchers = Vec::new();
+        let may_push = Arc::new(may_push);
+        for d in self.cfg.dirs.iter().filter(|d| d.watch) {
+            let root = self.path(&d.path);
+            std::fs::create_dir_all(&root)?;
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+            let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+                if let Ok(ev) = ev {
+                    if !ev.kind.is_access() {
+                        let _ = tx.send(());
+                    }
+                }
+            })?;
+            w.watch(&root, notify::RecursiveMode::Recursive)
+                .with_context(|| format!("watch {}", root.display()))?;
+            watchers.push(w);
+            let (me, job, quiet, may) = (
+                self.clone(),
+                Job::Dir(d.clone()),
+                self.cfg.debounce,
+                may_push.clone(),
+            );
+            tokio::spawn(async move {
+                while rx.recv().await.is_some() {
+                    // Wait until the folder has been quiet for `debounce`.
+                    while let Ok(Some(())) = tokio::time::timeout(quiet, rx.recv()).await {}
+                    if may() {
+                        tracing::info!("replication {}: folder changed, pushing", job.name());
+                        let _ = me.push(&job).await;
+                    }
+                }
+            });
+        }
+        Ok(watchers)
     }
 }

@@ -380,3 +380,138 @@ pub fn cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A real PostgreSQL server of the test's own, on a loopback port, run as
+/// the `postgres` user and stopped (SIGQUIT, by pid) when dropped.
+pub struct Postgres {
+    pub port: u16,
+    pub data: PathBuf,
+    child: Option<Child>,
+}
+
+fn pg_bin_dir() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect(
+            "PostgreSQL server not installed (no /usr/lib/postgresql): \
+             scripts/test.sh installs the Debian package postgresql",
+        )
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("postgres").exists())
+        .collect();
+    dirs.sort();
+    dirs.pop()
+        .expect("no PostgreSQL server binaries under /usr/lib/postgresql")
+}
+
+fn postgres_ids() -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .expect("id");
+        assert!(out.status.success(), "no postgres user: install postgresql");
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    (id("-u"), id("-g"))
+}
+
+impl Postgres {
+    pub fn start(dir: &Path, name: &str) -> Postgres {
+        use std::os::unix::process::CommandExt;
+        let bin = pg_bin_dir();
+        let (uid, gid) = postgres_ids();
+        let data = dir.join(format!("pg-{name}"));
+        std::fs::create_dir_all(&data).unwrap();
+        let chown = Command::new("chown")
+            .args(["-R", "postgres:postgres", data.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(chown.success());
+        let out = Command::new(bin.join("initdb"))
+            .args(["-D", data.to_str().unwrap()])
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .current_dir(&data)
+            .uid(uid)
+            .gid(gid)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_tcp();
+        let log = std::fs::File::create(dir.join(format!("pg-{name}.log"))).unwrap();
+        let child = Command::new(bin.join("postgres"))
+            .args(["-D", data.to_str().unwrap(), "-p", &port.to_string()])
+            .args(["-k", data.to_str().unwrap()])
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .current_dir(&data)
+            .uid(uid)
+            .gid(gid)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start postgres");
+        let pg = Postgres {
+            port,
+            data,
+            child: Some(child),
+        };
+        assert!(
+            wait_until(Duration::from_secs(30), || pg
+                .try_sql("postgres", "SELECT 1")
+                .is_ok()),
+            "postgres {name} never answered"
+        );
+        pg
+    }
+
+    pub fn try_sql(&self, db: &str, sql: &str) -> Result<String, String> {
+        let out = Command::new("psql")
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-d", db, "-c", sql])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    pub fn sql(&self, db: &str, sql: &str) -> String {
+        self.try_sql(db, sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // Immediate shutdown: the server's children go with it.
+            let _ = Command::new("kill")
+                .args(["-QUIT", &c.id().to_string()])
+                .status();
+            let end = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < end {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

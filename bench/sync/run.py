@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""bench/sync: folder replication, Resilience against `rsync -a` to an rsync
+daemon, both over loopback, in the same run (no SSH in either).
+
+Rows: a first sync of about 10,000 files / 1 GB into an empty folder, a
+re-sync with nothing changed, and a re-sync after 1% of the files changed.
+Resilience runs as two real nodes (the Main pushes with `resilience
+replicate`, over TLS under a cluster CA); rsync as `rsync --daemon` and a
+client. Each row is timed for both, from the command's start to its exit.
+
+Needs rsync (installed with apt-get when missing).
+Usage: python3 bench/sync/run.py [--files 10000] [--mb 1024]
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+started = []
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    s = socket.socket(socket.AF_INET, kind)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def need(binary, package):
+    if shutil.which(binary):
+        return
+    subprocess.run(["apt-get", "update", "-q"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-q", package], check=True)
+
+
+def make_tree(src: Path, files: int, total_mb: int, seed=7):
+    rng = random.Random(seed)
+    avg = total_mb * (1 << 20) // files
+    per_dir = 100
+    for i in range(files):
+        d = src / f"d{i // per_dir:03}" / f"s{(i // 10) % 10}"
+        d.mkdir(parents=True, exist_ok=True)
+        size = max(1, int(rng.expovariate(1 / avg)))
+        size = min(size, avg * 20)
+        (d / f"f{i:05}.dat").write_bytes(os.urandom(size))
+
+
+def change_one_percent(src: Path, seed=11):
+    rng = random.Random(seed)
+    all_files = sorted(p for p in src.rglob("*.dat"))
+    picked = rng.sample(all_files, max(1, len(all_files) // 100))
+    for p in picked:
+        size = p.stat().st_size
+        p.write_bytes(os.urandom(size))
+    return len(picked)
+
+
+def timed(args, **kw):
+    # Start each run with no dirty pages left by the previous one, so neither
+    # pays for the other's writeback.
+    os.sync()
+    t0 = time.perf_counter()
+    r = subprocess.run(args, capture_output=True, text=True, **kw)
+    dt = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"{args[0]} failed ({r.returncode}): {r.stdout}{r.stderr}")
+    return dt, r.stdout
+
+
+def node_conf(work, name, peer, hb, peer_hb, api, repl, peer_repl, folder):
+    return f"""
+[node]
+name = "{name}"
+type = "{'main' if name == 'pbx-main' else 'standby'}"
+state_dir = "{work}/state-{name}"
+[peer]
+name = "{peer}"
+address = "127.0.0.1:{peer_hb}"
+[heartbeat]
+listen = "127.0.0.1:{hb}"
+key_file = "{work}/cluster.key"
+[failback]
+policy = "manual"
+[[service]]
+name = "pbx"
+start = "true"
+stop = "true"
+[api]
+listen = "127.0.0.1:{api}"
+token_file = "{work}/api.token"
+[replication]
+listen = "127.0.0.1:{repl}"
+peer = "127.0.0.1:{peer_repl}"
+ca = "{work}/pki/ca.pem"
+cert = "{work}/pki/{name}.crt"
+key = "{work}/pki/{name}.key"
+[[replication.dir]]
+name = "data"
+path = "{folder}"
+"""
+
+
+def trees_equal(a: Path, b: Path):
+    r = subprocess.run(["diff", "-r", "-q", str(a), str(b)], capture_output=True, text=True)
+    return r.returncode == 0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--files", type=int, default=10_000)
+    ap.add_argument("--mb", type=int, default=1024)
+    args = ap.parse_args()
+    need("rsync", "rsync")
+    subprocess.run(["cargo", "build", "-q", "--release", "-p", "resilience"], cwd=ROOT, check=True)
+    binary = str(ROOT / "target" / "release" / "resilience")
+    work = Path(tempfile.mkdtemp(prefix="ressync-"))
+    src, dst_rsync, dst_res = work / "src", work / "dst-rsync", work / "dst-res"
+    for d in (src, dst_rsync, dst_res):
+        d.mkdir()
+    print(f"making {args.files} files, about {args.mb} MB ...", flush=True)
+    make_tree(src, args.files, args.mb)
+    total = sum(p.stat().st_size for p in src.rglob("*") if p.is_file())
+    try:
+        # rsync daemon, no SSH.
+        rport = free_port()
+        (work / "rsyncd.conf").write_text(
+            f"use chroot = no\nuid = root\ngid = root\npid file = {work}/rsyncd.pid\n"
+            f"[dst]\n    path = {dst_rsync}\n    read only = no\n")
+        p = subprocess.Popen(["rsync", "--daemon", "--no-detach", f"--config={work}/rsyncd.conf",
+                              f"--port={rport}", "--address=127.0.0.1"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started.append(p)
+        # Resilience: a Main and a Standby replicating job "data".
+        (work / "cluster.key").write_text("cd" * 32 + "\n")
+        (work / "api.token").write_text("bench\n")
+        pki = str(work / "pki")
+        subprocess.run([binary, "cert", "init", "--dir", pki], check=True, capture_output=True)
+        for n in ("pbx-main", "pbx-standby"):
+            subprocess.run([binary, "cert", "issue", n, "--dir", pki], check=True, capture_output=True)
+        hb = [free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)]
+        api = [free_port(), free_port()]
+        repl = [free_port(), free_port()]
+        names = ["pbx-main", "pbx-standby"]
+        folders = [src, dst_res]
+        for i in (0, 1):
+            conf = work / f"{names[i]}.toml"
+            conf.write_text(node_conf(work, names[i], names[1 - i], hb[i], hb[1 - i], api[i], repl[i],
+                                      repl[1 - i], folders[i]))
+            log = open(work / f"{names[i]}.log", "w")
+            started.append(subprocess.Popen([binary, "node", "--config", str(conf)], stdout=log, stderr=log))
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{api[0]}/api/v1/ha", timeout=1) as r:
+                    if json.load(r).get("active"):
+                        break
+            except Exception:
+                pass
+            time.sleep(0.1)
+        else:
+            sys.exit("the main never became active")
+        time.sleep(1)
+        res_cmd = [binary, "replicate", "--config", str(work / "pbx-main.toml")]
+        rsync_cmd = ["rsync", "-a", "--delete", f"{src}/", f"rsync://127.0.0.1:{rport}/dst/"]
+        rows = []
+
+        def row(label):
+            t_rsync, _ = timed(rsync_cmd)
+            t_res, out = timed(res_cmd)
+            assert trees_equal(src, dst_rsync), "rsync copy differs"
+            assert trees_equal(src, dst_res), "resilience copy differs"
+            rows.append((label, t_rsync, t_res, out.strip()))
+            print(f"{label}: rsync {t_rsync:.3f} s, resilience {t_res:.3f} s ({out.strip()})", flush=True)
+
+        row(f"first sync, {args.files} files, {total / (1 << 20):.0f} MB")
+        row("re-sync, nothing changed")
+        n = change_one_percent(src)
+        row(f"re-sync, {n} files (1%) changed")
+        print()
+        print("| row | rsync -a (daemon) s | resilience s | ratio resilience / rsync |")
+        print("|---|---|---|---|")
+        for label, a, b, _ in rows:
+            print(f"| {label} | {a:.3f} | {b:.3f} | {b / a:.2f} |")
+    finally:
+        for p in started:
+            p.kill()
+            p.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
