@@ -587,7 +587,7 @@ fn watched_folder_is_pushed_and_failback_reports_local_changes() {
         let folder = p.dir.path(&format!("{name}-etc"));
         std::fs::create_dir_all(&folder).unwrap();
         format!(
-            "\n[[replication.dir]]\nname = \"etc\"\npath = \"{}\"\nwatch = true\n",
+            "keep_on_failback = [\"etc/voicemail\"]\n\n[[replication.dir]]\nname = \"etc\"\npath = \"{}\"\nwatch = true\n",
             folder.display()
         )
     });
@@ -617,6 +617,11 @@ fn watched_folder_is_pushed_and_failback_reports_local_changes() {
     assert!(wait_until(secs(10), || p.active(STANDBY) == Some(true)));
     write(&dst, "users/1001.conf", b"secret=changed-during-failover\n");
     write(&dst, "users/1002.conf", b"secret=new\n");
+    write(
+        &dst,
+        "voicemail/1001/msg0001.txt",
+        b"a message left during the failover",
+    );
     // The Main returns and takes the service back (policy immediate): the
     // Standby reports what the next replication will overwrite.
     p.start(MAIN);
@@ -635,14 +640,21 @@ fn watched_folder_is_pushed_and_failback_reports_local_changes() {
     let r = report();
     let etc = &r["jobs"][0];
     assert_eq!(etc["job"], "etc", "{r:#}");
-    assert_eq!(
-        (etc["changed"].as_u64(), etc["added"].as_u64()),
-        (Some(1), Some(1)),
-        "{r:#}"
-    );
+    assert_eq!(etc["changed"].as_u64(), Some(1), "{r:#}");
+    assert_eq!(etc["deleted"].as_u64(), Some(0), "{r:#}");
     let paths = etc["paths"].to_string();
     assert!(paths.contains("changed users/1001.conf"), "{paths}");
     assert!(paths.contains("added users/1002.conf"), "{paths}");
+    // keep_on_failback: the voicemail left on the Standby is on the Main.
+    assert_eq!(
+        r["kept"],
+        serde_json::json!(["etc/voicemail/1001/msg0001.txt"]),
+        "{r:#}"
+    );
+    assert_eq!(
+        std::fs::read(src.join("voicemail/1001/msg0001.txt")).unwrap(),
+        b"a message left during the failover"
+    );
     let events = get(&p.url(STANDBY, "/api/v1/events?limit=50")).unwrap();
     assert!(
         events
@@ -658,4 +670,5 @@ fn watched_folder_is_pushed_and_failback_reports_local_changes() {
         b"secret=a\n"
     );
     assert!(!dst.join("users/1002.conf").exists());
+    assert!(dst.join("voicemail/1001/msg0001.txt").exists());
 }

@@ -114,6 +114,51 @@ fn save_cache(path: &Path, cache: &HashCache) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
+/// Send one file of `root` (FileStart, Data…, FileEnd); what the cache
+/// keeps of it, or None if it went away since the scan.
+async fn send_file<S: tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    root: &Path,
+    path: &str,
+    buf: &mut [u8],
+) -> anyhow::Result<Option<(u64, i64, String)>> {
+    let full = root.join(path);
+    let mut f = match std::fs::File::open(&full) {
+        Ok(f) => f,
+        // Gone since the scan: the next run deletes it.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| full.display().to_string()),
+    };
+    let m = f.metadata()?;
+    let head = FileHead {
+        path: path.to_owned(),
+        size: m.len(),
+        mode: std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777,
+        mtime_ns: manifest::mtime_ns(&m),
+    };
+    wire::write_json(s, Kind::FileStart, &head).await?;
+    let mut hasher = blake3::Hasher::new();
+    let mut left = head.size;
+    while left > 0 {
+        let want = (left as usize).min(buf.len());
+        let n = tokio::task::block_in_place(|| f.read(&mut buf[..want]))?;
+        if n == 0 {
+            anyhow::bail!("{}: shrank while being sent", full.display());
+        }
+        hasher.update(&buf[..n]);
+        wire::write_frame(s, Kind::Data, &buf[..n]).await?;
+        left -= n as u64;
+    }
+    let hash = hasher.finalize().to_hex().to_string();
+    wire::write_json(s, Kind::FileEnd, &FileEnd { hash: hash.clone() }).await?;
+    Ok(Some((head.size, head.mtime_ns, hash)))
+}
+
+/// Whether `path` is `prefix` or lies under it.
+fn under(path: &str, prefix: &str) -> bool {
+    path == prefix || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
+}
+
 impl Replicator {
     pub fn new(
         cfg: ReplicationSection,
@@ -157,6 +202,17 @@ impl Replicator {
 
     fn find(&self, name: &str) -> Option<Job> {
         self.jobs().into_iter().find(|j| j.name() == name)
+    }
+
+    /// The `keep_on_failback` paths of folder job `job`, relative to it.
+    fn keep_prefixes(&self, job: &str) -> Vec<String> {
+        self.cfg
+            .keep_on_failback
+            .iter()
+            .filter_map(|k| k.split_once('/'))
+            .filter(|(j, _)| *j == job)
+            .map(|(_, rel)| rel.trim_end_matches('/').to_owned())
+            .collect()
     }
 
     fn baseline_file(&self, job: &str) -> PathBuf {
@@ -299,6 +355,7 @@ impl Replicator {
             &Hello {
                 version: VERSION,
                 job: d.name.clone(),
+                keep: false,
             },
         )
         .await?;
@@ -316,36 +373,9 @@ impl Replicator {
         for step in manifest::plan(&ours, &theirs) {
             match step {
                 Step::File { path } => {
-                    let full = root.join(&path);
-                    let mut f = match std::fs::File::open(&full) {
-                        Ok(f) => f,
-                        // Gone since the scan: the next run deletes it.
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                        Err(e) => return Err(e).with_context(|| full.display().to_string()),
-                    };
-                    let m = f.metadata()?;
-                    let head = FileHead {
-                        path: path.clone(),
-                        size: m.len(),
-                        mode: std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777,
-                        mtime_ns: manifest::mtime_ns(&m),
-                    };
-                    wire::write_json(&mut s, Kind::FileStart, &head).await?;
-                    let mut hasher = blake3::Hasher::new();
-                    let mut left = head.size;
-                    while left > 0 {
-                        let want = (left as usize).min(buf.len());
-                        let n = tokio::task::block_in_place(|| f.read(&mut buf[..want]))?;
-                        if n == 0 {
-                            anyhow::bail!("{}: shrank while being sent", full.display());
-                        }
-                        hasher.update(&buf[..n]);
-                        wire::write_frame(&mut s, Kind::Data, &buf[..n]).await?;
-                        left -= n as u64;
+                    if let Some(hash) = send_file(&mut s, &root, &path, &mut buf).await? {
+                        cache.insert(path, hash);
                     }
-                    let hash = hasher.finalize().to_hex().to_string();
-                    cache.insert(path, (head.size, head.mtime_ns, hash.clone()));
-                    wire::write_json(&mut s, Kind::FileEnd, &FileEnd { hash }).await?;
                 }
                 Step::Dir { path, mode } => {
                     wire::write_json(&mut s, Kind::Op, &Op::Dir { path, mode }).await?
@@ -420,6 +450,7 @@ impl Replicator {
             &Hello {
                 version: VERSION,
                 job: j.name().to_owned(),
+                keep: false,
             },
         )
         .await?;
@@ -521,7 +552,12 @@ impl Replicator {
             ))
         } else if self.find(&hello.job).is_none() {
             Some(format!("no replication job named {:?} here", hello.job))
-        } else if active {
+        } else if hello.keep && (self.standby || self.keep_prefixes(&hello.job).is_empty()) {
+            Some(format!(
+                "no keep_on_failback paths of job {:?} are taken here",
+                hello.job
+            ))
+        } else if active && !hello.keep {
             Some("this node is active: it takes no push while it serves".to_string())
         } else {
             None
@@ -543,8 +579,9 @@ impl Replicator {
         let started = Instant::now();
         let name = job.name().to_owned();
         self.mark_running(&name, "receive");
+        let keep = hello.keep.then(|| self.keep_prefixes(&name));
         let r = match &job {
-            Job::Dir(d) => self.receive_job(&mut s, d).await,
+            Job::Dir(d) => self.receive_job(&mut s, d, keep).await,
             other => self.receive_snapshot(&mut s, other).await,
         };
         let r2 = r.as_ref().map(|a| a.clone()).map_err(|e| format!("{e:#}"));
@@ -569,7 +606,15 @@ impl Replicator {
         }
     }
 
-    async fn receive_job<S>(&self, s: &mut S, d: &DirJobSection) -> anyhow::Result<Applied>
+    /// Apply a folder session. `keep`: a Standby copying back its
+    /// `keep_on_failback` paths — only files and folders under them, nothing
+    /// deleted.
+    async fn receive_job<S>(
+        &self,
+        s: &mut S,
+        d: &DirJobSection,
+        keep: Option<Vec<String>>,
+    ) -> anyhow::Result<Applied>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
@@ -595,6 +640,11 @@ impl Replicator {
                 match kind {
                     Kind::FileStart => {
                         let h: FileHead = wire::parse(kind, &buf)?;
+                        if let Some(k) = &keep {
+                            if !k.iter().any(|p| under(&h.path, p)) {
+                                anyhow::bail!("{}: not a keep_on_failback path", h.path);
+                            }
+                        }
                         head = Some(h.clone());
                         a.start_file(h)?
                     }
@@ -607,6 +657,9 @@ impl Replicator {
                     }
                     Kind::Op => {
                         let op: Op = wire::parse(kind, &buf)?;
+                        if keep.is_some() && !matches!(op, Op::Dir { .. }) {
+                            anyhow::bail!("a keep_on_failback session only adds files");
+                        }
                         baseline.op(&op);
                         a.op(op)?
                     }
@@ -766,6 +819,36 @@ impl Replicator {
             };
             report.jobs.push(c);
         }
+        for d in &self.cfg.dirs {
+            let prefixes = self.keep_prefixes(&d.name);
+            if prefixes.is_empty() {
+                continue;
+            }
+            // The Main has just started; a push of its own may hold it busy.
+            let mut last = None;
+            for _ in 0..5 {
+                match self.keep_back(d, &prefixes).await {
+                    Ok(sent) => {
+                        report
+                            .kept
+                            .extend(sent.into_iter().map(|p| format!("{}/{p}", d.name)));
+                        last = None;
+                        break;
+                    }
+                    Err(e) => last = Some(format!("{e:#}")),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            if let Some(e) = last {
+                self.note(
+                    "replication",
+                    format!(
+                        "failback: could not copy {}'s kept paths back to the main: {e}",
+                        d.name
+                    ),
+                );
+            }
+        }
         self.note("replication", changes::summary(&report));
         *self.local_changes.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
     }
@@ -811,5 +894,68 @@ impl Replicator {
             });
         }
         Ok(watchers)
+    }
+
+    /// Standby at failback: copy the files under `prefixes` that the Main
+    /// lacks or holds older to the Main. Returns the paths sent.
+    async fn keep_back(
+        &self,
+        d: &DirJobSection,
+        prefixes: &[String],
+    ) -> anyhow::Result<Vec<String>> {
+        let mut s = self.connect().await?;
+        wire::write_json(
+            &mut s,
+            Kind::Hello,
+            &Hello {
+                version: VERSION,
+                job: d.name.clone(),
+                keep: true,
+            },
+        )
+        .await?;
+        s.flush().await?;
+        let theirs: Manifest = wire::expect(&mut s, Kind::Manifest).await?;
+        let root = self.path(&d.path);
+        let excludes = globs(&d.exclude);
+        let ours = {
+            let root = root.clone();
+            tokio::task::spawn_blocking(move || manifest::scan(&root, &excludes, &HashCache::new()))
+                .await??
+        };
+        let mut sent = Vec::new();
+        let mut buf = vec![0u8; wire::CHUNK];
+        for (path, e) in ours
+            .iter()
+            .filter(|(p, _)| prefixes.iter().any(|k| under(p, k)))
+        {
+            let t = theirs.get(path);
+            match e.kind {
+                manifest::EntryKind::Dir if t.is_none() => {
+                    let op = Op::Dir {
+                        path: path.clone(),
+                        mode: e.mode,
+                    };
+                    wire::write_json(&mut s, Kind::Op, &op).await?;
+                }
+                manifest::EntryKind::File
+                    if t.is_none_or(|t| {
+                        t.kind == manifest::EntryKind::File
+                            && t.mtime_ns < e.mtime_ns
+                            && (t.size, t.mtime_ns) != (e.size, e.mtime_ns)
+                    }) =>
+                {
+                    if send_file(&mut s, &root, path, &mut buf).await?.is_some() {
+                        sent.push(path.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        wire::write_frame(&mut s, Kind::Done, b"{}").await?;
+        s.flush().await?;
+        let _: Applied = wire::expect(&mut s, Kind::Applied).await?;
+        let _ = s.shutdown().await;
+        Ok(sent)
     }
 }

@@ -67,6 +67,9 @@ pub enum WireError {
 pub struct Hello {
     pub version: u32,
     pub job: String,
+    /// A Standby copying its `keep_on_failback` paths back to the Main.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -192,6 +195,7 @@ mod tests {
             &Hello {
                 version: 1,
                 job: "etc".into(),
+                keep: false,
             },
         )
         .await
