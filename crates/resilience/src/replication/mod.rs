@@ -930,26 +930,22 @@ impl Replicator {
             .filter(|(p, _)| prefixes.iter().any(|k| under(p, k)))
         {
             let t = theirs.get(path);
-            match e.kind {
-                manifest::EntryKind::Dir if t.is_none() => {
-                    let op = Op::Dir {
-                        path: path.clone(),
-                        mode: e.mode,
-                    };
-                    wire::write_json(&mut s, Kind::Op, &op).await?;
-                }
-                manifest::EntryKind::File
-                    if t.is_none_or(|t| {
-                        t.kind == manifest::EntryKind::File
-                            && t.mtime_ns < e.mtime_ns
-                            && (t.size, t.mtime_ns) != (e.size, e.mtime_ns)
-                    }) =>
-                {
-                    if send_file(&mut s, &root, path, &mut buf).await?.is_some() {
-                        sent.push(path.clone());
-                    }
-                }
-                _ => {}
+            let newer = t.is_none_or(|t| {
+                t.kind == manifest::EntryKind::File
+                    && t.mtime_ns < e.mtime_ns
+                    && (t.size, t.mtime_ns) != (e.size, e.mtime_ns)
+            });
+            if e.kind == manifest::EntryKind::Dir && t.is_none() {
+                let op = Op::Dir {
+                    path: path.clone(),
+                    mode: e.mode,
+                };
+                wire::write_json(&mut s, Kind::Op, &op).await?;
+            } else if e.kind == manifest::EntryKind::File
+                && newer
+                && send_file(&mut s, &root, path, &mut buf).await?.is_some()
+            {
+                sent.push(path.clone());
             }
         }
         wire::write_frame(&mut s, Kind::Done, b"{}").await?;
