@@ -842,6 +842,39 @@ stop = "systemctl stop xivo-ctid"
     }
 
     #[test]
+    fn replication_jobs_are_checked() {
+        let repl = "\n[replication]\nlisten = \"127.0.0.1:7490\"\npeer = \"127.0.0.1:7491\"\n\
+                    ca = \"ca.pem\"\ncert = \"a.crt\"\nkey = \"a.key\"\nkeep_on_failback = [KEEP]\n\
+                    [[replication.dir]]\nname = \"spool\"\npath = \"/var/spool/asterisk\"\n\
+                    [[replication.postgres]]\nname = \"db\"\ndatabase = \"DBNAME\"\nexclude_tables = [\"cel\"]\n";
+        let good = format!("{MAIN}{repl}")
+            .replace("KEEP", "\"spool/voicemail\"")
+            .replace("DBNAME", "asterisk");
+        let cfg = NodeConfig::parse("main.toml", &good).unwrap();
+        let r = cfg.replication.unwrap();
+        assert_eq!(r.postgres[0].port, 5432);
+        assert_eq!(r.postgres[0].exclude_tables, vec!["cel".to_string()]);
+
+        let bad = good.replace("\"asterisk\"\nexclude", "\"aster;drop\"\nexclude");
+        let e = NodeConfig::parse("main.toml", &bad).unwrap_err();
+        assert_eq!(
+            e.key.as_deref(),
+            Some("replication.postgres[0].database"),
+            "{e}"
+        );
+        let bad = good.replace("spool/voicemail", "nojob/voicemail");
+        let e = NodeConfig::parse("main.toml", &bad).unwrap_err();
+        assert_eq!(
+            e.key.as_deref(),
+            Some("replication.keep_on_failback[0]"),
+            "{e}"
+        );
+        let bad = good.replace("exclude_tables", "exclude_table");
+        let e = NodeConfig::parse("main.toml", &bad).unwrap_err();
+        assert!(e.to_string().contains("exclude_table"), "{e}");
+    }
+
+    #[test]
     fn main_without_peer_is_refused() {
         let src = "[node]\nname = \"a\"\ntype = \"standby\"\n";
         let e = NodeConfig::parse("s.toml", src).unwrap_err();
