@@ -421,8 +421,12 @@ impl Postgres {
         use std::os::unix::process::CommandExt;
         let bin = pg_bin_dir();
         let (uid, gid) = postgres_ids();
+        use std::os::unix::fs::PermissionsExt;
         let data = dir.join(format!("pg-{name}"));
         std::fs::create_dir_all(&data).unwrap();
+        // The server runs as `postgres`: it must reach its folder whatever
+        // the umask the tests were started with.
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
         let chown = Command::new("chown")
             .args(["-R", "postgres:postgres", data.to_str().unwrap()])
             .status()
