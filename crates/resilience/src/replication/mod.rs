@@ -346,20 +346,22 @@ impl Replicator {
         Ok(BufStream::with_capacity(64 << 10, 1 << 20, tls))
     }
 
+    /// Connect and say which job this session is for.
+    async fn open_session(&self, job: &str, keep: bool) -> anyhow::Result<Session> {
+        let mut s = self.connect().await?;
+        let hello = Hello {
+            version: VERSION,
+            job: job.to_owned(),
+            keep,
+        };
+        wire::write_json(&mut s, Kind::Hello, &hello).await?;
+        s.flush().await?;
+        Ok(s)
+    }
+
     async fn push_dir(&self, d: &DirJobSection) -> anyhow::Result<Applied> {
         let _one = self.busy.lock().await;
-        let mut s = self.connect().await?;
-        wire::write_json(
-            &mut s,
-            Kind::Hello,
-            &Hello {
-                version: VERSION,
-                job: d.name.clone(),
-                keep: false,
-            },
-        )
-        .await?;
-        s.flush().await?;
+        let mut s = self.open_session(&d.name, false).await?;
         let theirs: Manifest = wire::expect(&mut s, Kind::Manifest).await?;
         let root = self.path(&d.path);
         let cache_path = self.cache_file("sent", &d.name);
@@ -443,18 +445,7 @@ impl Replicator {
     }
 
     async fn send_snapshot(&self, j: &Job, snap: &Path) -> anyhow::Result<Applied> {
-        let mut s = self.connect().await?;
-        wire::write_json(
-            &mut s,
-            Kind::Hello,
-            &Hello {
-                version: VERSION,
-                job: j.name().to_owned(),
-                keep: false,
-            },
-        )
-        .await?;
-        s.flush().await?;
+        let mut s = self.open_session(j.name(), false).await?;
         // The Standby answers an empty manifest when it is ready, or an error.
         let _ready: Manifest = wire::expect(&mut s, Kind::Manifest).await?;
         let mut f = std::fs::File::open(snap)?;
@@ -903,18 +894,7 @@ impl Replicator {
         d: &DirJobSection,
         prefixes: &[String],
     ) -> anyhow::Result<Vec<String>> {
-        let mut s = self.connect().await?;
-        wire::write_json(
-            &mut s,
-            Kind::Hello,
-            &Hello {
-                version: VERSION,
-                job: d.name.clone(),
-                keep: true,
-            },
-        )
-        .await?;
-        s.flush().await?;
+        let mut s = self.open_session(&d.name, true).await?;
         let theirs: Manifest = wire::expect(&mut s, Kind::Manifest).await?;
         let root = self.path(&d.path);
         let excludes = globs(&d.exclude);

@@ -103,24 +103,26 @@ impl Pg {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Run SQL against the maintenance database, stopping at the first error.
+    /// Run SQL against database `db`, stopping at the first error.
+    async fn psql(&self, db: &str, sql: &str) -> Result<String, PgError> {
+        let args = [
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            db,
+            "-c",
+            sql,
+        ];
+        self.run("psql", &args).await
+    }
+
+    /// Run SQL against the maintenance database.
     async fn admin(&self, sql: &str) -> Result<String, PgError> {
-        self.run(
-            "psql",
-            &[
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                "postgres",
-                "-c",
-                sql,
-            ],
-        )
-        .await
+        self.psql("postgres", sql).await
     }
 
     async fn exists(&self, db: &str) -> Result<bool, PgError> {
@@ -260,24 +262,7 @@ impl Pg {
                 "SELECT md5(coalesce(string_agg(r::text, E'\\n' ORDER BY r::text), '')) FROM {} r",
                 t.split('.').map(ident).collect::<Vec<_>>().join(".")
             );
-            match self
-                .run(
-                    "psql",
-                    &[
-                        "-X",
-                        "-q",
-                        "-A",
-                        "-t",
-                        "-v",
-                        "ON_ERROR_STOP=1",
-                        "-d",
-                        &self.job.database,
-                        "-c",
-                        &sql,
-                    ],
-                )
-                .await
-            {
+            match self.psql(&self.job.database, &sql).await {
                 Ok(h) => out.push((t.clone(), h.trim().to_owned())),
                 Err(e) => tracing::debug!("replication: no fingerprint of {t}: {e}"),
             }
