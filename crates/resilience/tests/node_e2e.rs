@@ -51,7 +51,7 @@ fn sigkill_of_the_main_fails_over_then_immediate_failback() {
     std::thread::sleep(Duration::from_millis(500));
     let t0 = Instant::now();
     p.kill(MAIN);
-    let ok = wait_until(secs(10), || p.marker(STANDBY));
+    let ok = wait_until(secs(10), || p.running(STANDBY));
     let took = t0.elapsed();
     assert!(ok, "standby never started its services\n{}", p.logs());
     eprintln!("SIGKILL of the main -> standby services started in {took:?} (failover_after 1 s, interval 100 ms)");
@@ -118,7 +118,7 @@ fn failback_after_the_stable_time() {
     boot_pair(&mut p);
     p.kill(MAIN);
     assert!(
-        wait_until(secs(10), || p.marker(STANDBY)),
+        wait_until(secs(10), || p.running(STANDBY)),
         "no failover\n{}",
         p.logs()
     );
@@ -156,7 +156,7 @@ fn manual_failback_waits_for_the_admin_and_drains_calls() {
     boot_pair(&mut p);
     p.kill(MAIN);
     assert!(
-        wait_until(secs(10), || p.marker(STANDBY)),
+        wait_until(secs(10), || p.running(STANDBY)),
         "no failover\n{}",
         p.logs()
     );
@@ -206,7 +206,7 @@ fn manual_mode_start_stop_and_refusal_without_force() {
     let (m, s) = (main_cfg.to_str().unwrap(), standby_cfg.to_str().unwrap());
     let (code, out, err) = cli(&["services", "start", "--config", m]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(wait_until(secs(5), || p.marker(MAIN)), "{}", p.logs());
+    assert!(wait_until(secs(5), || p.running(MAIN)), "{}", p.logs());
     assert!(wait_until(secs(3), || p.status(STANDBY)["peer"]["active"] == true));
     // The Standby refuses to start over an active Main, and says why.
     let (code, out, err) = cli(&["services", "start", "--config", s]);
@@ -220,11 +220,11 @@ fn manual_mode_start_stop_and_refusal_without_force() {
     assert!(wait_until(secs(3), || p.status(STANDBY)["peer"]["active"] == false));
     let (code, _, err) = cli(&["services", "start", "--config", s]);
     assert_eq!(code, 0, "{err}");
-    assert!(wait_until(secs(5), || p.marker(STANDBY)));
+    assert!(wait_until(secs(5), || p.running(STANDBY)));
     // Forced start on the Main while the Standby runs: allowed, by choice.
     let (code, _, err) = cli(&["services", "start", "--force", "--config", m]);
     assert_eq!(code, 0, "{err}");
-    assert!(wait_until(secs(5), || p.marker(MAIN)));
+    assert!(wait_until(secs(5), || p.running(MAIN)));
     // The admin's start survives a restart of the daemon.
     p.kill(STANDBY);
     p.start(STANDBY);
@@ -467,5 +467,6 @@ fn api_over_tls_is_trusted_through_the_cluster_ca_only() {
         &token,
     ]);
     assert_eq!(code, 0, "{out}{err}");
+    // The API speaks TLS here, so the marker alone tells.
     assert!(wait_until(secs(5), || p.marker(MAIN)));
 }

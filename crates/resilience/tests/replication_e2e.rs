@@ -127,7 +127,7 @@ fn folders_replicate_with_deletions_renames_links_and_modes() {
     write(&dst, "stale/old.conf", b"old");
     p.start(MAIN);
     p.start(STANDBY);
-    assert!(wait_until(secs(10), || p.marker(MAIN)), "{}", p.logs());
+    assert!(wait_until(secs(10), || p.running(MAIN)), "{}", p.logs());
     let (code, out, err) = replicate(&p);
     assert_eq!(code, 0, "{out}{err}\n{}", p.logs());
     let mut want = tree(&src);
@@ -187,7 +187,7 @@ fn a_push_killed_mid_stream_leaves_no_truncated_file() {
     write(&src, "big.bin", &new);
     p.start(MAIN);
     p.start(STANDBY);
-    assert!(wait_until(secs(10), || p.marker(MAIN)), "{}", p.logs());
+    assert!(wait_until(secs(10), || p.running(MAIN)), "{}", p.logs());
     let cfg = p.config_path(MAIN).display().to_string();
     let push = std::thread::spawn(move || cli(&["replicate", "--config", &cfg]));
     // Kill the Main once the Standby has received part of the file: poll
@@ -306,7 +306,7 @@ fn a_malicious_stream_and_a_foreign_ca_are_refused() {
     let (mut p, ports) = replicating_pair("repl-evil");
     p.start(MAIN);
     p.start(STANDBY);
-    assert!(wait_until(secs(10), || p.marker(MAIN)), "{}", p.logs());
+    assert!(wait_until(secs(10), || p.running(MAIN)), "{}", p.logs());
     let pki = p.dir.path("pki");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -428,7 +428,7 @@ fn postgres_replicates_keeps_excluded_rows_and_never_half_restores() {
     let (mut p, _) = pair_with("repl-pg", |i, _, _| pg_job(&pgs[i]));
     p.start(MAIN);
     p.start(STANDBY);
-    assert!(wait_until(secs(10), || p.marker(MAIN)), "{}", p.logs());
+    assert!(wait_until(secs(10), || p.running(MAIN)), "{}", p.logs());
 
     let (code, out, err) = replicate(&p);
     assert_eq!(code, 0, "{out}{err}\n{}", p.logs());
@@ -551,7 +551,7 @@ fn sqlite_snapshot_is_consistent_while_a_writer_is_busy() {
     };
     p.start(MAIN);
     p.start(STANDBY);
-    assert!(wait_until(secs(10), || p.marker(MAIN)), "{}", p.logs());
+    assert!(wait_until(secs(10), || p.running(MAIN)), "{}", p.logs());
     let mut last = 0;
     for _ in 0..3 {
         std::thread::sleep(Duration::from_millis(300));
@@ -597,7 +597,7 @@ fn watched_folder_is_pushed_and_failback_reports_local_changes() {
     write(&src, "users/1001.conf", b"secret=a\n");
     p.start(MAIN);
     p.start(STANDBY);
-    assert!(wait_until(secs(10), || p.marker(MAIN)), "{}", p.logs());
+    assert!(wait_until(secs(10), || p.running(MAIN)), "{}", p.logs());
     // No `replicate`: the change alone is pushed, once the folder is quiet.
     write(
         &src,

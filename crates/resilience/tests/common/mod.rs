@@ -304,6 +304,12 @@ impl Pair {
             .exists()
     }
 
+    /// Services up and the node says so: the marker is written by the start
+    /// script, the node reports Active once it has the script's result.
+    pub fn running(&self, i: usize) -> bool {
+        self.marker(i) && self.active(i) == Some(true)
+    }
+
     pub fn active(&self, i: usize) -> Option<bool> {
         get(&self.url(i, "/api/v1/ha")).and_then(|v| v["active"].as_bool())
     }
