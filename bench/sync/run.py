@@ -6,10 +6,11 @@ Rows: a first sync of about 10,000 files / 1 GB into an empty folder, a
 re-sync with nothing changed, and a re-sync after 1% of the files changed.
 Resilience runs as two real nodes (the Main pushes with `resilience
 replicate`, over TLS under a cluster CA); rsync as `rsync --daemon` and a
-client. Each row is timed for both, from the command's start to its exit.
+client. Each row is timed for both, from the command's start to its exit,
+over several rounds (the order swapped each round); the table gives medians.
 
 Needs rsync (installed with apt-get when missing).
-Usage: python3 bench/sync/run.py [--files 10000] [--mb 1024]
+Usage: python3 bench/sync/run.py [--files 10000] [--mb 1024] [--rounds 3]
 """
 
 import argparse
@@ -18,6 +19,7 @@ import os
 import random
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,6 +66,10 @@ def change_one_percent(src: Path, seed=11):
         size = p.stat().st_size
         p.write_bytes(os.urandom(size))
     return len(picked)
+
+
+def fmt(times):
+    return "/".join(f"{t:.3f}" for t in times)
 
 
 def timed(args, **kw):
@@ -120,6 +126,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=10_000)
     ap.add_argument("--mb", type=int, default=1024)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     need("rsync", "rsync")
     subprocess.run(["cargo", "build", "-q", "--release", "-p", "resilience"], cwd=ROOT, check=True)
@@ -175,19 +182,48 @@ def main():
         rsync_cmd = ["rsync", "-a", "--delete", f"{src}/", f"rsync://127.0.0.1:{rport}/dst/"]
         rows = []
 
-        def row(label):
-            t_rsync, _ = timed(rsync_cmd)
-            t_res, out = timed(res_cmd)
-            assert trees_equal(src, dst_rsync), "rsync copy differs"
-            assert trees_equal(src, dst_res), "resilience copy differs"
-            rows.append((label, t_rsync, t_res, out.strip()))
-            print(f"{label}: rsync {t_rsync:.3f} s, resilience {t_res:.3f} s ({out.strip()})", flush=True)
+        def once(cmd, timings):
+            dt, out = timed(cmd)
+            timings.append(dt)
+            return out
 
-        row(f"first sync, {args.files} files, {total / (1 << 20):.0f} MB")
+        def row(label, before_round=None):
+            # Several rounds, the order of the two swapped each round so
+            # neither always runs on the other's dirty pages; the median is
+            # the figure.
+            t_rsync, t_res, out = [], [], ""
+            for r in range(args.rounds):
+                if before_round:
+                    before_round(r)
+                if r % 2 == 0:
+                    once(rsync_cmd, t_rsync)
+                    out = once(res_cmd, t_res)
+                else:
+                    out = once(res_cmd, t_res)
+                    once(rsync_cmd, t_rsync)
+                assert trees_equal(src, dst_rsync), "rsync copy differs"
+                assert trees_equal(src, dst_res), "resilience copy differs"
+            a, b = statistics.median(t_rsync), statistics.median(t_res)
+            rows.append((label, a, b, out.strip()))
+            print(f"{label}: rsync {fmt(t_rsync)} s, resilience {fmt(t_res)} s ({out.strip()})",
+                  flush=True)
+
+        def empty_copies(_round):
+            for d in (dst_rsync, dst_res):
+                shutil.rmtree(d)
+                d.mkdir()
+
+        changed = []
+
+        def change(r):
+            changed.append(change_one_percent(src, seed=11 + r))
+
+        row(f"first sync, {args.files} files, {total / (1 << 20):.0f} MB", empty_copies)
         row("re-sync, nothing changed")
-        n = change_one_percent(src)
-        row(f"re-sync, {n} files (1%) changed")
+        row("re-sync, 1% of files changed", change)
+        print(f"files changed per round: {changed}")
         print()
+        print(f"medians of {args.rounds} rounds")
         print("| row | rsync -a (daemon) s | resilience s | ratio resilience / rsync |")
         print("|---|---|---|---|")
         for label, a, b, _ in rows:

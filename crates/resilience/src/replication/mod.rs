@@ -10,6 +10,7 @@ pub mod apply;
 pub mod cert;
 pub mod changes;
 pub mod manifest;
+pub mod pipe;
 pub mod postgres;
 pub mod sqlite;
 pub mod tls;
@@ -114,16 +115,15 @@ fn save_cache(path: &Path, cache: &HashCache) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
-/// Send one file of `root` (FileStart, Data…, FileEnd); what the cache
-/// keeps of it, or None if it went away since the scan.
-async fn send_file<S: tokio::io::AsyncWrite + Unpin>(
-    s: &mut S,
-    root: &Path,
+/// Send the file at `full` as `path` (FileStart, Data…, FileEnd), on the
+/// sending thread of a [`pipe::produce`]; what the cache keeps of it, or
+/// None if it went away since the scan.
+fn send_file(
+    out: &pipe::Out,
+    full: &Path,
     path: &str,
-    buf: &mut [u8],
 ) -> anyhow::Result<Option<(u64, i64, String)>> {
-    let full = root.join(path);
-    let mut f = match std::fs::File::open(&full) {
+    let mut f = match std::fs::File::open(full) {
         Ok(f) => f,
         // Gone since the scan: the next run deletes it.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -136,21 +136,23 @@ async fn send_file<S: tokio::io::AsyncWrite + Unpin>(
         mode: std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777,
         mtime_ns: manifest::mtime_ns(&m),
     };
-    wire::write_json(s, Kind::FileStart, &head).await?;
+    out.json(Kind::FileStart, &head)?;
     let mut hasher = blake3::Hasher::new();
     let mut left = head.size;
     while left > 0 {
-        let want = (left as usize).min(buf.len());
-        let n = tokio::task::block_in_place(|| f.read(&mut buf[..want]))?;
+        let want = (left as usize).min(wire::CHUNK);
+        let mut buf = out.buffer();
+        // read_to_end through `take`: fills the buffer without zeroing it first.
+        let n = (&mut f).take(want as u64).read_to_end(&mut buf)?;
         if n == 0 {
             anyhow::bail!("{}: shrank while being sent", full.display());
         }
-        hasher.update(&buf[..n]);
-        wire::write_frame(s, Kind::Data, &buf[..n]).await?;
+        hasher.update(&buf);
+        out.send(Kind::Data, buf)?;
         left -= n as u64;
     }
     let hash = hasher.finalize().to_hex().to_string();
-    wire::write_json(s, Kind::FileEnd, &FileEnd { hash: hash.clone() }).await?;
+    out.json(Kind::FileEnd, &FileEnd { hash: hash.clone() })?;
     Ok(Some((head.size, head.mtime_ns, hash)))
 }
 
@@ -371,41 +373,40 @@ impl Replicator {
             let (root, cache) = (root.clone(), cache.clone());
             tokio::task::spawn_blocking(move || manifest::scan(&root, &excludes, &cache)).await??
         };
-        let mut buf = vec![0u8; wire::CHUNK];
-        for step in manifest::plan(&ours, &theirs) {
-            match step {
-                Step::File { path } => {
-                    if let Some(hash) = send_file(&mut s, &root, &path, &mut buf).await? {
-                        cache.insert(path, hash);
-                    }
-                }
-                Step::Dir { path, mode } => {
-                    wire::write_json(&mut s, Kind::Op, &Op::Dir { path, mode }).await?
-                }
-                Step::Symlink { path, target } => {
-                    wire::write_json(&mut s, Kind::Op, &Op::Symlink { path, target }).await?
-                }
-                Step::Meta {
-                    path,
-                    mode,
-                    mtime_ns,
-                } => {
-                    wire::write_json(
-                        &mut s,
-                        Kind::Op,
-                        &Op::Meta {
+        let steps = manifest::plan(&ours, &theirs);
+        let mut cache = {
+            let root = root.clone();
+            pipe::produce(&mut s, move |out| {
+                for step in steps {
+                    match step {
+                        Step::File { path } => {
+                            if let Some(hash) = send_file(out, &root.join(&path), &path)? {
+                                cache.insert(path, hash);
+                            }
+                        }
+                        Step::Dir { path, mode } => out.json(Kind::Op, &Op::Dir { path, mode })?,
+                        Step::Symlink { path, target } => {
+                            out.json(Kind::Op, &Op::Symlink { path, target })?
+                        }
+                        Step::Meta {
                             path,
                             mode,
                             mtime_ns,
-                        },
-                    )
-                    .await?
+                        } => out.json(
+                            Kind::Op,
+                            &Op::Meta {
+                                path,
+                                mode,
+                                mtime_ns,
+                            },
+                        )?,
+                        Step::Delete { path } => out.json(Kind::Op, &Op::Delete { path })?,
+                    }
                 }
-                Step::Delete { path } => {
-                    wire::write_json(&mut s, Kind::Op, &Op::Delete { path }).await?
-                }
-            }
-        }
+                Ok(cache)
+            })
+            .await?
+        };
         wire::write_frame(&mut s, Kind::Done, b"{}").await?;
         s.flush().await?;
         let applied: Applied = wire::expect(&mut s, Kind::Applied).await?;
@@ -448,30 +449,12 @@ impl Replicator {
         let mut s = self.open_session(j.name(), false).await?;
         // The Standby answers an empty manifest when it is ready, or an error.
         let _ready: Manifest = wire::expect(&mut s, Kind::Manifest).await?;
-        let mut f = std::fs::File::open(snap)?;
-        let size = f.metadata()?.len();
-        let head = FileHead {
-            path: j.name().to_owned(),
-            size,
-            mode: 0o600,
-            mtime_ns: 0,
-        };
-        wire::write_json(&mut s, Kind::FileStart, &head).await?;
-        let mut buf = vec![0u8; wire::CHUNK];
-        let mut hasher = blake3::Hasher::new();
-        let mut left = size;
-        while left > 0 {
-            let want = (left as usize).min(buf.len());
-            let n = tokio::task::block_in_place(|| f.read(&mut buf[..want]))?;
-            if n == 0 {
-                anyhow::bail!("{}: shrank while being sent", snap.display());
-            }
-            hasher.update(&buf[..n]);
-            wire::write_frame(&mut s, Kind::Data, &buf[..n]).await?;
-            left -= n as u64;
-        }
-        let hash = hasher.finalize().to_hex().to_string();
-        wire::write_json(&mut s, Kind::FileEnd, &FileEnd { hash }).await?;
+        let (snap, name) = (snap.to_owned(), j.name().to_owned());
+        pipe::produce(&mut s, move |out| match send_file(out, &snap, &name)? {
+            Some(_) => Ok(()),
+            None => anyhow::bail!("{}: the snapshot went away", snap.display()),
+        })
+        .await?;
         wire::write_frame(&mut s, Kind::Done, b"{}").await?;
         s.flush().await?;
         let applied: Applied = wire::expect(&mut s, Kind::Applied).await?;
@@ -622,12 +605,11 @@ impl Replicator {
         // What the folder holds once this session is applied: the baseline
         // against which a failover's local changes are found.
         let mut baseline = changes::Baseline::from_manifest(&theirs);
-        let mut a = tokio::task::block_in_place(|| apply::Applier::new(&root, cache))?;
-        let mut buf = Vec::with_capacity(wire::CHUNK);
-        let mut head: Option<FileHead> = None;
-        loop {
-            let kind = wire::read_frame(s, &mut buf).await?;
-            tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        let (applied, cache, baseline) = pipe::consume(s, move |rx| {
+            let mut a = apply::Applier::new(&root, cache)?;
+            let mut head: Option<FileHead> = None;
+            loop {
+                let (kind, buf) = rx.next()?;
                 match kind {
                     Kind::FileStart => {
                         let h: FileHead = wire::parse(kind, &buf)?;
@@ -654,17 +636,15 @@ impl Replicator {
                         baseline.op(&op);
                         a.op(op)?
                     }
-                    Kind::Done => {}
+                    Kind::Done => break,
                     other => anyhow::bail!("unexpected {other:?} frame"),
                 }
-                Ok(())
-            })?;
-            if kind == Kind::Done {
-                break;
+                rx.recycle(buf);
             }
-        }
-        let applied = a.applied.clone();
-        let cache = std::mem::take(&mut a.cache);
+            let cache = std::mem::take(&mut a.cache);
+            Ok((a.applied.clone(), cache, baseline))
+        })
+        .await?;
         let base_path = self.baseline_file(&d.name);
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             save_cache(&cache_path, &cache)?;
@@ -713,40 +693,48 @@ impl Replicator {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         use std::io::Write;
-        let mut f = std::fs::File::create(to)?;
-        let mut buf = Vec::with_capacity(wire::CHUNK);
-        let head: FileHead = wire::expect(s, Kind::FileStart).await?;
-        let mut hasher = blake3::Hasher::new();
-        let mut got = 0u64;
-        loop {
-            match wire::read_frame(s, &mut buf).await? {
-                Kind::Data => {
-                    got += buf.len() as u64;
-                    if got > head.size {
-                        anyhow::bail!("snapshot longer than the {} bytes announced", head.size);
-                    }
-                    hasher.update(&buf);
-                    tokio::task::block_in_place(|| f.write_all(&buf))?;
-                }
-                Kind::FileEnd => break,
-                other => anyhow::bail!("unexpected {other:?} frame in a snapshot"),
+        let to = to.to_owned();
+        pipe::consume(s, move |rx| {
+            let mut f = std::fs::File::create(&to)?;
+            let (kind, buf) = rx.next()?;
+            if kind != Kind::FileStart {
+                anyhow::bail!("expected a snapshot, got {kind:?}");
             }
-        }
-        let end: FileEnd = wire::parse(Kind::FileEnd, &buf)?;
-        let hash = hasher.finalize().to_hex().to_string();
-        if got != head.size || hash != end.hash {
-            anyhow::bail!(
-                "snapshot does not match: {got} of {} bytes, hash {hash} vs {}",
-                head.size,
-                end.hash
-            );
-        }
-        let done: Kind = wire::read_frame(s, &mut buf).await?;
-        if done != Kind::Done {
-            anyhow::bail!("expected the end of the session, got {done:?}");
-        }
-        tokio::task::block_in_place(|| f.sync_all())?;
-        Ok(got)
+            let head: FileHead = wire::parse(kind, &buf)?;
+            let mut hasher = blake3::Hasher::new();
+            let mut got = 0u64;
+            let end: FileEnd = loop {
+                let (kind, buf) = rx.next()?;
+                match kind {
+                    Kind::Data => {
+                        got += buf.len() as u64;
+                        if got > head.size {
+                            anyhow::bail!("snapshot longer than the {} bytes announced", head.size);
+                        }
+                        hasher.update(&buf);
+                        f.write_all(&buf)?;
+                        rx.recycle(buf);
+                    }
+                    Kind::FileEnd => break wire::parse(kind, &buf)?,
+                    other => anyhow::bail!("unexpected {other:?} frame in a snapshot"),
+                }
+            };
+            let hash = hasher.finalize().to_hex().to_string();
+            if got != head.size || hash != end.hash {
+                anyhow::bail!(
+                    "snapshot does not match: {got} of {} bytes, hash {hash} vs {}",
+                    head.size,
+                    end.hash
+                );
+            }
+            let (done, _) = rx.next()?;
+            if done != Kind::Done {
+                anyhow::bail!("expected the end of the session, got {done:?}");
+            }
+            f.sync_all()?;
+            Ok(got)
+        })
+        .await
     }
 
     async fn install_snapshot(&self, job: &Job, incoming: &Path) -> anyhow::Result<()> {
@@ -903,31 +891,35 @@ impl Replicator {
             tokio::task::spawn_blocking(move || manifest::scan(&root, &excludes, &HashCache::new()))
                 .await??
         };
-        let mut sent = Vec::new();
-        let mut buf = vec![0u8; wire::CHUNK];
-        for (path, e) in ours
-            .iter()
-            .filter(|(p, _)| prefixes.iter().any(|k| under(p, k)))
-        {
-            let t = theirs.get(path);
-            let newer = t.is_none_or(|t| {
-                t.kind == manifest::EntryKind::File
-                    && t.mtime_ns < e.mtime_ns
-                    && (t.size, t.mtime_ns) != (e.size, e.mtime_ns)
-            });
-            if e.kind == manifest::EntryKind::Dir && t.is_none() {
-                let op = Op::Dir {
-                    path: path.clone(),
-                    mode: e.mode,
-                };
-                wire::write_json(&mut s, Kind::Op, &op).await?;
-            } else if e.kind == manifest::EntryKind::File
-                && newer
-                && send_file(&mut s, &root, path, &mut buf).await?.is_some()
+        let prefixes = prefixes.to_vec();
+        let sent = pipe::produce(&mut s, move |out| {
+            let mut sent = Vec::new();
+            for (path, e) in ours
+                .iter()
+                .filter(|(p, _)| prefixes.iter().any(|k| under(p, k)))
             {
-                sent.push(path.clone());
+                let t = theirs.get(path);
+                let newer = t.is_none_or(|t| {
+                    t.kind == manifest::EntryKind::File
+                        && t.mtime_ns < e.mtime_ns
+                        && (t.size, t.mtime_ns) != (e.size, e.mtime_ns)
+                });
+                if e.kind == manifest::EntryKind::Dir && t.is_none() {
+                    let op = Op::Dir {
+                        path: path.clone(),
+                        mode: e.mode,
+                    };
+                    out.json(Kind::Op, &op)?;
+                } else if e.kind == manifest::EntryKind::File
+                    && newer
+                    && send_file(out, &root.join(path), path)?.is_some()
+                {
+                    sent.push(path.clone());
+                }
             }
-        }
+            Ok(sent)
+        })
+        .await?;
         wire::write_frame(&mut s, Kind::Done, b"{}").await?;
         s.flush().await?;
         let _: Applied = wire::expect(&mut s, Kind::Applied).await?;
