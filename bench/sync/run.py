@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import socket
 import statistics
@@ -72,16 +73,37 @@ def fmt(times):
     return "/".join(f"{t:.3f}" for t in times)
 
 
-def timed(args, **kw):
+def cpu_seconds(pids):
+    """CPU time (user + system, with reaped children) of running processes:
+    the rsync daemon's forked workers, the nodes' threads."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += sum(int(x) for x in fields[11:15])
+    return total / tick
+
+
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def timed(args, servers):
+    """Wall time of `args`, and CPU time spent by it and by `servers`."""
     # Start each run with no dirty pages left by the previous one, so neither
     # pays for the other's writeback.
     os.sync()
+    c0, s0 = children_cpu(), cpu_seconds(servers)
     t0 = time.perf_counter()
-    r = subprocess.run(args, capture_output=True, text=True, **kw)
+    r = subprocess.run(args, capture_output=True, text=True)
     dt = time.perf_counter() - t0
+    time.sleep(0.3)  # the rsync daemon reaps its worker (its CPU counts then)
+    cpu = children_cpu() - c0 + cpu_seconds(servers) - s0
     if r.returncode != 0:
         raise RuntimeError(f"{args[0]} failed ({r.returncode}): {r.stdout}{r.stderr}")
-    return dt, r.stdout
+    return dt, cpu, r.stdout
 
 
 def node_conf(work, name, peer, hb, peer_hb, api, repl, peer_repl, folder):
@@ -182,30 +204,34 @@ def main():
         rsync_cmd = ["rsync", "-a", "--delete", f"{src}/", f"rsync://127.0.0.1:{rport}/dst/"]
         rows = []
 
-        def once(cmd, timings):
-            dt, out = timed(cmd)
+        servers = {"rsync": [started[0].pid], "res": [started[1].pid, started[2].pid]}
+
+        def once(who, cmd, timings, cpus):
+            dt, cpu, out = timed(cmd, servers[who])
             timings.append(dt)
+            cpus.append(cpu)
             return out
 
         def row(label, before_round=None):
             # Several rounds, the order of the two swapped each round so
             # neither always runs on the other's dirty pages; the median is
             # the figure.
-            t_rsync, t_res, out = [], [], ""
+            t_rsync, t_res, c_rsync, c_res, out = [], [], [], [], ""
             for r in range(args.rounds):
                 if before_round:
                     before_round(r)
                 if r % 2 == 0:
-                    once(rsync_cmd, t_rsync)
-                    out = once(res_cmd, t_res)
+                    once("rsync", rsync_cmd, t_rsync, c_rsync)
+                    out = once("res", res_cmd, t_res, c_res)
                 else:
-                    out = once(res_cmd, t_res)
-                    once(rsync_cmd, t_rsync)
+                    out = once("res", res_cmd, t_res, c_res)
+                    once("rsync", rsync_cmd, t_rsync, c_rsync)
                 assert trees_equal(src, dst_rsync), "rsync copy differs"
                 assert trees_equal(src, dst_res), "resilience copy differs"
-            a, b = statistics.median(t_rsync), statistics.median(t_res)
-            rows.append((label, a, b, out.strip()))
-            print(f"{label}: rsync {fmt(t_rsync)} s, resilience {fmt(t_res)} s ({out.strip()})",
+            med = statistics.median
+            rows.append((label, med(t_rsync), med(t_res), med(c_rsync), med(c_res)))
+            print(f"{label}: wall rsync {fmt(t_rsync)} s, resilience {fmt(t_res)} s; "
+                  f"CPU rsync {fmt(c_rsync)} s, resilience {fmt(c_res)} s ({out.strip()})",
                   flush=True)
 
         def empty_copies(_round):
@@ -224,10 +250,11 @@ def main():
         print(f"files changed per round: {changed}")
         print()
         print(f"medians of {args.rounds} rounds")
-        print("| row | rsync -a (daemon) s | resilience s | ratio resilience / rsync |")
-        print("|---|---|---|---|")
-        for label, a, b, _ in rows:
-            print(f"| {label} | {a:.3f} | {b:.3f} | {b / a:.2f} |")
+        print("| row | rsync -a (daemon) s | resilience s | ratio resilience / rsync "
+              "| CPU rsync s | CPU resilience s | CPU ratio |")
+        print("|---|---|---|---|---|---|---|")
+        for label, a, b, ca, cb in rows:
+            print(f"| {label} | {a:.3f} | {b:.3f} | {b / a:.2f} | {ca:.2f} | {cb:.2f} | {cb / ca:.2f} |")
     finally:
         for p in started:
             p.kill()

@@ -366,6 +366,28 @@ fn a_malicious_stream_and_a_foreign_ca_are_refused() {
     let log = std::fs::read_to_string(p.dir.path("pbx-standby.log")).unwrap();
     assert!(log.contains("replication: refused connection"), "{log}");
 
+    // A certificate of the cluster CA for another host (a follower's) gets
+    // through TLS but not to the folder: only the peer node pushes.
+    let pk = pki.display().to_string();
+    assert_eq!(cli(&["cert", "issue", "cc-follower", "--dir", &pk]).0, 0);
+    rt.block_on(async {
+        let r = raw_session(
+            ports[STANDBY],
+            &pki.join("ca.pem"),
+            &pki.join("cc-follower.crt"),
+            &pki.join("cc-follower.key"),
+        )
+        .await;
+        let refused = match r {
+            Err(_) => true,
+            Ok(mut s) => read_frame(&mut s).await.is_err(),
+        };
+        assert!(refused, "a follower's certificate got a session");
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let log = std::fs::read_to_string(p.dir.path("pbx-standby.log")).unwrap();
+    assert!(log.contains("its certificate is not pbx-main's"), "{log}");
+
     // And no push lands on a Standby that serves.
     p.kill(MAIN);
     assert!(wait_until(secs(10), || p.active(STANDBY) == Some(true)));

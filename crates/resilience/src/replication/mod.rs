@@ -505,6 +505,12 @@ impl Replicator {
                         return;
                     }
                 };
+                // Any certificate of the cluster CA gets through TLS (a
+                // follower holds one too); only the peer node may push.
+                if let Err(why) = me.is_peer(stream.get_ref().1.peer_certificates()) {
+                    tracing::warn!("replication: refused connection from {from}: {why}");
+                    return;
+                }
                 let serving = *active.borrow();
                 let stream = tokio::io::BufStream::with_capacity(1 << 20, 64 << 10, stream);
                 if let Err(e) = me.receive(stream, serving).await {
@@ -512,6 +518,21 @@ impl Replicator {
                 }
             });
         }
+    }
+
+    /// Whether the client's certificate names this node's peer.
+    fn is_peer(
+        &self,
+        chain: Option<&[rustls::pki_types::CertificateDer<'_>]>,
+    ) -> Result<(), String> {
+        let leaf = chain
+            .and_then(|c| c.first())
+            .ok_or("no client certificate")?;
+        let cert = rustls::server::ParsedCertificate::try_from(leaf).map_err(|e| e.to_string())?;
+        let name = rustls::pki_types::ServerName::try_from(self.peer_name.as_str())
+            .map_err(|e| e.to_string())?;
+        rustls::client::verify_server_name(&cert, &name)
+            .map_err(|_| format!("its certificate is not {}'s", self.peer_name))
     }
 
     async fn receive<S>(&self, mut s: S, active: bool) -> anyhow::Result<()>
