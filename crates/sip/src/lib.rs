@@ -1,3 +1,11 @@
-//! resilience-sip: SIP message parsing and printing, and the edge's proxy
-//! decisions (Via, Record-Route, Path, Max-Forwards, dialog tracking), sans-IO
-//! like the core. Empty until the edge is built (issue 5).
+//! resilience-sip: SIP message parsing and printing, and the edge's relay
+//! decisions (Via, Record-Route, Path, Max-Forwards), sans-IO like the
+//! core: bytes in, bytes and their destination out, no sockets, no clock.
+
+pub mod edit;
+pub mod header;
+pub mod message;
+pub mod proxy;
+
+pub use message::{Message, Name, ParseError};
+pub use proxy::{Dropped, Flow, NewRequest, Note, Relay, Send, Transport};
