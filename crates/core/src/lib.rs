@@ -13,6 +13,7 @@
 pub mod config;
 pub mod heartbeat;
 pub mod node;
+pub mod phones;
 pub mod types;
 
 pub use heartbeat::{ClusterKey, Frame, Reject};
