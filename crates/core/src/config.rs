@@ -537,37 +537,48 @@ fn locate(src: &str, key: &str) -> Option<usize> {
     best
 }
 
+/// Deserialize `src` (the text of `file`) into `T`, then run `validate`;
+/// every error located by line and dotted key. Shared by the node's and the
+/// edge's files.
+pub(crate) fn parse_file<T: serde::de::DeserializeOwned>(
+    file: &str,
+    src: &str,
+    validate: impl FnOnce(&T) -> Result<(), (String, String)>,
+) -> Result<T, ConfigError> {
+    let err = |line, key, message: String| ConfigError {
+        file: file.to_owned(),
+        line,
+        key,
+        message,
+    };
+    let de = toml::de::Deserializer::parse(src).map_err(|e| {
+        err(
+            e.span().map(|s| line_of(src, s.start)),
+            None,
+            e.message().to_owned(),
+        )
+    })?;
+    let cfg: T = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = dotted(e.path());
+        let inner = e.inner();
+        let line = inner.span().map(|s| line_of(src, s.start)).or_else(|| {
+            key.as_deref()
+                .and_then(|k| locate(src, k))
+                .map(|o| line_of(src, o))
+        });
+        err(line, key, explain(inner.message()))
+    })?;
+    validate(&cfg).map_err(|(key, message)| {
+        let line = locate(src, &key).map(|o| line_of(src, o));
+        err(line, Some(key), message)
+    })?;
+    Ok(cfg)
+}
+
 impl NodeConfig {
     /// Parse and validate the text of a configuration file named `file`.
     pub fn parse(file: &str, src: &str) -> Result<NodeConfig, ConfigError> {
-        let err = |line, key, message: String| ConfigError {
-            file: file.to_owned(),
-            line,
-            key,
-            message,
-        };
-        let de = toml::de::Deserializer::parse(src).map_err(|e| {
-            err(
-                e.span().map(|s| line_of(src, s.start)),
-                None,
-                e.message().to_owned(),
-            )
-        })?;
-        let cfg: NodeConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = dotted(e.path());
-            let inner = e.inner();
-            let line = inner.span().map(|s| line_of(src, s.start)).or_else(|| {
-                key.as_deref()
-                    .and_then(|k| locate(src, k))
-                    .map(|o| line_of(src, o))
-            });
-            err(line, key, explain(inner.message()))
-        })?;
-        cfg.validate().map_err(|(key, message)| {
-            let line = locate(src, &key).map(|o| line_of(src, o));
-            err(line, Some(key), message)
-        })?;
-        Ok(cfg)
+        parse_file(file, src, NodeConfig::validate)
     }
 
     /// Checks across keys that serde cannot express. Returns the key to blame.

@@ -11,6 +11,7 @@
 //! - [`types`]: node type, mode, status, PBX health.
 
 pub mod config;
+pub mod edge_config;
 pub mod heartbeat;
 pub mod node;
 pub mod phones;

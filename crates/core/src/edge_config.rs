@@ -1,0 +1,282 @@
+//! The edge's configuration file (`resilience edge --config FILE`): where it
+//! listens, the PBXs behind it and how they are probed, and the per-phone
+//! rules. Same error rules as the node's file: unknown keys are errors, and
+//! every error names the line and the key.
+
+use crate::config::{parse_file, ConfigError};
+use crate::phones::Policy;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    pub edge: EdgeSection,
+    /// The PBXs, Main first: a phone's default home is the first.
+    #[serde(rename = "pbx")]
+    pub pbxs: Vec<PbxTarget>,
+    #[serde(default)]
+    pub health: HealthSection,
+    #[serde(default)]
+    pub phones: PhonesSection,
+    /// Phones whose home is not the first PBX.
+    #[serde(default, rename = "home")]
+    pub homes: Vec<HomeRule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeSection {
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// SIP, UDP and TCP, for phones and PBXs alike; the address written in
+    /// Via, Record-Route and Path, so an address the PBXs can reach.
+    pub sip_listen: SocketAddr,
+    /// `/healthz`, `/metrics`, `/api/v1/phones`.
+    pub api_listen: SocketAddr,
+}
+
+fn default_name() -> String {
+    "edge".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PbxTarget {
+    pub name: String,
+    /// The PBX's SIP address (UDP).
+    pub sip: SocketAddr,
+    /// The node's `GET /api/v1/ha`: when set, the PBX counts as up only
+    /// while its node says it is Active.
+    pub ha_url: Option<String>,
+}
+
+/// Kamailio dispatcher's model: OPTIONS every `interval`; down after
+/// `down_after` unanswered in a row, up after `up_after` answered.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    #[serde(with = "humantime_serde", default = "default_probe_interval")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde", default = "default_probe_timeout")]
+    pub timeout: Duration,
+    #[serde(default = "default_down_after")]
+    pub down_after: u32,
+    #[serde(default = "default_up_after")]
+    pub up_after: u32,
+}
+
+fn default_probe_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_down_after() -> u32 {
+    2
+}
+fn default_up_after() -> u32 {
+    1
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        HealthSection {
+            interval: default_probe_interval(),
+            timeout: default_probe_timeout(),
+            down_after: default_down_after(),
+            up_after: default_up_after(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhonesSection {
+    #[serde(with = "humantime_serde", default = "d_failover")]
+    pub failover_after: Duration,
+    #[serde(with = "humantime_serde", default = "d_stable")]
+    pub failback_stable: Duration,
+    #[serde(with = "humantime_serde", default = "d_homeless")]
+    pub homeless_window: Duration,
+    #[serde(with = "humantime_serde", default = "d_register_timeout")]
+    pub register_timeout: Duration,
+    /// Expiry granted to a phone away from home, in seconds (0: leave it).
+    #[serde(default = "d_away")]
+    pub away_expires: u32,
+}
+
+fn d_failover() -> Duration {
+    Policy::default().failover_after
+}
+fn d_stable() -> Duration {
+    Policy::default().failback_stable
+}
+fn d_homeless() -> Duration {
+    Policy::default().homeless_window
+}
+fn d_register_timeout() -> Duration {
+    Policy::default().register_timeout
+}
+fn d_away() -> u32 {
+    Policy::default().away_expires.unwrap_or(0)
+}
+
+impl Default for PhonesSection {
+    fn default() -> Self {
+        PhonesSection {
+            failover_after: d_failover(),
+            failback_stable: d_stable(),
+            homeless_window: d_homeless(),
+            register_timeout: d_register_timeout(),
+            away_expires: d_away(),
+        }
+    }
+}
+
+impl PhonesSection {
+    pub fn policy(&self) -> Policy {
+        Policy {
+            failover_after: self.failover_after,
+            failback_stable: self.failback_stable,
+            homeless_window: self.homeless_window,
+            register_timeout: self.register_timeout,
+            away_expires: (self.away_expires > 0).then_some(self.away_expires),
+        }
+    }
+}
+
+/// `match`: a whole AOR (`sip:2001@pbx`) or a user prefix (`2`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeRule {
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// The name of a `[[pbx]]`.
+    pub pbx: String,
+}
+
+impl EdgeConfig {
+    pub fn parse(file: &str, src: &str) -> Result<EdgeConfig, ConfigError> {
+        parse_file(file, src, EdgeConfig::validate)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |k: &str, m: &str| Err((k.to_owned(), m.to_owned()));
+        if self.pbxs.is_empty() {
+            return bad(
+                "pbx",
+                "expected at least one [[pbx]] (the Main, then the Standby)",
+            );
+        }
+        for (i, p) in self.pbxs.iter().enumerate() {
+            if p.name.is_empty() {
+                return bad(&format!("pbx[{i}].name"), "expected a name");
+            }
+            if self.pbxs[..i].iter().any(|q| q.name == p.name) {
+                return bad(&format!("pbx[{i}].name"), "two PBXs have this name");
+            }
+            if p.sip == self.edge.sip_listen {
+                return bad(&format!("pbx[{i}].sip"), "is the edge's own address");
+            }
+            if let Some(u) = &p.ha_url {
+                if !u.starts_with("http://") && !u.starts_with("https://") {
+                    return bad(
+                        &format!("pbx[{i}].ha_url"),
+                        "expected an http:// or https:// URL",
+                    );
+                }
+            }
+        }
+        if self.health.interval.is_zero() || self.health.timeout.is_zero() {
+            return bad("health.interval", "expected durations above zero");
+        }
+        if self.health.down_after == 0 || self.health.up_after == 0 {
+            return bad("health.down_after", "expected counts of 1 or more");
+        }
+        for (i, h) in self.homes.iter().enumerate() {
+            if !self.pbxs.iter().any(|p| p.name == h.pbx) {
+                return bad(&format!("home[{i}].pbx"), "names no [[pbx]]");
+            }
+            if h.pattern.is_empty() {
+                return bad(
+                    &format!("home[{i}].match"),
+                    "expected an AOR or a user prefix",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The home rules as the router takes them.
+    pub fn home_rules(&self) -> Vec<(String, usize)> {
+        self.homes
+            .iter()
+            .filter_map(|h| {
+                let i = self.pbxs.iter().position(|p| p.name == h.pbx)?;
+                Some((h.pattern.clone(), i))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[edge]
+sip_listen = "127.0.0.1:5060"
+api_listen = "127.0.0.1:8090"
+
+[[pbx]]
+name = "main"
+sip = "127.0.0.1:5070"
+ha_url = "http://127.0.0.1:8080/api/v1/ha"
+
+[[pbx]]
+name = "standby"
+sip = "127.0.0.1:5071"
+
+[health]
+interval = "500ms"
+
+[phones]
+failover_after = "3s"
+
+[[home]]
+match = "2"
+pbx = "standby"
+"#;
+
+    #[test]
+    fn parses_and_fills_defaults() {
+        let c = EdgeConfig::parse("edge.toml", GOOD).unwrap();
+        assert_eq!(c.pbxs.len(), 2);
+        assert_eq!(c.health.interval, Duration::from_millis(500));
+        assert_eq!(c.health.down_after, 2);
+        let p = c.phones.policy();
+        assert_eq!(p.failover_after, Duration::from_secs(3));
+        assert_eq!(p.failback_stable, Duration::from_secs(600));
+        assert_eq!(c.home_rules(), [("2".to_string(), 1)]);
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_key() {
+        let e =
+            EdgeConfig::parse("edge.toml", &GOOD.replace("interval =", "intreval =")).unwrap_err();
+        assert_eq!(e.line, Some(16), "{e}");
+        assert!(e.to_string().contains("intreval"), "{e}");
+        let e = EdgeConfig::parse(
+            "edge.toml",
+            &GOOD.replace("pbx = \"standby\"", "pbx = \"nope\""),
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("home[0].pbx"), "{e}");
+        assert_eq!(e.line, Some(23), "{e}");
+        let e =
+            EdgeConfig::parse("edge.toml", &GOOD.replace("http://127", "ftp://127")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("pbx[0].ha_url"), "{e}");
+    }
+}
