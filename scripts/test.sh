@@ -18,6 +18,9 @@ need_pkg() { # need_pkg PACKAGE BINARY
 
 # Packages the end-to-end tests use (each test fails, never skips, without them).
 need_pkg iproute2 ip
+# The SIP edge: sipp plays the phones, Kamailio the two PBXs' SIP side.
+need_pkg sip-tester sipp
+need_pkg kamailio kamailio
 # PostgreSQL replication runs against two real servers started by the tests.
 if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || ! command -v pg_restore >/dev/null; then
   need_pkg postgresql /nonexistent/postgres

@@ -4,6 +4,7 @@ mod api;
 mod check_config;
 mod cli;
 mod client;
+mod edge;
 mod keygen;
 mod lab;
 mod node;
@@ -85,7 +86,10 @@ fn main() -> ExitCode {
             Ok(code(client::events(&t, limit, json)))
         }
         Cmd::Follow { .. } => Ok(not_built("follow", "6: followers")),
-        Cmd::Edge { .. } => Ok(not_built("edge", "5: the SIP edge")),
+        Cmd::Edge { config } => {
+            runtime()?.block_on(edge::run(&config))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Replicate { api } => {
             let t = client::Target::new(api.api, api.token_file, api.config.as_deref())?
                 .with_ca(api.ca);

@@ -1,0 +1,290 @@
+//! `resilience edge`: the SIP relay in front of the Main and the Standby
+//! (seeds 000/001 "Edge deployment"; the per-phone rules of seeds 002/004).
+//!
+//! One task owns the relay ([`resilience_sip::Relay`], sans-IO) and the
+//! per-phone router ([`resilience_core::phones::Router`], sans-IO); it reads
+//! the SIP socket, the probes' reports and the router's deadline, and does
+//! what they decide. Probes run beside it ([`probe`]); the HTTP API reads a
+//! copy of the phones table.
+
+pub mod probe;
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Json;
+use metrics_exporter_prometheus::PrometheusHandle;
+use resilience_core::edge_config::EdgeConfig;
+use resilience_core::phones::{Phone, Router};
+use resilience_sip::{Dropped, Flow, Note, Relay};
+use serde_json::json;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+pub fn load_config(path: &Path) -> anyhow::Result<EdgeConfig> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {shown}"))?;
+    EdgeConfig::parse(&shown, &text).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// What the API shows: a copy refreshed by the relay task.
+#[derive(Default)]
+struct View {
+    phones: Vec<serde_json::Value>,
+    pbx_up: Vec<bool>,
+    moves: VecDeque<serde_json::Value>,
+    relayed: u64,
+    dropped: HashMap<&'static str, u64>,
+}
+
+#[derive(Clone)]
+struct ApiState {
+    view: Arc<Mutex<View>>,
+    names: Arc<Vec<String>>,
+    metrics: PrometheusHandle,
+}
+
+fn reason_label(d: &Dropped) -> &'static str {
+    match d {
+        Dropped::Malformed(_) => "malformed",
+        Dropped::BadVia => "bad_via",
+        Dropped::NotOurs => "not_ours",
+        Dropped::NoRoute => "no_route",
+        Dropped::NoPbx => "no_pbx",
+        Dropped::StrayAck => "stray_ack",
+        _ => "other",
+    }
+}
+
+fn phone_json(p: &Phone, names: &[String], now: Instant) -> serde_json::Value {
+    json!({
+        "aor": p.aor,
+        "contact": p.contact,
+        "home": names.get(p.home),
+        "serving": names.get(p.serving),
+        "guest": p.is_guest(),
+        "since_s": now.saturating_duration_since(p.since).as_secs(),
+        "calls": p.calls,
+        "last_register_s_ago": p.last_register.map(|t| now.saturating_duration_since(t).as_secs()),
+    })
+}
+
+pub async fn run(path: &Path) -> anyhow::Result<()> {
+    let cfg = load_config(path)?;
+    let metrics = crate::api::install_metrics();
+    let sock = UdpSocket::bind(cfg.edge.sip_listen)
+        .await
+        .with_context(|| format!("SIP socket {}", cfg.edge.sip_listen))?;
+    let names: Arc<Vec<String>> = Arc::new(cfg.pbxs.iter().map(|p| p.name.clone()).collect());
+    let pbx_addrs: Vec<SocketAddr> = cfg.pbxs.iter().map(|p| p.sip).collect();
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("random: {e}"))?;
+    let relay = Relay::new(cfg.edge.sip_listen, pbx_addrs.clone(), secret);
+    let start = Instant::now();
+    let mut router = Router::new(cfg.phones.policy(), cfg.pbxs.len(), cfg.home_rules(), start);
+
+    let (health_tx, mut health_rx) = mpsc::channel(16);
+    for (i, p) in cfg.pbxs.iter().enumerate() {
+        tokio::spawn(probe::run(
+            i,
+            p.clone(),
+            cfg.health.clone(),
+            health_tx.clone(),
+        ));
+    }
+    drop(health_tx);
+
+    let view = Arc::new(Mutex::new(View {
+        pbx_up: vec![false; cfg.pbxs.len()],
+        ..View::default()
+    }));
+    let api = ApiState {
+        view: view.clone(),
+        names: names.clone(),
+        metrics,
+    };
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics_text))
+        .route("/api/v1/phones", get(phones))
+        .route("/api/v1/status", get(status))
+        .with_state(api);
+    let listener = tokio::net::TcpListener::bind(cfg.edge.api_listen)
+        .await
+        .with_context(|| format!("API socket {}", cfg.edge.api_listen))?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    tracing::info!(
+        "edge {}: SIP on {} (UDP), API on http://{}, PBXs: {}",
+        cfg.edge.name,
+        cfg.edge.sip_listen,
+        cfg.edge.api_listen,
+        cfg.pbxs
+            .iter()
+            .map(|p| format!("{} {}", p.name, p.sip))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    // Which phone a flow belongs to, learnt from its REGISTERs.
+    let mut flows: HashMap<Flow, String> = HashMap::new();
+    let mut buf = vec![0u8; 65_536];
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut dirty = true;
+    loop {
+        let deadline = router
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or_else(|| tokio::time::Instant::now() + std::time::Duration::from_secs(3600));
+        tokio::select! {
+            r = sock.recv_from(&mut buf) => {
+                let (len, from) = match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::debug!("recv: {e}");
+                        continue;
+                    }
+                };
+                let now = Instant::now();
+                let from = Flow::udp(from);
+                let out = relay.handle(from, &buf[..len], |req| {
+                    router.route(now, &req.aor).and_then(|s| pbx_addrs.get(s).copied())
+                });
+                match out {
+                    Ok(send) => {
+                        for note in &send.notes {
+                            dirty |= apply_note(&mut router, &mut flows, &pbx_addrs, note, now);
+                        }
+                        if let Err(e) = sock.send_to(&send.bytes, send.to.addr).await {
+                            tracing::debug!("send to {}: {e}", send.to.addr);
+                        }
+                        let kind = if send.generated { "generated" } else { "relayed" };
+                        metrics::counter!("resilience_edge_messages_total", "kind" => kind).increment(1);
+                        view.lock().expect("view lock").relayed += 1;
+                    }
+                    Err(d) => {
+                        let label = reason_label(&d);
+                        metrics::counter!("resilience_edge_dropped_total", "reason" => label).increment(1);
+                        *view.lock().expect("view lock").dropped.entry(label).or_default() += 1;
+                        tracing::debug!("dropped a message from {}: {d}", from.addr);
+                    }
+                }
+            }
+            Some((i, up)) = health_rx.recv() => {
+                router.handle_health(Instant::now(), i, up);
+                metrics::gauge!("resilience_edge_pbx_up", "pbx" => names[i].clone()).set(if up { 1.0 } else { 0.0 });
+                view.lock().expect("view lock").pbx_up[i] = up;
+                dirty = true;
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                router.handle_timeout(Instant::now());
+                dirty = true;
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+        for m in router.poll_moves() {
+            let (from, to) = (&names[m.from], &names[m.to]);
+            tracing::info!("phone {} moves from {from} to {to}: {}", m.aor, m.reason);
+            let mut v = view.lock().expect("view lock");
+            v.moves.push_front(json!({
+                "at_ms": SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+                "aor": m.aor, "from": from, "to": to, "reason": m.reason,
+            }));
+            v.moves.truncate(200);
+            dirty = true;
+        }
+        if dirty {
+            let now = Instant::now();
+            let list: Vec<_> = router
+                .phones()
+                .map(|p| phone_json(p, &names, now))
+                .collect();
+            let away = router.phones().filter(|p| p.is_guest()).count();
+            metrics::gauge!("resilience_edge_phones").set(list.len() as f64);
+            metrics::gauge!("resilience_edge_phones_away").set(away as f64);
+            view.lock().expect("view lock").phones = list;
+            dirty = false;
+        }
+    }
+    tracing::info!("edge stopping");
+    Ok(())
+}
+
+/// Feed what the relay saw to the router. Returns whether the phones
+/// table changed.
+fn apply_note(
+    router: &mut Router,
+    flows: &mut HashMap<Flow, String>,
+    pbxs: &[SocketAddr],
+    note: &Note,
+    now: Instant,
+) -> bool {
+    match note {
+        Note::Register { aor, from, to, .. } => {
+            flows.insert(*from, aor.clone());
+            if let Some(s) = pbxs.iter().position(|a| *a == to.addr) {
+                let contact = format!(
+                    "{}:{}",
+                    from.transport.as_str().to_ascii_lowercase(),
+                    from.addr
+                );
+                router.handle_register_sent(now, aor, &contact, s);
+            }
+            true
+        }
+        Note::Registered { aor, code, .. } => {
+            router.handle_register_answer(now, aor, *code);
+            true
+        }
+        Note::Invite { call_id, phone } => match flows.get(phone) {
+            Some(aor) => {
+                router.handle_call(now, call_id, aor);
+                true
+            }
+            None => false,
+        },
+        Note::DialogDown { call_id } => {
+            router.handle_call_end(now, call_id);
+            true
+        }
+        Note::DialogUp { .. } => false,
+    }
+}
+
+async fn metrics_text(State(s): State<ApiState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+}
+
+async fn phones(State(s): State<ApiState>) -> Json<serde_json::Value> {
+    let v = s.view.lock().expect("view lock");
+    Json(json!({ "phones": v.phones }))
+}
+
+async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
+    let v = s.view.lock().expect("view lock");
+    let pbxs: Vec<_> = s
+        .names
+        .iter()
+        .zip(&v.pbx_up)
+        .map(|(n, up)| json!({"name": n, "up": up}))
+        .collect();
+    Json(json!({
+        "pbxs": pbxs,
+        "relayed": v.relayed,
+        "dropped": v.dropped,
+        "phones": v.phones.len(),
+        "moves": v.moves,
+    }))
+}
