@@ -87,6 +87,7 @@ fn main() -> ExitCode {
         }
         Cmd::Follow { .. } => Ok(not_built("follow", "6: followers")),
         Cmd::Edge { config } => {
+            init_logging();
             runtime()?.block_on(edge::run(&config))?;
             Ok(ExitCode::SUCCESS)
         }

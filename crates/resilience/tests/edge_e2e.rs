@@ -1,0 +1,495 @@
+//! End-to-end: `resilience edge` between real SIP peers — sipp as the
+//! phones, two Kamailio registrars as the Main's and the Standby's PBX
+//! (fixtures/sip/kamailio-pbx.cfg). Timers are short: probes every 200 ms,
+//! failover after 1 s, failback after 2 s stable.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/sip")
+        .join(name)
+}
+
+/// A Kamailio playing one PBX, stopped by SIGTERM (so its workers go too).
+struct Kamailio {
+    child: Option<Child>,
+    port: u16,
+    log: PathBuf,
+    rundir: PathBuf,
+}
+
+impl Kamailio {
+    fn start(dir: &TestDir, name: &str, port: u16) -> Kamailio {
+        let rundir = dir.path(name);
+        std::fs::create_dir_all(&rundir).unwrap();
+        let log = dir.path(&format!("{name}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new("kamailio")
+            .args(["-f", fixture("kamailio-pbx.cfg").to_str().unwrap()])
+            .args(["-DD", "-E", "-n", "1", "-m", "32", "-M", "4"])
+            .args(["-l", &format!("udp:127.0.0.1:{port}")])
+            .args([
+                "-Y",
+                rundir.to_str().unwrap(),
+                "-w",
+                rundir.to_str().unwrap(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect(
+                "kamailio (Debian package kamailio) must be installed: scripts/test.sh installs it",
+            );
+        Kamailio {
+            child: Some(child),
+            port,
+            log,
+            rundir,
+        }
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        let out = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        self.child = Some(
+            Command::new("kamailio")
+                .args(["-f", fixture("kamailio-pbx.cfg").to_str().unwrap()])
+                .args(["-DD", "-E", "-n", "1", "-m", "32", "-M", "4"])
+                .args(["-l", &format!("udp:127.0.0.1:{}", self.port)])
+                .args([
+                    "-Y",
+                    self.rundir.to_str().unwrap(),
+                    "-w",
+                    self.rundir.to_str().unwrap(),
+                ])
+                .stdin(Stdio::null())
+                .stdout(out.try_clone().unwrap())
+                .stderr(out)
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            for _ in 0..50 {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Lab {
+    dir: TestDir,
+    pbx: [Kamailio; 2],
+    edge: Proc,
+    sip: u16,
+    api: u16,
+}
+
+impl Lab {
+    fn start(name: &str) -> Lab {
+        let dir = TestDir::new(name);
+        let pbx = [
+            Kamailio::start(&dir, "pbx-main", free_udp()),
+            Kamailio::start(&dir, "pbx-standby", free_udp()),
+        ];
+        let (sip, api) = (free_udp(), free_tcp());
+        let cfg = dir.path("edge.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"[edge]
+sip_listen = "127.0.0.1:{sip}"
+api_listen = "127.0.0.1:{api}"
+
+[[pbx]]
+name = "main"
+sip = "127.0.0.1:{}"
+
+[[pbx]]
+name = "standby"
+sip = "127.0.0.1:{}"
+
+[health]
+interval = "200ms"
+timeout = "200ms"
+down_after = 2
+up_after = 1
+
+[phones]
+failover_after = "1s"
+failback_stable = "2s"
+homeless_window = "5s"
+"#,
+                pbx[0].port, pbx[1].port
+            ),
+        )
+        .unwrap();
+        let edge = Proc::spawn(
+            "edge",
+            &["edge", "--config", cfg.to_str().unwrap()],
+            &dir.0,
+            &dir.path("edge.log"),
+        );
+        let lab = Lab {
+            dir,
+            pbx,
+            edge,
+            sip,
+            api,
+        };
+        assert!(
+            wait_until(secs(10), || lab.pbx_up() == [true, true]),
+            "the edge never saw both PBXs up\n{}",
+            lab.logs()
+        );
+        lab
+    }
+
+    fn get(&self, path: &str) -> Value {
+        get(&format!("http://127.0.0.1:{}{path}", self.api)).unwrap_or(Value::Null)
+    }
+
+    fn pbx_up(&self) -> Vec<bool> {
+        self.get("/api/v1/status")["pbxs"]
+            .as_array()
+            .map(|a| a.iter().map(|p| p["up"] == true).collect())
+            .unwrap_or_default()
+    }
+
+    fn phone(&self, aor: &str) -> Value {
+        self.get("/api/v1/phones")["phones"]
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["aor"] == aor).cloned())
+            .unwrap_or(Value::Null)
+    }
+
+    fn logs(&self) -> String {
+        let edge = std::fs::read_to_string(self.dir.path("edge.log")).unwrap_or_default();
+        format!(
+            "--- edge ---\n{edge}\n--- pbx-main ---\n{}\n--- pbx-standby ---\n{}",
+            tail(&self.pbx[0].log()),
+            tail(&self.pbx[1].log())
+        )
+    }
+
+    /// Run sipp against the edge; (exit code, what it printed).
+    fn sipp(&self, scenario: &str, port: u16, user: &str, extra: &[&str]) -> (i32, String) {
+        let out = Command::new("sipp")
+            .args(["-sf", fixture(scenario).to_str().unwrap()])
+            .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-m", "1", "-s", user, "-timeout", "30s", "-timeout_error"])
+            .args(["-nostdin", "-trace_err"])
+            .args(extra)
+            .arg(format!("127.0.0.1:{}", self.sip))
+            .current_dir(&self.dir.0)
+            .output()
+            .expect(
+                "sipp (Debian package sip-tester) must be installed: scripts/test.sh installs it",
+            );
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    }
+
+    fn register(&self, user: &str) -> (i32, String) {
+        self.sipp("phone_register.xml", free_udp(), user, &[])
+    }
+
+    /// Start a callee that registers and answers one call, in the
+    /// background; the caller must use the same Call-ID string.
+    fn callee(&self, user: &str, cid: &str) -> Proc {
+        let child = Command::new("sipp")
+            .args(["-sf", fixture("phone_answer.xml").to_str().unwrap()])
+            .args(["-i", "127.0.0.1", "-p", &free_udp().to_string()])
+            .args([
+                "-m",
+                "1",
+                "-s",
+                user,
+                "-cid_str",
+                cid,
+                "-timeout",
+                "60s",
+                "-timeout_error",
+            ])
+            .args(["-nostdin", "-trace_err"])
+            .arg(format!("127.0.0.1:{}", self.sip))
+            .current_dir(&self.dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sipp");
+        Proc::from_child("callee", child)
+    }
+}
+
+fn tail(s: &str) -> &str {
+    let lines: Vec<usize> = s.match_indices('\n').map(|(i, _)| i).collect();
+    match lines.len() {
+        n if n > 30 => &s[lines[n - 30] + 1..],
+        _ => s,
+    }
+}
+
+fn registers_at(k: &Kamailio, user: &str) -> usize {
+    k.log()
+        .matches(&format!("REGISTER sip:{user}@pbx.test"))
+        .count()
+}
+
+#[test]
+fn phones_register_and_call_each_other_through_the_edge() {
+    let _g = serial();
+    let lab = Lab::start("edge-call");
+    let mut callee = lab.callee("2001", "call-a");
+    assert!(
+        wait_until(secs(10), || lab.phone("sip:2001@pbx.test")
+            ["last_register_s_ago"]
+            .is_number()),
+        "callee never registered\n{}",
+        lab.logs()
+    );
+    let (code, out) = lab.sipp(
+        "phone_call.xml",
+        free_udp(),
+        "1001",
+        &["-key", "callee", "2001", "-cid_str", "call-a", "-d", "300"],
+    );
+    assert_eq!(code, 0, "caller failed: {out}\n{}", lab.logs());
+    assert!(
+        wait_until(secs(10), || !callee.alive()),
+        "callee did not finish"
+    );
+    // Both registered at home (the Main), the call went through it.
+    for aor in ["sip:1001@pbx.test", "sip:2001@pbx.test"] {
+        let p = lab.phone(aor);
+        assert_eq!(p["serving"], "main", "{p}");
+        assert_eq!(p["guest"], false);
+        assert_eq!(p["calls"], 0, "the BYE ended the call: {p}");
+    }
+    assert!(
+        lab.pbx[0].log().contains("INVITE sip:2001@127.0.0.1"),
+        "{}",
+        lab.logs()
+    );
+    let metrics = get_text(&format!("http://127.0.0.1:{}/metrics", lab.api));
+    assert!(
+        metrics.contains("resilience_edge_messages_total"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("resilience_edge_phones 2"), "{metrics}");
+}
+
+fn get_text(url: &str) -> String {
+    agent()
+        .get(url)
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_dead_pbx_moves_phones_after_the_delay_and_they_come_back_when_it_is_stable() {
+    let _g = serial();
+    let mut lab = Lab::start("edge-failover");
+    let (code, out) = lab.register("1001");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(registers_at(&lab.pbx[0], "1001"), 1);
+    lab.pbx[0].stop();
+    assert!(
+        wait_until(secs(5), || lab.pbx_up() == [false, true]),
+        "{}",
+        lab.logs()
+    );
+    let edge_log = std::fs::read_to_string(lab.dir.path("edge.log")).unwrap();
+    assert!(
+        edge_log.contains("Destination down: sip:127.0.0.1:"),
+        "{edge_log}"
+    );
+    // After failover_after the phone is the Standby's guest, and its next
+    // REGISTER lands there.
+    assert!(
+        wait_until(secs(5), || lab.phone("sip:1001@pbx.test")["serving"]
+            == "standby"),
+        "{}",
+        lab.logs()
+    );
+    assert_eq!(lab.phone("sip:1001@pbx.test")["guest"], true);
+    let (code, out) = lab.register("1001");
+    assert_eq!(code, 0, "{out}\n{}", lab.logs());
+    assert_eq!(registers_at(&lab.pbx[1], "1001"), 1, "{}", lab.logs());
+    // The Main comes back: not before it has been up for the stable time.
+    lab.pbx[0].restart();
+    assert!(wait_until(secs(5), || lab.pbx_up() == [true, true]));
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(lab.phone("sip:1001@pbx.test")["serving"], "standby");
+    assert!(
+        wait_until(secs(5), || lab.phone("sip:1001@pbx.test")["serving"]
+            == "main"),
+        "{}",
+        lab.logs()
+    );
+    let (code, out) = lab.register("1001");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(registers_at(&lab.pbx[0], "1001"), 2, "{}", lab.logs());
+    let moves = lab.get("/api/v1/status")["moves"].clone();
+    let reasons: Vec<&str> = moves
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["reason"].as_str())
+        .collect();
+    assert!(reasons.iter().any(|r| r.contains("home down")), "{moves}");
+    assert!(reasons.iter().any(|r| r.contains("idle")), "{moves}");
+}
+
+#[test]
+fn a_phone_in_a_call_fails_back_only_after_hanging_up() {
+    let _g = serial();
+    let mut lab = Lab::start("edge-busy");
+    lab.pbx[0].stop();
+    assert!(wait_until(secs(5), || lab.pbx_up() == [false, true]));
+    // Both phones start on the Standby, the only PBX up.
+    let mut callee = lab.callee("2001", "call-b");
+    assert!(
+        wait_until(secs(10), || lab.phone("sip:2001@pbx.test")["serving"]
+            == "standby"
+            && lab.phone("sip:2001@pbx.test")["last_register_s_ago"]
+                .is_number()),
+        "{}",
+        lab.logs()
+    );
+    let sip = lab.sip;
+    let dir = lab.dir.0.clone();
+    let caller = std::thread::spawn(move || {
+        Command::new("sipp")
+            .args(["-sf", fixture("phone_call.xml").to_str().unwrap()])
+            .args(["-i", "127.0.0.1", "-p", &free_udp().to_string()])
+            .args([
+                "-m", "1", "-s", "1001", "-key", "callee", "2001", "-cid_str", "call-b",
+            ])
+            .args([
+                "-d",
+                "6000",
+                "-timeout",
+                "30s",
+                "-timeout_error",
+                "-nostdin",
+            ])
+            .arg(format!("127.0.0.1:{sip}"))
+            .current_dir(dir)
+            .output()
+            .unwrap()
+    });
+    assert!(
+        wait_until(secs(5), || lab.phone("sip:1001@pbx.test")["calls"] == 1),
+        "{}",
+        lab.logs()
+    );
+    // Home returns and is stable while the call goes on: the phones stay.
+    lab.pbx[0].restart();
+    assert!(wait_until(secs(5), || lab.pbx_up() == [true, true]));
+    std::thread::sleep(Duration::from_millis(2500));
+    let p = lab.phone("sip:1001@pbx.test");
+    assert_eq!(p["serving"], "standby", "a busy phone stays: {p}");
+    assert_eq!(p["home"], "main");
+    // Hang up: the call ends where it was, then the phones go home.
+    let out = caller.join().unwrap();
+    assert!(
+        out.status.success(),
+        "the call broke: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        lab.logs()
+    );
+    assert!(wait_until(secs(10), || !callee.alive()));
+    assert!(
+        wait_until(secs(3), || lab.phone("sip:1001@pbx.test")["serving"]
+            == "main"),
+        "{}",
+        lab.logs()
+    );
+    assert!(
+        !lab.pbx[0].log().contains("INVITE sip:2001"),
+        "the call must not have touched the Main"
+    );
+}
+
+#[test]
+fn malformed_and_oversized_input_is_dropped_and_counted() {
+    let _g = serial();
+    let mut lab = Lab::start("edge-garbage");
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = format!("127.0.0.1:{}", lab.sip);
+    let big = format!(
+        "INVITE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKx\r\nX-Pad: {}\r\n",
+        "a".repeat(60_000)
+    );
+    let garbage: Vec<Vec<u8>> = vec![
+        b"\x00\x01\x02\x03".to_vec(),
+        b"HELLO\r\n\r\n".to_vec(),
+        b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKq\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nFrom: <sip:a>;tag=1\r\nTo: <sip:b>\r\n\r\n".to_vec(),
+        big.into_bytes(),
+    ];
+    for g in &garbage {
+        sock.send_to(g, &to).unwrap();
+    }
+    assert!(
+        wait_until(secs(5), || {
+            let d = &lab.get("/api/v1/status")["dropped"];
+            d["malformed"].as_u64().unwrap_or(0) >= 3 && d["not_ours"].as_u64().unwrap_or(0) >= 1
+        }),
+        "{}",
+        lab.get("/api/v1/status")
+    );
+    // And it keeps serving.
+    assert!(lab.edge.alive(), "the edge died on bad input\n{}", lab.logs());
+    let (code, out) = lab.register("3001");
+    assert_eq!(code, 0, "{out}\n{}", lab.logs());
+    let metrics = get_text(&format!("http://127.0.0.1:{}/metrics", lab.api));
+    assert!(
+        metrics.contains("resilience_edge_dropped_total{reason=\"malformed\"} 3"),
+        "{metrics}"
+    );
+}
