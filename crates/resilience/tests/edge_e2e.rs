@@ -239,6 +239,10 @@ homeless_window = "5s"
     /// Start a callee that registers and answers one call, in the
     /// background; the caller must use the same Call-ID string.
     fn callee(&self, user: &str, cid: &str) -> Proc {
+        self.callee_with(user, cid, &[])
+    }
+
+    fn callee_with(&self, user: &str, cid: &str, extra: &[&str]) -> Proc {
         let child = Command::new("sipp")
             .args(["-sf", fixture("phone_answer.xml").to_str().unwrap()])
             .args(["-i", "127.0.0.1", "-p", &free_udp().to_string()])
@@ -254,6 +258,7 @@ homeless_window = "5s"
                 "-timeout_error",
             ])
             .args(["-nostdin", "-trace_err"])
+            .args(extra)
             .arg(format!("127.0.0.1:{}", self.sip))
             .current_dir(&self.dir.0)
             .stdout(Stdio::null())
@@ -319,6 +324,47 @@ fn phones_register_and_call_each_other_through_the_edge() {
         "{metrics}"
     );
     assert!(metrics.contains("resilience_edge_phones 2"), "{metrics}");
+}
+
+#[test]
+fn phones_over_tcp_register_and_call_through_the_edge() {
+    let _g = serial();
+    let lab = Lab::start("edge-tcp");
+    let mut callee = lab.callee_with("2001", "call-t", &["-t", "t1"]);
+    assert!(
+        wait_until(secs(10), || lab.phone("sip:2001@pbx.test")
+            ["last_register_s_ago"]
+            .is_number()),
+        "callee never registered over TCP\n{}",
+        lab.logs()
+    );
+    assert!(
+        lab.phone("sip:2001@pbx.test")["contact"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("tcp:"),
+        "{}",
+        lab.phone("sip:2001@pbx.test")
+    );
+    let (code, out) = lab.sipp(
+        "phone_call.xml",
+        free_udp(),
+        "1001",
+        &[
+            "-t", "t1", "-key", "callee", "2001", "-cid_str", "call-t", "-d", "300",
+        ],
+    );
+    assert_eq!(code, 0, "caller failed: {out}\n{}", lab.logs());
+    assert!(
+        wait_until(secs(10), || !callee.alive()),
+        "callee did not finish"
+    );
+    // The PBX side stayed UDP; the phones' side was TCP both ways.
+    assert!(
+        lab.pbx[0].log().contains("INVITE sip:2001@127.0.0.1"),
+        "{}",
+        lab.logs()
+    );
 }
 
 fn get_text(url: &str) -> String {
@@ -483,13 +529,39 @@ fn malformed_and_oversized_input_is_dropped_and_counted() {
         "{}",
         lab.get("/api/v1/status")
     );
+    // Over TCP: a head that never ends within the size limit closes the
+    // connection and is counted.
+    let mut tcp = std::net::TcpStream::connect(&to).unwrap();
+    use std::io::{Read, Write};
+    let _ = tcp.write_all(&vec![b'a'; 70_000]);
+    tcp.set_read_timeout(Some(secs(5))).unwrap();
+    let mut rest = Vec::new();
+    // Closed: an end of stream, or a reset if our bytes were still unread.
+    let closed = match tcp.read_to_end(&mut rest) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(closed, "the edge kept an unframeable stream open");
+    assert!(
+        wait_until(secs(5), || lab.get("/api/v1/status")["dropped"]
+            ["malformed"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 4),
+        "{}",
+        lab.get("/api/v1/status")
+    );
     // And it keeps serving.
-    assert!(lab.edge.alive(), "the edge died on bad input\n{}", lab.logs());
+    assert!(
+        lab.edge.alive(),
+        "the edge died on bad input\n{}",
+        lab.logs()
+    );
     let (code, out) = lab.register("3001");
     assert_eq!(code, 0, "{out}\n{}", lab.logs());
     let metrics = get_text(&format!("http://127.0.0.1:{}/metrics", lab.api));
     assert!(
-        metrics.contains("resilience_edge_dropped_total{reason=\"malformed\"} 3"),
+        metrics.contains("resilience_edge_dropped_total{reason=\"malformed\"} 4"),
         "{metrics}"
     );
 }

@@ -8,6 +8,7 @@
 //! copy of the phones table.
 
 pub mod probe;
+pub mod tcp;
 
 use anyhow::Context;
 use axum::extract::State;
@@ -18,7 +19,7 @@ use axum::Json;
 use metrics_exporter_prometheus::PrometheusHandle;
 use resilience_core::edge_config::EdgeConfig;
 use resilience_core::phones::{Phone, Router};
-use resilience_sip::{Dropped, Flow, Note, Relay};
+use resilience_sip::{Dropped, Flow, Note, Relay, Transport};
 use serde_json::json;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -82,6 +83,13 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     let sock = UdpSocket::bind(cfg.edge.sip_listen)
         .await
         .with_context(|| format!("SIP socket {}", cfg.edge.sip_listen))?;
+    let tcp_listener = tokio::net::TcpListener::bind(cfg.edge.sip_listen)
+        .await
+        .with_context(|| format!("SIP TCP socket {}", cfg.edge.sip_listen))?;
+    let conns = tcp::Conns::default();
+    let (tcp_tx, mut tcp_rx) = mpsc::channel::<(Flow, Vec<u8>)>(1024);
+    let (tcp_drop_tx, mut tcp_drop_rx) = mpsc::channel::<&'static str>(64);
+    tokio::spawn(tcp::serve(tcp_listener, conns.clone(), tcp_tx, tcp_drop_tx));
     let names: Arc<Vec<String>> = Arc::new(cfg.pbxs.iter().map(|p| p.name.clone()).collect());
     let pbx_addrs: Vec<SocketAddr> = cfg.pbxs.iter().map(|p| p.sip).collect();
     let mut secret = [0u8; 32];
@@ -123,7 +131,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         let _ = axum::serve(listener, app).await;
     });
     tracing::info!(
-        "edge {}: SIP on {} (UDP), API on http://{}, PBXs: {}",
+        "edge {}: SIP on {} (UDP and TCP), API on http://{}, PBXs: {}",
         cfg.edge.name,
         cfg.edge.sip_listen,
         cfg.edge.api_listen,
@@ -146,37 +154,19 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
             .unwrap_or_else(|| tokio::time::Instant::now() + std::time::Duration::from_secs(3600));
         tokio::select! {
             r = sock.recv_from(&mut buf) => {
-                let (len, from) = match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::debug!("recv: {e}");
-                        continue;
+                match r {
+                    Ok((len, from)) => {
+                        let msg = buf[..len].to_vec();
+                        dirty |= relay_one(&relay, &mut router, &mut flows, &pbx_addrs, &sock, &conns, &view, Flow::udp(from), &msg).await;
                     }
-                };
-                let now = Instant::now();
-                let from = Flow::udp(from);
-                let out = relay.handle(from, &buf[..len], |req| {
-                    router.route(now, &req.aor).and_then(|s| pbx_addrs.get(s).copied())
-                });
-                match out {
-                    Ok(send) => {
-                        for note in &send.notes {
-                            dirty |= apply_note(&mut router, &mut flows, &pbx_addrs, note, now);
-                        }
-                        if let Err(e) = sock.send_to(&send.bytes, send.to.addr).await {
-                            tracing::debug!("send to {}: {e}", send.to.addr);
-                        }
-                        let kind = if send.generated { "generated" } else { "relayed" };
-                        metrics::counter!("resilience_edge_messages_total", "kind" => kind).increment(1);
-                        view.lock().expect("view lock").relayed += 1;
-                    }
-                    Err(d) => {
-                        let label = reason_label(&d);
-                        metrics::counter!("resilience_edge_dropped_total", "reason" => label).increment(1);
-                        *view.lock().expect("view lock").dropped.entry(label).or_default() += 1;
-                        tracing::debug!("dropped a message from {}: {d}", from.addr);
-                    }
+                    Err(e) => tracing::debug!("recv: {e}"),
                 }
+            }
+            Some((from, msg)) = tcp_rx.recv() => {
+                dirty |= relay_one(&relay, &mut router, &mut flows, &pbx_addrs, &sock, &conns, &view, from, &msg).await;
+            }
+            Some(label) = tcp_drop_rx.recv() => {
+                count_drop(&view, label);
             }
             Some((i, up)) = health_rx.recv() => {
                 router.handle_health(Instant::now(), i, up);
@@ -211,12 +201,74 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
             let away = router.phones().filter(|p| p.is_guest()).count();
             metrics::gauge!("resilience_edge_phones").set(list.len() as f64);
             metrics::gauge!("resilience_edge_phones_away").set(away as f64);
+            metrics::gauge!("resilience_edge_tcp_connections").set(conns.count() as f64);
             view.lock().expect("view lock").phones = list;
             dirty = false;
         }
     }
     tracing::info!("edge stopping");
     Ok(())
+}
+
+fn count_drop(view: &Mutex<View>, label: &'static str) {
+    metrics::counter!("resilience_edge_dropped_total", "reason" => label).increment(1);
+    *view
+        .lock()
+        .expect("view lock")
+        .dropped
+        .entry(label)
+        .or_default() += 1;
+}
+
+/// Relay one message and feed what it tells to the router. Returns whether
+/// the phones table may have changed.
+#[allow(clippy::too_many_arguments)]
+async fn relay_one(
+    relay: &Relay,
+    router: &mut Router,
+    flows: &mut HashMap<Flow, String>,
+    pbx_addrs: &[SocketAddr],
+    sock: &UdpSocket,
+    conns: &tcp::Conns,
+    view: &Mutex<View>,
+    from: Flow,
+    msg: &[u8],
+) -> bool {
+    let now = Instant::now();
+    let out = relay.handle(from, msg, |req| {
+        router
+            .route(now, &req.aor)
+            .and_then(|s| pbx_addrs.get(s).copied())
+    });
+    match out {
+        Ok(send) => {
+            let mut dirty = false;
+            for note in &send.notes {
+                dirty |= apply_note(router, flows, pbx_addrs, note, now);
+            }
+            let sent = match send.to.transport {
+                Transport::Udp => sock.send_to(&send.bytes, send.to.addr).await.is_ok(),
+                Transport::Tcp => conns.send(send.to.addr, send.bytes),
+            };
+            if !sent {
+                count_drop(view, "unreachable");
+                tracing::debug!("could not send to {:?}", send.to);
+            }
+            let kind = if send.generated {
+                "generated"
+            } else {
+                "relayed"
+            };
+            metrics::counter!("resilience_edge_messages_total", "kind" => kind).increment(1);
+            view.lock().expect("view lock").relayed += 1;
+            dirty
+        }
+        Err(d) => {
+            count_drop(view, reason_label(&d));
+            tracing::debug!("dropped a message from {}: {d}", from.addr);
+            false
+        }
+    }
 }
 
 /// Feed what the relay saw to the router. Returns whether the phones
