@@ -233,7 +233,7 @@ homeless_window = "5s"
     }
 
     fn register(&self, user: &str) -> (i32, String) {
-        self.sipp("phone_register.xml", free_udp(), user, &[])
+        self.sipp("phone_register.xml", free_udp(), user, &["-trace_msg"])
     }
 
     /// Start a callee that registers and answers one call, in the
@@ -406,6 +406,19 @@ fn a_dead_pbx_moves_phones_after_the_delay_and_they_come_back_when_it_is_stable(
     let (code, out) = lab.register("1001");
     assert_eq!(code, 0, "{out}\n{}", lab.logs());
     assert_eq!(registers_at(&lab.pbx[1], "1001"), 1, "{}", lab.logs());
+    // The guest was told to come back within away_expires (120 s), not the
+    // 3600 s the Standby granted.
+    let traces: String = std::fs::read_dir(&lab.dir.0)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with("_messages.log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(traces.contains(";expires=120"), "{traces}");
+    assert!(
+        traces.contains(";expires=3600"),
+        "at home the grant is untouched: {traces}"
+    );
     // The Main comes back: not before it has been up for the stable time.
     lab.pbx[0].restart();
     assert!(wait_until(secs(5), || lab.pbx_up() == [true, true]));

@@ -506,6 +506,46 @@ fn uri_flow(uri: &str) -> Option<Flow> {
     })
 }
 
+/// A REGISTER response with every granted expiry capped at `max` seconds
+/// (the Contact `expires` parameters and the Expires header): a phone away
+/// from home re-registers sooner, and so comes home sooner. None when
+/// nothing was above `max`, or the bytes are not a message.
+pub fn cap_expires(bytes: &[u8], max: u32) -> Option<Vec<u8>> {
+    let msg = Message::parse(bytes).ok()?;
+    let mut e = Edit::new(&msg);
+    let mut changed = false;
+    for h in msg.all(Name::Contact) {
+        let mut values = Vec::new();
+        let mut this = false;
+        for v in split_values(h.value) {
+            let capped = NameAddr::parse(v)
+                .and_then(|n| n.params.get("expires").flatten())
+                .and_then(|x| x.parse::<u32>().ok())
+                .filter(|&x| x > max);
+            match capped {
+                Some(_) => {
+                    this = true;
+                    let mut s = strip_param(v, "expires");
+                    s.push_str(&format!(";expires={max}"));
+                    values.push(s);
+                }
+                None => values.push(v.to_owned()),
+            }
+        }
+        if this {
+            changed = true;
+            e.set_value(h, &values.join(", "));
+        }
+    }
+    if let Some(h) = msg.header(Name::Expires) {
+        if h.value.parse::<u32>().is_ok_and(|x| x > max) {
+            changed = true;
+            e.set_value(h, &max.to_string());
+        }
+    }
+    changed.then(|| e.finish())
+}
+
 /// The expiry a REGISTER response grants: the Contact's `expires`, else
 /// the Expires header.
 fn register_expires(msg: &Message<'_>) -> Option<u32> {

@@ -243,8 +243,25 @@ async fn relay_one(
     match out {
         Ok(send) => {
             let mut dirty = false;
+            let mut send = send;
             for note in &send.notes {
                 dirty |= apply_note(router, flows, pbx_addrs, note, now);
+            }
+            // A guest phone is told to re-register sooner (seed 003's
+            // short expiry, per phone).
+            if let Some(Note::Registered {
+                aor,
+                code: 200..=299,
+                expires: Some(granted),
+                ..
+            }) = send.notes.first()
+            {
+                let cap = router.expires_for(aor, *granted);
+                if cap < *granted {
+                    if let Some(b) = resilience_sip::proxy::cap_expires(&send.bytes, cap) {
+                        send.bytes = b;
+                    }
+                }
             }
             let sent = match send.to.transport {
                 Transport::Udp => sock.send_to(&send.bytes, send.to.addr).await.is_ok(),

@@ -219,3 +219,21 @@ fn garbage_is_dropped_with_a_reason() {
         Err(Dropped::BadVia)
     );
 }
+
+#[test]
+fn expiries_are_capped_for_a_phone_away_from_home() {
+    let ok = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.10:5070;branch=z9hG4bKr1\r\nFrom: <sip:1001@pbx>;tag=a\r\nTo: <sip:1001@pbx>;tag=k\r\nCall-ID: r\r\nCSeq: 1 REGISTER\r\nContact: <sip:1001@10.0.0.2:5070>;expires=3600, <sip:1001@10.0.0.3>;expires=60\r\nExpires: 3600\r\nContent-Length: 0\r\n\r\n";
+    let out = String::from_utf8(cap_expires(ok.as_bytes(), 120).unwrap()).unwrap();
+    assert!(
+        out.contains(
+            "Contact: <sip:1001@10.0.0.2:5070>;expires=120, <sip:1001@10.0.0.3>;expires=60\r\n"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("\r\nExpires: 120\r\n"), "{out}");
+    assert_eq!(
+        cap_expires(out.as_bytes(), 120),
+        None,
+        "nothing left to cap"
+    );
+}
