@@ -1,9 +1,54 @@
-//! `resilience check-config FILE`: validate a node configuration.
+//! `resilience check-config FILE`: validate a node's or an edge's
+//! configuration (an edge's file is the one with an `[edge]` table).
 
 use resilience_core::config::NodeConfig;
+use resilience_core::edge_config::EdgeConfig;
 use resilience_core::ClusterKey;
 use std::path::Path;
 use std::process::ExitCode;
+
+/// Whether the file has a top-level `[edge]` table.
+fn is_edge(text: &str) -> bool {
+    text.parse::<toml::Table>()
+        .map(|t| t.contains_key("edge"))
+        .unwrap_or(false)
+}
+
+fn edge(shown: &str, text: &str) -> ExitCode {
+    match EdgeConfig::parse(shown, text) {
+        Ok(c) => {
+            println!("{shown}: OK");
+            println!(
+                "  edge {} on {} (SIP) and {} (API)",
+                c.edge.name, c.edge.sip_listen, c.edge.api_listen
+            );
+            for p in &c.pbxs {
+                println!(
+                    "  pbx {} at {}{}",
+                    p.name,
+                    p.sip,
+                    p.ha_url
+                        .as_deref()
+                        .map(|u| format!(", up only while {u} says active"))
+                        .unwrap_or_default()
+                );
+            }
+            println!(
+                "  probes every {:?} (down after {}, up after {}); phones fail over after {:?}, back after {:?} stable",
+                c.health.interval,
+                c.health.down_after,
+                c.health.up_after,
+                c.phones.failover_after,
+                c.phones.failback_stable
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 pub fn run(file: &Path) -> ExitCode {
     let shown = file.display().to_string();
@@ -14,6 +59,9 @@ pub fn run(file: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if is_edge(&text) {
+        return edge(&shown, &text);
+    }
     let cfg = match NodeConfig::parse(&shown, &text) {
         Ok(c) => c,
         Err(e) => {

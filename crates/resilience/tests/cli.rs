@@ -14,7 +14,7 @@ fn example(name: &str) -> String {
 
 #[test]
 fn examples_pass_check_config() {
-    for f in ["main.toml", "standby.toml"] {
+    for f in ["main.toml", "standby.toml", "edge.toml"] {
         let (code, out, err) = cli(&["check-config", &example(f)]);
         assert_eq!(code, 0, "{f}: {out}{err}");
         assert!(out.contains("OK"), "{out}");
