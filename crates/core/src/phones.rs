@@ -98,6 +98,10 @@ pub struct Router {
     /// Which phones are in which call (Call-ID).
     calls: HashMap<String, Vec<String>>,
     moves: Vec<Move>,
+    /// The earliest deadline of any phone: kept as events come in, so
+    /// neither a request nor `poll_timeout` walks the whole table (a storm
+    /// of 10,000 REGISTERs would otherwise cost 10,000 × 10,000 checks).
+    next: Option<Instant>,
 }
 
 impl Router {
@@ -122,6 +126,7 @@ impl Router {
             phones: HashMap::new(),
             calls: HashMap::new(),
             moves: Vec::new(),
+            next: None,
         }
     }
 
@@ -203,6 +208,7 @@ impl Router {
                     hold_until: None,
                 },
             );
+            self.remember_deadline(aor);
         }
         self.phones.get_mut(aor).expect("inserted above")
     }
@@ -210,7 +216,6 @@ impl Router {
     /// Where a new request (REGISTER, INVITE, …) from the phone goes: its
     /// serving system, or None when no PBX can take it.
     pub fn route(&mut self, now: Instant, aor: &str) -> Option<System> {
-        self.handle_timeout(now);
         let p = self.phone(now, aor);
         let s = p.serving;
         let other = if s == p.home { p.backup } else { p.home };
@@ -233,6 +238,7 @@ impl Router {
         if to == p.home && p.homeless_until.is_some_and(|u| now < u) && p.pending_register.is_none()
         {
             p.pending_register = Some(now);
+            self.remember_deadline(aor);
         }
     }
 
@@ -278,8 +284,8 @@ impl Router {
             if let Some(p) = self.phones.get_mut(&aor) {
                 p.calls = p.calls.saturating_sub(1);
             }
+            self.check(now, &aor);
         }
-        self.handle_timeout(now);
     }
 
     fn move_phone(&mut self, now: Instant, aor: &str, to: System, reason: String) {
@@ -304,92 +310,113 @@ impl Router {
             to,
             reason,
         });
+        self.remember_deadline(aor);
     }
 
-    /// Apply the rules at `now`: failovers whose delay is over, failbacks
-    /// whose stable time is over and whose phone is idle, REGISTERs home
-    /// left unanswered.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        let policy = self.policy.clone();
-        let mut todo: Vec<(String, System, String)> = Vec::new();
-        for p in self.phones.values() {
-            if p.serving == p.home {
-                if let Some(sent) = p.pending_register {
-                    if now.saturating_duration_since(sent) >= policy.register_timeout
-                        && p.homeless_until.is_some()
-                    {
-                        todo.push((
-                            p.aor.clone(),
-                            p.backup,
-                            format!(
-                                "home did not answer its REGISTER within {:?} during the homeless-prevention window",
-                                policy.register_timeout
-                            ),
-                        ));
-                        continue;
-                    }
-                }
-                if p.backup != p.home
-                    && self.is_up(p.backup)
-                    && self
-                        .down_for(p.home, now)
-                        .is_some_and(|d| d >= policy.failover_after)
+    /// What the rules say of one phone at `now`: where it must go, and why.
+    fn due(&self, p: &Phone, now: Instant) -> Option<(System, String)> {
+        let policy = &self.policy;
+        if p.serving == p.home {
+            if let Some(sent) = p.pending_register {
+                if now.saturating_duration_since(sent) >= policy.register_timeout
+                    && p.homeless_until.is_some()
                 {
-                    todo.push((
-                        p.aor.clone(),
+                    return Some((
                         p.backup,
                         format!(
-                            "home down for {:?} (failover after {:?})",
-                            self.down_for(p.home, now).unwrap_or_default(),
-                            policy.failover_after
+                            "home did not answer its REGISTER within {:?} during the homeless-prevention window",
+                            policy.register_timeout
                         ),
                     ));
                 }
-            } else if let Some(up) = self.up_for(p.home, now) {
-                if up >= policy.failback_stable
-                    && p.calls == 0
-                    && p.hold_until.is_none_or(|h| now >= h)
-                {
-                    todo.push((
-                        p.aor.clone(),
+            }
+            let down = self.down_for(p.home, now)?;
+            (p.backup != p.home && self.is_up(p.backup) && down >= policy.failover_after).then(
+                || {
+                    (
+                        p.backup,
+                        format!(
+                            "home down for {down:?} (failover after {:?})",
+                            policy.failover_after
+                        ),
+                    )
+                },
+            )
+        } else {
+            let up = self.up_for(p.home, now)?;
+            (up >= policy.failback_stable && p.calls == 0 && p.hold_until.is_none_or(|h| now >= h))
+                .then(|| {
+                    (
                         p.home,
                         format!(
                             "home up for {up:?} (stable after {:?}) and the phone is idle",
                             policy.failback_stable
                         ),
-                    ));
+                    )
+                })
+        }
+    }
+
+    /// When the rules may next move this phone. (A down backup, or a busy
+    /// phone, waits for a health change or a hang-up, which re-run them.)
+    fn deadline_of(&self, p: &Phone) -> Option<Instant> {
+        let mut at: Option<Instant> = None;
+        let mut consider = |t: Instant| at = Some(at.map_or(t, |a: Instant| a.min(t)));
+        if p.serving == p.home {
+            if let Some(sent) = p.pending_register {
+                consider(sent + self.policy.register_timeout);
+            }
+            if let Some(h) = self.health.get(p.home).filter(|h| !h.up) {
+                if self.is_up(p.backup) && p.backup != p.home {
+                    consider(h.since + self.policy.failover_after);
                 }
             }
+        } else if let Some(h) = self.health.get(p.home).filter(|h| h.up) {
+            if p.calls == 0 {
+                let t = h.since + self.policy.failback_stable;
+                consider(p.hold_until.map_or(t, |hold| hold.max(t)));
+            }
         }
+        at
+    }
+
+    fn remember_deadline(&mut self, aor: &str) {
+        if let Some(t) = self.phones.get(aor).and_then(|p| self.deadline_of(p)) {
+            self.next = Some(self.next.map_or(t, |n| n.min(t)));
+        }
+    }
+
+    /// Apply the rules to one phone now.
+    fn check(&mut self, now: Instant, aor: &str) {
+        let due = self.phones.get(aor).and_then(|p| self.due(p, now));
+        match due {
+            Some((to, why)) => self.move_phone(now, aor, to, why),
+            None => self.remember_deadline(aor),
+        }
+    }
+
+    /// Apply the rules at `now` to every phone: failovers whose delay is
+    /// over, failbacks whose stable time is over and whose phone is idle,
+    /// REGISTERs home left unanswered.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let todo: Vec<(String, System, String)> = self
+            .phones
+            .values()
+            .filter_map(|p| self.due(p, now).map(|(to, why)| (p.aor.clone(), to, why)))
+            .collect();
         for (aor, to, why) in todo {
             self.move_phone(now, &aor, to, why);
         }
+        self.next = self
+            .phones
+            .values()
+            .filter_map(|p| self.deadline_of(p))
+            .min();
     }
 
     /// When the rules next need [`Router::handle_timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut at: Option<Instant> = None;
-        let mut consider = |t: Instant| at = Some(at.map_or(t, |a| a.min(t)));
-        for p in self.phones.values() {
-            if p.serving == p.home {
-                if let Some(sent) = p.pending_register {
-                    consider(sent + self.policy.register_timeout);
-                }
-                // (A down backup, or a busy phone, waits for a health
-                // change or a hang-up, which re-run the rules anyway.)
-                if let Some(h) = self.health.get(p.home).filter(|h| !h.up) {
-                    if self.is_up(p.backup) && p.backup != p.home {
-                        consider(h.since + self.policy.failover_after);
-                    }
-                }
-            } else if let Some(h) = self.health.get(p.home).filter(|h| h.up) {
-                if p.calls == 0 {
-                    let at = h.since + self.policy.failback_stable;
-                    consider(p.hold_until.map_or(at, |hold| hold.max(at)));
-                }
-            }
-        }
-        at
+        self.next
     }
 
     /// Moves since the last call, oldest first.

@@ -38,7 +38,6 @@ pub fn load_config(path: &Path) -> anyhow::Result<EdgeConfig> {
 /// What the API shows: a copy refreshed by the relay task.
 #[derive(Default)]
 struct View {
-    phones: Vec<serde_json::Value>,
     pbx_up: Vec<bool>,
     moves: VecDeque<serde_json::Value>,
     relayed: u64,
@@ -48,6 +47,8 @@ struct View {
 #[derive(Clone)]
 struct ApiState {
     view: Arc<Mutex<View>>,
+    router: Arc<Mutex<Router>>,
+    conns: tcp::Conns,
     names: Arc<Vec<String>>,
     metrics: PrometheusHandle,
 }
@@ -96,7 +97,14 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("random: {e}"))?;
     let relay = Relay::new(cfg.edge.sip_listen, pbx_addrs.clone(), secret);
     let start = Instant::now();
-    let mut router = Router::new(cfg.phones.policy(), cfg.pbxs.len(), cfg.home_rules(), start);
+    // Shared with the API, which reads the phones table on request; the
+    // relay task holds the lock only while deciding, never across a send.
+    let router = Arc::new(Mutex::new(Router::new(
+        cfg.phones.policy(),
+        cfg.pbxs.len(),
+        cfg.home_rules(),
+        start,
+    )));
 
     let (health_tx, mut health_rx) = mpsc::channel(16);
     for (i, p) in cfg.pbxs.iter().enumerate() {
@@ -115,6 +123,8 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     }));
     let api = ApiState {
         view: view.clone(),
+        router: router.clone(),
+        conns: conns.clone(),
         names: names.clone(),
         metrics,
     };
@@ -146,9 +156,10 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     let mut flows: HashMap<Flow, String> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut dirty = true;
     loop {
         let deadline = router
+            .lock()
+            .expect("router lock")
             .poll_timeout()
             .map(tokio::time::Instant::from_std)
             .unwrap_or_else(|| tokio::time::Instant::now() + std::time::Duration::from_secs(3600));
@@ -157,31 +168,30 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
                 match r {
                     Ok((len, from)) => {
                         let msg = buf[..len].to_vec();
-                        dirty |= relay_one(&relay, &mut router, &mut flows, &pbx_addrs, &sock, &conns, &view, Flow::udp(from), &msg).await;
+                        relay_one(&relay, &router, &mut flows, &pbx_addrs, &sock, &conns, &view, Flow::udp(from), &msg).await;
                     }
                     Err(e) => tracing::debug!("recv: {e}"),
                 }
             }
             Some((from, msg)) = tcp_rx.recv() => {
-                dirty |= relay_one(&relay, &mut router, &mut flows, &pbx_addrs, &sock, &conns, &view, from, &msg).await;
+                relay_one(&relay, &router, &mut flows, &pbx_addrs, &sock, &conns, &view, from, &msg).await;
             }
             Some(label) = tcp_drop_rx.recv() => {
                 count_drop(&view, label);
             }
             Some((i, up)) = health_rx.recv() => {
-                router.handle_health(Instant::now(), i, up);
+                router.lock().expect("router lock").handle_health(Instant::now(), i, up);
                 metrics::gauge!("resilience_edge_pbx_up", "pbx" => names[i].clone()).set(if up { 1.0 } else { 0.0 });
                 view.lock().expect("view lock").pbx_up[i] = up;
-                dirty = true;
             }
             _ = tokio::time::sleep_until(deadline) => {
-                router.handle_timeout(Instant::now());
-                dirty = true;
+                router.lock().expect("router lock").handle_timeout(Instant::now());
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
         }
-        for m in router.poll_moves() {
+        let moves = router.lock().expect("router lock").poll_moves();
+        for m in moves {
             let (from, to) = (&names[m.from], &names[m.to]);
             tracing::info!("phone {} moves from {from} to {to}: {}", m.aor, m.reason);
             let mut v = view.lock().expect("view lock");
@@ -190,20 +200,6 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
                 "aor": m.aor, "from": from, "to": to, "reason": m.reason,
             }));
             v.moves.truncate(200);
-            dirty = true;
-        }
-        if dirty {
-            let now = Instant::now();
-            let list: Vec<_> = router
-                .phones()
-                .map(|p| phone_json(p, &names, now))
-                .collect();
-            let away = router.phones().filter(|p| p.is_guest()).count();
-            metrics::gauge!("resilience_edge_phones").set(list.len() as f64);
-            metrics::gauge!("resilience_edge_phones_away").set(away as f64);
-            metrics::gauge!("resilience_edge_tcp_connections").set(conns.count() as f64);
-            view.lock().expect("view lock").phones = list;
-            dirty = false;
         }
     }
     tracing::info!("edge stopping");
@@ -220,12 +216,11 @@ fn count_drop(view: &Mutex<View>, label: &'static str) {
         .or_default() += 1;
 }
 
-/// Relay one message and feed what it tells to the router. Returns whether
-/// the phones table may have changed.
+/// Relay one message and feed what it tells to the router.
 #[allow(clippy::too_many_arguments)]
 async fn relay_one(
     relay: &Relay,
-    router: &mut Router,
+    router: &Mutex<Router>,
     flows: &mut HashMap<Flow, String>,
     pbx_addrs: &[SocketAddr],
     sock: &UdpSocket,
@@ -233,19 +228,18 @@ async fn relay_one(
     view: &Mutex<View>,
     from: Flow,
     msg: &[u8],
-) -> bool {
+) {
     let now = Instant::now();
-    let out = relay.handle(from, msg, |req| {
-        router
-            .route(now, &req.aor)
-            .and_then(|s| pbx_addrs.get(s).copied())
-    });
-    match out {
-        Ok(send) => {
-            let mut dirty = false;
-            let mut send = send;
+    let decided = {
+        let mut router = router.lock().expect("router lock");
+        let out = relay.handle(from, msg, |req| {
+            router
+                .route(now, &req.aor)
+                .and_then(|s| pbx_addrs.get(s).copied())
+        });
+        out.map(|mut send| {
             for note in &send.notes {
-                dirty |= apply_note(router, flows, pbx_addrs, note, now);
+                apply_note(&mut router, flows, pbx_addrs, note, now);
             }
             // A guest phone is told to re-register sooner (seed 003's
             // short expiry, per phone).
@@ -263,6 +257,11 @@ async fn relay_one(
                     }
                 }
             }
+            send
+        })
+    };
+    match decided {
+        Ok(send) => {
             let sent = match send.to.transport {
                 Transport::Udp => sock.send_to(&send.bytes, send.to.addr).await.is_ok(),
                 Transport::Tcp => conns.send(send.to.addr, send.bytes),
@@ -278,25 +277,22 @@ async fn relay_one(
             };
             metrics::counter!("resilience_edge_messages_total", "kind" => kind).increment(1);
             view.lock().expect("view lock").relayed += 1;
-            dirty
         }
         Err(d) => {
             count_drop(view, reason_label(&d));
             tracing::debug!("dropped a message from {}: {d}", from.addr);
-            false
         }
     }
 }
 
-/// Feed what the relay saw to the router. Returns whether the phones
-/// table changed.
+/// Feed what the relay saw to the router.
 fn apply_note(
     router: &mut Router,
     flows: &mut HashMap<Flow, String>,
     pbxs: &[SocketAddr],
     note: &Note,
     now: Instant,
-) -> bool {
+) {
     match note {
         Note::Register { aor, from, to, .. } => {
             flows.insert(*from, aor.clone());
@@ -308,28 +304,28 @@ fn apply_note(
                 );
                 router.handle_register_sent(now, aor, &contact, s);
             }
-            true
         }
-        Note::Registered { aor, code, .. } => {
-            router.handle_register_answer(now, aor, *code);
-            true
-        }
-        Note::Invite { call_id, phone } => match flows.get(phone) {
-            Some(aor) => {
+        Note::Registered { aor, code, .. } => router.handle_register_answer(now, aor, *code),
+        Note::Invite { call_id, phone } => {
+            if let Some(aor) = flows.get(phone) {
                 router.handle_call(now, call_id, aor);
-                true
             }
-            None => false,
-        },
-        Note::DialogDown { call_id } => {
-            router.handle_call_end(now, call_id);
-            true
         }
-        Note::DialogUp { .. } => false,
+        Note::DialogDown { call_id } => router.handle_call_end(now, call_id),
+        Note::DialogUp { .. } => {}
     }
 }
 
 async fn metrics_text(State(s): State<ApiState>) -> impl IntoResponse {
+    {
+        let r = s.router.lock().expect("router lock");
+        let (all, away) = r.phones().fold((0usize, 0usize), |(a, g), p| {
+            (a + 1, g + p.is_guest() as usize)
+        });
+        metrics::gauge!("resilience_edge_phones").set(all as f64);
+        metrics::gauge!("resilience_edge_phones_away").set(away as f64);
+    }
+    metrics::gauge!("resilience_edge_tcp_connections").set(s.conns.count() as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),
@@ -337,8 +333,10 @@ async fn metrics_text(State(s): State<ApiState>) -> impl IntoResponse {
 }
 
 async fn phones(State(s): State<ApiState>) -> Json<serde_json::Value> {
-    let v = s.view.lock().expect("view lock");
-    Json(json!({ "phones": v.phones }))
+    let now = Instant::now();
+    let r = s.router.lock().expect("router lock");
+    let list: Vec<_> = r.phones().map(|p| phone_json(p, &s.names, now)).collect();
+    Json(json!({ "phones": list }))
 }
 
 async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
@@ -353,7 +351,7 @@ async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
         "pbxs": pbxs,
         "relayed": v.relayed,
         "dropped": v.dropped,
-        "phones": v.phones.len(),
+        "phones": s.router.lock().expect("router lock").phones().count(),
         "moves": v.moves,
     }))
 }
