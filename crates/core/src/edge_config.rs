@@ -35,6 +35,10 @@ pub struct EdgeSection {
     pub sip_listen: SocketAddr,
     /// `/healthz`, `/metrics`, `/api/v1/phones`.
     pub api_listen: SocketAddr,
+    /// HTTP and WebSocket for the web applications (CC, UC apps), proxied
+    /// to the web server of the first PBX that is up (with `ha_url`: the
+    /// Active node's).
+    pub http_listen: Option<SocketAddr>,
 }
 
 fn default_name() -> String {
@@ -50,6 +54,8 @@ pub struct PbxTarget {
     /// The node's `GET /api/v1/ha`: when set, the PBX counts as up only
     /// while its node says it is Active.
     pub ha_url: Option<String>,
+    /// The node's web server, for `http_listen`.
+    pub web: Option<SocketAddr>,
 }
 
 /// Kamailio dispatcher's model: OPTIONS every `interval`; down after
@@ -188,6 +194,12 @@ impl EdgeConfig {
                     );
                 }
             }
+        }
+        if self.edge.http_listen.is_some() && self.pbxs.iter().all(|p| p.web.is_none()) {
+            return bad(
+                "edge.http_listen",
+                "no [[pbx]] has a `web` address to proxy to",
+            );
         }
         if self.health.interval.is_zero() || self.health.timeout.is_zero() {
             return bad("health.interval", "expected durations above zero");

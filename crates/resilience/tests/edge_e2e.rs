@@ -122,16 +122,47 @@ struct Lab {
     edge: Proc,
     sip: u16,
     api: u16,
+    /// The web proxy's port and the two nodes' web stubs, when asked for.
+    http: Option<(u16, [Proc; 2])>,
 }
 
 impl Lab {
     fn start(name: &str) -> Lab {
+        Lab::start_with(name, false)
+    }
+
+    fn start_with(name: &str, web: bool) -> Lab {
         let dir = TestDir::new(name);
         let pbx = [
             Kamailio::start(&dir, "pbx-main", free_udp()),
             Kamailio::start(&dir, "pbx-standby", free_udp()),
         ];
         let (sip, api) = (free_udp(), free_tcp());
+        let (http_port, webs) = (free_tcp(), [free_tcp(), free_tcp()]);
+        let http = web.then(|| {
+            let stub = |name: &str, port: u16| {
+                let child = Command::new("python3")
+                    .arg(fixture("../web_stub.py"))
+                    .args([name, &port.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                Proc::from_child(name, child)
+            };
+            (http_port, [stub("main", webs[0]), stub("standby", webs[1])])
+        });
+        let (http_line, web_lines) = if web {
+            (
+                format!("http_listen = \"127.0.0.1:{http_port}\"\n"),
+                [
+                    format!("web = \"127.0.0.1:{}\"\n", webs[0]),
+                    format!("web = \"127.0.0.1:{}\"\n", webs[1]),
+                ],
+            )
+        } else {
+            (String::new(), [String::new(), String::new()])
+        };
         let cfg = dir.path("edge.toml");
         std::fs::write(
             &cfg,
@@ -139,15 +170,15 @@ impl Lab {
                 r#"[edge]
 sip_listen = "127.0.0.1:{sip}"
 api_listen = "127.0.0.1:{api}"
-
+{http_line}
 [[pbx]]
 name = "main"
 sip = "127.0.0.1:{}"
-
+{}
 [[pbx]]
 name = "standby"
 sip = "127.0.0.1:{}"
-
+{}
 [health]
 interval = "200ms"
 timeout = "200ms"
@@ -159,7 +190,7 @@ failover_after = "1s"
 failback_stable = "2s"
 homeless_window = "5s"
 "#,
-                pbx[0].port, pbx[1].port
+                pbx[0].port, web_lines[0], pbx[1].port, web_lines[1]
             ),
         )
         .unwrap();
@@ -175,6 +206,7 @@ homeless_window = "5s"
             edge,
             sip,
             api,
+            http,
         };
         assert!(
             wait_until(secs(10), || lab.pbx_up() == [true, true]),
@@ -576,5 +608,74 @@ fn malformed_and_oversized_input_is_dropped_and_counted() {
     assert!(
         metrics.contains("resilience_edge_dropped_total{reason=\"malformed\"} 4"),
         "{metrics}"
+    );
+}
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    match agent()
+        .get(&format!("http://127.0.0.1:{port}{path}"))
+        .call()
+    {
+        Ok(mut r) => (
+            r.status().as_u16(),
+            r.body_mut().read_to_string().unwrap_or_default(),
+        ),
+        Err(ureq::Error::StatusCode(c)) => (c, String::new()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+#[test]
+fn web_applications_reach_the_live_node_at_the_same_address() {
+    use std::io::{Read, Write};
+    let _g = serial();
+    let mut lab = Lab::start_with("edge-web", true);
+    let port = lab.http.as_ref().unwrap().0;
+    assert!(
+        wait_until(secs(5), || http_get(port, "/cc/agents")
+            == (200, "main".into())),
+        "{:?}\n{}",
+        http_get(port, "/"),
+        lab.logs()
+    );
+    // A WebSocket through the edge, to the Main's web server.
+    let mut ws = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    ws.set_read_timeout(Some(secs(5))).unwrap();
+    ws.write_all(b"GET /ws HTTP/1.1\r\nHost: pbx\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            ws.read(&mut byte).unwrap(),
+            1,
+            "closed during the handshake"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    ws.write_all(b"hello").unwrap();
+    let mut got = [0u8; 10];
+    ws.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"main:hello");
+    // The Main's PBX goes down: the next request, same address, reaches
+    // the Standby.
+    lab.pbx[0].stop();
+    assert!(
+        wait_until(secs(5), || http_get(port, "/cc/agents")
+            == (200, "standby".into())),
+        "{}",
+        lab.logs()
+    );
+    // The open WebSocket stays where it was opened.
+    ws.write_all(b"again").unwrap();
+    ws.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"main:again");
+    // No node up: a clear 503, not a hang.
+    lab.pbx[1].stop();
+    assert!(
+        wait_until(secs(5), || http_get(port, "/").0 == 503),
+        "{:?}",
+        http_get(port, "/")
     );
 }

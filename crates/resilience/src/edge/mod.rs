@@ -7,6 +7,7 @@
 //! what they decide. Probes run beside it ([`probe`]); the HTTP API reads a
 //! copy of the phones table.
 
+pub mod http;
 pub mod probe;
 pub mod tcp;
 
@@ -140,6 +141,20 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
+    let web_up = Arc::new(Mutex::new(vec![false; cfg.pbxs.len()]));
+    if let Some(addr) = cfg.edge.http_listen {
+        let proxy = http::Proxy::new(cfg.pbxs.iter().map(|p| p.web).collect(), web_up.clone());
+        let app = axum::Router::new()
+            .fallback(http::forward)
+            .with_state(proxy);
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("web proxy socket {addr}"))?;
+        tracing::info!("edge: web applications on http://{addr}");
+        tokio::spawn(async move {
+            let _ = axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>()).await;
+        });
+    }
     tracing::info!(
         "edge {}: SIP on {} (UDP and TCP), API on http://{}, PBXs: {}",
         cfg.edge.name,
@@ -183,6 +198,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
                 router.lock().expect("router lock").handle_health(Instant::now(), i, up);
                 metrics::gauge!("resilience_edge_pbx_up", "pbx" => names[i].clone()).set(if up { 1.0 } else { 0.0 });
                 view.lock().expect("view lock").pbx_up[i] = up;
+                web_up.lock().expect("web lock")[i] = up;
             }
             _ = tokio::time::sleep_until(deadline) => {
                 router.lock().expect("router lock").handle_timeout(Instant::now());
