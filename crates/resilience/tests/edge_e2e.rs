@@ -144,6 +144,7 @@ impl Lab {
                 let child = Command::new("python3")
                     .arg(fixture("../web_stub.py"))
                     .args([name, &port.to_string()])
+                    .current_dir(&dir.0)
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .spawn()
@@ -155,10 +156,12 @@ impl Lab {
         let (http_line, web_lines) = if web {
             (
                 format!("http_listen = \"127.0.0.1:{http_port}\"\n"),
-                [
-                    format!("web = \"127.0.0.1:{}\"\n", webs[0]),
-                    format!("web = \"127.0.0.1:{}\"\n", webs[1]),
-                ],
+                [0, 1].map(|i| {
+                    format!(
+                        "web = \"127.0.0.1:{0}\"\nha_url = \"http://127.0.0.1:{0}/api/v1/ha\"\n",
+                        webs[i]
+                    )
+                }),
             )
         } else {
             (String::new(), [String::new(), String::new()])
@@ -658,6 +661,18 @@ fn web_applications_reach_the_live_node_at_the_same_address() {
     let mut got = [0u8; 10];
     ws.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"main:hello");
+    // The Main's node says it is no longer Active (its PBX still answers
+    // OPTIONS): the edge follows the node, not just the SIP probe.
+    std::fs::write(lab.dir.path("main.inactive"), "").unwrap();
+    assert!(
+        wait_until(secs(5), || lab.pbx_up() == [false, true]),
+        "{}",
+        lab.logs()
+    );
+    assert_eq!(http_get(port, "/cc/agents"), (200, "standby".into()));
+    std::fs::remove_file(lab.dir.path("main.inactive")).unwrap();
+    assert!(wait_until(secs(5), || http_get(port, "/cc/agents")
+        == (200, "main".into())));
     // The Main's PBX goes down: the next request, same address, reaches
     // the Standby.
     lab.pbx[0].stop();
