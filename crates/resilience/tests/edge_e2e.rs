@@ -65,6 +65,10 @@ impl Kamailio {
     }
 
     fn restart(&mut self) {
+        self.restart_with(&[]);
+    }
+
+    fn restart_with(&mut self, defines: &[&str]) {
         self.stop();
         let out = std::fs::OpenOptions::new()
             .append(true)
@@ -81,6 +85,7 @@ impl Kamailio {
                     "-w",
                     self.rundir.to_str().unwrap(),
                 ])
+                .args(defines.iter().flat_map(|d| ["-A", d]))
                 .stdin(Stdio::null())
                 .stdout(out.try_clone().unwrap())
                 .stderr(out)
@@ -192,6 +197,7 @@ up_after = 1
 failover_after = "1s"
 failback_stable = "2s"
 homeless_window = "5s"
+register_timeout = "1s"
 "#,
                 pbx[0].port, web_lines[0], pbx[1].port, web_lines[1]
             ),
@@ -693,4 +699,41 @@ fn web_applications_reach_the_live_node_at_the_same_address() {
         "{:?}",
         http_get(port, "/")
     );
+}
+
+#[test]
+fn a_register_home_leaves_unanswered_in_the_homeless_window_goes_to_the_backup() {
+    let _g = serial();
+    let mut lab = Lab::start("edge-homeless");
+    lab.pbx[0].stop();
+    assert!(wait_until(secs(5), || lab.pbx_up() == [false, true]));
+    let (code, out) = lab.register("1001");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(lab.phone("sip:1001@pbx.test")["serving"], "standby");
+    // Home comes back answering probes but not phones; once stable the
+    // idle phone is sent home...
+    lab.pbx[0].restart_with(&["DROP_REGISTER"]);
+    assert!(
+        wait_until(secs(8), || lab.phone("sip:1001@pbx.test")["serving"]
+            == "main"),
+        "{}",
+        lab.logs()
+    );
+    // ... its REGISTER there goes unanswered, and a retransmission after
+    // register_timeout lands on the Standby: the phone is never homeless.
+    let (code, out) = lab.register("1001");
+    assert_eq!(
+        code,
+        0,
+        "the phone was left without a registrar: {out}\n{}",
+        lab.logs()
+    );
+    assert!(lab.pbx[0]
+        .log()
+        .contains("dropping REGISTER sip:1001@pbx.test"));
+    assert_eq!(registers_at(&lab.pbx[1], "1001"), 2, "{}", lab.logs());
+    let p = lab.phone("sip:1001@pbx.test");
+    assert_eq!(p["serving"], "standby", "{p}");
+    let moves = lab.get("/api/v1/status")["moves"].to_string();
+    assert!(moves.contains("did not answer its REGISTER"), "{moves}");
 }
