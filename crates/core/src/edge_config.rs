@@ -149,6 +149,7 @@ impl PhonesSection {
             homeless_window: self.homeless_window,
             register_timeout: self.register_timeout,
             away_expires: (self.away_expires > 0).then_some(self.away_expires),
+            ..Policy::default()
         }
     }
 }
@@ -170,6 +171,12 @@ impl EdgeConfig {
 
     fn validate(&self) -> Result<(), (String, String)> {
         let bad = |k: &str, m: &str| Err((k.to_owned(), m.to_owned()));
+        if self.edge.sip_listen.ip().is_unspecified() {
+            return bad(
+                "edge.sip_listen",
+                "expected a specific address: it goes into Via, Record-Route and Path, where the PBXs must reach it",
+            );
+        }
         if self.pbxs.is_empty() {
             return bad(
                 "pbx",

@@ -28,6 +28,13 @@ pub struct Policy {
     pub homeless_window: Duration,
     pub register_timeout: Duration,
     pub away_expires: Option<u32>,
+    /// A call never answered (its final response lost, the PBX died under
+    /// it) stops counting after this: RFC 3261's Timer C.
+    pub call_unanswered: Duration,
+    /// An answered call whose BYE the edge never saw stops counting after
+    /// this; a real longer call is not cut (its requests follow its route),
+    /// only its phone may fail back.
+    pub call_max: Duration,
 }
 
 impl Default for Policy {
@@ -40,6 +47,8 @@ impl Default for Policy {
             homeless_window: Duration::from_secs(300),
             register_timeout: Duration::from_secs(4),
             away_expires: Some(120),
+            call_unanswered: Duration::from_secs(180),
+            call_max: Duration::from_secs(4 * 3600),
         }
     }
 }
@@ -79,6 +88,12 @@ impl Phone {
     }
 }
 
+#[derive(Debug, Clone)]
+struct Call {
+    phones: Vec<String>,
+    until: Instant,
+}
+
 /// A change worth a log line and a row in the event history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Move {
@@ -95,8 +110,8 @@ pub struct Router {
     /// Home of a phone by exact AOR or by user-part prefix; else system 0.
     homes: Vec<(String, System)>,
     phones: HashMap<String, Phone>,
-    /// Which phones are in which call (Call-ID).
-    calls: HashMap<String, Vec<String>>,
+    /// Which phones are in which call (Call-ID), and until when it counts.
+    calls: HashMap<String, Call>,
     moves: Vec<Move>,
     /// The earliest deadline of any phone: kept as events come in, so
     /// neither a request nor `poll_timeout` walks the whole table (a storm
@@ -268,19 +283,41 @@ impl Router {
         }
     }
 
-    /// A call began (INVITE relayed) for these phones.
+    /// A call began (INVITE relayed) for this phone.
     pub fn handle_call(&mut self, now: Instant, call_id: &str, aor: &str) {
-        let ids = self.calls.entry(call_id.to_owned()).or_default();
-        if ids.iter().any(|a| a == aor) {
+        let until = now + self.policy.call_unanswered;
+        let call = self
+            .calls
+            .entry(call_id.to_owned())
+            .or_insert_with(|| Call {
+                phones: Vec::new(),
+                until,
+            });
+        if call.phones.iter().any(|a| a == aor) {
             return;
         }
-        ids.push(aor.to_owned());
+        call.phones.push(aor.to_owned());
+        let until = call.until;
         self.phone(now, aor).calls += 1;
+        self.next = Some(self.next.map_or(until, |n| n.min(until)));
+    }
+
+    /// The call was answered (a 2xx to its INVITE): it now counts until
+    /// its BYE, or `call_max`.
+    pub fn handle_call_answered(&mut self, now: Instant, call_id: &str) {
+        if let Some(c) = self.calls.get_mut(call_id) {
+            c.until = now + self.policy.call_max;
+        }
     }
 
     /// The call ended (BYE, or the INVITE failed).
     pub fn handle_call_end(&mut self, now: Instant, call_id: &str) {
-        for aor in self.calls.remove(call_id).unwrap_or_default() {
+        let phones = self
+            .calls
+            .remove(call_id)
+            .map(|c| c.phones)
+            .unwrap_or_default();
+        for aor in phones {
             if let Some(p) = self.phones.get_mut(&aor) {
                 p.calls = p.calls.saturating_sub(1);
             }
@@ -399,6 +436,15 @@ impl Router {
     /// over, failbacks whose stable time is over and whose phone is idle,
     /// REGISTERs home left unanswered.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let stale: Vec<String> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.until <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            self.handle_call_end(now, &id);
+        }
         let todo: Vec<(String, System, String)> = self
             .phones
             .values()
@@ -411,6 +457,7 @@ impl Router {
             .phones
             .values()
             .filter_map(|p| self.deadline_of(p))
+            .chain(self.calls.values().map(|c| c.until))
             .min();
     }
 

@@ -460,6 +460,34 @@ fn a_dead_pbx_moves_phones_after_the_delay_and_they_come_back_when_it_is_stable(
         traces.contains(";expires=3600"),
         "at home the grant is untouched: {traces}"
     );
+    // New calls go to the Standby too.
+    let mut callee = lab.callee("2001", "call-f");
+    assert!(
+        wait_until(secs(10), || lab.phone("sip:2001@pbx.test")
+            ["last_register_s_ago"]
+            .is_number()),
+        "{}",
+        lab.logs()
+    );
+    let (code, out) = lab.sipp(
+        "phone_call.xml",
+        free_udp(),
+        "1001",
+        &["-key", "callee", "2001", "-cid_str", "call-f", "-d", "100"],
+    );
+    assert_eq!(
+        code,
+        0,
+        "a call after the failover failed: {out}\n{}",
+        lab.logs()
+    );
+    assert!(wait_until(secs(10), || !callee.alive()));
+    assert!(
+        lab.pbx[1].log().contains("INVITE sip:2001@127.0.0.1"),
+        "{}",
+        lab.logs()
+    );
+    assert!(!lab.pbx[0].log().contains("INVITE sip:2001"));
     // The Main comes back: not before it has been up for the stable time.
     lab.pbx[0].restart();
     assert!(wait_until(secs(5), || lab.pbx_up() == [true, true]));

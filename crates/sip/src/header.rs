@@ -93,7 +93,7 @@ impl<'a> Via<'a> {
             let end = if i < 2 {
                 rest.find('/')?
             } else {
-                rest.find(|c: char| c.is_whitespace())?
+                rest.find(|c: char| c.is_ascii_whitespace())?
             };
             *slot = rest[..end].trim();
             rest = rest[end + 1..].trim_start();

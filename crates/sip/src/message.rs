@@ -180,18 +180,20 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, ParseError> {
         return Ok(None);
     };
     let head = std::str::from_utf8(&buf[..body_start]).map_err(|_| ParseError::NotUtf8)?;
-    let mut len = 0usize;
-    for line in head.split('\n').skip(1) {
-        if let Some((n, v)) = line.split_once(':') {
-            if Name::of(n.trim()) == Name::ContentLength {
-                len = v.trim().parse().map_err(|_| ParseError::BadContentLength)?;
-            }
-        }
-    }
-    let total = body_start + len;
-    if total > MAX_MESSAGE {
+    // The first Content-Length, as `Message::parse` reads it; folded
+    // continuation lines are values, not headers.
+    let len: usize = head
+        .split('\n')
+        .skip(1)
+        .filter(|line| !line.starts_with([' ', '\t']))
+        .filter_map(|line| line.split_once(':'))
+        .find(|(n, _)| Name::of(n.trim()) == Name::ContentLength)
+        .map_or(Ok(0), |(_, v)| v.trim().parse())
+        .map_err(|_| ParseError::BadContentLength)?;
+    if len > MAX_MESSAGE || body_start + len > MAX_MESSAGE {
         return Err(ParseError::TooLarge);
     }
+    let total = body_start + len;
     Ok((buf.len() >= total).then_some(total))
 }
 
@@ -460,6 +462,12 @@ v=0\n";
         two.extend_from_slice(b);
         assert_eq!(frame_len(&two).unwrap(), Some(b.len()));
         assert_eq!(skip_keepalive(b"\r\n\r\nINVITE"), 4);
+        // A Content-Length that would wrap around is too large, not zero.
+        let evil = b"OPTIONS sip:a SIP/2.0\r\nl: 18446744073709551566\r\n\r\n";
+        assert_eq!(frame_len(evil), Err(ParseError::TooLarge));
+        // A folded line is not a header.
+        let folded = b"OPTIONS sip:a SIP/2.0\r\nX-A: 1\r\n l: 999\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(frame_len(folded), Ok(Some(folded.len())));
     }
 
     #[test]

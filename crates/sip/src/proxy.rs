@@ -184,7 +184,7 @@ impl Relay {
         let msg = Message::parse(bytes)?;
         match msg.start {
             StartLine::Request { method, uri } => self.request(&msg, from, method, uri, route),
-            StartLine::Response { code, .. } => self.response(&msg, code),
+            StartLine::Response { code, .. } => self.response(&msg, from, code),
         }
     }
 
@@ -214,17 +214,13 @@ impl Relay {
         let mut e = Edit::new(msg);
         let from_pbx = self.is_pbx(from.addr);
         // RFC 3581: say where the request was seen from.
-        let received = via.sent_by.ip() != Some(from.addr.ip());
+        // What a phone wrote in `received`/`rport` is never trusted (it
+        // would send the PBX's answers anywhere): the edge writes both.
         let rport = via.params.get("rport").is_some() || from.transport == Transport::Tcp;
-        if !from_pbx && (received || rport) {
-            let mut v = String::with_capacity(top.len() + 40);
-            v.push_str(top);
-            if received || rport {
-                v = strip_param(&v, "received");
-                v.push_str(&format!(";received={}", from.addr.ip()));
-            }
+        if !from_pbx {
+            let mut v = strip_param(&strip_param(top, "received"), "rport");
+            v.push_str(&format!(";received={}", from.addr.ip()));
             if rport {
-                v = strip_param(&v, "rport");
                 v.push_str(&format!(";rport={}", from.addr.port()));
             }
             let rest: Vec<&str> = split_values(via_h.value).skip(1).collect();
@@ -267,7 +263,12 @@ impl Relay {
         }
         let phone_flow = if from_pbx { flow_of_phone } else { Some(from) };
         // Where it goes.
-        let to: Flow = if let Some(r) = next_route {
+        let to: Flow = if let (true, Some(f)) = (from_pbx, flow_of_phone) {
+            // The edge's own Route names the phone's flow: that is where
+            // the phone is (RFC 5626 §5.3), whatever a phone-written Path
+            // or Contact after it says.
+            f
+        } else if let Some(r) = next_route {
             uri_flow(NameAddr::parse(r).map_or(r, |n| n.uri)).ok_or(Dropped::NoRoute)?
         } else if from_pbx {
             match flow_of_phone {
@@ -364,7 +365,7 @@ impl Relay {
         }
     }
 
-    fn response(&self, msg: &Message<'_>, code: u16) -> Result<Send, Dropped> {
+    fn response(&self, msg: &Message<'_>, from: Flow, code: u16) -> Result<Send, Dropped> {
         let via_h = msg.header(Name::Via).ok_or(Dropped::BadVia)?;
         let mut values = split_values(via_h.value);
         let top = values.next().and_then(Via::parse).ok_or(Dropped::BadVia)?;
@@ -387,9 +388,16 @@ impl Relay {
             transport: Transport::parse(next.transport).unwrap_or(Transport::Udp),
             addr: next.reply_to().ok_or(Dropped::BadVia)?,
         };
+        // Responses flow between phones and PBXs only: one from elsewhere
+        // may go to a PBX (a phone answering a call), never anywhere else,
+        // and only a PBX's answers teach the router anything.
+        let from_pbx = self.is_pbx(from.addr);
+        if !from_pbx && !self.is_pbx(to.addr) {
+            return Err(Dropped::NotOurs);
+        }
         let call_id = msg.value(Name::CallId).unwrap_or_default().to_owned();
         let mut notes = Vec::new();
-        match msg.cseq_method() {
+        match msg.cseq_method().filter(|_| from_pbx) {
             Some("REGISTER") if code >= 200 => {
                 let aor = msg
                     .value(Name::To)
@@ -428,10 +436,19 @@ impl Relay {
             }
             // RFC 2543 peers: what identifies their transaction.
             None => {
-                for n in [Name::CallId, Name::CSeq, Name::From, Name::To] {
-                    h.update(msg.value(n).unwrap_or_default().as_bytes());
+                // The CSeq number but not its method, and not the To tag,
+                // so a CANCEL or non-2xx ACK matches its INVITE.
+                let cseq = msg.value(Name::CSeq).unwrap_or_default();
+                let number = cseq.split_whitespace().next().unwrap_or_default();
+                for v in [msg.value(Name::CallId).unwrap_or_default(), number] {
+                    h.update(v.as_bytes());
                     h.update(b"\n");
                 }
+                let from_tag = msg
+                    .value(Name::From)
+                    .and_then(NameAddr::parse)
+                    .and_then(|n| n.tag());
+                h.update(from_tag.unwrap_or_default().as_bytes());
                 if let StartLine::Request { uri, .. } = msg.start {
                     h.update(uri.as_bytes());
                 }

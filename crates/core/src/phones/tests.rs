@@ -87,13 +87,13 @@ fn a_phone_in_a_call_fails_back_only_after_hanging_up() {
     r.handle_health(t0, MAIN, false);
     r.handle_timeout(t0 + secs(180));
     r.handle_call(t0 + secs(200), "call-1", ALICE);
+    r.handle_call_answered(t0 + secs(201), "call-1");
     r.handle_health(t0 + secs(210), MAIN, true);
     let stable = t0 + secs(810);
     r.handle_timeout(stable);
     assert_eq!(r.phone_of(ALICE).unwrap().serving, STANDBY, "busy: stays");
-    assert_eq!(
-        r.poll_timeout(),
-        None,
+    assert!(
+        r.poll_timeout().is_none_or(|t| t > stable),
         "no busy loop while it waits for the hang-up"
     );
     r.handle_call_end(stable + secs(30), "call-1");
@@ -156,4 +156,46 @@ fn no_failover_to_a_backup_that_is_down_and_none_when_both_are() {
     assert_eq!(r.phone_of(ALICE).unwrap().serving, MAIN);
     assert_eq!(r.route(t0 + secs(3600), ALICE), None);
     assert_eq!(r.poll_timeout(), None);
+}
+
+#[test]
+fn a_call_never_answered_or_never_hung_up_stops_holding_the_phone() {
+    let t0 = Instant::now();
+    let policy = Policy {
+        failback_stable: secs(60),
+        ..Policy::default()
+    };
+    let mut r = Router::new(policy, 2, vec![], t0);
+    r.handle_health(t0, MAIN, true);
+    r.handle_health(t0, STANDBY, true);
+    r.route(t0, ALICE);
+    r.handle_health(t0, MAIN, false);
+    r.handle_timeout(t0 + secs(180));
+    assert_eq!(r.phone_of(ALICE).unwrap().serving, STANDBY);
+    // An INVITE the dying PBX never answers.
+    r.handle_call(t0 + secs(200), "lost", ALICE);
+    r.handle_health(t0 + secs(210), MAIN, true);
+    r.handle_timeout(t0 + secs(300));
+    assert_eq!(r.phone_of(ALICE).unwrap().serving, STANDBY, "still counted");
+    assert!(r.poll_timeout().unwrap() <= t0 + secs(380));
+    // Timer C: after 180 s unanswered it no longer counts, and the idle
+    // phone goes home.
+    r.handle_timeout(t0 + secs(380));
+    assert_eq!(r.phone_of(ALICE).unwrap().calls, 0);
+    assert_eq!(r.phone_of(ALICE).unwrap().serving, MAIN);
+    // An answered call whose BYE was lost counts until call_max.
+    r.handle_health(t0 + secs(400), MAIN, false);
+    r.handle_timeout(t0 + secs(580));
+    assert_eq!(r.phone_of(ALICE).unwrap().serving, STANDBY);
+    r.handle_call(t0 + secs(600), "long", ALICE);
+    r.handle_call_answered(t0 + secs(601), "long");
+    r.handle_health(t0 + secs(610), MAIN, true);
+    r.handle_timeout(t0 + secs(3600));
+    assert_eq!(
+        r.phone_of(ALICE).unwrap().serving,
+        STANDBY,
+        "answered: holds"
+    );
+    r.handle_timeout(t0 + secs(601 + 4 * 3600));
+    assert_eq!(r.phone_of(ALICE).unwrap().serving, MAIN);
 }

@@ -328,7 +328,7 @@ fn apply_note(
             }
         }
         Note::DialogDown { call_id } => router.handle_call_end(now, call_id),
-        Note::DialogUp { .. } => {}
+        Note::DialogUp { call_id } => router.handle_call_answered(now, call_id),
     }
 }
 

@@ -65,6 +65,7 @@ async fn connection(
 ) {
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
+    let mine = tx.clone();
     conns.0.lock().expect("conns lock").insert(peer, tx);
     let writer = tokio::spawn(async move {
         while let Some(b) = rx.recv().await {
@@ -107,6 +108,13 @@ async fn connection(
             }
         }
     }
-    conns.0.lock().expect("conns lock").remove(&peer);
+    // Only this connection's entry: a phone that reconnected from the same
+    // address already has a newer one.
+    {
+        let mut map = conns.0.lock().expect("conns lock");
+        if map.get(&peer).is_some_and(|t| t.same_channel(&mine)) {
+            map.remove(&peer);
+        }
+    }
     writer.abort();
 }

@@ -237,3 +237,38 @@ fn expiries_are_capped_for_a_phone_away_from_home() {
         "nothing left to cap"
     );
 }
+
+#[test]
+fn forged_responses_and_phone_written_received_go_nowhere_else() {
+    let r = relay();
+    // A "response" from outside whose next hop is some other host: dropped,
+    // the edge is not a reflector.
+    let forged = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKx, SIP/2.0/UDP 10.9.9.9:161\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: f\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
+    assert_eq!(
+        r.handle(udp(PHONE), forged.as_bytes(), |_| None),
+        Err(Dropped::NotOurs)
+    );
+    // A phone answering a PBX's request: the response goes to the PBX, and
+    // teaches the router nothing.
+    let answer = forged.replace("10.9.9.9:161", "127.0.0.2:5060");
+    let out = r.handle(udp(PHONE), answer.as_bytes(), |_| None).unwrap();
+    assert_eq!(out.to, udp(PBX_A));
+    assert!(out.notes.is_empty(), "{:?}", out.notes);
+    // A phone cannot choose where the PBX answers: its received is replaced.
+    let raw = register("z9hG4bKq").replace(";rport\r\n", ";received=198.51.100.1\r\n");
+    let t = text(&r.handle(udp(PHONE), raw.as_bytes(), to_pbx_a).unwrap());
+    assert!(!t.contains("198.51.100.1"), "{t}");
+    assert!(
+        t.contains(";branch=z9hG4bKq;received=127.0.0.10\r\n"),
+        "{t}"
+    );
+}
+
+#[test]
+fn a_pbx_request_follows_the_flow_in_the_edge_route_not_a_phone_written_path() {
+    let invite = "INVITE sip:1001@192.168.1.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bKp9\r\nRoute: <sip:127.0.0.1:5060;lr;rs-flow=udp~127.0.0.10~5070>, <sip:203.0.113.5:53;lr>\r\nFrom: <sip:1002@pbx>;tag=b\r\nTo: <sip:1001@pbx>\r\nCall-ID: c9\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+    let out = relay()
+        .handle(udp(PBX_A), invite.as_bytes(), |_| unreachable!())
+        .unwrap();
+    assert_eq!(out.to, udp(PHONE));
+}
