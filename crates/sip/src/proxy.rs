@@ -17,7 +17,9 @@
 
 use crate::edit::Edit;
 use crate::header::{HostPort, NameAddr, Uri, Via};
-use crate::message::{split_values, Message, Name, ParseError, StartLine};
+use crate::message::{
+    split_values, Message, Name, ParseError, StartLine, MAX_HEADERS, MAX_MESSAGE,
+};
 use std::net::{IpAddr, SocketAddr};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -159,6 +161,8 @@ pub struct Relay {
 }
 
 const COOKIE: &str = "z9hG4bK";
+/// Most header lines the relay adds to a message.
+const ADDED_HEADERS: usize = 3;
 
 impl Relay {
     pub fn new(me: SocketAddr, pbxs: Vec<SocketAddr>, secret: [u8; 32]) -> Relay {
@@ -182,10 +186,19 @@ impl Relay {
         route: impl FnOnce(&NewRequest<'_>) -> Option<SocketAddr>,
     ) -> Result<Send, Dropped> {
         let msg = Message::parse(bytes)?;
-        match msg.start {
+        // Room for what the edge adds (Via, Record-Route or Path,
+        // Max-Forwards): what it sends must pass its own limits.
+        if msg.headers.len() + ADDED_HEADERS > MAX_HEADERS {
+            return Err(Dropped::Malformed(ParseError::TooManyHeaders));
+        }
+        let out = match msg.start {
             StartLine::Request { method, uri } => self.request(&msg, from, method, uri, route),
             StartLine::Response { code, .. } => self.response(&msg, from, code),
+        }?;
+        if out.bytes.len() > MAX_MESSAGE {
+            return Err(Dropped::Malformed(ParseError::TooLarge));
         }
+        Ok(out)
     }
 
     fn request(

@@ -272,3 +272,22 @@ fn a_pbx_request_follows_the_flow_in_the_edge_route_not_a_phone_written_path() {
         .unwrap();
     assert_eq!(out.to, udp(PHONE));
 }
+
+#[test]
+fn what_the_relay_sends_stays_within_the_limits_it_reads_with() {
+    // Found by the fuzzer: 128 header lines in, three added, and the next
+    // hop (an edge too) would refuse it. The edge refuses it first.
+    let mut raw = register("z9hG4bKh");
+    let pad: String = (0..crate::message::MAX_HEADERS - 10)
+        .map(|i| format!("X-{i}: y\r\n"))
+        .collect();
+    raw = raw.replace(
+        "Content-Length: 0\r\n",
+        &format!("{pad}Content-Length: 0\r\n"),
+    );
+    assert!(Message::parse(raw.as_bytes()).is_ok());
+    assert_eq!(
+        relay().handle(udp(PHONE), raw.as_bytes(), to_pbx_a),
+        Err(Dropped::Malformed(ParseError::TooManyHeaders))
+    );
+}
