@@ -33,22 +33,26 @@ impl Kamailio {
     fn start(dir: &TestDir, name: &str, port: u16) -> Kamailio {
         let rundir = dir.path(name);
         std::fs::create_dir_all(&rundir).unwrap();
-        let log = dir.path(&format!("{name}.log"));
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
+        let mut k = Kamailio {
+            child: None,
+            port,
+            log: dir.path(&format!("{name}.log")),
+            rundir,
+        };
+        k.spawn(&[]);
+        k
+    }
+
+    /// Start it with `-A` defines (`DROP_REGISTER`), its log continued.
+    fn spawn(&mut self, defines: &[&str]) {
+        let out = append_log(&self.log);
+        let rundir = self.rundir.to_str().unwrap();
         let child = Command::new("kamailio")
             .args(["-f", fixture("kamailio-pbx.cfg").to_str().unwrap()])
             .args(["-DD", "-E", "-n", "1", "-m", "32", "-M", "4"])
-            .args(["-l", &format!("udp:127.0.0.1:{port}")])
-            .args([
-                "-Y",
-                rundir.to_str().unwrap(),
-                "-w",
-                rundir.to_str().unwrap(),
-            ])
+            .args(["-l", &format!("udp:127.0.0.1:{}", self.port)])
+            .args(["-Y", rundir, "-w", rundir])
+            .args(defines.iter().flat_map(|d| ["-A", d]))
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -56,12 +60,7 @@ impl Kamailio {
             .expect(
                 "kamailio (Debian package kamailio) must be installed: scripts/test.sh installs it",
             );
-        Kamailio {
-            child: Some(child),
-            port,
-            log,
-            rundir,
-        }
+        self.child = Some(child);
     }
 
     fn restart(&mut self) {
@@ -70,28 +69,7 @@ impl Kamailio {
 
     fn restart_with(&mut self, defines: &[&str]) {
         self.stop();
-        let out = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        self.child = Some(
-            Command::new("kamailio")
-                .args(["-f", fixture("kamailio-pbx.cfg").to_str().unwrap()])
-                .args(["-DD", "-E", "-n", "1", "-m", "32", "-M", "4"])
-                .args(["-l", &format!("udp:127.0.0.1:{}", self.port)])
-                .args([
-                    "-Y",
-                    self.rundir.to_str().unwrap(),
-                    "-w",
-                    self.rundir.to_str().unwrap(),
-                ])
-                .args(defines.iter().flat_map(|d| ["-A", d]))
-                .stdin(Stdio::null())
-                .stdout(out.try_clone().unwrap())
-                .stderr(out)
-                .spawn()
-                .unwrap(),
-        );
+        self.spawn(defines);
     }
 
     fn stop(&mut self) {
@@ -252,29 +230,26 @@ register_timeout = "1s"
         )
     }
 
-    /// Run sipp against the edge; (exit code, what it printed).
-    fn sipp(&self, scenario: &str, port: u16, user: &str, extra: &[&str]) -> (i32, String) {
-        let out = Command::new("sipp")
-            .args(["-sf", fixture(scenario).to_str().unwrap()])
-            .args(["-i", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-m", "1", "-s", user, "-timeout", "30s", "-timeout_error"])
+    /// sipp running `scenario` once as phone `user`, against the edge.
+    fn sipp_command(&self, scenario: &str, user: &str, extra: &[&str]) -> Command {
+        let mut c = Command::new("sipp");
+        c.args(["-sf", fixture(scenario).to_str().unwrap()])
+            .args(["-i", "127.0.0.1", "-p", &free_udp().to_string()])
+            .args(["-m", "1", "-s", user, "-timeout", "60s", "-timeout_error"])
             .args(["-nostdin", "-trace_err"])
             .args(extra)
             .arg(format!("127.0.0.1:{}", self.sip))
-            .current_dir(&self.dir.0)
-            .output()
-            .expect(
-                "sipp (Debian package sip-tester) must be installed: scripts/test.sh installs it",
-            );
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
+            .current_dir(&self.dir.0);
+        c
+    }
+
+    /// Run sipp to the end; (exit code, what it printed).
+    fn sipp(&self, scenario: &str, user: &str, extra: &[&str]) -> (i32, String) {
+        sipp_output(self.sipp_command(scenario, user, extra))
     }
 
     fn register(&self, user: &str) -> (i32, String) {
-        self.sipp("phone_register.xml", free_udp(), user, &["-trace_msg"])
+        self.sipp("phone_register.xml", user, &["-trace_msg"])
     }
 
     /// Start a callee that registers and answers one call, in the
@@ -284,30 +259,33 @@ register_timeout = "1s"
     }
 
     fn callee_with(&self, user: &str, cid: &str, extra: &[&str]) -> Proc {
-        let child = Command::new("sipp")
-            .args(["-sf", fixture("phone_answer.xml").to_str().unwrap()])
-            .args(["-i", "127.0.0.1", "-p", &free_udp().to_string()])
-            .args([
-                "-m",
-                "1",
-                "-s",
-                user,
-                "-cid_str",
-                cid,
-                "-timeout",
-                "60s",
-                "-timeout_error",
-            ])
-            .args(["-nostdin", "-trace_err"])
-            .args(extra)
-            .arg(format!("127.0.0.1:{}", self.sip))
-            .current_dir(&self.dir.0)
+        let mut args = vec!["-cid_str", cid];
+        args.extend_from_slice(extra);
+        let child = self
+            .sipp_command("phone_answer.xml", user, &args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("sipp");
+            .expect(
+                "sipp (Debian package sip-tester) must be installed: scripts/test.sh installs it",
+            );
         Proc::from_child("callee", child)
     }
+
+    /// The phone's REGISTER has been answered through the edge.
+    fn registered(&self, aor: &str) -> bool {
+        self.phone(aor)["last_register_s_ago"].is_number()
+    }
+}
+
+fn sipp_output(mut c: Command) -> (i32, String) {
+    let out = c
+        .output()
+        .expect("sipp (Debian package sip-tester) must be installed: scripts/test.sh installs it");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
 }
 
 fn tail(s: &str) -> &str {
@@ -330,15 +308,12 @@ fn phones_register_and_call_each_other_through_the_edge() {
     let lab = Lab::start("edge-call");
     let mut callee = lab.callee("2001", "call-a");
     assert!(
-        wait_until(secs(10), || lab.phone("sip:2001@pbx.test")
-            ["last_register_s_ago"]
-            .is_number()),
+        wait_until(secs(10), || lab.registered("sip:2001@pbx.test")),
         "callee never registered\n{}",
         lab.logs()
     );
     let (code, out) = lab.sipp(
         "phone_call.xml",
-        free_udp(),
         "1001",
         &["-key", "callee", "2001", "-cid_str", "call-a", "-d", "300"],
     );
@@ -373,9 +348,7 @@ fn phones_over_tcp_register_and_call_through_the_edge() {
     let lab = Lab::start("edge-tcp");
     let mut callee = lab.callee_with("2001", "call-t", &["-t", "t1"]);
     assert!(
-        wait_until(secs(10), || lab.phone("sip:2001@pbx.test")
-            ["last_register_s_ago"]
-            .is_number()),
+        wait_until(secs(10), || lab.registered("sip:2001@pbx.test")),
         "callee never registered over TCP\n{}",
         lab.logs()
     );
@@ -389,7 +362,6 @@ fn phones_over_tcp_register_and_call_through_the_edge() {
     );
     let (code, out) = lab.sipp(
         "phone_call.xml",
-        free_udp(),
         "1001",
         &[
             "-t", "t1", "-key", "callee", "2001", "-cid_str", "call-t", "-d", "300",
@@ -463,15 +435,12 @@ fn a_dead_pbx_moves_phones_after_the_delay_and_they_come_back_when_it_is_stable(
     // New calls go to the Standby too.
     let mut callee = lab.callee("2001", "call-f");
     assert!(
-        wait_until(secs(10), || lab.phone("sip:2001@pbx.test")
-            ["last_register_s_ago"]
-            .is_number()),
+        wait_until(secs(10), || lab.registered("sip:2001@pbx.test")),
         "{}",
         lab.logs()
     );
     let (code, out) = lab.sipp(
         "phone_call.xml",
-        free_udp(),
         "1001",
         &["-key", "callee", "2001", "-cid_str", "call-f", "-d", "100"],
     );
@@ -524,33 +493,16 @@ fn a_phone_in_a_call_fails_back_only_after_hanging_up() {
     assert!(
         wait_until(secs(10), || lab.phone("sip:2001@pbx.test")["serving"]
             == "standby"
-            && lab.phone("sip:2001@pbx.test")["last_register_s_ago"]
-                .is_number()),
+            && lab.registered("sip:2001@pbx.test")),
         "{}",
         lab.logs()
     );
-    let sip = lab.sip;
-    let dir = lab.dir.0.clone();
-    let caller = std::thread::spawn(move || {
-        Command::new("sipp")
-            .args(["-sf", fixture("phone_call.xml").to_str().unwrap()])
-            .args(["-i", "127.0.0.1", "-p", &free_udp().to_string()])
-            .args([
-                "-m", "1", "-s", "1001", "-key", "callee", "2001", "-cid_str", "call-b",
-            ])
-            .args([
-                "-d",
-                "6000",
-                "-timeout",
-                "30s",
-                "-timeout_error",
-                "-nostdin",
-            ])
-            .arg(format!("127.0.0.1:{sip}"))
-            .current_dir(dir)
-            .output()
-            .unwrap()
-    });
+    let call = lab.sipp_command(
+        "phone_call.xml",
+        "1001",
+        &["-key", "callee", "2001", "-cid_str", "call-b", "-d", "6000"],
+    );
+    let caller = std::thread::spawn(move || sipp_output(call));
     assert!(
         wait_until(secs(5), || lab.phone("sip:1001@pbx.test")["calls"] == 1),
         "{}",
@@ -564,13 +516,8 @@ fn a_phone_in_a_call_fails_back_only_after_hanging_up() {
     assert_eq!(p["serving"], "standby", "a busy phone stays: {p}");
     assert_eq!(p["home"], "main");
     // Hang up: the call ends where it was, then the phones go home.
-    let out = caller.join().unwrap();
-    assert!(
-        out.status.success(),
-        "the call broke: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        lab.logs()
-    );
+    let (code, out) = caller.join().unwrap();
+    assert_eq!(code, 0, "the call broke: {out}\n{}", lab.logs());
     assert!(wait_until(secs(10), || !callee.alive()));
     assert!(
         wait_until(secs(3), || lab.phone("sip:1001@pbx.test")["serving"]

@@ -101,11 +101,7 @@ impl Net {
         let mut full = vec!["netns", "exec", &self.ns[ns], bin()];
         full.extend_from_slice(args);
         let log = dir.path(&format!("{name}.log"));
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
+        let out = append_log(&log);
         let child = Command::new("ip")
             .args(&full)
             .stdout(out.try_clone().unwrap())

@@ -212,9 +212,14 @@ async fn replicate(State(s): State<ApiState>, headers: HeaderMap) -> Response {
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {
+    prometheus_text(&s.metrics)
+}
+
+/// `/metrics` of any role: the recorder's series in Prometheus text format.
+pub fn prometheus_text(handle: &PrometheusHandle) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
+        handle.render(),
     )
         .into_response()
 }

@@ -13,7 +13,6 @@ pub mod tcp;
 
 use anyhow::Context;
 use axum::extract::State;
-use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Json;
@@ -39,7 +38,6 @@ pub fn load_config(path: &Path) -> anyhow::Result<EdgeConfig> {
 /// What the API shows: a copy refreshed by the relay task.
 #[derive(Default)]
 struct View {
-    pbx_up: Vec<bool>,
     moves: VecDeque<serde_json::Value>,
     relayed: u64,
     dropped: HashMap<&'static str, u64>,
@@ -48,6 +46,7 @@ struct View {
 #[derive(Clone)]
 struct ApiState {
     view: Arc<Mutex<View>>,
+    pbx_up: Arc<Mutex<Vec<bool>>>,
     router: Arc<Mutex<Router>>,
     conns: tcp::Conns,
     names: Arc<Vec<String>>,
@@ -118,12 +117,13 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     }
     drop(health_tx);
 
-    let view = Arc::new(Mutex::new(View {
-        pbx_up: vec![false; cfg.pbxs.len()],
-        ..View::default()
-    }));
+    let view = Arc::new(Mutex::new(View::default()));
+    // The probes' view of each PBX: the API shows it, the web proxy picks
+    // its target from it.
+    let pbx_up = Arc::new(Mutex::new(vec![false; cfg.pbxs.len()]));
     let api = ApiState {
         view: view.clone(),
+        pbx_up: pbx_up.clone(),
         router: router.clone(),
         conns: conns.clone(),
         names: names.clone(),
@@ -141,9 +141,8 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    let web_up = Arc::new(Mutex::new(vec![false; cfg.pbxs.len()]));
     if let Some(addr) = cfg.edge.http_listen {
-        let proxy = http::Proxy::new(cfg.pbxs.iter().map(|p| p.web).collect(), web_up.clone());
+        let proxy = http::Proxy::new(cfg.pbxs.iter().map(|p| p.web).collect(), pbx_up.clone());
         let app = axum::Router::new()
             .fallback(http::forward)
             .with_state(proxy);
@@ -197,8 +196,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
             Some((i, up)) = health_rx.recv() => {
                 router.lock().expect("router lock").handle_health(Instant::now(), i, up);
                 metrics::gauge!("resilience_edge_pbx_up", "pbx" => names[i].clone()).set(if up { 1.0 } else { 0.0 });
-                view.lock().expect("view lock").pbx_up[i] = up;
-                web_up.lock().expect("web lock")[i] = up;
+                pbx_up.lock().expect("up lock")[i] = up;
             }
             _ = tokio::time::sleep_until(deadline) => {
                 router.lock().expect("router lock").handle_timeout(Instant::now());
@@ -342,10 +340,7 @@ async fn metrics_text(State(s): State<ApiState>) -> impl IntoResponse {
         metrics::gauge!("resilience_edge_phones_away").set(away as f64);
     }
     metrics::gauge!("resilience_edge_tcp_connections").set(s.conns.count() as f64);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
-    )
+    crate::api::prometheus_text(&s.metrics)
 }
 
 async fn phones(State(s): State<ApiState>) -> Json<serde_json::Value> {
@@ -360,7 +355,7 @@ async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
     let pbxs: Vec<_> = s
         .names
         .iter()
-        .zip(&v.pbx_up)
+        .zip(s.pbx_up.lock().expect("up lock").iter())
         .map(|(n, up)| json!({"name": n, "up": up}))
         .collect();
     Json(json!({

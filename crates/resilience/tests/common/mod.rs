@@ -57,11 +57,7 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, args: &[&str], cwd: &Path, log: &Path) -> Proc {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("log file");
+        let out = append_log(log);
         let child = Command::new(bin())
             .args(args)
             .current_dir(cwd)
@@ -107,6 +103,16 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A process's log file, opened for appending (a restarted process
+/// continues the same log).
+pub fn append_log(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("log file")
 }
 
 pub fn free_udp() -> u16 {
