@@ -638,37 +638,7 @@ impl NodeConfig {
                 "expected at least 1".into(),
             );
         }
-        let mut names = std::collections::HashSet::new();
-        for (i, s) in self.services.iter().enumerate() {
-            if s.name.is_empty() {
-                return bad(
-                    &format!("service[{i}].name"),
-                    "expected a non-empty name".into(),
-                );
-            }
-            if !names.insert(&s.name) {
-                return bad(
-                    &format!("service[{i}].name"),
-                    format!("service `{}` is listed twice", s.name),
-                );
-            }
-            match (&s.unit, &s.start, &s.stop) {
-                (Some(_), None, None) | (None, Some(_), Some(_)) => {}
-                (Some(_), _, _) => {
-                    return bad(
-                        &format!("service[{i}].unit"),
-                        "give either `unit` or `start` and `stop` commands, not both".into(),
-                    )
-                }
-                _ => {
-                    return bad(
-                        &format!("service[{i}]"),
-                        "expected `unit = \"name.service\"`, or both `start` and `stop` commands"
-                            .into(),
-                    )
-                }
-            }
-        }
+        validate_services(&self.services)?;
         if let Some(r) = &self.replication {
             let mut names = std::collections::HashSet::new();
             for (i, d) in r.dirs.iter().enumerate() {
@@ -747,6 +717,44 @@ impl NodeConfig {
             .startup_wait
             .unwrap_or(self.heartbeat.failover_after)
     }
+}
+
+/// `[[service]]` lists (node and follower): unique names, and either a
+/// systemd unit or both start and stop commands.
+pub(crate) fn validate_services(services: &[ServiceSection]) -> Result<(), (String, String)> {
+    let bad = |k: &str, m: String| Err((k.to_owned(), m));
+    let mut names = std::collections::HashSet::new();
+    for (i, s) in services.iter().enumerate() {
+        if s.name.is_empty() {
+            return bad(
+                &format!("service[{i}].name"),
+                "expected a non-empty name".into(),
+            );
+        }
+        if !names.insert(&s.name) {
+            return bad(
+                &format!("service[{i}].name"),
+                format!("service `{}` is listed twice", s.name),
+            );
+        }
+        match (&s.unit, &s.start, &s.stop) {
+            (Some(_), None, None) | (None, Some(_), Some(_)) => {}
+            (Some(_), _, _) => {
+                return bad(
+                    &format!("service[{i}].unit"),
+                    "give either `unit` or `start` and `stop` commands, not both".into(),
+                )
+            }
+            _ => {
+                return bad(
+                    &format!("service[{i}]"),
+                    "expected `unit = \"name.service\"`, or both `start` and `stop` commands"
+                        .into(),
+                )
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Serde's messages, made to say what is expected in this file's terms.

@@ -6,12 +6,15 @@
 //! replayed exactly in the simulator (`tests/sim`).
 //!
 //! - [`config`]: the node's TOML file, parsed and validated with line numbers.
+//! - [`follower`]: what a follower host does with its node's answers.
 //! - [`heartbeat`]: the authenticated heartbeat frame and its replay guard.
 //! - [`node`]: the node state machine (failover, failback, drain, manual mode).
 //! - [`types`]: node type, mode, status, PBX health.
 
 pub mod config;
 pub mod edge_config;
+pub mod follow_config;
+pub mod follower;
 pub mod heartbeat;
 pub mod node;
 pub mod phones;

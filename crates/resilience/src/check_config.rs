@@ -1,17 +1,43 @@
-//! `resilience check-config FILE`: validate a node's or an edge's
-//! configuration (an edge's file is the one with an `[edge]` table).
+//! `resilience check-config FILE`: validate a node's, an edge's or a
+//! follower's configuration (told apart by an `[edge]` or `[follow]` table).
 
 use resilience_core::config::NodeConfig;
 use resilience_core::edge_config::EdgeConfig;
+use resilience_core::follow_config::FollowConfig;
 use resilience_core::ClusterKey;
 use std::path::Path;
 use std::process::ExitCode;
 
-/// Whether the file has a top-level `[edge]` table.
-fn is_edge(text: &str) -> bool {
+/// Whether the file has a top-level `[name]` table.
+fn has_table(text: &str, name: &str) -> bool {
     text.parse::<toml::Table>()
-        .map(|t| t.contains_key("edge"))
+        .map(|t| t.contains_key(name))
         .unwrap_or(false)
+}
+
+fn follow(shown: &str, text: &str) -> ExitCode {
+    match FollowConfig::parse(shown, text) {
+        Ok(c) => {
+            let f = &c.follow;
+            println!("{shown}: OK");
+            println!(
+                "  follower {} polls {} every {:?} (acts after {} answers in a row; unreachable for {:?} counts as inactive)",
+                f.name, f.node, f.poll, f.confirm_polls, f.unreachable_after
+            );
+            println!(
+                "  {} service(s), {} on_active and {} on_inactive hook(s), API on {}",
+                c.services.len(),
+                c.hooks.on_active.len(),
+                c.hooks.on_inactive.len(),
+                f.api_listen
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn edge(shown: &str, text: &str) -> ExitCode {
@@ -59,8 +85,11 @@ pub fn run(file: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if is_edge(&text) {
+    if has_table(&text, "edge") {
         return edge(&shown, &text);
+    }
+    if has_table(&text, "follow") {
+        return follow(&shown, &text);
     }
     let cfg = match NodeConfig::parse(&shown, &text) {
         Ok(c) => c,

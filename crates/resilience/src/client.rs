@@ -86,14 +86,25 @@ fn agent(t: &Target) -> Result<ureq::Agent, (i32, String)> {
 /// `timeout`: for the whole call; `None` for calls as long as the work they
 /// wait for (a replication push), with only the connection bounded.
 fn agent_with(t: &Target, timeout: Option<Duration>) -> Result<ureq::Agent, (i32, String)> {
+    http_agent(t.ca.as_deref(), timeout, true).map_err(|e| (EXIT_UNREACHABLE, e))
+}
+
+/// An HTTP(S) client that reports HTTP errors as answers and, given the
+/// cluster CA, trusts the certificates it signed (a node's API). Without
+/// `reuse`, every call opens its own connection.
+pub fn http_agent(
+    ca: Option<&Path>,
+    timeout: Option<Duration>,
+    reuse: bool,
+) -> Result<ureq::Agent, String> {
     let mut b = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_connect(Some(Duration::from_secs(10)))
+        .max_idle_connections(if reuse { 10 } else { 0 })
+        .timeout_connect(Some(timeout.unwrap_or(Duration::from_secs(10))))
         .timeout_global(timeout);
-    if let Some(ca) = &t.ca {
+    if let Some(ca) = ca {
         use ureq::tls::{PemItem, RootCerts, TlsConfig};
-        let pem = std::fs::read(ca)
-            .map_err(|e| (EXIT_UNREACHABLE, format!("CA {}: {e}", ca.display())))?;
+        let pem = std::fs::read(ca).map_err(|e| format!("CA {}: {e}", ca.display()))?;
         let certs: Vec<_> = ureq::tls::parse_pem(&pem)
             .filter_map(|i| match i {
                 Ok(PemItem::Certificate(c)) => Some(c),
@@ -101,10 +112,7 @@ fn agent_with(t: &Target, timeout: Option<Duration>) -> Result<ureq::Agent, (i32
             })
             .collect();
         if certs.is_empty() {
-            return Err((
-                EXIT_UNREACHABLE,
-                format!("CA {}: no PEM certificate in it", ca.display()),
-            ));
+            return Err(format!("CA {}: no PEM certificate in it", ca.display()));
         }
         b = b.tls_config(
             TlsConfig::builder()

@@ -5,6 +5,7 @@ mod check_config;
 mod cli;
 mod client;
 mod edge;
+mod follow;
 mod keygen;
 mod lab;
 mod node;
@@ -15,14 +16,6 @@ mod standin;
 use clap::Parser;
 use cli::{CertAction, Cli, Cmd, ServicesAction};
 use std::process::ExitCode;
-
-/// Exit code of a subcommand that does not exist yet.
-const NOT_BUILT: u8 = 2;
-
-fn not_built(what: &str, issue: &str) -> ExitCode {
-    eprintln!("resilience {what}: not built yet (see issue {issue})");
-    ExitCode::from(NOT_BUILT)
-}
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -85,7 +78,11 @@ fn main() -> ExitCode {
                 .with_ca(api.ca);
             Ok(code(client::events(&t, limit, json)))
         }
-        Cmd::Follow { .. } => Ok(not_built("follow", "6: followers")),
+        Cmd::Follow { config } => {
+            init_logging();
+            runtime()?.block_on(follow::run(&config))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Edge { config } => {
             init_logging();
             runtime()?.block_on(edge::run(&config))?;

@@ -14,7 +14,7 @@ fn example(name: &str) -> String {
 
 #[test]
 fn examples_pass_check_config() {
-    for f in ["main.toml", "standby.toml", "edge.toml"] {
+    for f in ["main.toml", "standby.toml", "edge.toml", "follow.toml"] {
         let (code, out, err) = cli(&["check-config", &example(f)]);
         assert_eq!(code, 0, "{f}: {out}{err}");
         assert!(out.contains("OK"), "{out}");
@@ -127,10 +127,26 @@ fn keygen_prints_fresh_keys_and_writes_private_files() {
 }
 
 #[test]
-fn unbuilt_subcommands_say_so() {
-    let (code, _, err) = cli(&["follow", "--config", "x"]);
-    assert_eq!(code, 2);
-    assert!(err.contains("not built yet"), "{err}");
+fn follow_with_a_bad_config_names_the_file_line_and_key() {
+    let (code, _, err) = cli(&["follow", "--config", "/nonexistent/follow.toml"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent/follow.toml"), "{err}");
+    let dir = common::TestDir::new("follow-config");
+    let cfg = dir.path("follow.toml");
+    std::fs::write(
+        &cfg,
+        "[follow]\nnode = \"http://127.0.0.1:7480/api/v1/ha\"\nconfirm_polls = 0\n[[service]]\nname = \"nginx\"\nunit = \"nginx.service\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = cli(&["follow", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("follow.toml:3") && err.contains("follow.confirm_polls"),
+        "{err}"
+    );
+    let (code, out, err) = cli(&["check-config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("follow.confirm_polls"), "{err}");
 }
 
 #[test]

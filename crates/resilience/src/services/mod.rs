@@ -69,6 +69,40 @@ impl Services {
         }
     }
 
+    /// Bring every service to `active` (start in order, stop in reverse),
+    /// leaving alone those whose status command says they already are: a
+    /// follower never restarts what runs. Every service is tried; the lines
+    /// say what was done, the error lists what failed.
+    pub async fn ensure(&self, active: bool) -> (Vec<String>, Result<(), String>) {
+        let (mut lines, mut errors) = (Vec::new(), Vec::new());
+        let word = if active { "started" } else { "stopped" };
+        let order: Vec<&ServiceSection> = if active {
+            self.list.iter().collect()
+        } else {
+            self.list.iter().rev().collect()
+        };
+        for s in order {
+            let name = capitalized(&s.name);
+            if let Some(cmd) = status_cmd(s) {
+                if run_in(&self.dir, &cmd, s.timeout).await.is_ok() == active {
+                    lines.push(format!("{name} already {word}"));
+                    continue;
+                }
+            }
+            let cmd = if active { start_cmd(s) } else { stop_cmd(s) };
+            match run_in(&self.dir, &cmd, s.timeout).await {
+                Ok(_) => lines.push(format!("{name} {word}")),
+                Err(e) => errors.push(format!("service {}: {e}", s.name)),
+            }
+        }
+        let r = if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        };
+        (lines, r)
+    }
+
     /// Ask each service whether it runs.
     pub async fn states(&self) -> Vec<ServiceState> {
         let mut out = Vec::with_capacity(self.list.len());
@@ -106,6 +140,15 @@ fn status_cmd(s: &ServiceSection) -> Option<String> {
     match (&s.unit, &s.status) {
         (Some(unit), _) => Some(format!("systemctl is-active --quiet {}", shell_quote(unit))),
         (None, cmd) => cmd.clone(),
+    }
+}
+
+/// `nginx` → `Nginx`, as XiVO's follower logs it (`Nginx already stopped`).
+fn capitalized(name: &str) -> String {
+    let mut c = name.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
     }
 }
 

@@ -1,0 +1,261 @@
+//! `resilience follow`: on a contact-center, UC or media host, follow the
+//! linked node's Active flag (XiVO's `xivocc-ha-monitoring`, every poll
+//! instead of every cron minute).
+//!
+//! One loop owns the sans-IO [`Follower`]: each poll's answer goes in, and
+//! "make the services active/inactive" comes out and runs as its own task
+//! (so a slow `systemctl` never delays the next poll); its result goes back
+//! in. The status document and metrics are refreshed after every step.
+
+use crate::api;
+use crate::services::{run_in, ServiceState, Services};
+use anyhow::Context;
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use resilience_core::follow_config::{FollowConfig, HooksSection};
+use resilience_core::follower::{Answer, Event, Follower, Output};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+use tokio::sync::{mpsc, watch};
+
+/// Read and validate a follower config file; the folder relative paths
+/// (and commands) start from.
+pub fn load_config(path: &Path) -> anyhow::Result<(FollowConfig, PathBuf)> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).with_context(|| format!("{shown}: cannot read"))?;
+    let cfg = FollowConfig::parse(&shown, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_owned();
+    Ok((cfg, base))
+}
+
+/// One poll: the node's `active` flag, or why there is none.
+fn poll(agent: &ureq::Agent, url: &str) -> Answer {
+    let mut resp = match agent.get(url).call() {
+        Ok(r) => r,
+        Err(e) => return Answer::Unreachable(e.to_string()),
+    };
+    let code = resp.status().as_u16();
+    if code != 200 {
+        return Answer::Unreachable(format!("HTTP {code}"));
+    }
+    match resp.body_mut().read_json::<serde_json::Value>() {
+        Ok(v) => match v["active"].as_bool() {
+            Some(a) => Answer::Active(a),
+            None => Answer::Unreachable("the answer has no boolean `active`".into()),
+        },
+        Err(e) => Answer::Unreachable(format!("unreadable answer: {e}")),
+    }
+}
+
+/// Services first, then the hooks: started services are what an
+/// `on_active` hook may rely on; `on_inactive` runs once they are down.
+async fn apply(
+    services: &Services,
+    hooks: &HooksSection,
+    dir: &Path,
+    active: bool,
+) -> Result<(), String> {
+    let (lines, mut result) = services.ensure(active).await;
+    for l in lines {
+        tracing::info!("[RESILIENCE] {l}");
+    }
+    let list = if active {
+        &hooks.on_active
+    } else {
+        &hooks.on_inactive
+    };
+    for cmd in list {
+        match run_in(dir, cmd, hooks.timeout).await {
+            Ok(_) => tracing::info!("[RESILIENCE] hook `{cmd}` done"),
+            Err(e) => {
+                let e = format!("hook {e}");
+                result = match result {
+                    Ok(()) => Err(e),
+                    Err(prev) => Err(format!("{prev}; {e}")),
+                };
+            }
+        }
+    }
+    result
+}
+
+#[derive(Default)]
+struct Counters {
+    polls_ok: u64,
+    polls_failed: u64,
+    actions_ok: u64,
+    actions_failed: u64,
+}
+
+#[derive(Clone)]
+struct ApiState {
+    status: watch::Receiver<serde_json::Value>,
+    metrics: PrometheusHandle,
+}
+
+async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
+    Json(s.status.borrow().clone())
+}
+
+async fn serve_metrics(State(s): State<ApiState>) -> axum::response::Response {
+    api::prometheus_text(&s.metrics)
+}
+
+fn flag(b: Option<bool>) -> f64 {
+    match b {
+        Some(true) => 1.0,
+        Some(false) => 0.0,
+        None => -1.0,
+    }
+}
+
+/// Run the follower until SIGINT/SIGTERM. Services are left as they are on
+/// exit: a restarted follower picks up from what runs.
+pub async fn run(config: &Path) -> anyhow::Result<()> {
+    let (cfg, base) = load_config(config)?;
+    let ca = cfg
+        .follow
+        .ca
+        .as_ref()
+        .map(|c| crate::node::resolve(&base, c));
+    // A connection per poll: reachability of the node is what is measured.
+    let agent = crate::client::http_agent(ca.as_deref(), Some(cfg.follow.timeout), false)
+        .map_err(|e| anyhow::anyhow!("follow.ca: {e}"))?;
+    let url = cfg.follow.node.clone();
+    let services = Services::new(cfg.services.clone(), base.clone());
+    let mut core = Follower::new(cfg.policy());
+
+    let (status_tx, status_rx) = watch::channel(json!({}));
+    let metrics = api::install_metrics();
+    let listener = tokio::net::TcpListener::bind(cfg.follow.api_listen)
+        .await
+        .with_context(|| format!("follower API socket {}", cfg.follow.api_listen))?;
+    tracing::info!(
+        "follower {} on http://{}",
+        cfg.follow.name,
+        listener.local_addr()?
+    );
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(serve_metrics))
+        .route("/api/v1/status", get(status))
+        .with_state(ApiState {
+            status: status_rx,
+            metrics,
+        });
+    let mut api_task = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let (done_tx, mut done_rx) = mpsc::channel::<Result<(), String>>(4);
+    let mut counters = Counters::default();
+    let mut states: Vec<ServiceState> = services.states().await;
+    let mut last_error: Option<String> = None;
+    let mut last_change: Option<SystemTime> = None;
+    tracing::info!("[RESILIENCE] Querying HA status at {url}");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let mut tick = tokio::time::interval(cfg.follow.poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = std::pin::pin!(crate::node::shutdown_signal());
+
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                // The answer belongs to when the poll began: an unreachable
+                // node's clock starts then, not after the timeout.
+                let asked = Instant::now();
+                let (a, u) = (agent.clone(), url.clone());
+                let answer = tokio::task::spawn_blocking(move || poll(&a, &u))
+                    .await
+                    .unwrap_or_else(|e| Answer::Unreachable(format!("poll task: {e}")));
+                tracing::debug!("[RESILIENCE] Querying HA status at {url}: {answer:?}");
+                match answer {
+                    Answer::Active(_) => counters.polls_ok += 1,
+                    Answer::Unreachable(_) => counters.polls_failed += 1,
+                }
+                core.handle_answer(asked, answer);
+            }
+            Some(r) = done_rx.recv() => {
+                match &r {
+                    Ok(()) => counters.actions_ok += 1,
+                    Err(e) => {
+                        counters.actions_failed += 1;
+                        last_error = Some(e.clone());
+                    }
+                }
+                core.handle_done(Instant::now(), r);
+                states = services.states().await;
+            }
+            r = &mut api_task => {
+                anyhow::bail!("follower API stopped: {:?}", r);
+            }
+            _ = &mut shutdown => {
+                tracing::info!("follower stopping; services left as they are");
+                return Ok(());
+            }
+        }
+        while let Some(out) = core.poll_output() {
+            match out {
+                Output::Apply { active } => {
+                    let (s, h, d, tx) = (
+                        services.clone(),
+                        cfg.hooks.clone(),
+                        base.clone(),
+                        done_tx.clone(),
+                    );
+                    tokio::spawn(async move {
+                        let _ = tx.send(apply(&s, &h, &d, active).await).await;
+                    });
+                }
+                Output::Event(e) => match &e {
+                    Event::Shows { .. } => {
+                        tracing::info!("[RESILIENCE] Querying HA status at {url}");
+                        tracing::info!("[RESILIENCE] {e}");
+                    }
+                    Event::Unreachable { .. } | Event::Failed { .. } => {
+                        tracing::warn!("[RESILIENCE] {e}")
+                    }
+                    Event::Decided { .. } => {
+                        last_change = Some(SystemTime::now());
+                        tracing::info!("[RESILIENCE] {e}")
+                    }
+                    _ => tracing::info!("[RESILIENCE] {e}"),
+                },
+            }
+        }
+        let snap = core.snapshot(Instant::now());
+        metrics::gauge!("resilience_follow_node_active").set(flag(snap.node_active));
+        metrics::gauge!("resilience_follow_reachable").set(if snap.reachable { 1.0 } else { 0.0 });
+        metrics::gauge!("resilience_follow_wanted_active").set(flag(snap.wanted));
+        metrics::gauge!("resilience_follow_applied_active").set(flag(snap.applied));
+        metrics::counter!("resilience_follow_polls_total", "result" => "ok")
+            .absolute(counters.polls_ok);
+        metrics::counter!("resilience_follow_polls_total", "result" => "unreachable")
+            .absolute(counters.polls_failed);
+        metrics::counter!("resilience_follow_actions_total", "result" => "ok")
+            .absolute(counters.actions_ok);
+        metrics::counter!("resilience_follow_actions_total", "result" => "failed")
+            .absolute(counters.actions_failed);
+        let _ = status_tx.send(json!({
+            "name": cfg.follow.name,
+            "node_url": url,
+            "node_active": snap.node_active,
+            "reachable": snap.reachable,
+            "unreachable_for_ms": snap.unreachable_for.map(|d| d.as_millis() as u64),
+            "wanted_active": snap.wanted,
+            "applied_active": snap.applied,
+            "applying": snap.applying,
+            "pending": snap.pending.map(|(a, n)| json!({"active": a, "answers": n})),
+            "services": states,
+            "polls": {"ok": counters.polls_ok, "unreachable": counters.polls_failed},
+            "actions": {"ok": counters.actions_ok, "failed": counters.actions_failed},
+            "last_error": last_error,
+            "last_change_unix_ms": last_change.map(crate::node::store::unix_ms),
+        }));
+    }
+}

@@ -1,0 +1,245 @@
+//! A real node and a real follower on loopback; the follower's service is a
+//! marker-file script, its hooks append to a file. The node is driven in
+//! manual mode through its API, paused (SIGSTOP) for a lost poll, and
+//! killed for an unreachable node.
+
+mod common;
+
+use common::*;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const POLL_MS: u64 = 400;
+const UNREACHABLE_MS: u64 = 3000;
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+struct Follower {
+    /// Killed when the test ends.
+    _proc: Proc,
+    api: u16,
+    marker: PathBuf,
+    hooks: PathBuf,
+    log: PathBuf,
+}
+
+impl Follower {
+    fn start(p: &Pair) -> Follower {
+        let d = p.dir.0.display();
+        let api = free_tcp();
+        let cfg = format!(
+            r#"[follow]
+name = "cc-main"
+node = "{node}"
+poll = "{POLL_MS}ms"
+timeout = "300ms"
+confirm_polls = 2
+unreachable_after = "{UNREACHABLE_MS}ms"
+retry_after = "1s"
+api_listen = "127.0.0.1:{api}"
+
+[hooks]
+on_active = ["echo active >> {d}/hooks.log"]
+on_inactive = ["echo inactive >> {d}/hooks.log"]
+
+[[service]]
+name = "nginx"
+start = "touch {d}/cc.up"
+stop = "rm -f {d}/cc.up"
+status = "test -f {d}/cc.up"
+"#,
+            node = p.url(MAIN, "/api/v1/ha"),
+        );
+        let path = p.dir.path("follow.toml");
+        std::fs::write(&path, cfg).unwrap();
+        let log = p.dir.path("follow.log");
+        let proc = Proc::spawn(
+            "follower",
+            &["follow", "--config", path.to_str().unwrap()],
+            &p.dir.0,
+            &log,
+        );
+        let f = Follower {
+            _proc: proc,
+            api,
+            marker: p.dir.path("cc.up"),
+            hooks: p.dir.path("hooks.log"),
+            log,
+        };
+        assert!(
+            wait_until(secs(10), || f.status().is_some()),
+            "follower API never came up\n{}",
+            f.logs()
+        );
+        f
+    }
+
+    fn status(&self) -> Option<serde_json::Value> {
+        get(&format!("http://127.0.0.1:{}/api/v1/status", self.api))
+    }
+
+    fn up(&self) -> bool {
+        self.marker.exists()
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn hooks(&self) -> String {
+        std::fs::read_to_string(&self.hooks).unwrap_or_default()
+    }
+
+    fn failed_polls(&self) -> u64 {
+        self.status()
+            .and_then(|s| s["polls"]["unreachable"].as_u64())
+            .unwrap_or(0)
+    }
+}
+
+/// Wait for `f` to hold, and return how long it took from `since`.
+fn time_until(since: Instant, limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    wait_until(limit, &mut f).then(|| since.elapsed())
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[test]
+fn follower_tracks_its_node_without_flapping() {
+    let _g = serial();
+    let mut p = Pair::new("follow", "manual", "policy = \"manual\"", false);
+    p.start(MAIN);
+    let f = Follower::start(&p);
+    let m = p.config_path(MAIN);
+    let m = m.to_str().unwrap();
+    let poll = Duration::from_millis(POLL_MS);
+    let all = |f: &Follower, p: &Pair| format!("{}\n--- follower ---\n{}", p.logs(), f.logs());
+
+    // The node is Inactive: the follower settles on inactive and says its
+    // service was already stopped, in XiVO's words.
+    assert!(
+        wait_until(secs(5), || f
+            .status()
+            .is_some_and(|s| s["applied_active"] == false)),
+        "{}",
+        all(&f, &p)
+    );
+    let log = f.logs();
+    for line in [
+        "[RESILIENCE] Querying HA status at http://127.0.0.1:",
+        "[RESILIENCE] HA config shows active=false",
+        "[RESILIENCE] Nginx already stopped",
+    ] {
+        assert!(log.contains(line), "no `{line}` in\n{log}");
+    }
+    assert!(!f.up());
+
+    // Node Active → service started within two poll intervals of the node
+    // saying so (plus the start script's own time).
+    let (code, out, err) = cli(&["services", "start", "--config", m]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(wait_until(secs(5), || p.running(MAIN)), "{}", p.logs());
+    let t0 = Instant::now();
+    let took = time_until(t0, secs(10), || f.up());
+    let took = took.unwrap_or_else(|| panic!("follower never started\n{}", all(&f, &p)));
+    println!("follower started {took:?} after the node went Active (poll {poll:?})");
+    assert!(took <= 2 * poll + secs(1), "took {took:?}\n{}", all(&f, &p));
+    assert!(
+        f.logs().contains("2 answers in a row"),
+        "not debounced\n{}",
+        f.logs()
+    );
+    assert!(wait_until(secs(2), || f.hooks() == "inactive\nactive\n"));
+
+    // Node Inactive → stopped, with the hook.
+    let (code, out, err) = cli(&["services", "stop", "--config", m]);
+    assert_eq!(code, 0, "{out}{err}");
+    let t0 = Instant::now();
+    let took = time_until(t0, secs(10), || !f.up())
+        .unwrap_or_else(|| panic!("follower never stopped\n{}", all(&f, &p)));
+    println!("follower stopped {took:?} after the node went Inactive");
+    assert!(took <= 2 * poll + secs(1), "{took:?}");
+    assert!(wait_until(secs(2), || f.hooks() == "inactive\nactive\ninactive\n"));
+
+    // Back to Active for the fault cases.
+    let (code, _, _) = cli(&["services", "start", "--config", m]);
+    assert_eq!(code, 0);
+    assert!(wait_until(secs(10), || f.up()), "{}", all(&f, &p));
+    assert!(wait_until(secs(3), || f
+        .status()
+        .is_some_and(|s| s["applied_active"] == true)));
+
+    // A lost poll: the node paused just long enough for one poll to time
+    // out. Nothing moves.
+    let node_pid = p.nodes[MAIN].as_ref().unwrap().pid();
+    let failed_before = f.failed_polls();
+    signal(node_pid, "-STOP");
+    let lost = wait_until(secs(5), || f.failed_polls() > failed_before);
+    signal(node_pid, "-CONT");
+    assert!(lost, "no poll was lost\n{}", f.logs());
+    let end = Instant::now() + 4 * poll;
+    while Instant::now() < end {
+        assert!(f.up(), "one lost poll stopped the service\n{}", f.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = f.status().unwrap();
+    assert_eq!(s["reachable"], true, "{s}");
+    assert_eq!(s["applied_active"], true, "{s}");
+    assert!(f.logs().contains("node unreachable"), "{}", f.logs());
+    assert!(f.logs().contains("keeping services active"), "{}", f.logs());
+
+    // The node unreachable for good: kept until `unreachable_after`, then
+    // stopped. The clock starts at the first failed poll, after the kill.
+    p.kill(MAIN);
+    let t0 = Instant::now();
+    let took = time_until(t0, secs(15), || !f.up())
+        .unwrap_or_else(|| panic!("never stopped\n{}", f.logs()));
+    println!("follower stopped {took:?} after its node was killed (unreachable_after {UNREACHABLE_MS} ms)");
+    assert!(
+        took >= Duration::from_millis(UNREACHABLE_MS),
+        "stopped before unreachable_after: {took:?}\n{}",
+        f.logs()
+    );
+    assert!(
+        took <= Duration::from_millis(UNREACHABLE_MS) + 2 * poll + secs(2),
+        "{took:?}\n{}",
+        f.logs()
+    );
+    assert!(
+        f.logs().contains("the node has been unreachable for"),
+        "{}",
+        f.logs()
+    );
+
+    // Its own endpoints.
+    assert_eq!(
+        agent()
+            .get(&format!("http://127.0.0.1:{}/healthz", f.api))
+            .call()
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    let metrics = agent()
+        .get(&format!("http://127.0.0.1:{}/metrics", f.api))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("resilience_follow_reachable 0")
+            && metrics.contains("resilience_follow_applied_active 0"),
+        "{metrics}"
+    );
+}
