@@ -18,6 +18,8 @@ need_pkg() { # need_pkg PACKAGE BINARY
 
 # Packages the end-to-end tests use (each test fails, never skips, without them).
 need_pkg iproute2 ip
+# chattr makes a target file that even root cannot replace (pbx_settings tests).
+need_pkg e2fsprogs chattr
 # The SIP edge: sipp plays the phones, Kamailio the two PBXs' SIP side.
 need_pkg sip-tester sipp
 need_pkg kamailio kamailio

@@ -9,6 +9,7 @@
 //! - [`follower`]: what a follower host does with its node's answers.
 //! - [`heartbeat`]: the authenticated heartbeat frame and its replay guard.
 //! - [`node`]: the node state machine (failover, failback, drain, manual mode).
+//! - [`pbx_settings`]: the SIP expiry and provisioning edits for fast failover.
 //! - [`types`]: node type, mode, status, PBX health.
 
 pub mod config;
@@ -17,6 +18,7 @@ pub mod follow_config;
 pub mod follower;
 pub mod heartbeat;
 pub mod node;
+pub mod pbx_settings;
 pub mod phones;
 pub mod types;
 

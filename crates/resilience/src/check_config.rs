@@ -119,6 +119,13 @@ pub fn run(file: &Path) -> ExitCode {
     let peer = cfg.peer.as_ref().map_or("none".to_string(), |p| {
         format!("{} at {}", p.name, p.address)
     });
+    let changes = match crate::pbx_settings::wanted(&cfg, base) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{shown}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     println!("{shown}: OK");
     println!(
         "  node {} ({}, {} mode), peer {peer}",
@@ -142,5 +149,8 @@ pub fn run(file: &Path) -> ExitCode {
         cfg.arbiters.addresses.len(),
         cfg.api.listen
     );
+    for c in &changes {
+        println!("  pbx settings: {} in {}", c.what, c.file.display());
+    }
     ExitCode::SUCCESS
 }

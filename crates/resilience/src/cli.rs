@@ -45,6 +45,15 @@ pub enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Write (Main, Standby) or restore (disabled) the PBX settings of the
+    /// node config's [pbx_settings] now, as the node does at start.
+    PbxSettings {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the SIP and HTTP edge in front of both nodes.
     Edge {
         #[arg(long, short)]

@@ -9,6 +9,7 @@ mod follow;
 mod keygen;
 mod lab;
 mod node;
+mod pbx_settings;
 mod replication;
 mod services;
 mod standin;
@@ -82,6 +83,28 @@ fn main() -> ExitCode {
             init_logging();
             runtime()?.block_on(follow::run(&config))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::PbxSettings { config, json } => {
+            let (cfg, base) = node::load_config(&config)?;
+            let report = runtime()?.block_on(pbx_settings::run_for(&cfg, &base));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for (_, l) in pbx_settings::lines(&report) {
+                    println!("{l}");
+                }
+                if report.files.is_empty() {
+                    println!("pbx settings: nothing to change");
+                }
+                if let Some(w) = &report.warning {
+                    println!("warning: {w}");
+                }
+            }
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Cmd::Edge { config } => {
             init_logging();

@@ -27,6 +27,8 @@ pub struct ApiState {
     pub token: Arc<String>,
     pub metrics: PrometheusHandle,
     pub replicator: Option<Arc<crate::replication::Replicator>>,
+    /// What `[pbx_settings]` changed at start (files, reload, warning).
+    pub pbx_settings: Arc<serde_json::Value>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -104,6 +106,7 @@ async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
     if let Some(r) = &s.replicator {
         doc["replication"] = r.status_json();
     }
+    doc["pbx_settings"] = (*s.pbx_settings).clone();
     Json(doc)
 }
 

@@ -63,8 +63,10 @@ pub fn load_config(path: &Path) -> anyhow::Result<(NodeConfig, PathBuf)> {
                 p
             }
         })
-        .unwrap_or(Path::new("."))
-        .to_owned();
+        .unwrap_or(Path::new("."));
+    // Absolute, so what is recorded (changed files, kept originals) means
+    // the same whichever folder the next command runs from.
+    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_owned());
     Ok((cfg, base))
 }
 
@@ -175,6 +177,29 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
         });
     }
 
+    // The PBX settings for fast failover (or the originals, when disabled),
+    // before any PBX service starts, so it starts with them.
+    let pbx_settings = crate::pbx_settings::run_for(&cfg, &base).await;
+    let at_ms = unix_ms(SystemTime::now());
+    for (level, line) in crate::pbx_settings::lines(&pbx_settings) {
+        use crate::pbx_settings::Level;
+        match level {
+            Level::Failed => tracing::error!("{line}"),
+            _ => tracing::info!("{line}"),
+        }
+        if level != Level::Same {
+            if let Err(err) = store.append_event(at_ms, "pbx_settings", &line) {
+                tracing::error!("event history: {err}");
+            }
+        }
+    }
+    if pbx_settings.files.iter().any(|f| f.state == "written") {
+        if let Some(w) = &pbx_settings.warning {
+            tracing::warn!("{w}");
+        }
+    }
+    let pbx_settings = Arc::new(serde_json::to_value(&pbx_settings).unwrap_or_default());
+
     // Reconcile: what runs must match what is decided. The core starts
     // Inactive; unless it will start at once, running services are stopped
     // (a Standby that rebooted while Inactive keeps its PBX stopped).
@@ -264,6 +289,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
         token: Arc::new(token),
         metrics,
         replicator: replicator.clone(),
+        pbx_settings,
     };
     let api_listener = tokio::net::TcpListener::bind(cfg.api.listen)
         .await

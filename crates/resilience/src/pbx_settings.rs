@@ -1,0 +1,574 @@
+//! Writes the PBX settings of `[pbx_settings]` while the node is a Main or a
+//! Standby, and puts the files back when HA is disabled (seed 003,
+//! "Automatic Configuration Change"). The edits themselves are
+//! `resilience_core::pbx_settings`; this module owns the files.
+//!
+//! - Each file is written atomically (a temporary file beside it, fsynced,
+//!   renamed over it, owner and mode kept), so a crash leaves the old or the
+//!   new file, never half of one.
+//! - The original is kept under `<state_dir>/pbx-settings/` before the first
+//!   write, and a manifest records the hash of what was written. Applying
+//!   again renders from the kept original: when the result is what is
+//!   there, nothing is written and the reload hook does not run.
+//! - Restoring puts the original back byte for byte (or removes a file that
+//!   did not exist) only while the file is still what Resilience wrote. A
+//!   file changed since is left alone and reported, its original kept:
+//!   nobody's edit is lost.
+
+use crate::services::run_in;
+use resilience_core::config::NodeConfig;
+use resilience_core::pbx_settings::{self as edits, Expiry};
+use resilience_core::NodeType;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// The wanted content of a file, from its original (`None`: no file).
+type Render = Box<dyn Fn(Option<&[u8]>) -> Result<Vec<u8>, String> + Send + Sync>;
+
+/// One file the config wants changed.
+pub struct Change {
+    pub file: PathBuf,
+    pub what: String,
+    render: Render,
+}
+
+/// The files `cfg` wants changed: none when the node is `disabled` or has
+/// no `[pbx_settings]` (then whatever was changed is restored).
+pub fn wanted(cfg: &NodeConfig, base: &Path) -> Result<Vec<Change>, String> {
+    let Some(p) = &cfg.pbx_settings else {
+        return Ok(Vec::new());
+    };
+    if cfg.node.node_type == NodeType::Disabled {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    let mut expiry = Expiry::default();
+    if let Some(s) = &p.sip_expiry {
+        expiry = s.expiry();
+        let driver = s.driver;
+        let e = expiry;
+        out.push(Change {
+            file: crate::node::resolve(base, &s.file),
+            what: format!(
+                "SIP registration expiry ({driver}): min {}s, max {}s, default {}s",
+                e.min, e.max, e.default
+            ),
+            render: Box::new(move |old| {
+                let old = old.ok_or("the file does not exist")?;
+                edits::set_expiry(driver, old, &e).map_err(|err| err.to_string())
+            }),
+        });
+    }
+    if let Some(pr) = &p.provisioning {
+        let template = match &pr.template {
+            Some(t) => {
+                let t = crate::node::resolve(base, t);
+                std::fs::read_to_string(&t).map_err(|e| {
+                    format!("pbx_settings.provisioning.template {}: {e}", t.display())
+                })?
+            }
+            None => edits::DEFAULT_PROVISIONING_TEMPLATE.to_owned(),
+        };
+        let vars = [
+            ("main_ip", pr.main.ip().to_string()),
+            ("main_port", pr.main.port().to_string()),
+            ("standby_ip", pr.standby.ip().to_string()),
+            ("standby_port", pr.standby.port().to_string()),
+            ("expiry", expiry.default.to_string()),
+        ];
+        // Checked now, so a typo is a config error, not a half-applied set.
+        let text = edits::render(&template, &vars)
+            .map_err(|e| format!("pbx_settings.provisioning.template: {e}"))?;
+        out.push(Change {
+            file: crate::node::resolve(base, &pr.file),
+            what: format!(
+                "provisioning: proxy/registrar {}, backup {}",
+                pr.main, pr.standby
+            ),
+            render: Box::new(move |_| Ok(text.clone().into_bytes())),
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    file: PathBuf,
+    what: String,
+    /// The kept original's name in the store; `None`: there was no file.
+    original: Option<String>,
+    /// BLAKE3 of what was written.
+    written: String,
+    at_unix_ms: i64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Manifest {
+    files: Vec<Record>,
+}
+
+/// What happened to one file.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileReport {
+    pub file: PathBuf,
+    pub what: String,
+    /// `written`, `applied` (already so, nothing written), `restored`, `error`.
+    pub state: &'static str,
+    pub error: Option<String>,
+    /// Where the original is kept while the change is in place.
+    pub original: Option<PathBuf>,
+    pub since_unix_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub files: Vec<FileReport>,
+    /// The reload hook's result, when a file changed.
+    pub reload: Option<Result<(), String>>,
+    /// For the admin: phones take new settings only when resynchronized.
+    pub warning: Option<String>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.files.iter().all(|f| f.error.is_none()) && !matches!(self.reload, Some(Err(_)))
+    }
+}
+
+fn hash(b: &[u8]) -> String {
+    blake3::hash(b).to_hex().to_string()
+}
+
+fn read(p: &Path) -> Result<Option<Vec<u8>>, String> {
+    match std::fs::read(p) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", p.display())),
+    }
+}
+
+/// Replace `path` by `bytes` atomically, keeping the old file's owner and
+/// mode (`new_mode` for a new file). On any error the old file is untouched
+/// and no temporary is left.
+pub fn write_atomic(path: &Path, bytes: &[u8], new_mode: u32) -> Result<(), String> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("{}: not a file name", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.resilience-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let old = std::fs::metadata(path).ok();
+    let result = (|| -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mode = old.as_ref().map_or(new_mode, |m| m.mode() & 0o7777);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        if let Some(m) = &old {
+            // The umask may have narrowed the mode; the owner may differ
+            // (asterisk:asterisk) when we run as root.
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
+                m.mode() & 0o7777,
+            ))?;
+            if m.uid() != f.metadata()?.uid() || m.gid() != f.metadata()?.gid() {
+                std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()))?;
+            }
+        }
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot write {}: {e}", path.display())
+    })
+}
+
+/// The kept originals and the manifest, under `<state_dir>/pbx-settings`.
+struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    fn manifest_path(&self) -> PathBuf {
+        self.dir.join("manifest.json")
+    }
+
+    fn load(&self) -> Result<Manifest, String> {
+        match read(&self.manifest_path())? {
+            None => Ok(Manifest::default()),
+            Some(b) => serde_json::from_slice(&b).map_err(|e| {
+                format!(
+                    "{}: unreadable ({e}); the originals are still in {}",
+                    self.manifest_path().display(),
+                    self.dir.display()
+                )
+            }),
+        }
+    }
+
+    fn save(&self, m: &Manifest) -> Result<(), String> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
+        let text = serde_json::to_vec_pretty(m).map_err(|e| e.to_string())?;
+        write_atomic(&self.manifest_path(), &text, 0o600)
+    }
+
+    fn original_path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Keep `bytes` as the original of `file`; its name in the store, one
+    /// per path and content, so a new original never overwrites an old one
+    /// still on record.
+    fn keep(&self, file: &Path, bytes: &[u8]) -> Result<String, String> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
+        let place = &hash(file.as_os_str().as_encoded_bytes())[..12];
+        let content = &hash(bytes)[..12];
+        let stem = file
+            .file_name()
+            .map_or("file".into(), |n| n.to_string_lossy().into_owned());
+        let name = format!("{stem}.{place}.{content}.orig");
+        // Config files hold secrets (SIP passwords): the copy is private.
+        write_atomic(&self.original_path(&name), bytes, 0o600)?;
+        Ok(name)
+    }
+}
+
+/// Make the files match `wanted`: apply each wanted change, restore every
+/// file changed earlier that is no longer wanted, run `reload` once if a
+/// file changed.
+pub async fn reconcile(
+    wanted: &[Change],
+    state_dir: &Path,
+    reload: Option<(&str, std::time::Duration)>,
+    cwd: &Path,
+) -> Report {
+    let store = Store {
+        dir: state_dir.join("pbx-settings"),
+    };
+    let mut files = Vec::new();
+    let mut changed = false;
+    match store.load() {
+        Err(e) => files.push(FileReport {
+            file: store.manifest_path(),
+            what: "the record of changed files".into(),
+            state: "error",
+            error: Some(e),
+            original: None,
+            since_unix_ms: None,
+        }),
+        Ok(mut m) => {
+            for c in wanted {
+                files.push(apply(&store, &mut m, c, &mut changed));
+            }
+            let stale: Vec<Record> = m
+                .files
+                .iter()
+                .filter(|r| !wanted.iter().any(|c| c.file == r.file))
+                .cloned()
+                .collect();
+            for r in stale {
+                files.push(restore(&store, &mut m, &r, &mut changed));
+            }
+        }
+    }
+    let reload = match (changed, reload) {
+        (true, Some((cmd, timeout))) => Some(run_in(cwd, cmd, timeout).await.map(|_| ())),
+        _ => None,
+    };
+    let warning = files
+        .iter()
+        .any(|f| matches!(f.state, "written" | "applied"))
+        .then(|| {
+            "HA settings are in place: resynchronize or restart the phones so they take the new registration expiry and backup proxy/registrar; do not change these values while HA is configured".to_string()
+        });
+    Report {
+        files,
+        reload,
+        warning,
+    }
+}
+
+fn apply(store: &Store, m: &mut Manifest, c: &Change, changed: &mut bool) -> FileReport {
+    let mut report = FileReport {
+        file: c.file.clone(),
+        what: c.what.clone(),
+        state: "error",
+        error: None,
+        original: None,
+        since_unix_ms: None,
+    };
+    let fail = |mut r: FileReport, e: String| {
+        r.error = Some(e);
+        r
+    };
+    let cur = match read(&c.file) {
+        Ok(c) => c,
+        Err(e) => return fail(report, e),
+    };
+    let cur_hash = cur.as_deref().map(hash);
+    let idx = m.files.iter().position(|r| r.file == c.file);
+    let ours = idx.filter(|&i| cur_hash.as_deref() == Some(m.files[i].written.as_str()));
+    // Render from the kept original while the file is ours; otherwise what
+    // is there now is the original (first time, or its owner rewrote it).
+    let base = match ours {
+        Some(i) => match &m.files[i].original {
+            Some(name) => match read(&store.original_path(name)) {
+                Ok(Some(b)) => Some(b),
+                Ok(None) => {
+                    return fail(
+                        report,
+                        format!(
+                            "the kept original {} is missing",
+                            store.original_path(name).display()
+                        ),
+                    )
+                }
+                Err(e) => return fail(report, e),
+            },
+            None => None,
+        },
+        None => cur.clone(),
+    };
+    let desired = match (c.render)(base.as_deref()) {
+        Ok(d) => d,
+        Err(e) => return fail(report, format!("{}: {e}", c.file.display())),
+    };
+    let previous = m.files.clone();
+    // The original of a record this change replaces, dropped once the new
+    // record holds.
+    let mut replaced: Option<String> = None;
+    let record = match ours {
+        Some(i) => {
+            if cur.as_deref() == Some(&desired[..]) {
+                let r = &m.files[i];
+                report.state = "applied";
+                report.original = r.original.as_ref().map(|n| store.original_path(n));
+                report.since_unix_ms = Some(r.at_unix_ms);
+                return report;
+            }
+            m.files[i].written = hash(&desired);
+            m.files[i].what = c.what.clone();
+            m.files[i].clone()
+        }
+        None => {
+            if let Some(i) = idx {
+                tracing::warn!(
+                    "{} changed since Resilience wrote it: taking the current file as the original",
+                    c.file.display()
+                );
+                replaced = m.files.remove(i).original;
+            }
+            let original = match &cur {
+                Some(b) => match store.keep(&c.file, b) {
+                    Ok(n) => Some(n),
+                    Err(e) => return fail(report, e),
+                },
+                None => None,
+            };
+            let r = Record {
+                file: c.file.clone(),
+                what: c.what.clone(),
+                original,
+                written: hash(&desired),
+                at_unix_ms: crate::node::store::unix_ms(SystemTime::now()),
+            };
+            m.files.push(r.clone());
+            r
+        }
+    };
+    // The manifest first: a crash before the file is written leaves a
+    // record whose hash does not match, which the next run handles.
+    if let Err(e) = store.save(m) {
+        m.files = previous;
+        return fail(report, e);
+    }
+    report.original = record.original.as_ref().map(|n| store.original_path(n));
+    report.since_unix_ms = Some(record.at_unix_ms);
+    let unreferenced = |m: &Manifest, name: &Option<String>| match name {
+        Some(n) if !m.files.iter().any(|r| r.original.as_ref() == Some(n)) => {
+            let _ = std::fs::remove_file(store.original_path(n));
+        }
+        _ => {}
+    };
+    if cur.as_deref() != Some(&desired[..]) {
+        if let Err(e) = write_atomic(&c.file, &desired, 0o644) {
+            m.files = previous;
+            let _ = store.save(m);
+            unreferenced(m, &record.original);
+            report.original = None;
+            report.since_unix_ms = None;
+            return fail(report, e);
+        }
+        *changed = true;
+        report.state = "written";
+    } else {
+        report.state = "applied";
+    }
+    unreferenced(m, &replaced);
+    report
+}
+
+fn restore(store: &Store, m: &mut Manifest, r: &Record, changed: &mut bool) -> FileReport {
+    let mut report = FileReport {
+        file: r.file.clone(),
+        what: r.what.clone(),
+        state: "error",
+        error: None,
+        original: r.original.as_ref().map(|n| store.original_path(n)),
+        since_unix_ms: Some(r.at_unix_ms),
+    };
+    let original = match &r.original {
+        Some(n) => match read(&store.original_path(n)) {
+            Ok(Some(b)) => Some(b),
+            Ok(None) => {
+                report.error = Some(format!(
+                    "the kept original {} is missing; {} left as is",
+                    store.original_path(n).display(),
+                    r.file.display()
+                ));
+                return report;
+            }
+            Err(e) => {
+                report.error = Some(e);
+                return report;
+            }
+        },
+        None => None,
+    };
+    let cur = match read(&r.file) {
+        Ok(c) => c,
+        Err(e) => {
+            report.error = Some(e);
+            return report;
+        }
+    };
+    if cur == original {
+        // Already the original (a write that never happened, or put back by hand).
+    } else if cur.as_deref().map(hash).as_deref() == Some(r.written.as_str()) {
+        let put_back = match &original {
+            Some(b) => write_atomic(&r.file, b, 0o644),
+            None => std::fs::remove_file(&r.file)
+                .map_err(|e| format!("cannot remove {}: {e}", r.file.display())),
+        };
+        if let Err(e) = put_back {
+            report.error = Some(e);
+            return report;
+        }
+        *changed = true;
+    } else {
+        report.error = Some(format!(
+            "{} changed since Resilience wrote it: left as is; the original is kept at {}",
+            r.file.display(),
+            report
+                .original
+                .as_ref()
+                .map_or("(none: the file did not exist)".into(), |p| p
+                    .display()
+                    .to_string())
+        ));
+        return report;
+    }
+    m.files.retain(|x| x.file != r.file);
+    if let Err(e) = store.save(m) {
+        report.error = Some(e);
+        return report;
+    }
+    if let Some(p) = &report.original {
+        let _ = std::fs::remove_file(p);
+    }
+    report.state = "restored";
+    report.original = None;
+    report
+}
+
+/// Apply or restore as `cfg` says, from the node (at start) or the CLI.
+pub async fn run_for(cfg: &NodeConfig, base: &Path) -> Report {
+    let state_dir = crate::node::resolve(base, &cfg.node.state_dir);
+    let wanted = match wanted(cfg, base) {
+        Ok(w) => w,
+        Err(e) => {
+            return Report {
+                files: vec![FileReport {
+                    file: PathBuf::from("[pbx_settings]"),
+                    what: "the configured changes".into(),
+                    state: "error",
+                    error: Some(e),
+                    original: None,
+                    since_unix_ms: None,
+                }],
+                reload: None,
+                warning: None,
+            }
+        }
+    };
+    let reload = cfg
+        .pbx_settings
+        .as_ref()
+        .and_then(|p| p.reload.as_deref().map(|r| (r, p.reload_timeout)));
+    reconcile(&wanted, &state_dir, reload, base).await
+}
+
+/// How a report line is logged: `Same` (nothing changed) is left out of
+/// the event history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Same,
+    Changed,
+    Failed,
+}
+
+/// One line per file (and for the reload hook), for the log, the event
+/// history and the CLI.
+pub fn lines(r: &Report) -> Vec<(Level, String)> {
+    let mut out: Vec<(Level, String)> = r
+        .files
+        .iter()
+        .map(|f| match &f.error {
+            Some(e) => (
+                Level::Failed,
+                format!("pbx settings: {}: {} failed: {e}", f.file.display(), f.what),
+            ),
+            None => (
+                if f.state == "applied" {
+                    Level::Same
+                } else {
+                    Level::Changed
+                },
+                format!(
+                    "pbx settings: {}: {} ({})",
+                    f.file.display(),
+                    f.what,
+                    f.state
+                ),
+            ),
+        })
+        .collect();
+    match &r.reload {
+        Some(Ok(())) => out.push((Level::Changed, "pbx settings: reload hook done".into())),
+        Some(Err(e)) => out.push((
+            Level::Failed,
+            format!("pbx settings: reload hook failed: {e}"),
+        )),
+        None => {}
+    }
+    out
+}
