@@ -70,6 +70,10 @@ pub enum EditError {
     NoGeneral,
     #[error("no AOR (a section with `type = aor`) to set the expiry on")]
     NoAor,
+    #[error(
+        "section [{0}] opens a block comment (`;--`) that never closes: nothing can be added to it"
+    )]
+    CommentedOut(String),
     #[error("the template names `{{{{{0}}}}}`, which is not one of: {1}")]
     UnknownPlaceholder(String, String),
 }
@@ -124,7 +128,7 @@ pub fn set_expiry(driver: SipDriver, text: &[u8], e: &Expiry) -> Result<Vec<u8>,
             targets
         }
     };
-    Ok(doc.edit(&targets, &keys).into_bytes())
+    Ok(doc.edit(&targets, &keys)?.into_bytes())
 }
 
 /// A section to edit: replace the keys it sets, and add those it lacks
@@ -161,6 +165,9 @@ struct Section {
 struct Doc<'a> {
     lines: Vec<&'a str>,
     kinds: Vec<Line>,
+    /// Whether a block comment is still open at the end of each line: no
+    /// line may be added there, it would be a comment.
+    open_block: Vec<bool>,
     sections: Vec<Section>,
     eol: &'static str,
 }
@@ -180,6 +187,7 @@ impl<'a> Doc<'a> {
             "\n"
         };
         let mut kinds = Vec::with_capacity(lines.len());
+        let mut open_block = Vec::with_capacity(lines.len());
         let mut sections: Vec<Section> = Vec::new();
         let mut in_block = false;
         for (i, raw) in lines.iter().enumerate() {
@@ -190,14 +198,14 @@ impl<'a> Doc<'a> {
                     in_block = false;
                 }
                 kinds.push(Line::Other);
+                open_block.push(in_block);
                 continue;
             }
-            if let Some(p) = line.find(";--") {
-                if !line[p + 3..].contains("--;") {
-                    in_block = true;
-                }
-            }
             let code_end = comment_start(line).unwrap_or(line.len());
+            if line[code_end..].starts_with(";--") && !line[code_end + 3..].contains("--;") {
+                in_block = true;
+            }
+            open_block.push(in_block);
             let code = &line[..code_end];
             let t = code.trim();
             if t.starts_with('[') {
@@ -252,6 +260,7 @@ impl<'a> Doc<'a> {
         Doc {
             lines,
             kinds,
+            open_block,
             sections,
             eol,
         }
@@ -331,9 +340,10 @@ impl<'a> Doc<'a> {
         out
     }
 
-    fn edit(&self, targets: &[Target], keys: &[(&str, String)]) -> String {
+    fn edit(&self, targets: &[Target], keys: &[(&str, String)]) -> Result<String, EditError> {
         let mut replace: HashMap<usize, &str> = HashMap::new();
         let mut insert_after: HashMap<usize, Vec<String>> = HashMap::new();
+        let mut insert_before: HashMap<usize, Vec<String>> = HashMap::new();
         for t in targets {
             let s = &self.sections[t.section];
             let mut last_pair = s.header;
@@ -364,13 +374,29 @@ impl<'a> Doc<'a> {
                 .filter(|(_, &s)| !s)
                 .map(|((k, v), _)| format!("{k}{sep}{v}{}", self.eol))
                 .collect();
-            if !added.is_empty() {
-                insert_after.entry(last_pair).or_default().extend(added);
+            if added.is_empty() {
+                continue;
+            }
+            // After the last setting, out of any block comment it opens;
+            // before it when the comment never closes.
+            let mut at = last_pair;
+            while self.open_block[at] && at + 1 < self.lines.len() {
+                at += 1;
+            }
+            if !self.open_block[at] {
+                insert_after.entry(at).or_default().extend(added);
+            } else if last_pair > s.header {
+                insert_before.entry(last_pair).or_default().extend(added);
+            } else {
+                return Err(EditError::CommentedOut(s.name.clone()));
             }
         }
         let mut out =
             String::with_capacity(self.lines.iter().map(|l| l.len()).sum::<usize>() + 256);
         for (i, line) in self.lines.iter().enumerate() {
+            for a in insert_before.get(&i).into_iter().flatten() {
+                out.push_str(a);
+            }
             match (replace.get(&i), &self.kinds[i]) {
                 (Some(v), Line::Pair { value, .. }) => {
                     out.push_str(&line[..value.0]);
@@ -394,7 +420,7 @@ impl<'a> Doc<'a> {
                 }
             }
         }
-        out
+        Ok(out)
     }
 }
 
@@ -517,6 +543,27 @@ type=endpoint
 aors=6001";
         assert_eq!(out, want);
         assert_eq!(edit(SipDriver::Pjsip, &out), out);
+    }
+
+    #[test]
+    fn nothing_is_added_inside_a_block_comment() {
+        // Fuzzer find: a setting that opens a block comment on its line.
+        let src = "[a]\ntype = aor ;-- starts here\nstill a comment\n--;\n[b]\ntype=aor;-- never closes\nx\n";
+        let out = edit(SipDriver::Pjsip, src);
+        assert_eq!(
+            out,
+            "[a]\ntype = aor ;-- starts here\nstill a comment\n--;\nminimum_expiration = 60\nmaximum_expiration = 300\ndefault_expiration = 120\n[b]\nminimum_expiration=60\nmaximum_expiration=300\ndefault_expiration=120\ntype=aor;-- never closes\nx\n"
+        );
+        assert_eq!(edit(SipDriver::Pjsip, &out), out);
+        assert_eq!(
+            set_expiry(
+                SipDriver::Pjsip,
+                b"[a] ;-- open\ntype=aor\n",
+                &Expiry::default()
+            ),
+            Err(EditError::NoAor),
+            "a section whose settings are all commented out is not an AOR"
+        );
     }
 
     #[test]

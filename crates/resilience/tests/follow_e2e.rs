@@ -27,12 +27,19 @@ struct Follower {
 
 impl Follower {
     fn start(p: &Pair) -> Follower {
+        Follower::start_as(p, "cc", &p.url(MAIN, "/api/v1/ha"), "")
+    }
+
+    /// `name` tells apart the files of followers of one test; `extra`
+    /// goes into `[follow]`.
+    fn start_as(p: &Pair, name: &str, node: &str, extra: &str) -> Follower {
         let d = p.dir.0.display();
         let api = free_tcp();
         let cfg = format!(
             r#"[follow]
-name = "cc-main"
+name = "{name}"
 node = "{node}"
+{extra}
 poll = "{POLL_MS}ms"
 timeout = "300ms"
 confirm_polls = 2
@@ -41,20 +48,19 @@ retry_after = "1s"
 api_listen = "127.0.0.1:{api}"
 
 [hooks]
-on_active = ["echo active >> {d}/hooks.log"]
-on_inactive = ["echo inactive >> {d}/hooks.log"]
+on_active = ["echo active >> {d}/{name}-hooks.log"]
+on_inactive = ["echo inactive >> {d}/{name}-hooks.log"]
 
 [[service]]
 name = "nginx"
-start = "touch {d}/cc.up"
-stop = "rm -f {d}/cc.up"
-status = "test -f {d}/cc.up"
+start = "touch {d}/{name}.up"
+stop = "rm -f {d}/{name}.up"
+status = "test -f {d}/{name}.up"
 "#,
-            node = p.url(MAIN, "/api/v1/ha"),
         );
-        let path = p.dir.path("follow.toml");
+        let path = p.dir.path(&format!("{name}-follow.toml"));
         std::fs::write(&path, cfg).unwrap();
-        let log = p.dir.path("follow.log");
+        let log = p.dir.path(&format!("{name}-follow.log"));
         let proc = Proc::spawn(
             "follower",
             &["follow", "--config", path.to_str().unwrap()],
@@ -64,8 +70,8 @@ status = "test -f {d}/cc.up"
         let f = Follower {
             _proc: proc,
             api,
-            marker: p.dir.path("cc.up"),
-            hooks: p.dir.path("hooks.log"),
+            marker: p.dir.path(&format!("{name}.up")),
+            hooks: p.dir.path(&format!("{name}-hooks.log")),
             log,
         };
         assert!(
@@ -242,4 +248,67 @@ fn follower_tracks_its_node_without_flapping() {
             && metrics.contains("resilience_follow_applied_active 0"),
         "{metrics}"
     );
+}
+
+#[test]
+fn follower_over_tls_trusts_the_cluster_ca_only() {
+    let _g = serial();
+    let mut p = Pair::new("follow-tls", "manual", "policy = \"manual\"", false);
+    let pki = p.dir.path("pki").display().to_string();
+    for args in [
+        vec!["cert", "init", "--dir", &pki],
+        vec![
+            "cert",
+            "issue",
+            "pbx-main",
+            "--dir",
+            &pki,
+            "--name",
+            "127.0.0.1",
+        ],
+    ] {
+        let (code, out, err) = cli(&args);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+    }
+    p.specs[MAIN].extra =
+        format!("tls_cert = \"{pki}/pbx-main.crt\"\ntls_key = \"{pki}/pbx-main.key\"\n");
+    std::fs::write(p.config_path(MAIN), p.specs[MAIN].config(&p.dir.0)).unwrap();
+    let cfg = p.config_path(MAIN).display().to_string();
+    let log = p.dir.path("pbx-main.log");
+    p.nodes[MAIN] = Some(Proc::spawn(
+        "pbx-main",
+        &["node", "--config", &cfg],
+        &p.dir.0,
+        &log,
+    ));
+    let api = format!("https://127.0.0.1:{}", p.specs[MAIN].api);
+    let ca = format!("{pki}/ca.pem");
+    assert!(
+        wait_until(secs(10), || cli(&[
+            "services", "start", "--config", &cfg, "--api", &api, "--ca", &ca
+        ])
+        .0 == 0),
+        "{}",
+        p.logs()
+    );
+    let url = format!("{api}/api/v1/ha");
+    let trusted = Follower::start_as(&p, "trusted", &url, &format!("ca = \"{ca}\""));
+    let stranger = Follower::start_as(&p, "stranger", &url, "");
+    assert!(
+        wait_until(secs(10), || trusted.up()),
+        "{}\n{}",
+        p.logs(),
+        trusted.logs()
+    );
+    // Without the CA the node's certificate is not trusted: never started.
+    assert!(wait_until(secs(5), || stranger.failed_polls() >= 3));
+    let s = stranger.status().unwrap();
+    assert_eq!(s["reachable"], false, "{s}");
+    assert!(
+        s["poll_error"].as_str().is_some_and(
+            |e| e.to_lowercase().contains("certificate") || e.contains("UnknownIssuer")
+        ),
+        "{s}"
+    );
+    assert!(!stranger.up());
 }

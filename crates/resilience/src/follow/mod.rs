@@ -156,6 +156,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
     let mut counters = Counters::default();
     let mut states: Vec<ServiceState> = services.states().await;
     let mut last_error: Option<String> = None;
+    let mut poll_error: Option<String> = None;
     let mut last_change: Option<SystemTime> = None;
     tracing::info!("[RESILIENCE] Querying HA status at {url}");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
@@ -174,9 +175,15 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                     .await
                     .unwrap_or_else(|e| Answer::Unreachable(format!("poll task: {e}")));
                 tracing::debug!("[RESILIENCE] Querying HA status at {url}: {answer:?}");
-                match answer {
-                    Answer::Active(_) => counters.polls_ok += 1,
-                    Answer::Unreachable(_) => counters.polls_failed += 1,
+                match &answer {
+                    Answer::Active(_) => {
+                        counters.polls_ok += 1;
+                        poll_error = None;
+                    }
+                    Answer::Unreachable(why) => {
+                        counters.polls_failed += 1;
+                        poll_error = Some(why.clone());
+                    }
                 }
                 core.handle_answer(asked, answer);
             }
@@ -255,6 +262,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
             "polls": {"ok": counters.polls_ok, "unreachable": counters.polls_failed},
             "actions": {"ok": counters.actions_ok, "failed": counters.actions_failed},
             "last_error": last_error,
+            "poll_error": poll_error,
             "last_change_unix_ms": last_change.map(crate::node::store::unix_ms),
         }));
     }
