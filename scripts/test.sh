@@ -28,6 +28,15 @@ if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || ! command -v pg_re
   need_pkg postgresql /nonexistent/postgres
 fi
 
+# The dashboard's browser test: Debian's Chromium driven by playwright-core.
+need_pkg chromium chromium
+need_pkg chromium-driver chromedriver
+need_pkg nodejs node
+need_pkg npm npm
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  (cd tests/browser && npm ci --no-audit --no-fund)
+fi
+
 export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

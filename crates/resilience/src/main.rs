@@ -13,6 +13,7 @@ mod pbx_settings;
 mod replication;
 mod services;
 mod standin;
+mod web;
 
 use clap::Parser;
 use cli::{CertAction, Cli, Cmd, ServicesAction};

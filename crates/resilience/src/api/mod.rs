@@ -42,6 +42,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/services/stop", post(stop))
         .route("/api/v1/failback", post(failback))
         .route("/api/v1/replicate", post(replicate))
+        .merge(crate::web::routes())
         .with_state(state)
 }
 

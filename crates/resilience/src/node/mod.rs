@@ -320,7 +320,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
     let mut service_states: Vec<ServiceState> = Vec::new();
     let peer_addrs = node.settings().peer_addrs.clone();
     let calls_cmd = cfg.drain.active_calls_command.clone();
-    let mut last_active: Option<bool> = None;
+    let mut last_peer: Option<&'static str> = None;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let mut shutdown = std::pin::pin!(shutdown_signal());
 
@@ -391,8 +391,23 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
         }
         publish(&node, &cfg, &counters, &service_states, &status_tx, &ha_tx);
         active_tx.send_if_modified(|a| std::mem::replace(a, node.is_active()) != node.is_active());
-        if last_active != Some(node.is_active()) {
-            last_active = Some(node.is_active());
+        // The peer's state as heard, for the dashboard's timeline.
+        let heard = node.snapshot(Instant::now()).peer.map(|p| {
+            let word = match (p.heard, p.status) {
+                (true, Some(s)) => status_word(s),
+                _ => "silent",
+            };
+            (p.name, word)
+        });
+        if let Some((name, word)) = heard {
+            if last_peer != Some(word) {
+                last_peer = Some(word);
+                let text = format!("peer {name} is {word}");
+                let at_ms = unix_ms(SystemTime::now());
+                if let Err(err) = store.append_event(at_ms, "peer_state", &text) {
+                    tracing::error!("event history: {err}");
+                }
+            }
         }
 
         let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));

@@ -1,0 +1,292 @@
+// The Resilience dashboard: reads the node's API once a second and draws
+// it; posts the admin's actions with the token typed once (kept in this
+// browser's localStorage). Every value is put in the page as text, never
+// as HTML.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const TOKEN_KEY = "resilience-api-token";
+let token = localStorage.getItem(TOKEN_KEY) || "";
+
+function el(tag, text, cls) {
+  const e = document.createElement(tag);
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  if (cls) e.className = cls;
+  return e;
+}
+
+function cap(s) {
+  return s ? s.charAt(0).toUpperCase() + s.slice(1) : "";
+}
+
+function ago(s) {
+  if (s === null || s === undefined) return "never";
+  if (s < 1) return `${Math.round(s * 1000)} ms ago`;
+  if (s < 120) return `${s.toFixed(1)} s ago`;
+  return `${Math.round(s / 60)} min ago`;
+}
+
+function when(ms) {
+  return ms ? new Date(ms).toLocaleString() : "—";
+}
+
+function fillDl(dl, pairs) {
+  dl.replaceChildren();
+  for (const [k, v] of pairs) {
+    dl.append(el("dt", k), el("dd", v === null || v === undefined || v === "" ? "—" : v));
+  }
+}
+
+function fillTable(table, head, rows) {
+  table.replaceChildren();
+  const tr = el("tr");
+  for (const h of head) tr.append(el("th", h));
+  table.append(tr);
+  for (const r of rows) {
+    const row = el("tr");
+    for (const c of r) row.append(el("td", c === null || c === undefined ? "—" : c));
+    table.append(row);
+  }
+}
+
+function badge(id, text, cls) {
+  const b = $(id);
+  b.textContent = text;
+  b.className = "badge " + (cls || "");
+}
+
+function render(s) {
+  const n = s.node || {};
+  $("top").classList.remove("stale");
+  $("node-name").textContent = n.name || "";
+  document.title = `${n.name || "node"} — ${cap(n.state)} — Resilience`;
+  badge("node-type", cap(n.node_type));
+  badge("node-mode", cap(n.mode));
+  const busy = n.status && n.status !== "active" && n.status !== "inactive";
+  const status = cap(n.state) + (busy ? ` (${n.status})` : "");
+  badge("node-status", status, n.faulted ? "fault" : busy ? "busy" : n.state);
+  $("updated").textContent = "updated " + new Date().toLocaleTimeString();
+
+  fillDl($("this"), [
+    ["status", `${n.status}${n.reason ? " — " + n.reason : ""}`],
+    ["PBX health", s.pbx ? s.pbx.health : null],
+    ["held by an admin", n.held ? "yes (services stopped by hand)" : "no"],
+    ["faulted", n.faulted ? "yes" : "no"],
+    ["epoch", n.epoch],
+    ["arbiters", (n.arbiters || []).length ? `${n.arbiters.join(", ")} (${n.arbiter_ok ? "reachable" : "unreachable"})` : "none configured"],
+  ]);
+  fillTable(
+    $("services"),
+    ["service", "state"],
+    (s.services || []).map((x) => [x.name, x.running === null ? "no status command" : x.running ? "running" : "stopped"])
+  );
+
+  const p = s.peer;
+  $("tl-peer-name").textContent = p ? p.name : "peer";
+  $("tl-this-name").textContent = n.name || "this node";
+  fillDl(
+    $("peer"),
+    p
+      ? [
+          ["name", p.name],
+          ["address", p.address],
+          ["last heartbeat", p.heard ? ago(p.last_heard_ago_s) : `not heard (${ago(p.last_heard_ago_s)})`],
+          ["status", p.status],
+          ["PBX health", p.pbx],
+          ["epoch", p.epoch],
+        ]
+      : [["peer", "none (disabled node)"]]
+  );
+
+  const f = s.failback || {};
+  let why = f.waiting_because || (f.requested ? "handover asked of the peer" : "");
+  if (s.drain && s.drain.active_calls !== null && n.status === "draining") {
+    why += ` — draining, ${s.drain.active_calls} active call(s)`;
+  }
+  fillDl($("failback"), [
+    ["policy", f.policy],
+    ["pending", f.pending ? "yes" : "no"],
+    ["waiting because", why],
+    ["due in", f.due_in_s !== null && f.due_in_s !== undefined ? `${f.due_in_s.toFixed(0)} s` : null],
+    ["active calls", s.drain ? s.drain.active_calls : null],
+  ]);
+
+  const r = s.replication;
+  if (r && r.jobs) {
+    fillTable(
+      $("replication"),
+      ["job", "kind", "last success", "files", "last error"],
+      Object.entries(r.jobs).map(([name, j]) => [
+        name + (j.running ? " (running)" : ""),
+        j.kind,
+        when(j.last_success_ms),
+        j.files,
+        j.last_error || "",
+      ])
+    );
+  } else {
+    fillTable($("replication"), ["replication"], [["not configured on this node"]]);
+  }
+
+  const ps = s.pbx_settings || {};
+  const files = (ps.files || []).map((x) => [x.file, x.what, x.error ? `error: ${x.error}` : x.state]);
+  fillTable(
+    $("pbx-settings"),
+    ["file", "change", "state"],
+    files.length ? files : [["none", "no [pbx_settings] in this node's config", ""]]
+  );
+  const w = $("warning");
+  w.hidden = !ps.warning;
+  w.textContent = ps.warning || "";
+
+  const hb = s.heartbeat || {};
+  const rejected = Object.entries(hb.rejected || {})
+    .filter(([, v]) => v > 0)
+    .map(([k, v]) => `${k}: ${v}`)
+    .join(", ");
+  fillDl($("heartbeat"), [
+    ["interval", `${hb.interval_ms} ms`],
+    ["failover after", `${hb.failover_after_ms} ms`],
+    ["sent / received", `${hb.sent} / ${hb.received}`],
+    ["rejected", rejected || "none"],
+  ]);
+}
+
+function renderEvents(events) {
+  fillTable(
+    $("events"),
+    ["when", "what"],
+    (events || []).map((e) => [new Date(e.at_ms).toLocaleString(), e.text])
+  );
+}
+
+function renderTimeline(t) {
+  const svg = $("timeline");
+  const NS = "http://www.w3.org/2000/svg";
+  svg.replaceChildren();
+  const span = Math.max(1, t.to_ms - t.from_ms);
+  const x = (ms) => ((ms - t.from_ms) / span) * 1000;
+  const rows = [
+    [t.this, 6],
+    [t.peer, 38],
+  ];
+  for (const [segs, y] of rows) {
+    for (const s of segs) {
+      const r = document.createElementNS(NS, "rect");
+      r.setAttribute("x", x(s.from_ms));
+      r.setAttribute("y", y);
+      r.setAttribute("width", Math.max(0.5, x(s.to_ms) - x(s.from_ms)));
+      r.setAttribute("height", 20);
+      r.setAttribute("class", s.state);
+      const title = document.createElementNS(NS, "title");
+      title.textContent = `${s.state}: ${when(s.from_ms)} – ${when(s.to_ms)}`;
+      r.append(title);
+      svg.append(r);
+    }
+  }
+  for (const m of t.marks) {
+    const l = document.createElementNS(NS, "line");
+    l.setAttribute("x1", x(m.at_ms));
+    l.setAttribute("x2", x(m.at_ms));
+    l.setAttribute("y1", 0);
+    l.setAttribute("y2", 64);
+    l.setAttribute("stroke", "#1d2330");
+    l.setAttribute("stroke-width", m.kind === "boot" ? 1 : 2);
+    const title = document.createElementNS(NS, "title");
+    title.textContent = `${when(m.at_ms)}: ${m.text}`;
+    l.append(title);
+    svg.append(l);
+  }
+  $("tl-from").textContent = when(t.from_ms);
+}
+
+async function getJson(path) {
+  const r = await fetch(path, { cache: "no-store" });
+  if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
+  return r.json();
+}
+
+async function refresh() {
+  try {
+    render(await getJson("/api/v1/status"));
+    renderEvents((await getJson("/api/v1/events?limit=40")).events);
+  } catch (e) {
+    $("top").classList.add("stale");
+    $("updated").textContent = `node unreachable (${e.message}) — showing the last known state`;
+  }
+}
+
+let tick = 0;
+async function refreshTimeline() {
+  try {
+    renderTimeline(await getJson(`/api/v1/timeline?hours=${$("hours").value}`));
+  } catch (e) {
+    /* the status line already says the node is unreachable */
+  }
+}
+
+function say(text, cls) {
+  const r = $("action-result");
+  r.textContent = text;
+  r.className = cls;
+}
+
+async function act(what, path, body) {
+  if (!token) {
+    say(`${what}: enter the API token first (the node's api.token file)`, "error");
+    $("token").focus();
+    return;
+  }
+  say(`${what}…`, "");
+  let r;
+  try {
+    r = await fetch(path, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+      body: JSON.stringify(body || {}),
+    });
+  } catch (e) {
+    say(`${what}: the node did not answer (${e.message})`, "error");
+    return;
+  }
+  let j = {};
+  try {
+    j = await r.json();
+  } catch (e) {
+    /* an empty or non-JSON answer: the status code says enough */
+  }
+  if (r.ok) {
+    const jobs = j.jobs ? j.jobs.map((x) => (x.error ? `${x.job}: ${x.error}` : `${x.job}: ${x.files} file(s)`)).join("; ") : "";
+    say(`${what}: ${j.message || jobs || "done"}`, "ok");
+  } else if (r.status === 401) {
+    say(`${what}: token refused (${j.error || "401"}) — enter the node's api.token`, "error");
+  } else {
+    say(`${what} refused: ${j.reason || j.error || "HTTP " + r.status}`, "error");
+  }
+  refresh();
+  refreshTimeline();
+}
+
+$("btn-start").addEventListener("click", () =>
+  act("Start services", "/api/v1/services/start", { force: $("force").checked })
+);
+$("btn-stop").addEventListener("click", () => act("Stop services", "/api/v1/services/stop"));
+$("btn-failback").addEventListener("click", () => act("Fail back now", "/api/v1/failback"));
+$("btn-replicate").addEventListener("click", () => act("Replicate now", "/api/v1/replicate"));
+$("token-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  token = $("token").value.trim();
+  localStorage.setItem(TOKEN_KEY, token);
+  $("token").value = "";
+  $("token-state").textContent = token ? "token set for this browser" : "no token";
+});
+$("hours").addEventListener("change", refreshTimeline);
+$("token-state").textContent = token ? "token set for this browser" : "no token: actions will ask for it";
+
+refresh();
+refreshTimeline();
+setInterval(() => {
+  refresh();
+  tick += 1;
+  if (tick % 5 === 0) refreshTimeline();
+}, 1000);

@@ -1,0 +1,107 @@
+// Drives two node dashboards in Debian's Chromium, headless, as an admin
+// would: reads the header, has an action refused, stops the Active node's
+// services in manual mode and watches both pages follow without a reload.
+// Run by crates/resilience/tests/dashboard_e2e.rs with MAIN_URL,
+// STANDBY_URL, TOKEN and ARTIFACTS set; exits non-zero on the first failed
+// check, saying which.
+import { chromium } from "playwright-core";
+
+const { MAIN_URL, STANDBY_URL, TOKEN, ARTIFACTS } = process.env;
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const WAIT = 15000;
+
+function check(cond, what) {
+  if (!cond) throw new Error(`check failed: ${what}`);
+  console.log(`ok: ${what}`);
+}
+
+const browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  headless: true,
+  args: [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+  ],
+});
+let failed = false;
+const pages = {};
+try {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 1100 } });
+  for (const [name, url] of [["main", MAIN_URL], ["standby", STANDBY_URL]]) {
+    const page = await context.newPage();
+    page.on("pageerror", (e) => {
+      console.log(`${name}: page error: ${e.message}`);
+      failed = true;
+    });
+    await page.goto(url);
+    // A flag that a reload would wipe: the pages must update in place.
+    await page.evaluate(() => (window.__noReload = true));
+    pages[name] = page;
+  }
+  const { main, standby } = pages;
+  const text = (page, sel) => page.locator(sel).innerText();
+  const waitText = (page, sel, re, what) =>
+    page
+      .waitForFunction(
+        ([sel, src]) => new RegExp(src).test(document.querySelector(sel)?.textContent || ""),
+        [sel, re.source],
+        { timeout: WAIT }
+      )
+      .then(
+        () => check(true, what),
+        async () => check(false, `${what} (got "${await text(page, sel)}")`)
+      );
+
+  // The header: node type, mode and status.
+  await waitText(main, "#node-type", /^Main$/, "main page shows node type Main");
+  await waitText(main, "#node-mode", /^Manual$/, "main page shows manual mode");
+  await waitText(main, "#node-status", /^Active/, "main page shows Active");
+  await waitText(standby, "#node-type", /^Standby$/, "standby page shows node type Standby");
+  await waitText(standby, "#node-status", /^Inactive/, "standby page shows Inactive");
+  await waitText(standby, "#peer", /status\s*active/, "standby page shows its peer active");
+
+  // An action without a token asks for it; a refused action says why.
+  await standby.click("#btn-start");
+  await waitText(standby, "#action-result", /enter the API token/, "an action without a token asks for it");
+  await standby.fill("#token", TOKEN);
+  await standby.click("#token-form button[type=submit]");
+  await standby.click("#btn-start");
+  await waitText(standby, "#action-result", /refused: .*peer.*active/i, "starting beside an active peer is refused with its reason");
+  await standby.screenshot({ path: `${ARTIFACTS}/dashboard-refused.png`, fullPage: true });
+
+  // A wrong token is told apart from a refusal.
+  await main.fill("#token", "not-the-token");
+  await main.click("#token-form button[type=submit]");
+  await main.click("#btn-stop");
+  await waitText(main, "#action-result", /token refused/, "a wrong token is reported as such");
+
+  // Stop services on the Active Main: both pages follow, without a reload.
+  await main.fill("#token", TOKEN);
+  await main.click("#token-form button[type=submit]");
+  await main.click("#btn-stop");
+  await waitText(main, "#action-result", /Stop services: .*accepted/, "stop accepted");
+  await waitText(main, "#node-status", /^Inactive/, "main page shows Inactive after Stop services");
+  await waitText(standby, "#peer", /status\s*inactive/, "standby page shows its peer inactive");
+  await waitText(main, "#events", /Updating resilience state, from: true to: false/, "the event history shows the change");
+  for (const [name, page] of Object.entries(pages)) {
+    check(await page.evaluate(() => window.__noReload === true), `${name} page was not reloaded`);
+  }
+  await main.waitForTimeout(5500); // one timeline refresh
+  check((await main.locator("#timeline rect").count()) >= 2, "the timeline draws both rows");
+  await main.screenshot({ path: `${ARTIFACTS}/dashboard-main.png`, fullPage: true });
+  console.log(`screenshots in ${ARTIFACTS}`);
+} catch (e) {
+  console.log(e.message);
+  failed = true;
+  for (const [name, page] of Object.entries(pages)) {
+    await page.screenshot({ path: `${ARTIFACTS}/dashboard-${name}-failed.png`, fullPage: true }).catch(() => {});
+  }
+} finally {
+  await browser.close();
+}
+process.exit(failed ? 1 : 0);
