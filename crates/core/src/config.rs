@@ -398,6 +398,10 @@ pub struct ApiSection {
     pub tls_cert: Option<PathBuf>,
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Set by `resilience lab`: its control API, so the dashboard can offer
+    /// the lab's fault buttons (crash a node, stop a PBX, cut the link).
+    #[serde(default)]
+    pub lab_url: Option<String>,
 }
 
 fn default_mode() -> Mode {
@@ -518,6 +522,7 @@ impl Default for ApiSection {
             token_file: None,
             tls_cert: None,
             tls_key: None,
+            lab_url: None,
         }
     }
 }

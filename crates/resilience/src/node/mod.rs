@@ -675,6 +675,7 @@ fn publish(
             "due_in_s": s.failback_due_in.map(|d| d.as_secs_f64()),
         },
         "drain": { "active_calls": s.calls },
+        "lab": cfg.api.lab_url,
         "heartbeat": {
             "interval_ms": cfg.heartbeat.interval.as_millis() as u64,
             "failover_after_ms": cfg.heartbeat.failover_after.as_millis() as u64,

@@ -55,8 +55,12 @@ function badge(id, text, cls) {
   b.className = "badge " + (cls || "");
 }
 
+let labUrl = null;
+
 function render(s) {
   const n = s.node || {};
+  labUrl = s.lab || null;
+  $("lab").hidden = !labUrl;
   $("top").classList.remove("stale");
   $("node-name").textContent = n.name || "";
   document.title = `${n.name || "node"} — ${cap(n.state)} — Resilience`;
@@ -281,6 +285,19 @@ $("token-form").addEventListener("submit", (ev) => {
   $("token-state").textContent = token ? "token set for this browser" : "no token";
 });
 $("hours").addEventListener("change", refreshTimeline);
+for (const b of document.querySelectorAll("[data-lab]")) {
+  b.addEventListener("click", async () => {
+    const out = $("lab-result");
+    if (!labUrl) return;
+    try {
+      const r = await fetch(`${labUrl}/lab/${b.dataset.lab}`, { method: "POST" });
+      const j = await r.json();
+      out.textContent = j.message || j.error;
+    } catch (e) {
+      out.textContent = `the lab did not answer (${e.message})`;
+    }
+  });
+}
 $("token-state").textContent = token ? "token set for this browser" : "no token: actions will ask for it";
 
 refresh();

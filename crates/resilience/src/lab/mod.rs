@@ -1,0 +1,176 @@
+//! `resilience lab`: the whole cluster on loopback, for a first look. It
+//! writes a cluster key and the configs into a folder, starts two nodes
+//! (each with a stand-in PBX), an edge and a follower per node, prints the
+//! dashboard addresses and both nodes' decisions as they happen. Faults come
+//! from the dashboards' Lab panel, the control API (`POST /lab/crash/main`,
+//! …) or commands typed on stdin. Ctrl-C (or `quit`) stops every process it
+//! started, by pid, and writes `lab.json` for tools (ports, addresses).
+
+mod configs;
+mod control;
+
+use anyhow::Context;
+use configs::{Ports, NODES};
+use control::{Lab, ROLES};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::Mutex;
+
+fn help() {
+    println!(
+        "lab commands (or the Lab panel of a dashboard):\n  crash main|standby     SIGKILL the node daemon (its services stay as they were)\n  boot main|standby      start the node daemon again\n  pbx-down main|standby  stop the stand-in PBX (the node's SIP probe fails)\n  pbx-up main|standby    start it again\n  link-cut | link-heal   cut or heal the heartbeat link between the nodes\n  status                 both nodes' status\n  quit                   stop everything (Ctrl-C does too)"
+    );
+}
+
+pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let dir = match dir {
+        Some(d) => d,
+        None => std::env::temp_dir().join(format!("resilience-lab-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("lab folder {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let ports = Ports::pick()?;
+    let key = dir.join("cluster.key");
+    if !key.exists() {
+        std::fs::write(&key, format!("{}\n", crate::keygen::new_key()?))?;
+    }
+    let token = dir.join("api.token");
+    if !token.exists() {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("random token: {e}"))?;
+        std::fs::write(&token, format!("{}\n", hex::encode(bytes)))?;
+    }
+    for (i, n) in NODES.iter().enumerate() {
+        std::fs::write(dir.join(format!("{n}.toml")), configs::node(i, &ports))?;
+        std::fs::write(
+            dir.join(format!("cc-{n}.toml")),
+            configs::follower(i, &ports),
+        )?;
+    }
+    std::fs::write(dir.join("edge.toml"), configs::edge(&ports))?;
+
+    let lab = Arc::new(Mutex::new(Lab::new(
+        std::env::current_exe()?,
+        dir.clone(),
+        ports.clone(),
+    )));
+    {
+        let mut l = lab.lock().await;
+        for i in 0..2 {
+            let wire = l.wire.clone();
+            let p = ports.clone();
+            tokio::spawn(async move {
+                if let Err(e) = wire.run(i, p).await {
+                    eprintln!("lab: wire: {e:#}");
+                }
+            });
+        }
+        for role in ROLES {
+            println!("lab: {}", l.spawn(role)?);
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", ports.control))
+        .await
+        .context("lab control port")?;
+    let app = control::router(lab.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            eprintln!("lab: control API: {e}");
+        }
+    });
+    let state = lab.lock().await.state();
+    std::fs::write(dir.join("lab.json"), serde_json::to_vec_pretty(&state)?)?;
+    println!(
+        "\nlab: folder {d}\n  dashboards  main    http://127.0.0.1:{m}/\n              standby http://127.0.0.1:{s}/\n  API token   {d}/api.token (paste it into a dashboard once)\n  edge        SIP 127.0.0.1:{e} (register phones here), status http://127.0.0.1:{ea}/api/v1/status\n  followers   cc-main http://127.0.0.1:{f0}/api/v1/status, cc-standby http://127.0.0.1:{f1}/api/v1/status\n  lab control http://127.0.0.1:{c}/\n  timers: heartbeat 200ms, failover after 3s, failback after 30s stable, drain up to 20s",
+        d = dir.display(),
+        m = ports.api[0],
+        s = ports.api[1],
+        e = ports.edge_sip,
+        ea = ports.edge_api,
+        f0 = ports.follower_api[0],
+        f1 = ports.follower_api[1],
+        c = ports.control,
+    );
+    help();
+
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    let mut last_id: [i64; 2] = [0, 0];
+    let mut tick = tokio::time::interval(Duration::from_millis(300));
+    let mut shutdown = std::pin::pin!(crate::node::shutdown_signal());
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick.tick() => {
+                for i in 0..2 {
+                    let url = format!("http://127.0.0.1:{}/api/v1/events?limit=50", ports.api[i]);
+                    let since = last_id[i];
+                    let got = tokio::task::spawn_blocking(move || fetch_events(&url, since)).await.unwrap_or_default();
+                    for (id, text) in got {
+                        last_id[i] = last_id[i].max(id);
+                        println!("[{:<7}] {text}", NODES[i]);
+                    }
+                }
+            }
+            line = lines.next_line(), if stdin_open => {
+                match line {
+                    Ok(Some(l)) => {
+                        let words: Vec<&str> = l.split_whitespace().collect();
+                        match words.as_slice() {
+                            ["status"] => {
+                                for n in NODES {
+                                    let cfg = dir.join(format!("{n}.toml"));
+                                    let t = crate::client::Target::new(None, None, Some(&cfg))?;
+                                    tokio::task::spawn_blocking(move || crate::client::status(&t, false)).await?;
+                                }
+                            }
+                            ["quit"] | ["exit"] => break,
+                            [] => {}
+                            [action, rest @ ..] if rest.len() <= 1 => {
+                                let r = lab.lock().await.command(action, rest.first().copied()).await;
+                                match r {
+                                    Ok(m) => println!("lab: {m}"),
+                                    Err(e) => {
+                                        println!("lab: {e}");
+                                        help();
+                                    }
+                                }
+                            }
+                            _ => help(),
+                        }
+                    }
+                    _ => stdin_open = false,
+                }
+            }
+        }
+    }
+    println!("lab: stopping");
+    lab.lock().await.stop_all().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// New events of one node (id above `since`), oldest first.
+fn fetch_events(url: &str, since: i64) -> Vec<(i64, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .into();
+    let Ok(mut resp) = agent.get(url).call() else {
+        return Vec::new();
+    };
+    let Ok(doc) = resp.body_mut().read_json::<serde_json::Value>() else {
+        return Vec::new();
+    };
+    let mut out: Vec<(i64, String)> = doc["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((e["id"].as_i64()?, e["text"].as_str()?.to_owned())))
+        .filter(|(id, _)| *id > since)
+        .collect();
+    out.sort_by_key(|(id, _)| *id);
+    out
+}
