@@ -102,7 +102,20 @@ struct Record {
     original: Option<String>,
     /// BLAKE3 of what was written.
     written: String,
+    /// While a rewrite is under way: BLAKE3 of what was there before, which
+    /// still counts as ours until the new text is in place.
+    #[serde(default)]
+    previous: Option<String>,
     at_unix_ms: i64,
+}
+
+impl Record {
+    /// Whether `bytes` (the file now) is what Resilience wrote.
+    fn is_ours(&self, bytes: Option<&[u8]>) -> bool {
+        let Some(b) = bytes else { return false };
+        let h = hash(b);
+        h == self.written || self.previous.as_deref() == Some(h.as_str())
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -152,38 +165,63 @@ fn read(p: &Path) -> Result<Option<Vec<u8>>, String> {
 
 /// Replace `path` by `bytes` atomically, keeping the old file's owner and
 /// mode (`new_mode` for a new file). On any error the old file is untouched
-/// and no temporary is left.
+/// and no temporary is left. A symlink is written through (the link stays a
+/// link); the temporary has a random name and is created exclusively, so a
+/// link planted under a guessed name is never followed.
 pub fn write_atomic(path: &Path, bytes: &[u8], new_mode: u32) -> Result<(), String> {
+    let resolved;
+    let path = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            resolved = std::fs::canonicalize(path)
+                .map_err(|e| format!("cannot follow the link {}: {e}", path.display()))?;
+            resolved.as_path()
+        }
+        _ => path,
+    };
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let name = path
         .file_name()
-        .ok_or_else(|| format!("{}: not a file name", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.resilience-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+        .ok_or_else(|| format!("{}: not a file name", path.display()))?
+        .to_string_lossy()
+        .into_owned();
     let old = std::fs::metadata(path).ok();
+    let mode = old.as_ref().map_or(new_mode, |m| m.mode() & 0o7777);
+    let mut tmp = PathBuf::new();
     let result = (|| -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
-        let mode = old.as_ref().map_or(new_mode, |m| m.mode() & 0o7777);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
+        let mut f = None;
+        for _ in 0..8 {
+            let mut r = [0u8; 8];
+            getrandom::fill(&mut r).map_err(|e| std::io::Error::other(e.to_string()))?;
+            tmp = dir.join(format!(".{name}.resilience-{}", hex::encode(r)));
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&tmp)
+            {
+                Ok(file) => {
+                    f = Some(file);
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    tmp = PathBuf::new();
+                    return Err(e);
+                }
+            }
+        }
+        let mut f = f.ok_or_else(|| std::io::Error::other("no free temporary name"))?;
         f.write_all(bytes)?;
         if let Some(m) = &old {
             // The umask may have narrowed the mode; the owner may differ
             // (asterisk:asterisk) when we run as root.
-            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
-                m.mode() & 0o7777,
-            ))?;
-            if m.uid() != f.metadata()?.uid() || m.gid() != f.metadata()?.gid() {
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+            let me = f.metadata()?;
+            if m.uid() != me.uid() || m.gid() != me.gid() {
                 std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()))?;
             }
         }
@@ -195,7 +233,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], new_mode: u32) -> Result<(), Stri
         Ok(())
     })();
     result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
+        if !tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&tmp);
+        }
         format!("cannot write {}: {e}", path.display())
     })
 }
@@ -228,6 +268,21 @@ impl Store {
             .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
         let text = serde_json::to_vec_pretty(m).map_err(|e| e.to_string())?;
         write_atomic(&self.manifest_path(), &text, 0o600)
+    }
+
+    /// An exclusive lock on the store, held until the file is dropped.
+    fn lock(&self) -> Result<std::fs::File, String> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
+        let p = self.dir.join("lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        f.lock().map_err(|e| format!("{}: {e}", p.display()))?;
+        Ok(f)
     }
 
     fn original_path(&self, name: &str) -> PathBuf {
@@ -266,6 +321,26 @@ pub async fn reconcile(
     };
     let mut files = Vec::new();
     let mut changed = false;
+    // One run at a time (the node at start, an admin's command): each
+    // loads, changes and saves the manifest.
+    let _lock = match store.lock() {
+        Ok(l) => l,
+        Err(e) => {
+            files.push(FileReport {
+                file: store.dir.join("lock"),
+                what: "the lock of the record of changed files".into(),
+                state: "error",
+                error: Some(e),
+                original: None,
+                since_unix_ms: None,
+            });
+            return Report {
+                files,
+                reload: None,
+                warning: None,
+            };
+        }
+    };
     match store.load() {
         Err(e) => files.push(FileReport {
             file: store.manifest_path(),
@@ -324,11 +399,33 @@ fn apply(store: &Store, m: &mut Manifest, c: &Change, changed: &mut bool) -> Fil
         Ok(c) => c,
         Err(e) => return fail(report, e),
     };
-    let cur_hash = cur.as_deref().map(hash);
     let idx = m.files.iter().position(|r| r.file == c.file);
-    let ours = idx.filter(|&i| cur_hash.as_deref() == Some(m.files[i].written.as_str()));
+    let ours = idx.filter(|&i| m.files[i].is_ours(cur.as_deref()));
+    if let (Some(i), None, Some(now)) = (idx, ours, &cur) {
+        // Changed since we wrote it. If our settings are still in it,
+        // someone edited it while HA was on: it is neither ours nor an
+        // original, so it is left alone, and so is the record.
+        if (c.render)(Some(now)).is_ok_and(|again| &again == now) {
+            let r = &m.files[i];
+            report.original = r.original.as_ref().map(|n| store.original_path(n));
+            report.since_unix_ms = Some(r.at_unix_ms);
+            let kept = report
+                .original
+                .as_ref()
+                .map_or("none (the file did not exist)".into(), |p| {
+                    p.display().to_string()
+                });
+            return fail(
+                report,
+                format!(
+                    "{} was edited since Resilience wrote it and still holds the HA settings: left as is (the original is kept at {kept}); put the original back or merge by hand, then run again",
+                    c.file.display()
+                ),
+            );
+        }
+    }
     // Render from the kept original while the file is ours; otherwise what
-    // is there now is the original (first time, or its owner rewrote it).
+    // is there now is the original (first time, or its owner regenerated it).
     let base = match ours {
         Some(i) => match &m.files[i].original {
             Some(name) => match read(&store.original_path(name)) {
@@ -353,67 +450,76 @@ fn apply(store: &Store, m: &mut Manifest, c: &Change, changed: &mut bool) -> Fil
         Err(e) => return fail(report, format!("{}: {e}", c.file.display())),
     };
     let previous = m.files.clone();
-    // The original of a record this change replaces, dropped once the new
-    // record holds.
-    let mut replaced: Option<String> = None;
-    let record = match ours {
+    let i = match ours {
         Some(i) => {
-            if cur.as_deref() == Some(&desired[..]) {
+            if cur.as_deref() == Some(&desired[..]) && m.files[i].previous.is_none() {
                 let r = &m.files[i];
                 report.state = "applied";
                 report.original = r.original.as_ref().map(|n| store.original_path(n));
                 report.since_unix_ms = Some(r.at_unix_ms);
                 return report;
             }
-            m.files[i].written = hash(&desired);
-            m.files[i].what = c.what.clone();
-            m.files[i].clone()
+            // Two phases: until the new text is in place, what was there
+            // still counts as ours (a crash in between loses nothing).
+            let r = &mut m.files[i];
+            r.previous = cur.as_deref().map(hash);
+            r.written = hash(&desired);
+            r.what = c.what.clone();
+            i
         }
         None => {
             if let Some(i) = idx {
+                // Regenerated by its owner: the old original stays in the
+                // store (nothing is deleted), the new file is the original.
+                let old = m.files.remove(i);
                 tracing::warn!(
-                    "{} changed since Resilience wrote it: taking the current file as the original",
-                    c.file.display()
+                    "{} was replaced since Resilience wrote it: taking the current file as the original{}",
+                    c.file.display(),
+                    old.original
+                        .map(|n| format!(" (the previous one stays at {})", store.original_path(&n).display()))
+                        .unwrap_or_default()
                 );
-                replaced = m.files.remove(i).original;
             }
             let original = match &cur {
                 Some(b) => match store.keep(&c.file, b) {
                     Ok(n) => Some(n),
-                    Err(e) => return fail(report, e),
+                    Err(e) => {
+                        m.files = previous;
+                        return fail(report, e);
+                    }
                 },
                 None => None,
             };
-            let r = Record {
+            m.files.push(Record {
                 file: c.file.clone(),
                 what: c.what.clone(),
                 original,
                 written: hash(&desired),
+                previous: None,
                 at_unix_ms: crate::node::store::unix_ms(SystemTime::now()),
-            };
-            m.files.push(r.clone());
-            r
+            });
+            m.files.len() - 1
         }
     };
     // The manifest first: a crash before the file is written leaves a
-    // record whose hash does not match, which the next run handles.
+    // record that still recognises the file as it was.
     if let Err(e) = store.save(m) {
         m.files = previous;
         return fail(report, e);
     }
-    report.original = record.original.as_ref().map(|n| store.original_path(n));
-    report.since_unix_ms = Some(record.at_unix_ms);
-    let unreferenced = |m: &Manifest, name: &Option<String>| match name {
-        Some(n) if !m.files.iter().any(|r| r.original.as_ref() == Some(n)) => {
-            let _ = std::fs::remove_file(store.original_path(n));
-        }
-        _ => {}
-    };
+    report.original = m.files[i].original.as_ref().map(|n| store.original_path(n));
+    report.since_unix_ms = Some(m.files[i].at_unix_ms);
     if cur.as_deref() != Some(&desired[..]) {
         if let Err(e) = write_atomic(&c.file, &desired, 0o644) {
+            let kept = m.files[i].original.clone();
             m.files = previous;
             let _ = store.save(m);
-            unreferenced(m, &record.original);
+            // A copy made for this attempt only is not an original of anything.
+            if let Some(n) = kept {
+                if !m.files.iter().any(|r| r.original.as_ref() == Some(&n)) {
+                    let _ = std::fs::remove_file(store.original_path(&n));
+                }
+            }
             report.original = None;
             report.since_unix_ms = None;
             return fail(report, e);
@@ -423,7 +529,10 @@ fn apply(store: &Store, m: &mut Manifest, c: &Change, changed: &mut bool) -> Fil
     } else {
         report.state = "applied";
     }
-    unreferenced(m, &replaced);
+    m.files[i].previous = None;
+    if let Err(e) = store.save(m) {
+        tracing::warn!("pbx settings: {e} (the next run finishes the record)");
+    }
     report
 }
 
@@ -463,7 +572,7 @@ fn restore(store: &Store, m: &mut Manifest, r: &Record, changed: &mut bool) -> F
     };
     if cur == original {
         // Already the original (a write that never happened, or put back by hand).
-    } else if cur.as_deref().map(hash).as_deref() == Some(r.written.as_str()) {
+    } else if r.is_ours(cur.as_deref()) {
         let put_back = match &original {
             Some(b) => write_atomic(&r.file, b, 0o644),
             None => std::fs::remove_file(&r.file)

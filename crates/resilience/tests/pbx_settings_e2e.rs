@@ -252,12 +252,25 @@ fn a_file_edited_since_is_not_overwritten_by_the_restore() {
     let mut edited = read(&s.conf);
     edited.extend_from_slice(b"\n[1003](ipbx-template)\nsecret = added-by-the-admin\n");
     std::fs::write(&s.conf, &edited).unwrap();
+    // Applying again leaves the edited file (it still has the HA values) alone.
+    let (code, out) = s.run();
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("still holds the HA settings"), "{out}");
+    assert_eq!(read(&s.conf), edited);
     s.write_config("disabled", "chan_sip");
     let (code, out) = s.run();
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("changed since Resilience wrote it"), "{out}");
     assert!(out.contains("the original is kept at"), "{out}");
     assert_eq!(read(&s.conf), edited, "the admin's edit was lost");
+    // The original is still there to merge by hand.
+    let kept: Vec<PathBuf> = std::fs::read_dir(s.dir.path("state/pbx-settings"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "orig"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(read(&kept[0]), read(&s.fixture));
 }
 
 #[test]
@@ -325,10 +338,68 @@ fn a_file_regenerated_by_its_owner_becomes_the_new_original() {
     let (code, out) = s.run();
     assert_eq!(code, 0, "{out}");
     assert_eq!(read(&s.conf), regenerated);
-    let left: Vec<_> = std::fs::read_dir(s.dir.path("state/pbx-settings"))
+    // Nothing is deleted on a guess: the first original is still kept.
+    let kept: Vec<PathBuf> = std::fs::read_dir(s.dir.path("state/pbx-settings"))
         .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .filter(|n| n != "manifest.json")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "orig"))
         .collect();
-    assert!(left.is_empty(), "originals left behind: {left:?}");
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(read(&kept[0]), read(&s.fixture));
+}
+
+#[test]
+fn a_failed_rewrite_after_a_config_change_loses_nothing() {
+    let s = Setup::new("pbxset-rerender", "sip.conf", "chan_sip");
+    let (code, out) = s.run();
+    assert_eq!(code, 0, "{out}");
+    let written = read(&s.conf);
+    // New values in the config, and a file that cannot be replaced.
+    let cfg = std::fs::read_to_string(&s.cfg).unwrap();
+    std::fs::write(
+        &s.cfg,
+        cfg.replace(
+            "file = \"etc/sip.conf\"",
+            "file = \"etc/sip.conf\"\nmin = \"30s\"",
+        ),
+    )
+    .unwrap();
+    let guard = Immutable::set(&s.conf);
+    let (code, out) = s.run();
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(read(&s.conf), written);
+    drop(guard);
+    let (code, out) = s.run();
+    assert_eq!(code, 0, "{out}");
+    assert!(String::from_utf8(read(&s.conf))
+        .unwrap()
+        .contains("minexpiry = 30"));
+    s.write_config("disabled", "chan_sip");
+    let (code, out) = s.run();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(read(&s.conf), read(&s.fixture));
+}
+
+#[test]
+fn a_symlinked_target_stays_a_link() {
+    let s = Setup::new("pbxset-link", "sip.conf", "chan_sip");
+    // /etc/asterisk/sip.conf -> a file kept elsewhere.
+    let real = s.dir.path("elsewhere.conf");
+    std::fs::rename(&s.conf, &real).unwrap();
+    std::os::unix::fs::symlink(&real, &s.conf).unwrap();
+    let (code, out) = s.run();
+    assert_eq!(code, 0, "{out}");
+    assert!(std::fs::symlink_metadata(&s.conf)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(read(&real), read(&fixture("sip.conf.ha")));
+    s.write_config("disabled", "chan_sip");
+    let (code, out) = s.run();
+    assert_eq!(code, 0, "{out}");
+    assert!(std::fs::symlink_metadata(&s.conf)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(read(&real), read(&s.fixture));
 }
