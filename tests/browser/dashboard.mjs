@@ -34,6 +34,8 @@ try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 1100 } });
   for (const [name, url] of [["main", MAIN_URL], ["standby", STANDBY_URL]]) {
     const page = await context.newPage();
+    // Stop services asks for confirmation: the admin says yes.
+    page.on("dialog", (d) => d.accept());
     page.on("pageerror", (e) => {
       console.log(`${name}: page error: ${e.message}`);
       failed = true;

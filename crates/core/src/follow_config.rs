@@ -134,6 +134,17 @@ impl FollowConfig {
             );
         }
         validate_services(&self.services)?;
+        // Without a way to ask, "never restart what runs" cannot hold.
+        if let Some(i) = self
+            .services
+            .iter()
+            .position(|s| s.unit.is_none() && s.status.is_none())
+        {
+            return bad(
+                &format!("service[{i}]"),
+                "a follower's service needs a `status` command (exit 0 while it runs), or a systemd `unit`",
+            );
+        }
         if self.services.is_empty()
             && self.hooks.on_active.is_empty()
             && self.hooks.on_inactive.is_empty()

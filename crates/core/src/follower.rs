@@ -218,8 +218,11 @@ impl Follower {
                 };
                 self.last_answer = Some(None);
                 let gone = now.saturating_duration_since(since);
-                if gone >= self.policy.unreachable_after && self.wanted != Some(false) {
+                if gone >= self.policy.unreachable_after {
+                    // An answer from before a long outage confirms nothing.
                     self.pending = None;
+                }
+                if gone >= self.policy.unreachable_after && self.wanted != Some(false) {
                     self.decide(false, format!("the node has been unreachable for {gone:?}"));
                 }
             }
@@ -440,6 +443,28 @@ mod tests {
         assert_eq!(r.applies, [true], "one action at a time");
         r.done(Ok(()));
         assert_eq!(r.applies, [true, false]);
+    }
+
+    #[test]
+    fn an_answer_before_a_long_outage_confirms_nothing() {
+        let mut r = Run::new(2);
+        for _ in 0..11 {
+            r.poll(Unreachable("refused".into()));
+        }
+        r.done(Ok(()));
+        assert_eq!(r.applies, [false]);
+        r.poll(Active(true));
+        for _ in 0..11 {
+            r.poll(Unreachable("refused".into()));
+        }
+        r.poll(Active(true));
+        assert_eq!(
+            r.applies,
+            [false],
+            "two answers 11 s apart are not two in a row"
+        );
+        r.poll(Active(true));
+        assert_eq!(r.applies, [false, true]);
     }
 
     #[test]

@@ -256,3 +256,66 @@ fn follower_tracks_its_node_without_flapping() {
         metrics()
     );
 }
+
+#[test]
+fn follower_over_tls_trusts_the_cluster_ca_only() {
+    let _g = serial();
+    let mut p = Pair::new("follow-tls", "manual", "policy = \"manual\"", false);
+    let pki = p.dir.path("pki").display().to_string();
+    for args in [
+        vec!["cert", "init", "--dir", &pki],
+        vec![
+            "cert",
+            "issue",
+            "pbx-main",
+            "--dir",
+            &pki,
+            "--name",
+            "127.0.0.1",
+        ],
+    ] {
+        let (code, out, err) = cli(&args);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+    }
+    p.specs[MAIN].extra =
+        format!("tls_cert = \"{pki}/pbx-main.crt\"\ntls_key = \"{pki}/pbx-main.key\"\n");
+    std::fs::write(p.config_path(MAIN), p.specs[MAIN].config(&p.dir.0)).unwrap();
+    let cfg = p.config_path(MAIN).display().to_string();
+    let log = p.dir.path("pbx-main.log");
+    p.nodes[MAIN] = Some(Proc::spawn(
+        "pbx-main",
+        &["node", "--config", &cfg],
+        &p.dir.0,
+        &log,
+    ));
+    let api = format!("https://127.0.0.1:{}", p.specs[MAIN].api);
+    let ca = format!("{pki}/ca.pem");
+    assert!(
+        wait_until(secs(10), || cli(&[
+            "services", "start", "--config", &cfg, "--api", &api, "--ca", &ca
+        ])
+        .0 == 0),
+        "{}",
+        p.logs()
+    );
+    let url = format!("{api}/api/v1/ha");
+    let trusted = Follower::start_as(&p, "trusted", &url, &format!("ca = \"{ca}\""));
+    let stranger = Follower::start_as(&p, "stranger", &url, "");
+    assert!(
+        wait_until(secs(10), || trusted.up()),
+        "{}\n{}",
+        p.logs(),
+        trusted.logs()
+    );
+    // Without the CA the node's certificate is not trusted: never started.
+    assert!(wait_until(secs(5), || stranger.failed_polls() >= 3));
+    let s = stranger.status().unwrap();
+    assert_eq!(s["reachable"], false, "{s}");
+    assert!(
+        s["poll_error"].as_str().is_some_and(
+            |e| e.to_lowercase().contains("certificate") || e.contains("UnknownIssuer")
+        ),
+        "{s}"
+    );
+    assert!(!stranger.up());
+}

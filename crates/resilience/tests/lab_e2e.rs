@@ -100,6 +100,14 @@ fn lab_starts_injects_faults_and_stops_clean() {
         .read_to_string()
         .unwrap();
     assert!(page.contains("Resilience Management"), "{page}");
+    let resp = agent().get(&main).call().unwrap();
+    assert_eq!(
+        resp.headers()
+            .get("x-frame-options")
+            .and_then(|v| v.to_str().ok()),
+        Some("DENY"),
+        "the dashboard may be framed"
+    );
 
     // The followers follow: the Main's contact center runs, the Standby's not.
     assert!(
@@ -138,6 +146,10 @@ fn lab_starts_injects_faults_and_stops_clean() {
     assert!(active(&main).is_none(), "the Main still answers");
     let (code, v) = post(&format!("{control}/lab/crash/nobody"), None);
     assert_eq!(code, 400, "{v}");
+    // Without the lab's secret, no page can reach its controls.
+    let bare = control.rsplit_once('/').unwrap().0;
+    let (code, _) = post(&format!("{bare}/lab/boot/main"), None);
+    assert_eq!(code, 404);
 
     // Boot it again (a new pid), then Ctrl-C: nothing of the lab is left.
     let (code, v) = post(&format!("{control}/lab/boot/main"), None);

@@ -44,7 +44,8 @@ impl Ports {
     }
 }
 
-pub fn node(me: usize, p: &Ports) -> String {
+/// `control`: the lab's control URL (with its secret), for the dashboard.
+pub fn node(me: usize, p: &Ports, control: &str) -> String {
     let (name, peer) = (NODES[me], NODES[1 - me]);
     format!(
         r#"# Lab node {name}: short timers so failover and failback show in seconds.
@@ -94,14 +95,13 @@ fault_hold = "60s"
 [api]
 listen = "127.0.0.1:{api}"
 token_file = "api.token"
-lab_url = "http://127.0.0.1:{control}"
+lab_url = "{control}"
 "#,
         wire = p.wire[me],
         peer_api = p.api[1 - me],
         hb = p.heartbeat[me],
         pbx = p.pbx[me],
         api = p.api[me],
-        control = p.control,
     )
 }
 
@@ -173,7 +173,8 @@ mod tests {
     fn every_lab_config_is_valid() {
         let p = Ports::pick().unwrap();
         for i in 0..2 {
-            resilience_core::config::NodeConfig::parse("node.toml", &node(i, &p)).unwrap();
+            resilience_core::config::NodeConfig::parse("node.toml", &node(i, &p, "http://x/y"))
+                .unwrap();
             resilience_core::follow_config::FollowConfig::parse("f.toml", &follower(i, &p))
                 .unwrap();
         }

@@ -67,24 +67,32 @@ pub struct Lab {
     pub exe: PathBuf,
     pub dir: PathBuf,
     pub ports: Ports,
+    /// The control API's path prefix: a page that does not know it cannot
+    /// post to the lab (a no-body POST needs no CORS preflight).
+    pub secret: String,
     pub wire: Arc<Wire>,
     children: BTreeMap<String, Child>,
 }
 
 impl Lab {
-    pub fn new(exe: PathBuf, dir: PathBuf, ports: Ports) -> Lab {
+    pub fn new(exe: PathBuf, dir: PathBuf, ports: Ports, secret: String) -> Lab {
         Lab {
             exe,
             dir,
             ports,
+            secret,
             wire: Arc::new(Wire::default()),
             children: BTreeMap::new(),
         }
     }
 
     pub fn spawn(&mut self, role: &str) -> anyhow::Result<String> {
-        if self.children.contains_key(role) {
-            return Ok(format!("{role} already runs"));
+        // A process that ended by itself can be booted again.
+        if let Some(c) = self.children.get_mut(role) {
+            if matches!(c.try_wait(), Ok(None)) {
+                return Ok(format!("{role} already runs"));
+            }
+            self.children.remove(role);
         }
         let args: Vec<String> = match role {
             "main" | "standby" => vec!["node".into(), "--config".into(), format!("{role}.toml")],
@@ -165,10 +173,20 @@ impl Lab {
         }
     }
 
-    pub fn state(&self) -> serde_json::Value {
+    pub fn control_url(&self) -> String {
+        format!("http://127.0.0.1:{}/{}", self.ports.control, self.secret)
+    }
+
+    pub fn state(&mut self) -> serde_json::Value {
         let running: BTreeMap<&str, Option<u32>> = ROLES
             .iter()
-            .map(|r| (*r, self.children.get(*r).and_then(|c| c.id())))
+            .map(|r| {
+                let pid = self.children.get_mut(*r).and_then(|c| match c.try_wait() {
+                    Ok(None) => c.id(),
+                    _ => None,
+                });
+                (*r, pid)
+            })
             .collect();
         let p = &self.ports;
         json!({
@@ -191,7 +209,7 @@ impl Lab {
                 "cc-main": format!("http://127.0.0.1:{}/api/v1/status", p.follower_api[0]),
                 "cc-standby": format!("http://127.0.0.1:{}/api/v1/status", p.follower_api[1]),
             },
-            "control": format!("http://127.0.0.1:{}", p.control),
+            "control": self.control_url(),
         })
     }
 }
@@ -205,7 +223,7 @@ const PAGE: &str = r#"<!doctype html><meta charset="utf-8"><title>Resilience lab
 their PBXs and cuts the heartbeat link.</p>
 <p id="links"></p><pre id="state"></pre>
 <script>
-fetch('/lab/state').then(r=>r.json()).then(s=>{
+fetch('lab/state').then(r=>r.json()).then(s=>{
   for (const [n,u] of Object.entries(s.dashboards)) {
     const a=document.createElement('a'); a.href=u; a.textContent=n+' dashboard';
     document.getElementById('links').append(a);
@@ -233,11 +251,12 @@ async fn act(lab: Shared, action: String, node: Option<String>) -> Response {
     }
 }
 
-/// The control API: `GET /lab/state`, `POST /lab/ACTION[/NODE]`. Any page
-/// may call it (the dashboards live on other ports): it only exists while
-/// someone runs a lab on loopback.
-pub fn router(lab: Shared) -> Router {
-    Router::new()
+/// The control API under `/SECRET`: `GET /lab/state`, `POST
+/// /lab/ACTION[/NODE]`. Pages of any origin may read the answers (the
+/// dashboards live on other ports); only those given the secret (the node
+/// configs' `lab_url`) can reach it.
+pub fn router(lab: Shared, secret: &str) -> Router {
+    let inner = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
         .route("/lab/state", get(state))
         .route(
@@ -261,5 +280,6 @@ pub fn router(lab: Shared) -> Router {
                 r
             },
         ))
-        .with_state(lab)
+        .with_state(lab);
+    Router::new().nest(&format!("/{secret}"), inner)
 }

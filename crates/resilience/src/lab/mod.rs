@@ -43,8 +43,15 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("random token: {e}"))?;
         std::fs::write(&token, format!("{}\n", hex::encode(bytes)))?;
     }
+    let mut secret = [0u8; 12];
+    getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("random: {e}"))?;
+    let secret = hex::encode(secret);
+    let control_url = format!("http://127.0.0.1:{}/{secret}", ports.control);
     for (i, n) in NODES.iter().enumerate() {
-        std::fs::write(dir.join(format!("{n}.toml")), configs::node(i, &ports))?;
+        std::fs::write(
+            dir.join(format!("{n}.toml")),
+            configs::node(i, &ports, &control_url),
+        )?;
         std::fs::write(
             dir.join(format!("cc-{n}.toml")),
             configs::follower(i, &ports),
@@ -56,6 +63,7 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         std::env::current_exe()?,
         dir.clone(),
         ports.clone(),
+        secret.clone(),
     )));
     {
         let mut l = lab.lock().await;
@@ -75,7 +83,7 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", ports.control))
         .await
         .context("lab control port")?;
-    let app = control::router(lab.clone());
+    let app = control::router(lab.clone(), &secret);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             eprintln!("lab: control API: {e}");
@@ -84,7 +92,7 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let state = lab.lock().await.state();
     std::fs::write(dir.join("lab.json"), serde_json::to_vec_pretty(&state)?)?;
     println!(
-        "\nlab: folder {d}\n  dashboards  main    http://127.0.0.1:{m}/\n              standby http://127.0.0.1:{s}/\n  API token   {d}/api.token (paste it into a dashboard once)\n  edge        SIP 127.0.0.1:{e} (register phones here), status http://127.0.0.1:{ea}/api/v1/status\n  followers   cc-main http://127.0.0.1:{f0}/api/v1/status, cc-standby http://127.0.0.1:{f1}/api/v1/status\n  lab control http://127.0.0.1:{c}/\n  timers: heartbeat 200ms, failover after 3s, failback after 30s stable, drain up to 20s",
+        "\nlab: folder {d}\n  dashboards  main    http://127.0.0.1:{m}/\n              standby http://127.0.0.1:{s}/\n  API token   {d}/api.token (paste it into a dashboard once)\n  edge        SIP 127.0.0.1:{e} (register phones here), status http://127.0.0.1:{ea}/api/v1/status\n  followers   cc-main http://127.0.0.1:{f0}/api/v1/status, cc-standby http://127.0.0.1:{f1}/api/v1/status\n  lab control {c}/\n  timers: heartbeat 200ms, failover after 3s, failback after 30s stable, drain up to 20s",
         d = dir.display(),
         m = ports.api[0],
         s = ports.api[1],
@@ -92,7 +100,7 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         ea = ports.edge_api,
         f0 = ports.follower_api[0],
         f1 = ports.follower_api[1],
-        c = ports.control,
+        c = control_url,
     );
     help();
 

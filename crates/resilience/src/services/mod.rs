@@ -70,9 +70,11 @@ impl Services {
     }
 
     /// Bring every service to `active` (start in order, stop in reverse),
-    /// leaving alone those whose status command says they already are: a
-    /// follower never restarts what runs. Every service is tried; the lines
-    /// say what was done, the error lists what failed.
+    /// leaving alone those whose state is clearly the wanted one already: a
+    /// follower never restarts what runs. A state that is not clear (a unit
+    /// activating, a status command that timed out) is acted on. Every
+    /// service is tried; the lines say what was done, the error lists what
+    /// failed.
     pub async fn ensure(&self, active: bool) -> (Vec<String>, Result<(), String>) {
         let (mut lines, mut errors) = (Vec::new(), Vec::new());
         let word = if active { "started" } else { "stopped" };
@@ -83,11 +85,9 @@ impl Services {
         };
         for s in order {
             let name = capitalized(&s.name);
-            if let Some(cmd) = status_cmd(s) {
-                if run_in(&self.dir, &cmd, s.timeout).await.is_ok() == active {
-                    lines.push(format!("{name} already {word}"));
-                    continue;
-                }
+            if running(&self.dir, s).await == Some(active) {
+                lines.push(format!("{name} already {word}"));
+                continue;
             }
             let cmd = if active { start_cmd(s) } else { stop_cmd(s) };
             match run_in(&self.dir, &cmd, s.timeout).await {
@@ -149,6 +149,39 @@ fn capitalized(name: &str) -> String {
     match c.next() {
         Some(f) => f.to_uppercase().chain(c).collect(),
         None => String::new(),
+    }
+}
+
+/// Whether a service runs: `Some` only when its state is clear. A unit is
+/// asked for its ActiveState (`activating`, `deactivating`, … are not
+/// clear); a status command's exit code says yes (0) or no (other), and a
+/// command that could not run or timed out says nothing.
+async fn running(dir: &Path, s: &ServiceSection) -> Option<bool> {
+    if let Some(unit) = &s.unit {
+        let cmd = format!(
+            "systemctl show --property=ActiveState --value {}",
+            shell_quote(unit)
+        );
+        return match run_in(dir, &cmd, s.timeout).await.ok()?.trim() {
+            "active" => Some(true),
+            "inactive" | "failed" => Some(false),
+            _ => None,
+        };
+    }
+    let cmd = s.status.as_ref()?;
+    let child = Command::new("sh")
+        .current_dir(dir)
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .ok()?;
+    match tokio::time::timeout(s.timeout, child.wait_with_output()).await {
+        Ok(Ok(out)) => out.status.code().map(|c| c == 0),
+        _ => None,
     }
 }
 

@@ -271,10 +271,16 @@ async function act(what, path, body) {
   refreshTimeline();
 }
 
-$("btn-start").addEventListener("click", () =>
-  act("Start services", "/api/v1/services/start", { force: $("force").checked })
-);
-$("btn-stop").addEventListener("click", () => act("Stop services", "/api/v1/services/stop"));
+const nodeName = () => $("node-name").textContent || "this node";
+$("btn-start").addEventListener("click", () => {
+  const force = $("force").checked;
+  if (force && !confirm(`Force the services to start on ${nodeName()} even if its peer is active? Both nodes may then serve.`)) return;
+  act("Start services", "/api/v1/services/start", { force });
+});
+$("btn-stop").addEventListener("click", () => {
+  if (!confirm(`Stop the PBX services on ${nodeName()}? Calls on this node are cut.`)) return;
+  act("Stop services", "/api/v1/services/stop");
+});
 $("btn-failback").addEventListener("click", () => act("Fail back now", "/api/v1/failback"));
 $("btn-replicate").addEventListener("click", () => act("Replicate now", "/api/v1/replicate"));
 $("token-form").addEventListener("submit", (ev) => {

@@ -24,13 +24,27 @@ const STYLE: &str = include_str!("app.css");
 
 pub fn routes() -> Router<ApiState> {
     Router::new()
-        .route("/", get(|| async { Html(INDEX) }))
+        .route("/", get(page))
         .route(
             "/ui/app.js",
             get(|| async { asset("text/javascript", SCRIPT) }),
         )
         .route("/ui/app.css", get(|| async { asset("text/css", STYLE) }))
         .route("/api/v1/timeline", get(timeline))
+}
+
+/// The page may not be framed: another site could otherwise lay it under
+/// its own buttons and have an admin click Stop services (clickjacking).
+async fn page() -> Response {
+    (
+        [
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Html(INDEX),
+    )
+        .into_response()
 }
 
 fn asset(kind: &'static str, body: &'static str) -> Response {
