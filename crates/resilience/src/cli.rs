@@ -65,6 +65,10 @@ pub enum Cmd {
         /// folder under the system's temporary directory).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// A fault for the lab running in --dir: `crash main`, `boot main`,
+        /// `pbx-down standby`, `pbx-up standby`, `link-cut`, `link-heal`,
+        /// or `state`. Without it, start a lab.
+        command: Vec<String>,
     },
     /// Show a node's state (peer, PBX health, services, failback).
     Status {

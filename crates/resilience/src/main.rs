@@ -50,7 +50,8 @@ fn main() -> ExitCode {
             runtime()?.block_on(node::run(&config))?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Lab { dir } => runtime()?.block_on(lab::run(dir)),
+        Cmd::Lab { dir, command } if command.is_empty() => runtime()?.block_on(lab::run(dir)),
+        Cmd::Lab { dir, command } => lab::control_command(dir, &command),
         Cmd::StandInPbx { listen, tcp_listen } => {
             runtime()?.block_on(standin::run(listen, tcp_listen))?;
             Ok(ExitCode::SUCCESS)

@@ -151,9 +151,11 @@ fn lab_starts_injects_faults_and_stops_clean() {
     let (code, _) = post(&format!("{bare}/lab/boot/main"), None);
     assert_eq!(code, 404);
 
-    // Boot it again (a new pid), then Ctrl-C: nothing of the lab is left.
-    let (code, v) = post(&format!("{control}/lab/boot/main"), None);
-    assert_eq!(code, 200, "{v}");
+    // Boot it again (a new pid) with the lab's subcommand, then Ctrl-C:
+    // nothing of the lab is left.
+    let (code, out, err) = cli(&["lab", "--dir", lab_dir.to_str().unwrap(), "boot", "main"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("started main"), "{out}");
     let now = get(&format!("{control}/lab/state")).unwrap();
     guard.0.extend(pids(&now));
     assert!(wait_until(secs(10), || active(&main).is_some()));

@@ -21,7 +21,7 @@ use tokio::sync::Mutex;
 
 fn help() {
     println!(
-        "lab commands (or the Lab panel of a dashboard):\n  crash main|standby     SIGKILL the node daemon (its services stay as they were)\n  boot main|standby      start the node daemon again\n  pbx-down main|standby  stop the stand-in PBX (the node's SIP probe fails)\n  pbx-up main|standby    start it again\n  link-cut | link-heal   cut or heal the heartbeat link between the nodes\n  status                 both nodes' status\n  quit                   stop everything (Ctrl-C does too)"
+        "lab commands (or the Lab panel of a dashboard):\n  crash main|standby     SIGKILL the node daemon (its services stay as they were)\n  boot main|standby      start the node daemon again\n  pbx-down main|standby  stop the stand-in PBX (the node's SIP probe fails)\n  pbx-up main|standby    start it again\n  link-cut | link-heal   cut or heal the heartbeat link between the nodes\n  status                 both nodes' status\n  quit                   stop everything (Ctrl-C does too)\nfrom another shell: resilience lab --dir LAB_FOLDER crash main (same words)"
     );
 }
 
@@ -158,6 +158,42 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     println!("lab: stopping");
     lab.lock().await.stop_all().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `resilience lab --dir DIR ACTION [NODE]`: one fault for a running lab,
+/// through its control API (found in DIR/lab.json).
+pub fn control_command(dir: Option<PathBuf>, words: &[String]) -> anyhow::Result<ExitCode> {
+    let dir =
+        dir.context("give the running lab's folder: resilience lab --dir DIR ACTION [NODE]")?;
+    let state_file = dir.join("lab.json");
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&state_file)
+            .with_context(|| format!("{}: is a lab running there?", state_file.display()))?,
+    )
+    .with_context(|| format!("{}: not a lab state file", state_file.display()))?;
+    let control = state["control"]
+        .as_str()
+        .context("lab.json has no control URL")?;
+    let agent = crate::client::http_agent(None, Some(Duration::from_secs(10)), false)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let url = format!("{control}/lab/{}", words.join("/"));
+    let mut resp = if words == ["state"] {
+        agent.get(&url).call()
+    } else {
+        agent.post(&url).send_empty()
+    }
+    .with_context(|| format!("the lab at {control} did not answer"))?;
+    let ok = resp.status().is_success();
+    let v: serde_json::Value = resp.body_mut().read_json()?;
+    match v.get("message").or(v.get("error")).and_then(|m| m.as_str()) {
+        Some(m) => println!("{m}"),
+        None => println!("{}", serde_json::to_string_pretty(&v)?),
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// New events of one node (id above `since`), oldest first.

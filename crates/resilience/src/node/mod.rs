@@ -32,6 +32,8 @@ pub enum Msg {
     Datagram(SocketAddr, Vec<u8>),
     Command(Command, oneshot::Sender<Result<String, String>>),
     Events(usize, oneshot::Sender<Vec<StoredEvent>>),
+    /// The state events the timeline needs since a time (unix ms).
+    StateEvents(i64, oneshot::Sender<Vec<StoredEvent>>),
     ActionDone(ActionId, Result<ActionOutcome, ActionError>),
     Pbx(PbxHealth),
     Arbiter(bool),
@@ -435,6 +437,9 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                     }
                     Msg::Events(limit, reply) => {
                         let _ = reply.send(store.events(limit).unwrap_or_default());
+                    }
+                    Msg::StateEvents(since, reply) => {
+                        let _ = reply.send(store.state_events(since).unwrap_or_default());
                     }
                     Msg::ActionDone(id, r) => {
                         let label = if r.is_ok() { "ok" } else { "error" };

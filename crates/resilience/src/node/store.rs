@@ -188,6 +188,37 @@ impl Store {
         Ok(())
     }
 
+    /// What the timeline needs since `since_ms`: the state events (own
+    /// `active`/`booted`, `peer_state`) in the window, plus the last of each
+    /// row before it (the state the window opens with). Other events, however
+    /// many, do not push these out.
+    pub fn state_events(&self, since_ms: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, at_ms, kind, text FROM events
+                   WHERE at_ms >= ?1 AND kind IN ('active', 'booted', 'peer_state')
+                 UNION ALL
+                 SELECT * FROM (SELECT id, at_ms, kind, text FROM events
+                   WHERE at_ms < ?1 AND kind IN ('active', 'booted') ORDER BY id DESC LIMIT 1)
+                 UNION ALL
+                 SELECT * FROM (SELECT id, at_ms, kind, text FROM events
+                   WHERE at_ms < ?1 AND kind = 'peer_state' ORDER BY id DESC LIMIT 1)",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([since_ms], |r| {
+                Ok(StoredEvent {
+                    id: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    kind: r.get(2)?,
+                    text: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.sql(e))
+    }
+
     /// The newest `limit` events, newest first.
     pub fn events(&self, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
         let mut stmt = self
@@ -235,6 +266,35 @@ mod tests {
         drop(s);
         let (s, _) = Store::open(&d).unwrap();
         assert_eq!(s.load_facts().unwrap(), p);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn state_events_outlive_a_flood_of_others() {
+        let d = tmp("state-events");
+        let (mut s, _) = Store::open(&d).unwrap();
+        s.append_event(
+            100,
+            "active",
+            "Updating resilience state, from: false to: true",
+        )
+        .unwrap();
+        s.append_event(150, "peer_state", "peer b is silent")
+            .unwrap();
+        for i in 0..6000 {
+            s.append_event(200 + i, "frame_rejected", "noise").unwrap();
+        }
+        s.append_event(7000, "peer_state", "peer b is inactive")
+            .unwrap();
+        let got = s.state_events(1000).unwrap();
+        let kinds: Vec<(i64, &str)> = got.iter().map(|e| (e.at_ms, e.kind.as_str())).collect();
+        assert_eq!(
+            kinds.len(),
+            3,
+            "the window's event and the state each row opens with: {kinds:?}"
+        );
+        assert!(kinds.contains(&(100, "active")) && kinds.contains(&(150, "peer_state")));
+        assert!(kinds.contains(&(7000, "peer_state")));
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -66,13 +66,14 @@ struct Hours {
 /// `GET /api/v1/timeline?hours=N` (default 6, at most 48).
 async fn timeline(State(s): State<ApiState>, Query(q): Query<Hours>) -> Response {
     let hours = q.hours.unwrap_or(6.0).clamp(0.01, 48.0);
+    let window = (hours * 3_600_000.0) as i64;
+    let now = crate::node::store::unix_ms(SystemTime::now());
     let (tx, rx) = oneshot::channel();
-    if s.tx.send(Msg::Events(5000, tx)).await.is_err() {
+    if s.tx.send(Msg::StateEvents(now - window, tx)).await.is_err() {
         return (StatusCode::SERVICE_UNAVAILABLE, "node loop stopped").into_response();
     }
     let Ok(Ok(events)) = tokio::time::timeout(Duration::from_secs(5), rx).await else {
         return (StatusCode::SERVICE_UNAVAILABLE, "node loop did not answer").into_response();
     };
-    let now = crate::node::store::unix_ms(SystemTime::now());
-    Json(timeline::build(&events, now, (hours * 3_600_000.0) as i64)).into_response()
+    Json(timeline::build(&events, now, window)).into_response()
 }
