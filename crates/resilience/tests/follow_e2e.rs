@@ -277,17 +277,12 @@ fn follower_over_tls_trusts_the_cluster_ca_only() {
         let (code, out, err) = cli(&args);
         assert_eq!(code, 0, "{args:?}: {out}{err}");
     }
-    p.specs[MAIN].extra =
-        format!("tls_cert = \"{pki}/pbx-main.crt\"\ntls_key = \"{pki}/pbx-main.key\"\n");
-    std::fs::write(p.config_path(MAIN), p.specs[MAIN].config(&p.dir.0)).unwrap();
+    p.set_extra(
+        MAIN,
+        format!("tls_cert = \"{pki}/pbx-main.crt\"\ntls_key = \"{pki}/pbx-main.key\"\n"),
+    );
     let cfg = p.config_path(MAIN).display().to_string();
-    let log = p.dir.path("pbx-main.log");
-    p.nodes[MAIN] = Some(Proc::spawn(
-        "pbx-main",
-        &["node", "--config", &cfg],
-        &p.dir.0,
-        &log,
-    ));
+    p.spawn(MAIN);
     let api = format!("https://127.0.0.1:{}", p.specs[MAIN].api);
     let ca = format!("{pki}/ca.pem");
     assert!(

@@ -422,16 +422,8 @@ fn api_over_tls_is_trusted_through_the_cluster_ca_only() {
     let _g = serial();
     let mut p = Pair::new("tls", "manual", "policy = \"immediate\"", false);
     let (ca, crt, key) = tls_files(&p.dir);
-    p.specs[MAIN].extra = format!("tls_cert = \"{crt}\"\ntls_key = \"{key}\"\n");
-    std::fs::write(p.config_path(MAIN), p.specs[MAIN].config(&p.dir.0)).unwrap();
-    let cfg = p.config_path(MAIN).display().to_string();
-    let log = p.dir.path("pbx-main.log");
-    p.nodes[MAIN] = Some(Proc::spawn(
-        "pbx-main",
-        &["node", "--config", &cfg],
-        &p.dir.0,
-        &log,
-    ));
+    p.set_extra(MAIN, format!("tls_cert = \"{crt}\"\ntls_key = \"{key}\"\n"));
+    p.spawn(MAIN);
     let api = format!("https://127.0.0.1:{}", p.specs[MAIN].api);
     let ok = wait_until(secs(10), || {
         cli(&["status", "--api", &api, "--ca", &ca]).0 == 0

@@ -92,6 +92,15 @@ standby = "10.0.0.2:5061"
             .count()
     }
 
+    /// The originals kept in the node's store.
+    fn kept_originals(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.dir.path("state/pbx-settings"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "orig"))
+            .collect()
+    }
+
     /// Files in a folder that are not the ones we put there: temporaries.
     fn strays(&self, folder: &str) -> Vec<String> {
         std::fs::read_dir(self.dir.path(folder))
@@ -219,11 +228,7 @@ fn an_unwritable_target_is_a_clear_error_and_left_untouched() {
     assert!(s.strays("etc").is_empty(), "{:?}", s.strays("etc"));
     // The provisioning file could be written; the reload ran for it.
     assert!(s.line.exists());
-    let kept: Vec<String> = std::fs::read_dir(s.dir.path("state/pbx-settings"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("sip.conf"))
-        .collect();
+    let kept = s.kept_originals();
     assert!(
         kept.is_empty(),
         "a copy kept for a change never made: {kept:?}"
@@ -264,11 +269,7 @@ fn a_file_edited_since_is_not_overwritten_by_the_restore() {
     assert!(out.contains("the original is kept at"), "{out}");
     assert_eq!(read(&s.conf), edited, "the admin's edit was lost");
     // The original is still there to merge by hand.
-    let kept: Vec<PathBuf> = std::fs::read_dir(s.dir.path("state/pbx-settings"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "orig"))
-        .collect();
+    let kept = s.kept_originals();
     assert_eq!(kept.len(), 1, "{kept:?}");
     assert_eq!(read(&kept[0]), read(&s.fixture));
 }
@@ -280,11 +281,13 @@ fn the_node_applies_at_start_and_lists_the_changes() {
     let etc = p.dir.path("etc");
     std::fs::create_dir_all(&etc).unwrap();
     std::fs::copy(fixture("pjsip.conf"), etc.join("pjsip.conf")).unwrap();
-    p.specs[MAIN].extra = format!(
+    p.set_extra(
+        MAIN,
+        format!(
         "[pbx_settings]\n[pbx_settings.sip_expiry]\ndriver = \"pjsip\"\nfile = \"{}/pjsip.conf\"\n",
         etc.display()
+    ),
     );
-    std::fs::write(p.config_path(MAIN), p.specs[MAIN].config(&p.dir.0)).unwrap();
     p.start(MAIN);
     let status = p.status(MAIN);
     let files = &status["pbx_settings"]["files"];
@@ -339,11 +342,7 @@ fn a_file_regenerated_by_its_owner_becomes_the_new_original() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(read(&s.conf), regenerated);
     // Nothing is deleted on a guess: the first original is still kept.
-    let kept: Vec<PathBuf> = std::fs::read_dir(s.dir.path("state/pbx-settings"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "orig"))
-        .collect();
+    let kept = s.kept_originals();
     assert_eq!(kept.len(), 1, "{kept:?}");
     assert_eq!(read(&kept[0]), read(&s.fixture));
 }

@@ -37,6 +37,16 @@ pub struct StoredEvent {
     pub text: String,
 }
 
+/// One `SELECT id, at_ms, kind, text` row.
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        id: r.get(0)?,
+        at_ms: r.get(1)?,
+        kind: r.get(2)?,
+        text: r.get(3)?,
+    })
+}
+
 pub struct Store {
     conn: Connection,
     path: PathBuf,
@@ -207,14 +217,7 @@ impl Store {
             )
             .map_err(|e| self.sql(e))?;
         let rows = stmt
-            .query_map([since_ms], |r| {
-                Ok(StoredEvent {
-                    id: r.get(0)?,
-                    at_ms: r.get(1)?,
-                    kind: r.get(2)?,
-                    text: r.get(3)?,
-                })
-            })
+            .query_map([since_ms], event_row)
             .map_err(|e| self.sql(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.sql(e))
     }
@@ -226,14 +229,7 @@ impl Store {
             .prepare("SELECT id, at_ms, kind, text FROM events ORDER BY id DESC LIMIT ?1")
             .map_err(|e| self.sql(e))?;
         let rows = stmt
-            .query_map([limit as i64], |r| {
-                Ok(StoredEvent {
-                    id: r.get(0)?,
-                    at_ms: r.get(1)?,
-                    kind: r.get(2)?,
-                    text: r.get(3)?,
-                })
-            })
+            .query_map([limit as i64], event_row)
             .map_err(|e| self.sql(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.sql(e))
     }

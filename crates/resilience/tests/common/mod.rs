@@ -262,7 +262,8 @@ impl Pair {
         self.dir.path(&format!("{}.toml", self.specs[i].name))
     }
 
-    pub fn start(&mut self, i: usize) {
+    /// Start node `i` without waiting for its API (an https API, say).
+    pub fn spawn(&mut self, i: usize) {
         let cfg = self.config_path(i);
         // Appended across restarts, so a failing test shows the whole story.
         let log = self.dir.path(&format!("{}.log", self.specs[i].name));
@@ -273,6 +274,16 @@ impl Pair {
             &log,
         );
         self.nodes[i] = Some(p);
+    }
+
+    /// Add `extra` to node `i`'s config (after its `[api]` table).
+    pub fn set_extra(&mut self, i: usize, extra: String) {
+        self.specs[i].extra = extra;
+        std::fs::write(self.config_path(i), self.specs[i].config(&self.dir.0)).unwrap();
+    }
+
+    pub fn start(&mut self, i: usize) {
+        self.spawn(i);
         assert!(
             wait_until(Duration::from_secs(10), || get(&self.url(i, "/api/v1/ha"))
                 .is_some()),
