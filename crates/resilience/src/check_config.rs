@@ -98,10 +98,7 @@ pub fn run(file: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let base = file
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let base = &crate::node::config_base(file);
     let key_path = crate::node::resolve(base, &cfg.heartbeat.key_file);
     match std::fs::read_to_string(&key_path) {
         Ok(t) => {

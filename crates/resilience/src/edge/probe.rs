@@ -50,10 +50,7 @@ async fn options(sock: &UdpSocket, to: SocketAddr, n: u64, timeout: Duration) ->
 /// The node's Active flag, from `GET ha_url`.
 async fn node_active(url: String, timeout: Duration) -> bool {
     tokio::task::spawn_blocking(move || -> Option<bool> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
-            .build()
-            .into();
+        let agent = crate::client::http_agent(None, Some(timeout), true).ok()?;
         let v: serde_json::Value = agent.get(&url).call().ok()?.body_mut().read_json().ok()?;
         v["active"].as_bool()
     })

@@ -27,12 +27,7 @@ pub fn load_config(path: &Path) -> anyhow::Result<(FollowConfig, PathBuf)> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).with_context(|| format!("{shown}: cannot read"))?;
     let cfg = FollowConfig::parse(&shown, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let base = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_owned();
-    Ok((cfg, base))
+    Ok((cfg, crate::node::config_base(path)))
 }
 
 /// One poll: the node's `active` flag, or why there is none.

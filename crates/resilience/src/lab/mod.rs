@@ -198,10 +198,9 @@ pub fn control_command(dir: Option<PathBuf>, words: &[String]) -> anyhow::Result
 
 /// New events of one node (id above `since`), oldest first.
 fn fetch_events(url: &str, since: i64) -> Vec<(i64, String)> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(2)))
-        .build()
-        .into();
+    let Ok(agent) = crate::client::http_agent(None, Some(Duration::from_secs(2)), true) else {
+        return Vec::new();
+    };
     let Ok(mut resp) = agent.get(url).call() else {
         return Vec::new();
     };

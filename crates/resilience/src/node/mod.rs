@@ -51,24 +51,23 @@ pub fn resolve(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
+/// The folder a config file's relative paths (and commands) start from:
+/// absolute, so what is recorded (changed files, kept originals) means the
+/// same whichever folder the next command runs from.
+pub fn config_base(path: &Path) -> PathBuf {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned())
+}
+
 /// Read and validate a node config file.
 pub fn load_config(path: &Path) -> anyhow::Result<(NodeConfig, PathBuf)> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).with_context(|| format!("{shown}: cannot read"))?;
     let cfg = NodeConfig::parse(&shown, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let base = path
-        .parent()
-        .map(|p| {
-            if p.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                p
-            }
-        })
-        .unwrap_or(Path::new("."));
-    // Absolute, so what is recorded (changed files, kept originals) means
-    // the same whichever folder the next command runs from.
-    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_owned());
+    let base = config_base(path);
     Ok((cfg, base))
 }
 
@@ -391,16 +390,9 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
             }
             continue;
         }
-        publish(&node, &cfg, &counters, &service_states, &status_tx, &ha_tx);
+        let heard = publish(&node, &cfg, &counters, &service_states, &status_tx, &ha_tx);
         active_tx.send_if_modified(|a| std::mem::replace(a, node.is_active()) != node.is_active());
         // The peer's state as heard, for the dashboard's timeline.
-        let heard = node.snapshot(Instant::now()).peer.map(|p| {
-            let word = match (p.heard, p.status) {
-                (true, Some(s)) => status_word(s),
-                _ => "silent",
-            };
-            (p.name, word)
-        });
         if let Some((name, word)) = heard {
             if last_peer != Some(word) {
                 last_peer = Some(word);
@@ -604,7 +596,8 @@ fn status_word(s: Status) -> &'static str {
     }
 }
 
-/// Refresh the documents the API serves.
+/// Refresh the documents the API serves; the peer's name and its state as
+/// heard (`active`, `inactive` or `silent`).
 fn publish(
     node: &Node,
     cfg: &NodeConfig,
@@ -612,7 +605,7 @@ fn publish(
     services: &[ServiceState],
     status_tx: &watch::Sender<serde_json::Value>,
     ha_tx: &watch::Sender<serde_json::Value>,
-) {
+) -> Option<(String, &'static str)> {
     let now = Instant::now();
     let s: Snapshot = node.snapshot(now);
     let remote = cfg
@@ -692,4 +685,11 @@ fn publish(
     });
     api::update_metrics(&s, c.frames_sent, c.frames_received);
     status_tx.send_replace(doc);
+    s.peer.map(|p| {
+        let word = match (p.heard, p.status) {
+            (true, Some(st)) => status_word(st),
+            _ => "silent",
+        };
+        (p.name, word)
+    })
 }
