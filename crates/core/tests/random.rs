@@ -1,10 +1,13 @@
 //! Randomized runs: many seeds, each a simulated hour of crashes, reboots,
-//! partitions (one way and both), lossy/duplicating/delayed links, failing
-//! services, sick PBXs, silent arbiters and admin commands, with the
-//! invariants checked after every step. A failure prints its seed; replay it
-//! with `SIM_SEED=<seed> SIM_LOG=1 cargo test -p resilience-core --test random -- --nocapture`.
+//! partitions (one way and both), duplicating/delayed links losing 20% of
+//! frames each way, failing services, sick PBXs, silent arbiters and admin
+//! commands, with the invariants checked after every step (and no false
+//! failover: a Standby starting while it can hear a Main that does not
+//! yield). A failure prints its seed; replay it with
+//! `SIM_SEED=<seed> SIM_LOG=1 cargo test -p resilience-core --test random -- --nocapture`.
 //!
-//! Knobs: `SIM_SEEDS` (default 1000), `SIM_HOURS` (default 1).
+//! Knobs: `SIM_SEEDS` (default 1000), `SIM_HOURS` (default 1),
+//! `SIM_QUIET_SEEDS` (default 200, the quiet lossy link).
 
 mod sim;
 
@@ -65,7 +68,9 @@ fn run_seed(seed: u64, hours: f64, log: bool) -> Result<Stats, String> {
     }
     for from in 0..2 {
         let l = &mut c.links[from][1 - from];
-        l.loss = rng.random_range(0.0..0.2);
+        // The promise under test: a connected link losing 20% of frames
+        // each way never causes a failover (checked after every run).
+        l.loss = 0.2;
         l.dup = rng.random_range(0.0..0.05);
         l.delay_min = Duration::from_micros(rng.random_range(100..5_000));
         l.delay_max = l.delay_min + Duration::from_micros(rng.random_range(0..30_000));
@@ -148,7 +153,7 @@ fn run_seed(seed: u64, hours: f64, log: bool) -> Result<Stats, String> {
         Ok(()) => {
             if c.stats.false_failovers > 0 {
                 return Err(format!(
-                    "{} false failovers with link loss up to 20%\n{}",
+                    "{} false failovers with 20% link loss\n{}",
                     c.stats.false_failovers,
                     c.dump_log()
                 ));
@@ -222,7 +227,7 @@ fn random_seeds_keep_the_invariants() {
         a
     });
     eprintln!(
-        "simulator: {n} seeds x {hours} simulated hour(s) = {} simulated hours in {:.1}s wall; \
+        "simulator: {n} seeds x {hours} simulated hour(s) = {} simulated hours, links losing 20% each way, in {:.1}s wall; \
          {} failovers, {} failbacks, {} false failovers, {} frames sent, {} dropped by the receiver",
         n as f64 * hours,
         started.elapsed().as_secs_f64(),
@@ -243,10 +248,12 @@ fn random_seeds_keep_the_invariants() {
 }
 
 /// A connected pair on a link that loses 20% of frames each way, with the
-/// shipped timers: no failover at all, in any seed.
+/// shipped timers and nothing else going on: the Standby never even starts,
+/// in any seed. (The 1,000 seeds above run at the same loss between their
+/// faults; this is the plain statement, on fewer seeds to keep the suite fast.)
 #[test]
 fn twenty_percent_loss_never_fails_over_with_default_timers() {
-    let n = env_u64("SIM_SEEDS", 1000);
+    let n = env_u64("SIM_QUIET_SEEDS", 200);
     let hours = env_u64("SIM_HOURS", 1);
     let started = Instant::now();
     let (stats, failed) = par_seeds((0..n).collect(), |seed| {

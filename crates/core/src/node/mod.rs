@@ -49,6 +49,29 @@ struct Fault {
     until: Instant,
 }
 
+/// Why the Main waits before asking for the service back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailbackWait {
+    Manual,
+    Stable(Duration),
+}
+
+impl FailbackWait {
+    /// Constant while waiting, so it is logged once; the snapshot gives the
+    /// time left.
+    fn text(self) -> String {
+        match self {
+            FailbackWait::Manual => {
+                "failback policy is manual: waiting for an admin (resilience failback)".into()
+            }
+            FailbackWait::Stable(d) => format!(
+                "waiting for the main to hear the standby without a break for {} (failback policy: stable)",
+                human(d)
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Drain {
     deadline: Instant,
@@ -116,6 +139,9 @@ pub struct Node {
     arbiter_warned: bool,
     peer: Peer,
     next_heartbeat: Instant,
+    /// The frame this node sends, refreshed field by field at each heartbeat
+    /// (its name is copied once, not at every send).
+    outgoing: Frame,
     service_op: Option<(ActionId, ServiceOp)>,
     stop_after_start: Option<String>,
     failed_starts: u32,
@@ -156,6 +182,19 @@ impl Node {
             arbiter_warned: false,
             peer,
             next_heartbeat: now,
+            outgoing: Frame {
+                node_type: settings.node_type,
+                mode: settings.mode,
+                status: Status::Inactive,
+                pbx: PbxHealth::Unknown,
+                flags: Flags(0),
+                boot: 0,
+                seq: 0,
+                epoch: 0,
+                replication: 0,
+                calls: None,
+                name: settings.name.clone(),
+            },
             service_op: None,
             stop_after_start: None,
             failed_starts: 0,
@@ -704,7 +743,6 @@ impl Node {
             return None;
         }
         self.retry_at = None;
-        let peer_name = self.s.peer_name.clone().unwrap_or_default();
         let silent_for = self.now
             - self
                 .peer
@@ -722,10 +760,11 @@ impl Node {
                 let deaf = f.status == Status::Inactive
                     && deaf_for.is_some_and(|d| d >= self.s.failover_after + self.s.startup_wait);
                 if ready {
-                    Some(format!("standby {peer_name} is inactive"))
+                    Some(format!("standby {} is inactive", self.peer_label()))
                 } else if deaf {
                     Some(format!(
-                        "standby {peer_name} is inactive and has not heard this node for {:.1}s",
+                        "standby {} is inactive and has not heard this node for {:.1}s",
+                        self.peer_label(),
                         deaf_for.unwrap_or_default().as_secs_f64()
                     ))
                 } else {
@@ -734,7 +773,8 @@ impl Node {
             }
             (NodeType::Main, None) => (silent_for >= self.s.startup_wait).then(|| {
                 format!(
-                    "standby {peer_name} not heard for {:.1}s",
+                    "standby {} not heard for {:.1}s",
+                    self.peer_label(),
                     silent_for.as_secs_f64()
                 )
             }),
@@ -743,7 +783,12 @@ impl Node {
                     && f.flags.has(Flags::YIELDING)
                     && f.flags.has(Flags::HEARS_PEER)
                     && self.fault.is_none();
-                yields.then(|| format!("main {peer_name} yields (stopped by an admin or faulted)"))
+                yields.then(|| {
+                    format!(
+                        "main {} yields (stopped by an admin or faulted)",
+                        self.peer_label()
+                    )
+                })
             }
             (_, None) => {
                 if silent_for < self.s.failover_after {
@@ -755,7 +800,7 @@ impl Node {
                         self.event(
                             EventKind::FailoverBlocked,
                             format!(
-                                "main {peer_name} silent for {:.1}s but no arbiter answers: this node may be the one cut off",
+                                "main {} silent for {:.1}s but no arbiter answers: this node may be the one cut off", self.peer_label(),
                                 silent_for.as_secs_f64()
                             ),
                         );
@@ -763,7 +808,8 @@ impl Node {
                     return None;
                 }
                 Some(format!(
-                    "main {peer_name} silent for {:.1}s",
+                    "main {} silent for {:.1}s",
+                    self.peer_label(),
                     silent_for.as_secs_f64()
                 ))
             }
@@ -875,7 +921,10 @@ impl Node {
                 self.send_heartbeat();
             }
         }
-        if wait != self.failback_wait {
+        // The wait's text depends only on the policy, which never changes
+        // for a node: compare presence, and format only on a change.
+        if wait.is_some() != self.failback_wait.is_some() {
+            let wait = wait.map(|w| w.text());
             if let Some(w) = &wait {
                 self.event(EventKind::FailbackPending, w.clone());
             }
@@ -900,7 +949,7 @@ impl Node {
     }
 
     /// (ask now, why we wait).
-    fn failback_decision(&self) -> (bool, Option<String>) {
+    fn failback_decision(&self) -> (bool, Option<FailbackWait>) {
         let eligible = self.s.node_type == NodeType::Main
             && self.s.mode == Mode::Automatic
             && self.status == Status::Inactive
@@ -915,25 +964,12 @@ impl Node {
         }
         match self.s.failback {
             FailbackPolicy::Immediate => (true, None),
-            FailbackPolicy::Manual => (
-                false,
-                Some(
-                    "failback policy is manual: waiting for an admin (resilience failback)".into(),
-                ),
-            ),
+            FailbackPolicy::Manual => (false, Some(FailbackWait::Manual)),
             FailbackPolicy::Stable(d) => {
                 if self.now - self.stable_since() >= d {
                     (true, None)
                 } else {
-                    // Kept constant while waiting, so it is logged once; the
-                    // snapshot gives the time left.
-                    (
-                        false,
-                        Some(format!(
-                            "waiting for the main to hear the standby without a break for {} (failback policy: stable)",
-                            human(d)
-                        )),
-                    )
+                    (false, Some(FailbackWait::Stable(d)))
                 }
             }
         }
@@ -1036,6 +1072,11 @@ impl Node {
 
     // ---- peer ---------------------------------------------------------
 
+    /// The peer's configured name, for reasons.
+    fn peer_label(&self) -> &str {
+        self.s.peer_name.as_deref().unwrap_or_default()
+    }
+
     fn peer_alive(&self) -> bool {
         self.peer
             .last_heard()
@@ -1053,6 +1094,9 @@ impl Node {
 
     fn update_peer_liveness(&mut self) {
         let alive = self.peer_alive();
+        if self.peer.reported_alive() == alive {
+            return;
+        }
         let name = self.s.peer_name.clone().unwrap_or_default();
         match (self.peer.reported_alive(), alive) {
             (false, true) => {
@@ -1110,25 +1154,27 @@ impl Node {
             flags |= Flags::FORCED;
         }
         self.seq += 1;
-        let frame = Frame {
-            node_type: self.s.node_type,
-            mode: self.s.mode,
-            status: self.status,
-            pbx: self.pbx,
-            flags: Flags(flags),
-            boot: self.boot,
-            seq: self.seq,
-            epoch: self.epoch,
-            replication: self.replication,
-            calls: self.calls,
-            name: self.s.name.clone(),
-        };
-        let bytes = heartbeat::encode(&frame, &self.s.key);
-        for &to in &self.s.peer_addrs {
-            self.out.push_back(Output::Transmit(Transmit {
-                to,
-                bytes: bytes.clone(),
-            }));
+        let f = &mut self.outgoing;
+        f.node_type = self.s.node_type;
+        f.mode = self.s.mode;
+        f.status = self.status;
+        f.pbx = self.pbx;
+        f.flags = Flags(flags);
+        f.boot = self.boot;
+        f.seq = self.seq;
+        f.epoch = self.epoch;
+        f.replication = self.replication;
+        f.calls = self.calls;
+        let bytes = heartbeat::encode(f, &self.s.key);
+        if let Some((&last, rest)) = self.s.peer_addrs.split_last() {
+            for &to in rest {
+                self.out.push_back(Output::Transmit(Transmit {
+                    to,
+                    bytes: bytes.clone(),
+                }));
+            }
+            self.out
+                .push_back(Output::Transmit(Transmit { to: last, bytes }));
         }
     }
 
@@ -1161,38 +1207,37 @@ impl Node {
     /// The earliest time at which a rule could change its answer.
     fn next_deadline(&self) -> Instant {
         let now = self.now;
-        let mut at: Vec<Instant> = Vec::with_capacity(8);
-        if self.s.node_type != NodeType::Disabled {
-            at.push(self.next_heartbeat);
-        }
         let last = self
             .peer
             .last_heard()
             .unwrap_or(self.started_at)
             .max(self.started_at);
-        at.push(last + self.s.failover_after);
-        at.push(last + self.s.startup_wait);
-        at.extend(self.retry_at);
-        at.extend(
+        // Called after every input: no allocation.
+        let stable = match self.s.failback {
+            FailbackPolicy::Stable(d) if self.failback_wait.is_some() => {
+                Some(self.stable_since() + d)
+            }
+            _ => None,
+        };
+        [
+            (self.s.node_type != NodeType::Disabled).then_some(self.next_heartbeat),
+            Some(last + self.s.failover_after),
+            Some(last + self.s.startup_wait),
+            self.retry_at,
             self.peer
                 .deaf_since()
                 .map(|t| t + self.s.failover_after + self.s.startup_wait),
-        );
-        at.extend(self.fault.as_ref().map(|f| f.until));
-        at.extend(self.pbx_down_since.map(|t| t + self.s.failover_after));
-        if let Some(d) = &self.drain {
-            at.push(d.deadline);
-            at.push(d.next_poll);
-        }
-        if let FailbackPolicy::Stable(d) = self.s.failback {
-            if self.failback_wait.is_some() {
-                at.push(self.stable_since() + d);
-            }
-        }
-        at.into_iter()
-            .filter(|&t| t > now)
-            .min()
-            .unwrap_or(now + self.s.interval.max(Duration::from_millis(100)))
+            self.fault.as_ref().map(|f| f.until),
+            self.pbx_down_since.map(|t| t + self.s.failover_after),
+            self.drain.as_ref().map(|d| d.deadline),
+            self.drain.as_ref().map(|d| d.next_poll),
+            stable,
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|&t| t > now)
+        .min()
+        .unwrap_or(now + self.s.interval.max(Duration::from_millis(100)))
     }
 }
 
