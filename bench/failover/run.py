@@ -8,11 +8,20 @@ heartbeat interval = advert_int = 200 ms, failover_after = keepalived's
 Master_Down_Interval = 3 x 200 ms + skew (priority 100: 122 ms) = 722 ms.
 The "services" of each side are one command that writes the time it ran.
 
+Run i kills the active side at the same phase for both systems: phase_i
+after one of its heartbeats reached the standby (killer.py watches the
+veth), phase_i drawn uniformly in [0, 180) ms. With a random kill point per
+system, where the kill falls moves each median by +-15 ms from pass to pass
+and hides a few milliseconds of real difference; paired phases leave only
+each system's own overhead: the time from "window elapsed since the last
+heartbeat heard" to its services started.
+
 Needs root, iproute2 and keepalived (installed with apt-get when missing).
 Usage: python3 bench/failover/run.py [--runs 20]
 """
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -25,6 +34,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+KILLER = Path(__file__).resolve().parent / "killer.py"
+PHASE_MAX_MS = 180
 INTERVAL_MS = 200
 PRIORITY_BACKUP = 100
 SKEW_MS = (256 - PRIORITY_BACKUP) * INTERVAL_MS / 256
@@ -71,6 +82,18 @@ def spawn(ns, args, log):
                          start_new_session=True)
     started.append(p)
     return p
+
+
+def kill_at_phase(victim, phase_ms):
+    """SIGKILL `victim`'s process group phase_ms after one of its heartbeats
+    reached the standby; returns killer.py's times."""
+    out = subprocess.run(["ip", "netns", "exec", NS[1], sys.executable, str(KILLER), "rbB", ADDR[0],
+                          str(victim.pid), f"{phase_ms:.3f}"], capture_output=True, text=True, timeout=30)
+    victim.wait()
+    k = json.loads(out.stdout.strip().splitlines()[-1]) if out.stdout.strip() else {"error": out.stderr}
+    if "error" in k:
+        raise RuntimeError(f"killer: {k['error']}")
+    return k
 
 
 def wait_file(path, timeout):
@@ -120,7 +143,7 @@ vrrp_instance VI_1 {{
     return conf
 
 
-def keepalived_run(work, run, log):
+def keepalived_run(work, run, phase, log):
     procs = []
     for me in (0, 1):
         conf = keepalived_conf(work, me, me, run)
@@ -132,9 +155,8 @@ def keepalived_run(work, run, log):
                            log))
     if not wait_file(work / f"ka-master-0-{run}", 10):
         raise RuntimeError("keepalived master never became master")
-    time.sleep(1.0 + random.random() * INTERVAL_MS / 1000)  # random phase
-    t0 = time.time()
-    kill_tree(procs[0])
+    time.sleep(1.0)
+    k = kill_at_phase(procs[0], phase)
     ok = wait_file(work / f"ka-master-1-{run}", 10)
     kill_tree(procs[1])
     if not ok:
@@ -142,7 +164,12 @@ def keepalived_run(work, run, log):
     t1 = float((work / f"ka-master-1-{run}").read_text())
     sh("ip", "-n", NS[1], "addr", "flush", "dev", "rbB", "to", "192.0.2.100/32", check=False)
     sh("ip", "-n", NS[0], "addr", "flush", "dev", "rbA", "to", "192.0.2.100/32", check=False)
-    return (t1 - t0) * 1000
+    return timing(k, t1)
+
+
+def timing(k, t1):
+    """(kill -> services started, overhead beyond the window, late heartbeats), ms."""
+    return (t1 - k["kill"]) * 1000, (t1 - k["last"]) * 1000 - WINDOW_MS, k["late"]
 
 
 # ---- resilience ----------------------------------------------------------
@@ -177,16 +204,15 @@ token_file = "{work}/api.token"
     return conf
 
 
-def resilience_run(binary, work, run, log):
+def resilience_run(binary, work, run, phase, log):
     procs = []
     for me in (0, 1):
         conf = node_conf(work, me, run)
         procs.append(spawn(NS[me], [str(binary), "node", "--config", str(conf)], log))
     if not wait_file(work / f"res-up-main-{run}", 10):
         raise RuntimeError("resilience main never became active")
-    time.sleep(1.0 + random.random() * INTERVAL_MS / 1000)  # random phase
-    t0 = time.time()
-    kill_tree(procs[0])
+    time.sleep(1.0)
+    k = kill_at_phase(procs[0], phase)
     ok = wait_file(work / f"res-up-standby-{run}", 10)
     if not ok:
         kill_tree(procs[1])
@@ -199,7 +225,7 @@ def resilience_run(binary, work, run, log):
         time.sleep(3)
         rss = rss_kb(procs[1])
     kill_tree(procs[1])
-    return (t1 - t0) * 1000, rss, detect
+    return timing(k, t1), rss, detect
 
 
 def detection_to_start(binary, work, run):
@@ -247,6 +273,7 @@ def false_failover_rows():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (logs) and print its path")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/failover needs root (network namespaces)")
@@ -258,46 +285,60 @@ def main():
     (work / "cluster.key").write_text("ab" * 32 + "\n")
     (work / "api.token").write_text("bench\n")
     log = open(work / "bench.log", "w")
-    ka, res, rss, detect = [], [], None, []
+    ka, res, rss, detect = [], [], None, []  # ka/res: (kill->up, overhead, late) per run
     try:
         netns_setup()
         for run in range(args.runs):
-            # Interleaved, so both see the same machine load.
-            ka.append(keepalived_run(work, run, log))
-            ms, r, d = resilience_run(binary, work, run, log)
-            res.append(ms)
-            if d is not None:
-                detect.append(d)
-            rss = rss or r
-            print(f"run {run + 1:2}/{args.runs}: keepalived {ka[-1]:7.1f} ms   resilience {res[-1]:7.1f} ms",
+            phase = random.random() * PHASE_MAX_MS
+            # Same phase for both; the order alternates so both see the same load.
+            for first in ((0, 1) if run % 2 == 0 else (1, 0)):
+                if first == 0:
+                    ka.append(keepalived_run(work, run, phase, log))
+                else:
+                    t, r, d = resilience_run(binary, work, run, phase, log)
+                    res.append(t)
+                    if d is not None:
+                        detect.append(d)
+                    rss = rss or r
+            print(f"run {run + 1:2}/{args.runs}: phase {phase:5.1f} ms   keepalived {ka[-1][0]:6.1f} ms "
+                  f"(overhead {ka[-1][1]:+5.1f})   resilience {res[-1][0]:6.1f} ms (overhead {res[-1][1]:+5.1f})",
                   flush=True)
     finally:
         cleanup()
         log.close()
     print()
     print(f"SIGKILL of the active node -> standby services started, {args.runs} runs each, "
-          f"same window {WINDOW_MS:.0f} ms (heartbeat/advert {INTERVAL_MS} ms)\n")
-    # The kill falls at a random point between two heartbeats, so detection
-    # takes the window minus U(0, interval): expected median window - interval/2.
-    expected = WINDOW_MS - INTERVAL_MS / 2
-    print("| system | median ms | p95 ms | overhead beyond the detection window (median - (window - interval/2)) ms |")
-    print("|---|---|---|---|")
+          f"same window {WINDOW_MS:.0f} ms (heartbeat/advert {INTERVAL_MS} ms), the kill {PHASE_MAX_MS / 2:.0f} ms "
+          f"after a heartbeat on average (the same phase for both in each run)\n")
+    print("| system | median ms | p95 ms | overhead beyond the window, median ms | overhead p95 ms | runs with a late heartbeat |")
+    print("|---|---|---|---|---|---|")
     for name, xs in (("keepalived 2.2.7 (VRRPv3)", ka), ("resilience node", res)):
-        med, p95 = statistics.median(xs), pct(xs, 0.95)
-        print(f"| {name} | {med:.1f} | {p95:.1f} | {med - expected:+.1f} |")
+        kill_up = [x[0] for x in xs]
+        over = [x[1] for x in xs]
+        late = sum(1 for x in xs if x[2])
+        print(f"| {name} | {statistics.median(kill_up):.1f} | {pct(kill_up, 0.95):.1f} | "
+              f"{statistics.median(over):+.1f} | {pct(over, 0.95):+.1f} | {late} |")
+    med = lambda xs, i: statistics.median([x[i] for x in xs])
+    diffs = [r[0] - k[0] for r, k in zip(res, ka)]
+    print(f"\nratio resilience / keepalived: median {med(res, 0) / med(ka, 0):.3f}, "
+          f"p95 {pct([x[0] for x in res], 0.95) / pct([x[0] for x in ka], 0.95):.3f}; "
+          f"paired difference resilience - keepalived, same phase: median {statistics.median(diffs):+.1f} ms, "
+          f"{sum(1 for d in diffs if d <= 0)} of {len(diffs)} runs <= 0")
+    print("(overhead = services started - (last heartbeat heard by the standby + window))")
     if detect:
         print(f"\nresilience, from its own events: silence detected -> services started, "
               f"median {statistics.median(detect):.1f} ms, p95 {pct(detect, 0.95):.1f} ms")
-    print(f"\nratio resilience / keepalived: median {statistics.median(res) / statistics.median(ka):.3f}, "
-          f"p95 {pct(res, 0.95) / pct(ka, 0.95):.3f}")
     if rss:
         print(f"idle memory of a resilience node: {rss / 1024:.1f} MB RSS")
-    rows = false_failover_rows()
+    rows = false_failover_rows() if not args.keep else []
     if rows:
         print("\nsimulator, same window, connected but lossy link (false failovers per hour):")
         for r in rows:
             print(r)
-    shutil.rmtree(work, ignore_errors=True)
+    if args.keep:
+        print(f"\nwork folder kept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

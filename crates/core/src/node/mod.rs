@@ -999,8 +999,15 @@ impl Node {
         let peer_epoch = self.peer.frame().map_or(0, |f| f.epoch);
         self.epoch = self.epoch.max(peer_epoch) + 1;
         self.retry_at = None;
-        self.persist();
+        // Start first, then record the new epoch: a failover does not wait
+        // for the disk (a slow fsync, a hung disk). The epoch only counts
+        // while this node claims the service, and a node that dies before
+        // the record lands restarts Inactive, its services stopped by the
+        // runtime's reconciliation, and takes a fresh epoch above its
+        // peer's when it starts again. The record still lands before any
+        // heartbeat carries the epoch (the runtime writes it in line).
         let id = self.action(ActionKind::StartServices);
+        self.persist();
         self.service_op = Some((id, ServiceOp::Start));
         self.set_status(Status::Starting, why);
     }

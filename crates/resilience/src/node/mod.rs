@@ -6,6 +6,7 @@
 //! service actions, log lines, history rows and a refreshed status document
 //! that the API reads without asking the loop.
 
+mod alarm;
 pub mod probe;
 pub mod store;
 
@@ -324,10 +325,12 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
     let mut last_peer: Option<&'static str> = None;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut alarm = alarm::Alarm::spawn().context("timer thread")?;
 
     loop {
         // Hand out everything the core has to say, up to its next deadline.
         let mut now_inputs: Vec<(ActionId, Result<ActionOutcome, ActionError>)> = Vec::new();
+        let mut events = Vec::new();
         let deadline = loop {
             match node.poll_output() {
                 Output::Transmit(t) => {
@@ -349,16 +352,22 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                             .map_err(|e| ActionError(e.to_string()));
                         now_inputs.push((id, r));
                     }
-                    ActionKind::StartServices | ActionKind::StopServices => {
-                        let start = kind == ActionKind::StartServices;
+                    ActionKind::StartServices => {
+                        // Called here: the first service is spawned now,
+                        // before the Persist that follows is written.
+                        let starting = services.start_all();
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            let r = starting.await;
+                            let r = r.map(|_| ActionOutcome::Done).map_err(ActionError);
+                            let _ = tx.send(Msg::ActionDone(id, r)).await;
+                        });
+                    }
+                    ActionKind::StopServices => {
                         let services = services.clone();
                         let tx = tx.clone();
                         tokio::spawn(async move {
-                            let r = if start {
-                                services.start_all().await
-                            } else {
-                                services.stop_all().await
-                            };
+                            let r = services.stop_all().await;
                             let r = r.map(|_| ActionOutcome::Done).map_err(ActionError);
                             let _ = tx.send(Msg::ActionDone(id, r)).await;
                         });
@@ -380,10 +389,15 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                         });
                     }
                 },
-                Output::Event(e) => record_event(&e, &mut store, &events_tx, &wall),
+                Output::Event(e) => events.push(e),
                 Output::Timeout(at) => break at,
             }
         };
+        // The history is written once the actions are under way: a failover
+        // does not wait for the log and the database.
+        for e in &events {
+            record_event(e, &mut store, &events_tx, &wall);
+        }
         if !now_inputs.is_empty() {
             for (id, r) in now_inputs {
                 let _ = node.handle_input(Input::ActionDone(Instant::now(), id, r));
@@ -404,9 +418,9 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
             }
         }
 
-        let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
+        alarm.set(deadline);
         tokio::select! {
-            _ = sleep => {
+            _ = alarm.fired() => {
                 let _ = node.handle_input(Input::Timeout(Instant::now()));
             }
             msg = rx.recv() => {
@@ -415,6 +429,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                 match msg {
                     Msg::Datagram(from, bytes) => {
                         counters.frames_received += 1;
+                        tracing::trace!(target: "resilience::heartbeat", "{} bytes from {from}", bytes.len());
                         if let Err(e) = node.handle_input(Input::Datagram(now, from, &bytes)) {
                             tracing::debug!("from {from}: {e}");
                         }

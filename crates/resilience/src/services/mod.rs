@@ -11,7 +11,7 @@ use resilience_core::config::ServiceSection;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 
 /// How much of a failing command's stderr is kept in the error.
 const STDERR_KEEP: usize = 400;
@@ -39,19 +39,40 @@ impl Services {
 
     /// Start every service in order; on failure stop those started, in
     /// reverse, and report which one failed and how.
-    pub async fn start_all(&self) -> Result<(), String> {
-        for (i, s) in self.list.iter().enumerate() {
-            if let Err(e) = run_in(&self.dir, &start_cmd(s), s.timeout).await {
-                let mut msg = format!("service {}: start failed: {e}", s.name);
-                for done in self.list[..i].iter().rev() {
-                    if let Err(e2) = run_in(&self.dir, &stop_cmd(done), done.timeout).await {
-                        msg.push_str(&format!("; rolling back {} also failed: {e2}", done.name));
+    ///
+    /// The first command is spawned when this is called, not when the future
+    /// is first polled: the node loop writes its state to disk right after,
+    /// and a failover does not wait for the disk.
+    pub fn start_all(
+        &self,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
+        let this = self.clone();
+        let mut first = this.list.first().map(|s| {
+            let cmd = start_cmd(s);
+            let child = spawn_in(&this.dir, &cmd, true);
+            (cmd, child)
+        });
+        async move {
+            for (i, s) in this.list.iter().enumerate() {
+                let r = match first.take() {
+                    Some((cmd, child)) => finish(&cmd, child?, s.timeout).await,
+                    None => run_in(&this.dir, &start_cmd(s), s.timeout).await,
+                };
+                if let Err(e) = r {
+                    let mut msg = format!("service {}: start failed: {e}", s.name);
+                    for done in this.list[..i].iter().rev() {
+                        if let Err(e2) = run_in(&this.dir, &stop_cmd(done), done.timeout).await {
+                            msg.push_str(&format!(
+                                "; rolling back {} also failed: {e2}",
+                                done.name
+                            ));
+                        }
                     }
+                    return Err(msg);
                 }
-                return Err(msg);
             }
+            Ok(())
         }
-        Ok(())
     }
 
     /// Stop every service in reverse order; try them all, report every failure.
@@ -169,16 +190,7 @@ async fn running(dir: &Path, s: &ServiceSection) -> Option<bool> {
         };
     }
     let cmd = s.status.as_ref()?;
-    let child = Command::new("sh")
-        .current_dir(dir)
-        .arg("-c")
-        .arg(cmd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .ok()?;
+    let child = spawn_in(dir, cmd, false).ok()?;
     match tokio::time::timeout(s.timeout, child.wait_with_output()).await {
         Ok(Ok(out)) => out.status.code().map(|c| c == 0),
         _ => None,
@@ -189,19 +201,35 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// Run a shell command in `dir` with a timeout. `Ok` (its stdout) on exit
-/// status 0; otherwise the exit status and the end of stderr.
-pub async fn run_in(dir: &Path, cmd: &str, timeout: Duration) -> Result<String, String> {
-    let child = Command::new("sh")
+/// Start `sh -c cmd` in `dir`, its output piped when `capture`.
+fn spawn_in(dir: &Path, cmd: &str, capture: bool) -> Result<Child, String> {
+    let out = || {
+        if capture {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        }
+    };
+    Command::new("sh")
         .current_dir(dir)
         .arg("-c")
         .arg(cmd)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(out())
+        .stderr(out())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("`{cmd}` could not be run: {e}"))?;
+        .map_err(|e| format!("`{cmd}` could not be run: {e}"))
+}
+
+/// Run a shell command in `dir` with a timeout. `Ok` (its stdout) on exit
+/// status 0; otherwise the exit status and the end of stderr.
+pub async fn run_in(dir: &Path, cmd: &str, timeout: Duration) -> Result<String, String> {
+    finish(cmd, spawn_in(dir, cmd, true)?, timeout).await
+}
+
+/// Wait for a command started by [`spawn_in`]; what [`run_in`] returns.
+async fn finish(cmd: &str, child: Child, timeout: Duration) -> Result<String, String> {
     let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Ok(Ok(out)) => out,
         Ok(Err(e)) => return Err(format!("`{cmd}`: {e}")),
