@@ -188,8 +188,8 @@ address = "{ADDR[1 - me]}:7400"
 [heartbeat]
 listen = "{ADDR[me]}:7400"
 interval = "{INTERVAL_MS}ms"
-failover_after = "{WINDOW_MS:.0f}ms"
-startup_wait = "{WINDOW_MS:.0f}ms"
+failover_after = "{WINDOW_MS * 1000:.0f}us"
+startup_wait = "{WINDOW_MS * 1000:.0f}us"
 key_file = "{work}/cluster.key"
 [failback]
 policy = "manual"

@@ -1,6 +1,6 @@
 //! Randomized runs: many seeds, each a simulated hour of crashes, reboots,
 //! partitions (one way and both), duplicating/delayed links losing 20% of
-//! frames each way, failing services, sick PBXs, silent arbiters and admin
+//! frames each way (even seeds) or less (odd seeds), failing services, sick PBXs, silent arbiters and admin
 //! commands, with the invariants checked after every step (and no false
 //! failover: a Standby starting while it can hear a Main that does not
 //! yield). A failure prints its seed; replay it with
@@ -68,9 +68,14 @@ fn run_seed(seed: u64, hours: f64, log: bool) -> Result<Stats, String> {
     }
     for from in 0..2 {
         let l = &mut c.links[from][1 - from];
-        // The promise under test: a connected link losing 20% of frames
-        // each way never causes a failover (checked after every run).
-        l.loss = 0.2;
+        // Even seeds: the promise under test, a connected link losing 20%
+        // of frames each way never causes a failover (checked after every
+        // run). Odd seeds: any loss below that, clean links included.
+        l.loss = if seed % 2 == 0 {
+            0.2
+        } else {
+            rng.random_range(0.0..0.2)
+        };
         l.dup = rng.random_range(0.0..0.05);
         l.delay_min = Duration::from_micros(rng.random_range(100..5_000));
         l.delay_max = l.delay_min + Duration::from_micros(rng.random_range(0..30_000));
@@ -153,7 +158,7 @@ fn run_seed(seed: u64, hours: f64, log: bool) -> Result<Stats, String> {
         Ok(()) => {
             if c.stats.false_failovers > 0 {
                 return Err(format!(
-                    "{} false failovers with 20% link loss\n{}",
+                    "{} false failovers with link loss up to 20%\n{}",
                     c.stats.false_failovers,
                     c.dump_log()
                 ));
@@ -227,7 +232,7 @@ fn random_seeds_keep_the_invariants() {
         a
     });
     eprintln!(
-        "simulator: {n} seeds x {hours} simulated hour(s) = {} simulated hours, links losing 20% each way, in {:.1}s wall; \
+        "simulator: {n} seeds x {hours} simulated hour(s) = {} simulated hours, links losing 20% (even seeds) or less, in {:.1}s wall; \
          {} failovers, {} failbacks, {} false failovers, {} frames sent, {} dropped by the receiver",
         n as f64 * hours,
         started.elapsed().as_secs_f64(),
@@ -249,7 +254,7 @@ fn random_seeds_keep_the_invariants() {
 
 /// A connected pair on a link that loses 20% of frames each way, with the
 /// shipped timers and nothing else going on: the Standby never even starts,
-/// in any seed. (The 1,000 seeds above run at the same loss between their
+/// in any seed. (The 500 even seeds above run at the same loss between their
 /// faults; this is the plain statement, on fewer seeds to keep the suite fast.)
 #[test]
 fn twenty_percent_loss_never_fails_over_with_default_timers() {

@@ -203,20 +203,22 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
     let pbx_settings = Arc::new(serde_json::to_value(&pbx_settings).unwrap_or_default());
 
     // Reconcile: what runs must match what is decided. The core starts
-    // Inactive; unless it will start at once, running services are stopped
-    // (a Standby that rebooted while Inactive keeps its PBX stopped).
+    // Inactive; unless it will start at once, services that run, or may run
+    // (no status command, a unit still activating), are stopped: a Standby
+    // that rebooted while Inactive keeps its PBX stopped, and a daemon that
+    // died just after starting services leaves none running behind it.
     let starts_at_once = cfg.node.node_type == NodeType::Disabled
         || (cfg.node.mode == Mode::Manual && persisted.admin == Some(AdminChoice::Start));
     if !starts_at_once {
         let states = services.states().await;
         let running: Vec<_> = states
             .iter()
-            .filter(|s| s.running == Some(true))
+            .filter(|s| s.running != Some(false))
             .map(|s| s.name.clone())
             .collect();
         if !running.is_empty() {
             tracing::warn!(
-                "reconcile: services {running:?} run while this node starts inactive; stopping them"
+                "reconcile: services {running:?} run or may run (no clear state) while this node starts inactive; stopping them"
             );
             if let Err(e) = services.stop_all().await {
                 tracing::error!("reconcile: {e}");

@@ -40,9 +40,9 @@ impl Services {
     /// Start every service in order; on failure stop those started, in
     /// reverse, and report which one failed and how.
     ///
-    /// The first command is spawned when this is called, not when the future
-    /// is first polled: the node loop writes its state to disk right after,
-    /// and a failover does not wait for the disk.
+    /// The first command is spawned when this is called (inside a tokio
+    /// runtime), not when the future is first polled: the node loop writes
+    /// its state to disk right after, and a failover does not wait for it.
     pub fn start_all(
         &self,
     ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
@@ -55,7 +55,8 @@ impl Services {
         async move {
             for (i, s) in this.list.iter().enumerate() {
                 let r = match first.take() {
-                    Some((cmd, child)) => finish(&cmd, child?, s.timeout).await,
+                    Some((cmd, Ok(child))) => finish(&cmd, child, s.timeout).await,
+                    Some((_, Err(e))) => Err(e),
                     None => run_in(&this.dir, &start_cmd(s), s.timeout).await,
                 };
                 if let Err(e) = r {
