@@ -71,7 +71,7 @@ fn run_seed(seed: u64, hours: f64, log: bool) -> Result<Stats, String> {
         // Even seeds: the promise under test, a connected link losing 20%
         // of frames each way never causes a failover (checked after every
         // run). Odd seeds: any loss below that, clean links included.
-        l.loss = if seed % 2 == 0 {
+        l.loss = if seed.is_multiple_of(2) {
             0.2
         } else {
             rng.random_range(0.0..0.2)
