@@ -106,6 +106,61 @@ fn sigkill_of_the_main_fails_over_then_immediate_failback() {
     );
 }
 
+/// The state database held by another process (as a hung disk would hold
+/// the writes): the Standby still takes over at once and keeps answering,
+/// and what it could not write lands once the database is free.
+#[test]
+fn a_held_state_database_does_not_hold_up_the_failover() {
+    let _g = serial();
+    let mut p = Pair::new("db-held", "automatic", "policy = \"manual\"", false);
+    boot_pair(&mut p);
+    let db = p.dir.path("state-pbx-standby/state.db");
+    let holder = rusqlite::Connection::open(&db).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let t0 = Instant::now();
+    p.kill(MAIN);
+    let ok = wait_until(secs(10), || p.running(STANDBY));
+    let took = t0.elapsed();
+    assert!(ok, "standby never started its services\n{}", p.logs());
+    eprintln!("database held: SIGKILL of the main -> standby services started in {took:?}");
+    assert!(
+        took < Duration::from_millis(FAILOVER_MS * 4),
+        "the failover waited for the database: {took:?}\n{}",
+        p.logs()
+    );
+    assert!(
+        wait_until(secs(3), || p.active(STANDBY) == Some(true)),
+        "standby does not report Active while its database is held\n{}",
+        p.logs()
+    );
+    holder.execute_batch("COMMIT").unwrap();
+    drop(holder);
+    let written = wait_until(secs(10), || {
+        get(&p.url(STANDBY, "/api/v1/events?limit=50")).is_some_and(|ev| {
+            ev["events"].as_array().unwrap().iter().any(|e| {
+                e["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("Updating resilience state, from: false to: true"))
+            })
+        })
+    });
+    assert!(
+        written,
+        "the history of the failover never landed\n{}",
+        p.logs()
+    );
+    let epoch: String = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT value FROM facts WHERE key = 'epoch'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(
+        epoch.parse::<u64>().unwrap() >= 2,
+        "epoch {epoch} not written"
+    );
+}
+
 #[test]
 fn failback_after_the_stable_time() {
     let _g = serial();

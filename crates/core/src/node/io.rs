@@ -108,7 +108,10 @@ pub enum ActionKind {
     /// Count the active calls (for the drain); answer with
     /// [`ActionOutcome::ActiveCalls`].
     CountActiveCalls,
-    /// Write these facts durably before acting on later outputs.
+    /// Write these facts durably, newest last, and report the result. The
+    /// node does not wait for it: a slow or hung disk must not hold up a
+    /// failover or the heartbeats (losing the newest facts to a crash is
+    /// safe: see `begin_start`). A failed write is an event.
     Persist(Persisted),
 }
 

@@ -1005,8 +1005,7 @@ impl Node {
         // counts while this node claims the service, a node that dies
         // before the record lands restarts Inactive (the runtime stops
         // whatever may still run), and its next start takes an epoch above
-        // its peer's. The runtime attempts the write before it sends the
-        // next heartbeat; a failed write is an event.
+        // its peer's. A failed write is an event.
         let id = self.action(ActionKind::StartServices);
         self.persist();
         self.service_op = Some((id, ServiceOp::Start));

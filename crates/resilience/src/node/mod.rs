@@ -9,6 +9,7 @@
 mod alarm;
 pub mod probe;
 pub mod store;
+mod store_thread;
 
 use crate::api::{self, ApiState};
 use crate::services::{self, ServiceState, Services};
@@ -36,6 +37,8 @@ pub enum Msg {
     /// The state events the timeline needs since a time (unix ms).
     StateEvents(i64, oneshot::Sender<Vec<StoredEvent>>),
     ActionDone(ActionId, Result<ActionOutcome, ActionError>),
+    /// The store's thread wrote (or failed to write) the core's facts.
+    Persisted(ActionId, Result<ActionOutcome, ActionError>),
     Pbx(PbxHealth),
     Arbiter(bool),
     ServiceStates(Vec<ServiceState>),
@@ -128,6 +131,8 @@ struct Counters {
     frames_sent: u64,
     frames_received: u64,
     send_errors: u64,
+    /// History lines the state database's thread could not take.
+    history_dropped: u64,
     actions: std::collections::BTreeMap<(&'static str, &'static str), u64>,
 }
 
@@ -136,7 +141,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
     let (cfg, base) = load_config(config)?;
     let key = load_key(&cfg, &base)?;
     let state_dir = resolve(&base, &cfg.node.state_dir);
-    let (mut store, warning) = Store::open(&state_dir)?;
+    let (store, warning) = Store::open(&state_dir)?;
     if let Some(w) = &warning {
         tracing::error!("{w}");
     }
@@ -157,6 +162,8 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
         sockets.push(Arc::new(s));
     }
     let (tx, mut rx) = mpsc::channel::<Msg>(1024);
+    let store =
+        store_thread::StoreThread::spawn(store, tx.clone()).context("state database thread")?;
     for s in &sockets {
         let s = s.clone();
         let tx = tx.clone();
@@ -190,9 +197,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
             _ => tracing::info!("{line}"),
         }
         if level != Level::Same {
-            if let Err(err) = store.append_event(at_ms, "pbx_settings", &line) {
-                tracing::error!("event history: {err}");
-            }
+            store.event(at_ms, "pbx_settings", &line);
         }
     }
     if pbx_settings.files.iter().any(|f| f.state == "written") {
@@ -347,12 +352,12 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                     }
                 }
                 Output::Action(Action { id, kind }) => match kind {
+                    // On the store's thread: a slow or hung disk must not
+                    // stop the heartbeats. The result comes back as a Msg.
                     ActionKind::Persist(p) => {
-                        let r = store
-                            .save_facts(&p)
-                            .map(|_| ActionOutcome::Done)
-                            .map_err(|e| ActionError(e.to_string()));
-                        now_inputs.push((id, r));
+                        if let Err(e) = store.facts(id, p) {
+                            now_inputs.push((id, Err(e)));
+                        }
                     }
                     ActionKind::StartServices => {
                         // Called here: the first service is spawned now,
@@ -398,7 +403,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
         // The history is written once the actions are under way: a failover
         // does not wait for the log and the database.
         for e in &events {
-            record_event(e, &mut store, &events_tx, &wall);
+            record_event(e, &store, &events_tx, &wall);
         }
         if !now_inputs.is_empty() {
             for (id, r) in now_inputs {
@@ -406,6 +411,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
             }
             continue;
         }
+        counters.history_dropped = store.dropped();
         let heard = publish(&node, &cfg, &counters, &service_states, &status_tx, &ha_tx);
         active_tx.send_if_modified(|a| std::mem::replace(a, node.is_active()) != node.is_active());
         // The peer's state as heard, for the dashboard's timeline.
@@ -414,9 +420,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                 last_peer = Some(word);
                 let text = format!("peer {name} is {word}");
                 let at_ms = unix_ms(SystemTime::now());
-                if let Err(err) = store.append_event(at_ms, "peer_state", &text) {
-                    tracing::error!("event history: {err}");
-                }
+                store.event(at_ms, "peer_state", &text);
             }
         }
 
@@ -445,10 +449,10 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                         });
                     }
                     Msg::Events(limit, reply) => {
-                        let _ = reply.send(store.events(limit).unwrap_or_default());
+                        store.events(limit, reply);
                     }
                     Msg::StateEvents(since, reply) => {
-                        let _ = reply.send(store.state_events(since).unwrap_or_default());
+                        store.state_events(since, reply);
                     }
                     Msg::ActionDone(id, r) => {
                         let label = if r.is_ok() { "ok" } else { "error" };
@@ -462,6 +466,13 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                             tracing::warn!("{e}");
                         }
                     }
+                    Msg::Persisted(id, r) => {
+                        let label = if r.is_ok() { "ok" } else { "error" };
+                        *counters.actions.entry(("persist", label)).or_default() += 1;
+                        if let Err(e) = node.handle_input(Input::ActionDone(now, id, r)) {
+                            tracing::warn!("{e}");
+                        }
+                    }
                     Msg::Pbx(h) => {
                         let _ = node.handle_input(Input::PbxHealth(now, h));
                     }
@@ -471,9 +482,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                     Msg::ServiceStates(s) => service_states = s,
                     Msg::Note(kind, text) => {
                         let at_ms = unix_ms(SystemTime::now());
-                        if let Err(err) = store.append_event(at_ms, kind, &text) {
-                            tracing::error!("event history: {err}");
-                        }
+                        store.event(at_ms, kind, &text);
                         let _ = events_tx.send(json!({"at_ms": at_ms, "kind": kind, "text": text}));
                     }
                 }
@@ -506,7 +515,7 @@ fn accepted_message(node: &Node, cmd: Command) -> String {
 
 fn record_event(
     e: &Event,
-    store: &mut Store,
+    store: &store_thread::StoreThread,
     events: &broadcast::Sender<serde_json::Value>,
     wall: &impl Fn(Instant) -> i64,
 ) {
@@ -514,9 +523,7 @@ fn record_event(
     tracing::info!(target: "resilience", "{text}");
     let at_ms = wall(e.at);
     let kind = e.kind.label();
-    if let Err(err) = store.append_event(at_ms, kind, &text) {
-        tracing::error!("event history: {err}");
-    }
+    store.event(at_ms, kind, &text);
     let _ = events.send(json!({"at_ms": at_ms, "kind": kind, "text": text}));
 }
 
@@ -699,6 +706,7 @@ fn publish(
             "send_errors": c.send_errors,
             "rejected": rejected,
         },
+        "history": { "dropped": c.history_dropped },
     });
     api::update_metrics(&s, c.frames_sent, c.frames_received);
     status_tx.send_replace(doc);

@@ -90,6 +90,11 @@ impl Store {
     fn open_checked(path: &Path) -> Result<Store, StoreError> {
         let sql = |e| StoreError::Sql(path.to_owned(), e);
         let conn = Connection::open(path).map_err(sql)?;
+        // Another process holding the database (an admin's sqlite3, a
+        // backup) delays a write instead of failing it; the node loop never
+        // waits for the store (store_thread.rs).
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(sql)?;
         let check: String = conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
             .map_err(sql)?;

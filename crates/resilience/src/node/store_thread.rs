@@ -1,0 +1,156 @@
+//! The state database on a thread of its own.
+//!
+//! SQLite calls block, and a commit waits for an fsync: a fraction of a
+//! millisecond usually, tens of milliseconds on a busy disk, forever on a
+//! hung one. The node loop must keep sending heartbeats whatever the disk
+//! does (a node that serves but falls silent makes its peer start too), so
+//! it never touches the database: it hands writes and queries to this
+//! thread, and results come back as messages. The queue is bounded: when
+//! the disk cannot keep up, history lines are dropped and counted, a facts
+//! write is reported failed, and a query goes unanswered (the API says so).
+
+use super::store::{Store, StoredEvent};
+use super::Msg;
+use resilience_core::{ActionError, ActionId, ActionOutcome, Persisted};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// Jobs waiting for the disk, at most.
+const QUEUE: usize = 4096;
+
+enum Job {
+    Event {
+        at_ms: i64,
+        kind: String,
+        text: String,
+    },
+    Facts(ActionId, Persisted),
+    Events(usize, oneshot::Sender<Vec<StoredEvent>>),
+    StateEvents(i64, oneshot::Sender<Vec<StoredEvent>>),
+}
+
+/// The loop's handle on the store's thread; the thread ends when this is
+/// dropped and the queue is empty.
+pub struct StoreThread {
+    jobs: SyncSender<Job>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl StoreThread {
+    /// Move `store` to its own thread; facts results go to `done` as
+    /// [`Msg::Persisted`].
+    pub fn spawn(mut store: Store, done: tokio::sync::mpsc::Sender<Msg>) -> std::io::Result<Self> {
+        let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUE);
+        std::thread::Builder::new()
+            .name("resilience-store".into())
+            .spawn(move || {
+                for job in queue {
+                    match job {
+                        Job::Event { at_ms, kind, text } => {
+                            if let Err(err) = store.append_event(at_ms, &kind, &text) {
+                                tracing::error!("event history: {err}");
+                            }
+                        }
+                        Job::Facts(id, facts) => {
+                            let r = store
+                                .save_facts(&facts)
+                                .map(|_| ActionOutcome::Done)
+                                .map_err(|e| ActionError(e.to_string()));
+                            if done.blocking_send(Msg::Persisted(id, r)).is_err() {
+                                return;
+                            }
+                        }
+                        Job::Events(limit, reply) => {
+                            let _ = reply.send(store.events(limit).unwrap_or_default());
+                        }
+                        Job::StateEvents(since, reply) => {
+                            let _ = reply.send(store.state_events(since).unwrap_or_default());
+                        }
+                    }
+                }
+            })?;
+        Ok(StoreThread {
+            jobs,
+            dropped: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Append a line to the history (dropped and counted when the disk is behind).
+    pub fn event(&self, at_ms: i64, kind: &str, text: &str) {
+        let job = Job::Event {
+            at_ms,
+            kind: kind.to_owned(),
+            text: text.to_owned(),
+        };
+        if self.jobs.try_send(job).is_err() && self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::error!(
+                "event history: the state database is not keeping up; dropping history lines"
+            );
+        }
+    }
+
+    /// Write the core's facts; the result comes back as [`Msg::Persisted`].
+    /// An error now means the write could not even be queued.
+    pub fn facts(&self, id: ActionId, facts: Persisted) -> Result<(), ActionError> {
+        self.jobs.try_send(Job::Facts(id, facts)).map_err(|e| {
+            ActionError(match e {
+                TrySendError::Full(_) => "the state database is not keeping up".into(),
+                TrySendError::Disconnected(_) => "the state database thread stopped".into(),
+            })
+        })
+    }
+
+    /// The newest `limit` events, to `reply` (dropped when the disk is behind).
+    pub fn events(&self, limit: usize, reply: oneshot::Sender<Vec<StoredEvent>>) {
+        let _ = self.jobs.try_send(Job::Events(limit, reply));
+    }
+
+    /// The timeline's events since `since_ms`, to `reply`.
+    pub fn state_events(&self, since_ms: i64, reply: oneshot::Sender<Vec<StoredEvent>>) {
+        let _ = self.jobs.try_send(Job::StateEvents(since_ms, reply));
+    }
+
+    /// History lines dropped because the disk was behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn writes_in_order_and_answers_through_messages() {
+        let dir =
+            std::env::temp_dir().join(format!("resilience-store-thread-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (store, _) = Store::open(&dir).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let st = StoreThread::spawn(store, tx).unwrap();
+        st.event(1, "booted", "first");
+        st.event(2, "active", "second");
+        let facts = Persisted {
+            epoch: 7,
+            boot: 3,
+            peer_boot: 2,
+            admin: None,
+        };
+        st.facts(ActionId(9), facts).unwrap();
+        match rx.recv().await {
+            Some(Msg::Persisted(ActionId(9), Ok(ActionOutcome::Done))) => {}
+            _ => panic!("facts result expected"),
+        }
+        let (reply, answer) = oneshot::channel();
+        st.events(10, reply);
+        let texts: Vec<String> = answer.await.unwrap().into_iter().map(|e| e.text).collect();
+        assert_eq!(texts, ["second", "first"]);
+        assert_eq!(st.dropped(), 0);
+        drop(st);
+        let (store, _) = Store::open(&dir).unwrap();
+        assert_eq!(store.load_facts().unwrap(), facts);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
