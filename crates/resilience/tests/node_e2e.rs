@@ -177,8 +177,12 @@ fn failback_after_the_stable_time() {
         "no failover\n{}",
         p.logs()
     );
-    p.start(MAIN);
+    // Stamped before the start: the Main cannot hear the Standby before it
+    // runs, so the stable time cannot end before `back` + 3 s. (After the
+    // start returns, the Main may already have heard the Standby for a poll
+    // interval.)
     let back = Instant::now();
+    p.start(MAIN);
     // Waits: still on the Standby after 2 s, and the wait is explained.
     assert!(
         !never_both(&p, secs(2), |p| p.marker(MAIN)),
