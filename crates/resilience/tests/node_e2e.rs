@@ -38,6 +38,28 @@ fn boot_pair(p: &mut Pair) {
     assert!(!p.marker(STANDBY), "standby started services\n{}", p.logs());
 }
 
+/// SIGKILL the Main; the time until the Standby's services run.
+fn kill_main_and_fail_over(p: &mut Pair) -> Duration {
+    let t0 = Instant::now();
+    p.kill(MAIN);
+    let ok = wait_until(secs(10), || p.running(STANDBY));
+    let took = t0.elapsed();
+    assert!(ok, "standby never started its services\n{}", p.logs());
+    took
+}
+
+/// The texts of node `i`'s newest events (none if its API does not answer).
+fn event_texts(p: &Pair, i: usize) -> Vec<String> {
+    get(&p.url(i, "/api/v1/events?limit=100")).map_or_else(Vec::new, |ev| {
+        ev["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["text"].as_str().map(str::to_owned))
+            .collect()
+    })
+}
+
 #[test]
 fn sigkill_of_the_main_fails_over_then_immediate_failback() {
     let _g = serial();
@@ -49,11 +71,7 @@ fn sigkill_of_the_main_fails_over_then_immediate_failback() {
     );
     boot_pair(&mut p);
     std::thread::sleep(Duration::from_millis(500));
-    let t0 = Instant::now();
-    p.kill(MAIN);
-    let ok = wait_until(secs(10), || p.running(STANDBY));
-    let took = t0.elapsed();
-    assert!(ok, "standby never started its services\n{}", p.logs());
+    let took = kill_main_and_fail_over(&mut p);
     eprintln!("SIGKILL of the main -> standby services started in {took:?} (failover_after 1 s, interval 100 ms)");
     // Not before failover_after (the last heartbeat left at most one interval
     // before the kill), and not some other path much later. The speed itself
@@ -85,13 +103,7 @@ fn sigkill_of_the_main_fails_over_then_immediate_failback() {
         "standby still reports Active after the failback\n{}",
         p.logs()
     );
-    let ev = get(&p.url(STANDBY, "/api/v1/events?limit=100")).unwrap();
-    let texts: Vec<&str> = ev["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["text"].as_str())
-        .collect();
+    let texts = event_texts(&p, STANDBY);
     assert!(
         texts
             .iter()
@@ -117,11 +129,7 @@ fn a_held_state_database_does_not_hold_up_the_failover() {
     let db = p.dir.path("state-pbx-standby/state.db");
     let holder = rusqlite::Connection::open(&db).unwrap();
     holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
-    let t0 = Instant::now();
-    p.kill(MAIN);
-    let ok = wait_until(secs(10), || p.running(STANDBY));
-    let took = t0.elapsed();
-    assert!(ok, "standby never started its services\n{}", p.logs());
+    let took = kill_main_and_fail_over(&mut p);
     eprintln!("database held: SIGKILL of the main -> standby services started in {took:?}");
     assert!(
         took < Duration::from_millis(FAILOVER_MS * 4),
@@ -136,13 +144,9 @@ fn a_held_state_database_does_not_hold_up_the_failover() {
     holder.execute_batch("COMMIT").unwrap();
     drop(holder);
     let written = wait_until(secs(10), || {
-        get(&p.url(STANDBY, "/api/v1/events?limit=50")).is_some_and(|ev| {
-            ev["events"].as_array().unwrap().iter().any(|e| {
-                e["text"]
-                    .as_str()
-                    .is_some_and(|t| t.contains("Updating resilience state, from: false to: true"))
-            })
-        })
+        event_texts(&p, STANDBY)
+            .iter()
+            .any(|t| t.contains("Updating resilience state, from: false to: true"))
     });
     assert!(
         written,
@@ -171,12 +175,7 @@ fn failback_after_the_stable_time() {
         false,
     );
     boot_pair(&mut p);
-    p.kill(MAIN);
-    assert!(
-        wait_until(secs(10), || p.running(STANDBY)),
-        "no failover\n{}",
-        p.logs()
-    );
+    kill_main_and_fail_over(&mut p);
     // Stamped before the start: the Main cannot hear the Standby before it
     // runs, so the stable time cannot end before `back` + 3 s. (After the
     // start returns, the Main may already have heard the Standby for a poll
@@ -213,12 +212,7 @@ fn manual_failback_waits_for_the_admin_and_drains_calls() {
     let _g = serial();
     let mut p = Pair::new("manual-fb", "automatic", "policy = \"manual\"", false);
     boot_pair(&mut p);
-    p.kill(MAIN);
-    assert!(
-        wait_until(secs(10), || p.running(STANDBY)),
-        "no failover\n{}",
-        p.logs()
-    );
+    kill_main_and_fail_over(&mut p);
     std::fs::write(p.dir.path("pbx-standby.calls"), "2 active calls\n").unwrap();
     p.start(MAIN);
     assert!(
