@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
         fault_hold: Duration::from_secs(60),
         key: ClusterKey::new(b"fuzzing cluster key 0123456789ab").expect("key"),
     };
-    let mut node = Node::new(settings, Persisted::default(), now);
+    let mut node = Node::new(settings, Persisted::default(), 1, now);
     let from = "127.0.0.1:9".parse().expect("addr");
     for (i, chunk) in data.split(|&b| b == 0xff).enumerate() {
         let t = now + Duration::from_millis(50 * i as u64);

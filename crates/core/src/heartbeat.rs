@@ -1,31 +1,66 @@
 //! The heartbeat wire format: one small authenticated UDP frame.
 //!
-//! Written by hand because it is 80-odd bytes of fixed fields; a general
-//! serialisation crate would add a dependency and hide the layout that an
-//! admin reading a capture (or a fuzzer) needs to see. Layout, big-endian:
+//! Written by hand because it is about a hundred bytes of fixed fields; a
+//! general serialisation crate would add a dependency and hide the layout
+//! that an admin reading a capture (or a fuzzer) needs to see. Layout,
+//! big-endian:
 //!
 //! ```text
 //!  0  magic "RSHB"           4
-//!  4  version (1)            1
+//!  4  version (2)            1
 //!  5  node type              1   0 disabled, 1 main, 2 standby
 //!  6  mode                   1   0 automatic, 1 manual
 //!  7  status                 1   0 inactive .. 4 stopping
 //!  8  PBX health             1   0 unknown, 1 up, 2 down
 //!  9  flags                  1   see [`Flags`]
 //! 10  reserved, zero         2
-//! 12  boot id                8   grows at every start of the sender
+//! 12  boot id                8   random, drawn at every start of the sender
 //! 20  sequence               8   grows at every frame within one boot
 //! 28  epoch                  8   grows at every activation in the cluster
 //! 36  replication generation 8
-//! 44  active calls           4   u32::MAX when unknown
-//! 48  name length n          1   1..=64
-//! 49  name                   n   UTF-8
-//! 49+n HMAC-SHA256 tag      32   over every byte before it
+//! 44  challenge              8   the sender's nonce, for the receiver to echo
+//! 52  echo                   8   the last challenge the sender heard (0: none)
+//! 60  active calls           4   u32::MAX when unknown
+//! 64  name length n          1   1..=64
+//! 65  name                   n   UTF-8
+//! 65+n HMAC-SHA256 tag      32   over every byte before it
 //! ```
 //!
 //! [`decode`] checks size, magic and version, then the tag (in constant time)
 //! before it trusts any field. Replay and staleness need memory of the peer:
 //! [`ReplayGuard`] holds it.
+//!
+//! ## Freshness without persisted state
+//!
+//! A receiver must refuse a captured frame sent again, also one from an
+//! earlier life of the sender, and it must accept the sender again after
+//! *anything* happened to either side's disk. A persisted, growing boot
+//! counter gets the second part wrong: a node whose state was lost (a new
+//! disk, a reinstall, a restore from an old backup) comes back with a lower
+//! counter and its peer refuses it as stale for ever, while both serve.
+//!
+//! So nothing here depends on what a node persisted (as in corosync/knet,
+//! whose nodes rejoin with fresh state):
+//!
+//! - the boot id is random, drawn by the runtime at every start;
+//! - within a boot that the receiver has confirmed, the sequence must grow;
+//! - a frame of any *other* boot is accepted only if it echoes the
+//!   receiver's current challenge. Challenges are unique (a hash of the
+//!   receiver's own random boot id and a counter) and every frame carries
+//!   the sender's one, so the handshake costs one heartbeat each way and
+//!   also completes when both nodes restart at once;
+//! - on confirming a new boot the receiver moves to a new challenge. A frame
+//!   captured earlier echoes a challenge the receiver no longer holds (or
+//!   never held, if the receiver restarted since), so no old frame can ever
+//!   be confirmed again, whatever either side remembers.
+//!
+//! The receiver echoes the challenge of the last authenticated frame of a
+//! boot it is not sure of yet; an attacker replaying old frames can at most
+//! delay the handshake, as dropping packets would. Until the echo comes
+//! back, the peer's frames count for nothing: a node that restarts while it
+//! hears its peer but is not heard by it (a one-way cut) sees the peer as
+//! silent, as in a cut both ways — trusting an unconfirmed "I am Active"
+//! would let a replayed frame stop a failover for good.
 
 use crate::types::{Mode, NodeType, PbxHealth, Status};
 use hmac::{Hmac, Mac};
@@ -35,12 +70,12 @@ use std::fmt;
 /// First four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"RSHB";
 /// The only version this build speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Length of the HMAC-SHA256 tag.
 pub const TAG_LEN: usize = 32;
 /// Longest node name on the wire.
 pub const MAX_NAME: usize = 64;
-const HEADER_LEN: usize = 49;
+const HEADER_LEN: usize = 65;
 /// Smallest well-formed frame (one-byte name).
 pub const MIN_FRAME: usize = HEADER_LEN + 1 + TAG_LEN;
 /// Largest well-formed frame; anything longer is dropped before parsing.
@@ -132,6 +167,11 @@ pub struct Frame {
     pub seq: u64,
     pub epoch: u64,
     pub replication: u64,
+    /// The sender's current challenge: a frame of a new boot of the receiver
+    /// is confirmed fresh when it echoes it.
+    pub challenge: u64,
+    /// The last challenge the sender heard from the receiver (0: none yet).
+    pub echo: u64,
     /// Active calls on the sender, when it knows.
     pub calls: Option<u32>,
     pub name: String,
@@ -155,8 +195,11 @@ pub enum Reject {
     Malformed(&'static str),
     #[error("replayed frame (sequence already seen)")]
     Replayed,
-    #[error("stale frame (from an earlier boot of the sender)")]
-    Stale,
+    /// A frame of another boot of the sender that does not echo our
+    /// challenge: the sender restarted and has not heard us yet, or it
+    /// cannot hear us (a one-way cut), or the frame is an old one replayed.
+    #[error("frame of another boot of the sender, not confirmed fresh (it has not echoed our challenge: restarting, not hearing us, or replayed)")]
+    Unconfirmed,
     #[error("frame carries this node's own name")]
     FromSelf,
     #[error("frame from a node that is not the configured peer")]
@@ -173,7 +216,7 @@ impl Reject {
         Reject::Forged,
         Reject::Malformed(""),
         Reject::Replayed,
-        Reject::Stale,
+        Reject::Unconfirmed,
         Reject::FromSelf,
         Reject::UnknownSender,
     ];
@@ -188,7 +231,7 @@ impl Reject {
             Reject::Forged => "forged",
             Reject::Malformed(_) => "malformed",
             Reject::Replayed => "replayed",
-            Reject::Stale => "stale",
+            Reject::Unconfirmed => "unconfirmed",
             Reject::FromSelf => "from_self",
             Reject::UnknownSender => "unknown_sender",
         }
@@ -229,6 +272,8 @@ pub fn encode(frame: &Frame, key: &ClusterKey) -> Vec<u8> {
     out.extend_from_slice(&frame.seq.to_be_bytes());
     out.extend_from_slice(&frame.epoch.to_be_bytes());
     out.extend_from_slice(&frame.replication.to_be_bytes());
+    out.extend_from_slice(&frame.challenge.to_be_bytes());
+    out.extend_from_slice(&frame.echo.to_be_bytes());
     out.extend_from_slice(&frame.calls.unwrap_or(u32::MAX).to_be_bytes());
     out.push(name.len() as u8);
     out.extend_from_slice(name.as_bytes());
@@ -288,7 +333,7 @@ pub fn decode(bytes: &[u8], key: &ClusterKey) -> Result<Frame, Reject> {
     if body[10] != 0 || body[11] != 0 {
         return Err(Reject::Malformed("reserved bytes"));
     }
-    let calls = u32::from_be_bytes([body[44], body[45], body[46], body[47]]);
+    let calls = u32::from_be_bytes([body[60], body[61], body[62], body[63]]);
     let name = std::str::from_utf8(&body[HEADER_LEN..])
         .map_err(|_| Reject::Malformed("name is not UTF-8"))?
         .to_owned();
@@ -302,45 +347,95 @@ pub fn decode(bytes: &[u8], key: &ClusterKey) -> Result<Frame, Reject> {
         seq: u64_at(body, 20),
         epoch: u64_at(body, 28),
         replication: u64_at(body, 36),
+        challenge: u64_at(body, 44),
+        echo: u64_at(body, 52),
         calls: (calls != u32::MAX).then_some(calls),
         name,
     })
 }
 
-/// Remembers the newest (boot, sequence) seen from the peer, so a captured
-/// frame sent again is refused. The boot id survives restarts of the
-/// receiver through the persisted facts, so old captures stay refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The challenge number `n` of a node whose boot id is `boot_id`: unique
+/// across boots (the boot id is random) and never 0 (0 means "none").
+pub fn challenge(boot_id: u64, n: u64) -> u64 {
+    use sha2::Digest;
+    let mut h = Sha256::new();
+    h.update(b"resilience heartbeat challenge");
+    h.update(boot_id.to_be_bytes());
+    h.update(n.to_be_bytes());
+    let d = h.finalize();
+    u64_at(&d, 0).max(1)
+}
+
+/// What a receiver knows of its peer's boots: the confirmed boot and its
+/// newest sequence, its own challenge, and the challenge to echo. See the
+/// module doc for why this holds nothing from disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplayGuard {
-    boot: u64,
-    seq: Option<u64>,
+    own_boot: u64,
+    rotations: u64,
+    challenge: u64,
+    confirmed: Option<(u64, u64)>,
+    echo: u64,
+}
+
+/// A frame the guard let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fresh {
+    /// The next frame of the boot already confirmed.
+    Next,
+    /// The first frame of a boot, confirmed by its echo of our challenge.
+    NewBoot,
 }
 
 impl ReplayGuard {
-    /// A guard that already knows the peer's last boot id.
-    pub fn new(peer_boot: u64) -> Self {
+    /// The guard of a node whose own boot id is `own_boot`.
+    pub fn new(own_boot: u64) -> Self {
         ReplayGuard {
-            boot: peer_boot,
-            seq: None,
+            own_boot,
+            rotations: 0,
+            challenge: challenge(own_boot, 0),
+            confirmed: None,
+            echo: 0,
         }
     }
 
-    /// The newest boot id accepted.
-    pub fn boot(&self) -> u64 {
-        self.boot
+    /// The challenge to send in our frames.
+    pub fn challenge(&self) -> u64 {
+        self.challenge
     }
 
-    /// Accept the frame's (boot, seq) if it is newer than all seen; remember it.
-    pub fn check(&mut self, boot: u64, seq: u64) -> Result<(), Reject> {
-        if boot < self.boot {
-            return Err(Reject::Stale);
+    /// The peer's challenge to echo in our frames.
+    pub fn echo(&self) -> u64 {
+        self.echo
+    }
+
+    /// The peer's confirmed boot id, if any.
+    pub fn boot(&self) -> Option<u64> {
+        self.confirmed.map(|(b, _)| b)
+    }
+
+    /// Let an authenticated frame through if it is fresh; remember it.
+    pub fn check(&mut self, frame: &Frame) -> Result<Fresh, Reject> {
+        if let Some((boot, seq)) = self.confirmed {
+            if frame.boot == boot {
+                if frame.seq <= seq {
+                    return Err(Reject::Replayed);
+                }
+                self.confirmed = Some((boot, frame.seq));
+                self.echo = frame.challenge;
+                return Ok(Fresh::Next);
+            }
         }
-        if boot == self.boot && self.seq.is_some_and(|s| seq <= s) {
-            return Err(Reject::Replayed);
+        // Another boot: echo its challenge (so it can confirm us), and take
+        // it only if it proves it heard our current challenge.
+        self.echo = frame.challenge;
+        if frame.echo != self.challenge {
+            return Err(Reject::Unconfirmed);
         }
-        self.boot = boot;
-        self.seq = Some(seq);
-        Ok(())
+        self.confirmed = Some((frame.boot, frame.seq));
+        self.rotations += 1;
+        self.challenge = challenge(self.own_boot, self.rotations);
+        Ok(Fresh::NewBoot)
     }
 }
 
@@ -363,6 +458,8 @@ mod tests {
             seq: 42,
             epoch: 9,
             replication: 1234,
+            challenge: 0x1122,
+            echo: 0x3344,
             calls: Some(17),
             name: "pbx-main".into(),
         }
@@ -411,8 +508,8 @@ mod tests {
         bytes[0] = b'X';
         assert_eq!(decode(&bytes, &key()), Err(Reject::BadMagic));
         let mut bytes = encode(&frame(), &key());
-        bytes[4] = 2;
-        assert_eq!(decode(&bytes, &key()), Err(Reject::UnsupportedVersion(2)));
+        bytes[4] = 1;
+        assert_eq!(decode(&bytes, &key()), Err(Reject::UnsupportedVersion(1)));
     }
 
     #[test]
@@ -490,21 +587,119 @@ mod tests {
         );
     }
 
+    /// A sender: a boot id, a sequence, and the guard that gives it the
+    /// challenge and the echo to put in its frames.
+    struct Sender {
+        boot: u64,
+        seq: u64,
+        guard: ReplayGuard,
+    }
+
+    impl Sender {
+        fn new(boot: u64) -> Sender {
+            Sender {
+                boot,
+                seq: 0,
+                guard: ReplayGuard::new(boot),
+            }
+        }
+        fn frame(&mut self) -> Frame {
+            self.seq += 1;
+            Frame {
+                boot: self.boot,
+                seq: self.seq,
+                challenge: self.guard.challenge(),
+                echo: self.guard.echo(),
+                ..frame()
+            }
+        }
+    }
+
+    /// Frames both ways until each confirms the other; the frames `a` sent.
+    fn handshake(a: &mut Sender, b: &mut Sender) -> Vec<Frame> {
+        let mut sent = Vec::new();
+        for _ in 0..3 {
+            let fa = a.frame();
+            let _ = b.guard.check(&fa);
+            sent.push(fa);
+            let fb = b.frame();
+            let _ = a.guard.check(&fb);
+        }
+        assert!(a.guard.boot() == Some(b.boot) && b.guard.boot() == Some(a.boot));
+        sent
+    }
+
     #[test]
-    fn replay_guard_refuses_replayed_and_stale() {
-        let mut g = ReplayGuard::new(0);
-        assert_eq!(g.check(5, 1), Ok(()));
-        assert_eq!(g.check(5, 2), Ok(()));
-        assert_eq!(g.check(5, 2), Err(Reject::Replayed));
-        assert_eq!(g.check(5, 1), Err(Reject::Replayed));
-        assert_eq!(g.check(4, 99), Err(Reject::Stale));
-        // The peer rebooted: its sequence starts again.
-        assert_eq!(g.check(6, 0), Ok(()));
-        assert_eq!(g.check(5, 3), Err(Reject::Stale));
-        // A receiver that restarts keeps refusing the old boot.
-        let mut g = ReplayGuard::new(6);
-        assert_eq!(g.check(5, 100), Err(Reject::Stale));
-        assert_eq!(g.check(6, 100), Ok(()));
+    fn replay_guard_refuses_replayed_frames_within_a_boot() {
+        let (mut a, mut b) = (Sender::new(11), Sender::new(22));
+        handshake(&mut a, &mut b);
+        let f1 = a.frame();
+        let f2 = a.frame();
+        assert_eq!(b.guard.check(&f1), Ok(Fresh::Next));
+        assert_eq!(b.guard.check(&f2), Ok(Fresh::Next));
+        assert_eq!(b.guard.check(&f2), Err(Reject::Replayed));
+        assert_eq!(b.guard.check(&f1), Err(Reject::Replayed));
+    }
+
+    #[test]
+    fn a_new_boot_is_confirmed_by_its_echo_whatever_its_id() {
+        let (mut a, mut b) = (Sender::new(1_000), Sender::new(22));
+        handshake(&mut a, &mut b);
+        // `a` restarts with lost state: a boot id lower than before. Its
+        // first frame does not echo b's challenge yet: refused, but b
+        // echoes a's challenge at once, and a's next frame is confirmed.
+        let mut a2 = Sender::new(3);
+        let first = a2.frame();
+        assert_eq!(b.guard.check(&first), Err(Reject::Unconfirmed));
+        let fb = b.frame();
+        assert_eq!(a2.guard.check(&fb), Ok(Fresh::NewBoot));
+        let second = a2.frame();
+        assert_eq!(b.guard.check(&second), Ok(Fresh::NewBoot));
+        assert_eq!(b.guard.boot(), Some(3));
+    }
+
+    #[test]
+    fn captured_frames_of_an_earlier_boot_are_refused_forever() {
+        let (mut a, mut b) = (Sender::new(7), Sender::new(8));
+        let mut captured = handshake(&mut a, &mut b);
+        for _ in 0..5 {
+            captured.push(a.frame());
+        }
+        for f in &captured[captured.len() - 5..] {
+            assert_eq!(b.guard.check(f), Ok(Fresh::Next));
+        }
+        // `a` reboots (any id, here a higher one) and is confirmed.
+        let mut a2 = Sender::new(9);
+        handshake(&mut a2, &mut b);
+        for f in &captured {
+            assert_eq!(b.guard.check(f), Err(Reject::Unconfirmed), "{f:?}");
+        }
+        // `b` reboots too, with nothing remembered: the old frames are
+        // still refused, a2's current frames are confirmed after the echo.
+        let mut b2 = Sender::new(10);
+        for f in &captured {
+            assert_eq!(b2.guard.check(f), Err(Reject::Unconfirmed));
+        }
+        handshake(&mut a2, &mut b2);
+        for f in &captured {
+            assert_eq!(b2.guard.check(f), Err(Reject::Unconfirmed));
+        }
+        // And a2's own frames from before b's reboot are refused as well.
+        let before = a2.frame();
+        let mut b3 = Sender::new(12);
+        handshake(&mut a2, &mut b3);
+        assert_eq!(b3.guard.check(&before), Err(Reject::Replayed));
+    }
+
+    #[test]
+    fn challenges_differ_across_boots_and_rotations() {
+        let mut seen = std::collections::HashSet::new();
+        for boot in 0..50 {
+            for n in 0..50 {
+                assert!(seen.insert(challenge(boot, n)));
+            }
+        }
+        assert!(!seen.contains(&0));
     }
 
     #[test]

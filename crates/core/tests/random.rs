@@ -1,4 +1,5 @@
-//! Randomized runs: many seeds, each a simulated hour of crashes, reboots,
+//! Randomized runs: many seeds, each a simulated hour of crashes, reboots
+//! (some with the node's state lost or rolled back to an older backup),
 //! partitions (one way and both), duplicating/delayed links losing 20% of
 //! frames each way (even seeds) or less (odd seeds), failing services, sick PBXs, silent arbiters and admin
 //! commands, with the invariants checked after every step (and no false
@@ -99,15 +100,30 @@ fn run_seed(seed: u64, hours: f64, log: bool) -> Result<Stats, String> {
             if manual_failback && rng.random_bool(0.5) && c.hosts[MAIN].alive() {
                 let _ = c.command(MAIN, Command::Failback);
             }
+            for i in 0..2 {
+                if rng.random_bool(0.1) {
+                    c.back_up(i);
+                }
+            }
             let lasting = secs_f(&mut rng, 1.0, 240.0);
+            // A crash that also costs the node its state, sometimes: the
+            // disk is lost (first-boot facts) or restored from a backup.
+            let lose_state =
+                |c: &mut Cluster, rng: &mut ChaCha8Rng, i: usize| match rng.random_range(0..6) {
+                    0 => c.lose_disk(i),
+                    1 => c.restore_backup(i),
+                    _ => {}
+                };
             match rng.random_range(0..8) {
                 0 => {
                     c.crash(MAIN);
+                    lose_state(&mut c, &mut rng, MAIN);
                     c.run_for(lasting)?;
                     c.boot(MAIN);
                 }
                 1 => {
                     c.crash(STANDBY);
+                    lose_state(&mut c, &mut rng, STANDBY);
                     c.run_for(lasting)?;
                     c.boot(STANDBY);
                 }

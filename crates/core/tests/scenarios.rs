@@ -525,12 +525,79 @@ fn reboot_restores_the_epoch() {
     });
 }
 
+/// The Main restarts a few times, then comes back with its state lost (a
+/// new disk) or restored from an old backup: the Standby must accept it at
+/// once and the pair settle on one Active, the Main (failback is immediate
+/// here), instead of refusing every frame as stale while both serve.
+#[test]
+fn a_node_with_lost_or_old_state_is_heard_again() {
+    for restore in [false, true] {
+        let timers = Timers {
+            failback: FailbackPolicy::Immediate,
+            ..Timers::default()
+        };
+        play(23, timers, |c| {
+            c.run_for(secs(10))?;
+            c.back_up(MAIN);
+            for _ in 0..4 {
+                c.crash(MAIN);
+                c.run_for(secs(1))?;
+                c.boot(MAIN);
+                c.run_for(secs(30))?;
+            }
+            ensure!(c.hosts[MAIN].is_active(), "main not active after restarts");
+            c.crash(MAIN);
+            if restore {
+                c.restore_backup(MAIN);
+            } else {
+                c.lose_disk(MAIN);
+            }
+            c.run_for(secs(10))?;
+            ensure!(c.hosts[STANDBY].is_active(), "standby did not take over");
+            let rejected_before = c.stats.frames_rejected;
+            c.boot(MAIN);
+            let heard = c.run_until(secs(2), |c| {
+                c.hosts[STANDBY]
+                    .node()
+                    .snapshot(c.now)
+                    .peer
+                    .is_some_and(|p| p.heard)
+            })?;
+            ensure!(heard, "the standby does not hear the main back");
+            let ok = c.run_until(c.settle() * 2, |c| {
+                c.hosts[MAIN].is_active() && !c.hosts[STANDBY].is_active()
+            })?;
+            ensure!(
+                ok,
+                "not back to one active: main {:?}, standby {:?}",
+                c.hosts[MAIN].status(),
+                c.hosts[STANDBY].status()
+            );
+            c.run_for(secs(60))?;
+            ensure!(
+                c.hosts[MAIN].is_active() && !c.hosts[STANDBY].is_active(),
+                "did not stay with one active"
+            );
+            let rejected = c.stats.frames_rejected - rejected_before;
+            ensure!(rejected <= 4, "{rejected} frames rejected after the reboot");
+            Ok(())
+        });
+    }
+}
+
 #[test]
 fn replayed_stale_and_forged_heartbeats_change_nothing() {
     play(19, Timers::default(), |c| {
         c.run_for(secs(10))?;
         let key = ClusterKey::new(b"simulated cluster key, 32 bytes!").unwrap();
-        let boot = c.hosts[MAIN].disk.boot;
+        let boot = c.hosts[MAIN].boot_id;
+        let unconfirmed = c.hosts[STANDBY]
+            .node()
+            .snapshot(c.now)
+            .rejected
+            .iter()
+            .find(|(l, _)| *l == "unconfirmed")
+            .map_or(0, |(_, n)| *n);
         let fake = |seq, boot, status, key: &ClusterKey| {
             heartbeat::encode(
                 &Frame {
@@ -543,6 +610,8 @@ fn replayed_stale_and_forged_heartbeats_change_nothing() {
                     seq,
                     epoch: 99,
                     replication: 0,
+                    challenge: 1,
+                    echo: 0,
                     calls: None,
                     name: "pbx-main".into(),
                 },
@@ -555,9 +624,9 @@ fn replayed_stale_and_forged_heartbeats_change_nothing() {
             .unwrap_err();
         ensure!(e == InputError::Rejected(Reject::Replayed), "{e:?}");
         let e = c
-            .inject(STANDBY, &fake(1 << 40, boot - 1, Status::Inactive, &key))
+            .inject(STANDBY, &fake(1 << 40, boot ^ 1, Status::Inactive, &key))
             .unwrap_err();
-        ensure!(e == InputError::Rejected(Reject::Stale), "{e:?}");
+        ensure!(e == InputError::Rejected(Reject::Unconfirmed), "{e:?}");
         let other = ClusterKey::new(b"an attacker's key, not the real!").unwrap();
         let e = c
             .inject(STANDBY, &fake(1 << 40, boot, Status::Inactive, &other))
@@ -576,7 +645,9 @@ fn replayed_stale_and_forged_heartbeats_change_nothing() {
                 .map_or(0, |(_, n)| *n)
         };
         ensure!(
-            count("forged") == 1 && count("stale") == 1 && count("replayed") >= 1,
+            count("forged") == 1
+                && count("unconfirmed") == unconfirmed + 1
+                && count("replayed") >= 1,
             "{:?}",
             snap.rejected
         );
@@ -608,7 +679,8 @@ fn standby_crash_while_active_lets_the_main_serve() {
 #[test]
 fn main_serves_when_a_deaf_standby_cannot_take_over() {
     // The Standby cannot hear the Main and no arbiter answers it, so it may
-    // not take over; the rebooted Main hears it Inactive and must serve.
+    // not take over; the rebooted Main cannot confirm the Standby's frames
+    // (they never echo its new challenge), counts it as silent, and serves.
     let timers = Timers {
         arbiters: true,
         ..Timers::default()
@@ -623,7 +695,7 @@ fn main_serves_when_a_deaf_standby_cannot_take_over() {
         let ok = c.run_until(secs(15), |c| c.hosts[MAIN].is_active())?;
         ensure!(ok, "nobody serves: main {:?}", status(c, MAIN));
         ensure!(
-            c.dump_log().contains("has not heard this node"),
+            c.dump_log().contains("pbx-standby not heard for"),
             "reason missing"
         );
         Ok(())

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use resilience_core::heartbeat::{encode, Flags, Frame};
+use resilience_core::heartbeat::{decode, encode, Flags, Frame};
 use resilience_core::{ClusterKey, Mode, NodeType, PbxHealth, Status};
 use std::time::{Duration, Instant};
 
@@ -317,7 +317,7 @@ fn pbx_probe_failure_moves_the_service_while_heartbeats_flow() {
     assert_eq!(main["node"]["faulted"], true, "{main:#}");
 }
 
-fn frame(seq: u64, boot: u64) -> Frame {
+fn frame(seq: u64, boot: u64, echo: u64) -> Frame {
     Frame {
         node_type: NodeType::Main,
         mode: Mode::Automatic,
@@ -328,6 +328,8 @@ fn frame(seq: u64, boot: u64) -> Frame {
         seq,
         epoch: 1,
         replication: 0,
+        challenge: 0x5eed,
+        echo,
         calls: None,
         name: "pbx-main".into(),
     }
@@ -340,15 +342,34 @@ fn forged_and_replayed_heartbeats_are_rejected_and_counted() {
     // The test plays the Main: only the Standby runs.
     p.start(STANDBY);
     let key = ClusterKey::from_hex(KEY).unwrap();
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // On the Main's heartbeat address: the Standby's frames carry the
+    // challenge our frames must echo before it takes them.
+    let sock = std::net::UdpSocket::bind(format!("127.0.0.1:{}", p.specs[MAIN].hb)).unwrap();
+    sock.set_read_timeout(Some(secs(5))).unwrap();
+    let challenge = {
+        let mut buf = [0u8; 512];
+        loop {
+            let (n, _) = sock
+                .recv_from(&mut buf)
+                .expect("a heartbeat from the standby");
+            if let Ok(f) = decode(&buf[..n], &key) {
+                break f.challenge;
+            }
+        }
+    };
     let to = format!("127.0.0.1:{}", p.specs[STANDBY].hb);
     let mut seq = 0;
     let send = |bytes: &[u8]| {
         sock.send_to(bytes, &to).unwrap();
     };
+    // Frames of boot 7 that do not echo the challenge are not taken.
+    for _ in 0..3 {
+        seq += 1;
+        send(&encode(&frame(seq, 7, 0), &key));
+    }
     for _ in 0..20 {
         seq += 1;
-        send(&encode(&frame(seq, 7), &key));
+        send(&encode(&frame(seq, 7, challenge), &key));
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(
@@ -357,16 +378,17 @@ fn forged_and_replayed_heartbeats_are_rejected_and_counted() {
         p.logs()
     );
     // Replayed: a frame already sent. Forged: the right shape, another key.
-    send(&encode(&frame(3, 7), &key));
+    send(&encode(&frame(3 + 3, 7, challenge), &key));
     let wrong = ClusterKey::new(b"an attacker's key, not the real!").unwrap();
-    send(&encode(&frame(seq + 1, 7), &wrong));
-    // Stale: from an earlier boot of the "Main".
-    send(&encode(&frame(seq + 2, 6), &key));
+    send(&encode(&frame(seq + 1, 7, challenge), &wrong));
+    // Another boot of the "Main" (an earlier one, captured): it echoes a
+    // challenge the Standby gave up when it confirmed boot 7.
+    send(&encode(&frame(seq + 2, 6, challenge), &key));
     // Garbage.
     send(b"INVITE sip:nobody SIP/2.0\r\n\r\n");
     let counted = wait_until(secs(3), || {
         let r = &p.status(STANDBY)["heartbeat"]["rejected"];
-        r["replayed"] == 1 && r["forged"] == 1 && r["stale"] == 1 && r["bad_magic"] == 1
+        r["replayed"] == 1 && r["forged"] == 1 && r["unconfirmed"] == 4 && r["bad_magic"] == 1
     });
     assert!(counted, "{:#}", p.status(STANDBY)["heartbeat"]);
     let metrics = agent()
@@ -381,6 +403,89 @@ fn forged_and_replayed_heartbeats_are_rejected_and_counted() {
         "{metrics}"
     );
     assert!(!p.marker(STANDBY), "the standby acted on a rejected frame");
+}
+
+/// How long ago node `i` last heard its peer (None: never, or no answer).
+fn heard_ago(p: &Pair, i: usize) -> Option<f64> {
+    get(&p.url(i, "/api/v1/status")).and_then(|s| s["peer"]["last_heard_ago_s"].as_f64())
+}
+
+/// Kill the Main, let the Standby notice the silence, start it again with
+/// whatever its state folder holds, and wait for the Standby to hear it.
+fn restart_main(p: &mut Pair, before_start: impl FnOnce(&Pair)) -> bool {
+    p.kill(MAIN);
+    assert!(
+        wait_until(secs(10), || heard_ago(p, STANDBY).is_some_and(|a| a > 0.5)),
+        "the standby never noticed the silence\n{}",
+        p.logs()
+    );
+    before_start(p);
+    p.start(MAIN);
+    wait_until(secs(10), || heard_ago(p, STANDBY).is_some_and(|a| a < 0.3))
+}
+
+/// A Main whose state database is lost (a new disk, a reinstall) or
+/// restored from an older backup must be heard by the Standby again, and
+/// the pair must come back to exactly one Active: with a persisted boot
+/// counter, the Standby refused its frames as stale for ever and both
+/// nodes served.
+#[test]
+fn a_main_with_lost_or_old_state_is_heard_again_and_one_serves() {
+    let _g = serial();
+    let mut p = Pair::new("lost-state", "automatic", "policy = \"immediate\"", false);
+    boot_pair(&mut p);
+    let state = p.dir.path("state-pbx-main");
+    let backup = p.dir.path("backup-pbx-main");
+    for round in 0..4 {
+        if round == 1 {
+            // An admin's backup of the state folder, while the Main is down.
+            p.kill(MAIN);
+            std::fs::create_dir_all(&backup).unwrap();
+            for e in std::fs::read_dir(&state).unwrap() {
+                let e = e.unwrap();
+                std::fs::copy(e.path(), backup.join(e.file_name())).unwrap();
+            }
+        }
+        assert!(
+            restart_main(&mut p, |_| {}),
+            "restart {round}\n{}",
+            p.logs()
+        );
+    }
+    let one_active = |p: &Pair| {
+        p.active(MAIN) == Some(true) && p.active(STANDBY) == Some(false) && !p.marker(STANDBY)
+    };
+    for (what, restore) in [("lost", false), ("restored from an old backup", true)] {
+        let heard = restart_main(&mut p, |p| {
+            for e in std::fs::read_dir(&state).unwrap() {
+                std::fs::remove_file(e.unwrap().path()).unwrap();
+            }
+            if restore {
+                for e in std::fs::read_dir(&backup).unwrap() {
+                    let e = e.unwrap();
+                    std::fs::copy(e.path(), state.join(e.file_name())).unwrap();
+                }
+            }
+            let _ = p;
+        });
+        assert!(
+            heard,
+            "state {what}: the standby does not hear the main\n{}",
+            p.logs()
+        );
+        assert!(
+            wait_until(secs(15), || one_active(&p)),
+            "state {what}: not back to one active (main {:?}, standby {:?})\n{}",
+            p.active(MAIN),
+            p.active(STANDBY),
+            p.logs()
+        );
+        let r = &p.status(STANDBY)["heartbeat"]["rejected"];
+        assert!(
+            r["unconfirmed"].as_u64().unwrap_or(0) < 20,
+            "state {what}: {r:#}"
+        );
+    }
 }
 
 #[test]

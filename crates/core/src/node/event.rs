@@ -23,7 +23,10 @@ pub enum EventKind {
         node_type: NodeType,
         mode: Mode,
         epoch: u64,
-        boot: u64,
+        /// Starts remembered by the disk (1 after a lost state).
+        starts: u64,
+        /// The random id of this start, as in its heartbeats.
+        boot_id: u64,
     },
     StatusChanged {
         from: Status,
@@ -110,9 +113,16 @@ impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use EventKind::*;
         match &self.kind {
-            Booted { node_type, mode, epoch, boot } => {
-                write!(f, "node started as {node_type} in {mode} mode (epoch {epoch}, boot {boot})")?
-            }
+            Booted {
+                node_type,
+                mode,
+                epoch,
+                starts,
+                boot_id,
+            } => write!(
+                f,
+                "node started as {node_type} in {mode} mode (epoch {epoch}, start {starts}, boot id {boot_id:016x})"
+            )?,
             StatusChanged { from, to } => write!(f, "status {from} -> {to}")?,
             ActiveChanged { from, to } => {
                 write!(f, "Updating resilience state, from: {from} to: {to}")?

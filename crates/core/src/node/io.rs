@@ -158,10 +158,9 @@ pub enum AdminChoice {
 pub struct Persisted {
     /// Highest epoch this node knows of.
     pub epoch: u64,
-    /// Boot counter of this node (the node adds one at every start).
-    pub boot: u64,
-    /// Newest boot id accepted from the peer (anti-replay across restarts).
-    pub peer_boot: u64,
+    /// Starts of this node (one more at every start; for the log only:
+    /// nothing depends on it, so losing it is harmless).
+    pub starts: u64,
     /// An admin's lasting choice, if any.
     pub admin: Option<AdminChoice>,
 }

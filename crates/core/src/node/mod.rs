@@ -128,6 +128,9 @@ pub struct Node {
     status: Status,
     reason: String,
     epoch: u64,
+    /// Starts of this node, as far as its disk remembers (for the log).
+    starts: u64,
+    /// Random id of this start, on the wire.
     boot: u64,
     seq: u64,
     admin: Option<AdminChoice>,
@@ -162,16 +165,20 @@ pub struct Node {
 
 impl Node {
     /// A node starting at `now` from the facts it persisted last time
-    /// (`Persisted::default()` on first start).
-    pub fn new(settings: Settings, persisted: Persisted, now: Instant) -> Node {
-        let peer = Peer::new(settings.peer_name.clone(), persisted.peer_boot);
+    /// (`Persisted::default()` on first start, or when they were lost), with
+    /// `boot_id` a random number drawn for this start (the runtime's
+    /// getrandom; the simulator's seeded generator). Nothing persisted is
+    /// needed for the peer to accept the node again.
+    pub fn new(settings: Settings, persisted: Persisted, boot_id: u64, now: Instant) -> Node {
+        let peer = Peer::new(boot_id);
         let mut node = Node {
             now,
             started_at: now,
             status: Status::Inactive,
             reason: "node started".into(),
             epoch: persisted.epoch,
-            boot: persisted.boot + 1,
+            starts: persisted.starts + 1,
+            boot: boot_id,
             seq: 0,
             admin: persisted.admin,
             fault: None,
@@ -192,6 +199,8 @@ impl Node {
                 seq: 0,
                 epoch: 0,
                 replication: 0,
+                challenge: 0,
+                echo: 0,
                 calls: None,
                 name: settings.name.clone(),
             },
@@ -228,7 +237,8 @@ impl Node {
                 node_type: node.s.node_type,
                 mode: node.s.mode,
                 epoch: node.epoch,
-                boot: node.boot,
+                starts: node.starts,
+                boot_id: node.boot,
             },
             format!("restored from persisted facts{held}"),
         );
@@ -355,13 +365,9 @@ impl Node {
         if self.s.peer_name.as_deref() != Some(frame.name.as_str()) {
             return Err(self.reject(Reject::UnknownSender));
         }
-        let old_boot = self.peer.boot();
         self.peer
             .accept(self.now, frame)
             .map_err(|r| self.reject(r))?;
-        if self.peer.boot() != old_boot {
-            self.persist();
-        }
         Ok(())
     }
 
@@ -369,12 +375,15 @@ impl Node {
         let n = &mut self.rejected[r.index()];
         *n += 1;
         let count = *n;
-        // 1, 10, 100, …: enough to see it in the log without a flood.
-        if count
-            .to_string()
-            .trim_start_matches('1')
-            .bytes()
-            .all(|b| b == b'0')
+        // 1, 10, 100, …: enough to see it in the log without a flood. A
+        // restart of either node costs a frame or two of handshake: only a
+        // lasting run of unconfirmed frames is worth a line.
+        if (r != Reject::Unconfirmed || count >= 10)
+            && count
+                .to_string()
+                .trim_start_matches('1')
+                .bytes()
+                .all(|b| b == b'0')
         {
             self.event(EventKind::FrameRejected { reject: r, count }, String::new());
         }
@@ -1169,6 +1178,7 @@ impl Node {
         f.flags = Flags(flags);
         f.boot = self.boot;
         f.seq = self.seq;
+        (f.challenge, f.echo) = self.peer.challenge_and_echo();
         f.epoch = self.epoch;
         f.replication = self.replication;
         f.calls = self.calls;
@@ -1195,8 +1205,7 @@ impl Node {
     fn persist(&mut self) {
         let facts = Persisted {
             epoch: self.epoch,
-            boot: self.boot,
-            peer_boot: self.peer.boot(),
+            starts: self.starts,
             admin: self.admin,
         };
         let id = self.action(ActionKind::Persist(facts));

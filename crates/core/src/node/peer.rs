@@ -1,6 +1,6 @@
 //! What a node knows of its peer: the last authenticated frame and when.
 
-use crate::heartbeat::{Flags, Frame, Reject, ReplayGuard};
+use crate::heartbeat::{Flags, Frame, Fresh, Reject, ReplayGuard};
 use std::time::Instant;
 
 #[derive(Debug)]
@@ -16,9 +16,11 @@ pub(super) struct Peer {
 }
 
 impl Peer {
-    pub(super) fn new(_name: Option<String>, peer_boot: u64) -> Peer {
+    /// What a node whose own boot id is `own_boot` knows of its peer at start:
+    /// nothing (see the heartbeat module for why nothing is persisted).
+    pub(super) fn new(own_boot: u64) -> Peer {
         Peer {
-            guard: ReplayGuard::new(peer_boot),
+            guard: ReplayGuard::new(own_boot),
             last: None,
             heard_since: None,
             deaf_since: None,
@@ -26,20 +28,21 @@ impl Peer {
         }
     }
 
-    /// Keep an authenticated frame unless it is replayed or stale.
-    pub(super) fn accept(&mut self, now: Instant, frame: Frame) -> Result<(), Reject> {
-        self.guard.check(frame.boot, frame.seq)?;
+    /// Keep an authenticated frame unless it is replayed or not confirmed fresh.
+    pub(super) fn accept(&mut self, now: Instant, frame: Frame) -> Result<Fresh, Reject> {
+        let fresh = self.guard.check(&frame)?;
         if frame.flags.has(Flags::HEARS_PEER) {
             self.deaf_since = None;
         } else {
             self.deaf_since.get_or_insert(now);
         }
         self.last = Some((now, frame));
-        Ok(())
+        Ok(fresh)
     }
 
-    pub(super) fn boot(&self) -> u64 {
-        self.guard.boot()
+    /// The challenge and the echo for our next frame.
+    pub(super) fn challenge_and_echo(&self) -> (u64, u64) {
+        (self.guard.challenge(), self.guard.echo())
     }
 
     pub(super) fn frame(&self) -> Option<&Frame> {

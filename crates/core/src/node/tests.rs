@@ -37,18 +37,18 @@ fn boot_persists_a_new_boot_id_and_logs_it() {
     let now = Instant::now();
     let p = Persisted {
         epoch: 7,
-        boot: 4,
-        peer_boot: 2,
+        starts: 4,
         admin: None,
     };
     let mut n = Node::new(
         settings("a", "b", NodeType::Standby, Mode::Automatic),
         p,
+        0xb007,
         now,
     );
     let out = drain(&mut n);
-    assert!(out.iter().any(|o| matches!(o, Output::Action(Action { kind: ActionKind::Persist(p), .. }) if p.boot == 5 && p.epoch == 7)));
-    assert!(out.iter().any(|o| matches!(o, Output::Event(e) if matches!(e.kind, EventKind::Booted { boot: 5, epoch: 7, .. }))));
+    assert!(out.iter().any(|o| matches!(o, Output::Action(Action { kind: ActionKind::Persist(p), .. }) if p.starts == 5 && p.epoch == 7)));
+    assert!(out.iter().any(|o| matches!(o, Output::Event(e) if matches!(e.kind, EventKind::Booted { starts: 5, epoch: 7, boot_id: 0xb007, .. }))));
     assert_eq!(n.status(), Status::Inactive);
 }
 
@@ -58,6 +58,7 @@ fn active_flag_event_uses_xivo_words() {
     let mut n = Node::new(
         settings("a", "b", NodeType::Main, Mode::Manual),
         Persisted::default(),
+        0xb007,
         now,
     );
     drain(&mut n);
@@ -97,7 +98,7 @@ fn disabled_node_serves_alone_and_refuses_commands() {
     let mut s = settings("a", "b", NodeType::Disabled, Mode::Automatic);
     s.peer_name = None;
     s.peer_addrs.clear();
-    let mut n = Node::new(s, Persisted::default(), now);
+    let mut n = Node::new(s, Persisted::default(), 0xb007, now);
     let out = drain(&mut n);
     assert!(out.iter().any(|o| matches!(
         o,
@@ -119,6 +120,7 @@ fn garbage_datagram_is_counted_not_trusted() {
     let mut n = Node::new(
         settings("a", "b", NodeType::Standby, Mode::Automatic),
         Persisted::default(),
+        0xb007,
         now,
     );
     drain(&mut n);
@@ -146,7 +148,7 @@ fn frames_from_self_or_strangers_are_refused() {
     let now = Instant::now();
     let s = settings("a", "b", NodeType::Standby, Mode::Automatic);
     let key = s.key.clone();
-    let mut n = Node::new(s, Persisted::default(), now);
+    let mut n = Node::new(s, Persisted::default(), 0xb007, now);
     let from = "127.0.0.1:1".parse().unwrap();
     let mut f = Frame {
         node_type: NodeType::Main,
@@ -158,6 +160,8 @@ fn frames_from_self_or_strangers_are_refused() {
         seq: 1,
         epoch: 1,
         replication: 0,
+        challenge: 5,
+        echo: 0,
         calls: None,
         name: "a".into(),
     };
@@ -173,6 +177,26 @@ fn frames_from_self_or_strangers_are_refused() {
         Err(InputError::Rejected(Reject::UnknownSender))
     );
     f.name = "b".into();
+    // The peer's first frame does not echo our challenge yet: not taken.
+    let bytes = heartbeat::encode(&f, &key);
+    assert_eq!(
+        n.handle_input(Input::Datagram(now, from, &bytes)),
+        Err(InputError::Rejected(Reject::Unconfirmed))
+    );
+    // Once it echoes the challenge of our next heartbeat, it is.
+    let now = now + Duration::from_secs(1);
+    n.handle_input(Input::Timeout(now)).unwrap();
+    let ours = drain(&mut n)
+        .into_iter()
+        .rev()
+        .find_map(|o| match o {
+            Output::Transmit(t) => heartbeat::decode(&t.bytes, &key).ok(),
+            _ => None,
+        })
+        .expect("a heartbeat");
+    assert_eq!(ours.echo, 5, "we echo the peer's challenge");
+    f.echo = ours.challenge;
+    f.seq = 2;
     let bytes = heartbeat::encode(&f, &key);
     assert_eq!(n.handle_input(Input::Datagram(now, from, &bytes)), Ok(()));
     assert_eq!(
@@ -188,6 +212,7 @@ fn deadline_is_never_in_the_past() {
     let mut n = Node::new(
         settings("a", "b", NodeType::Standby, Mode::Automatic),
         Persisted::default(),
+        0xb007,
         now,
     );
     let mut t = now;

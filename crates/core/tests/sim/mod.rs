@@ -124,8 +124,12 @@ impl Default for Link {
 pub struct Host {
     pub settings: Settings,
     pub node: Option<Node>,
-    /// What the node persisted; survives crashes.
+    /// What the node persisted; survives crashes (unless lost or rolled back).
     pub disk: Persisted,
+    /// A backup of `disk` taken earlier, to restore from (rolled-back state).
+    pub backup: Persisted,
+    /// The random id of the current boot (a new one at every boot).
+    pub boot_id: u64,
     /// Services possibly running: from the start order to the end of a stop.
     pub services: bool,
     pub start_latency: Duration,
@@ -275,6 +279,8 @@ impl Cluster {
                 settings: settings(i, &timers),
                 node: None,
                 disk: Persisted::default(),
+                backup: Persisted::default(),
+                boot_id: 0,
                 services: false,
                 start_latency: Duration::from_millis(500),
                 stop_latency: Duration::from_millis(300),
@@ -331,7 +337,8 @@ impl Cluster {
             return;
         }
         h.generation += 1;
-        h.node = Some(Node::new(h.settings.clone(), h.disk, self.now));
+        h.boot_id = self.rng.random();
+        h.node = Some(Node::new(h.settings.clone(), h.disk, h.boot_id, self.now));
         h.deadline = None;
         h.reported_pbx = None;
         h.reported_arbiter = None;
@@ -345,6 +352,27 @@ impl Cluster {
         self.note(format!("== boot {}", NAMES[i]));
         self.drain_outputs(i);
         self.update_outage();
+    }
+
+    /// The host's state database is lost (a new disk, a reinstall): it
+    /// boots next with first-boot facts.
+    pub fn lose_disk(&mut self, i: usize) {
+        self.hosts[i].disk = Persisted::default();
+        self.note(format!("== {} loses its state", NAMES[i]));
+    }
+
+    /// Keep a copy of the host's facts, as a backup would.
+    pub fn back_up(&mut self, i: usize) {
+        self.hosts[i].backup = self.hosts[i].disk;
+    }
+
+    /// The host's state is restored from its (older) backup.
+    pub fn restore_backup(&mut self, i: usize) {
+        self.hosts[i].disk = self.hosts[i].backup;
+        self.note(format!(
+            "== {} restored from an older backup {:?}",
+            NAMES[i], self.hosts[i].backup
+        ));
     }
 
     /// The host dies: its daemon and its services.

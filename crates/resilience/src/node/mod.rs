@@ -324,7 +324,10 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
         };
         unix_ms(t)
     };
-    let mut node = Node::new(settings, persisted, Instant::now());
+    // A random boot id per start: the peer confirms it by a challenge echo,
+    // so nothing on this node's disk is needed for it to be heard again.
+    let boot_id = getrandom::u64().map_err(|e| anyhow::anyhow!("random boot id: {e}"))?;
+    let mut node = Node::new(settings, persisted, boot_id, Instant::now());
     let mut counters = Counters::default();
     let mut service_states: Vec<ServiceState> = Vec::new();
     let peer_addrs = node.settings().peer_addrs.clone();

@@ -151,8 +151,7 @@ impl Store {
         };
         Ok(Persisted {
             epoch: num("epoch")?,
-            boot: num("boot")?,
-            peer_boot: num("peer_boot")?,
+            starts: num("boot")?,
             admin,
         })
     }
@@ -169,8 +168,7 @@ impl Store {
         };
         for (k, v) in [
             ("epoch", p.epoch.to_string()),
-            ("boot", p.boot.to_string()),
-            ("peer_boot", p.peer_boot.to_string()),
+            ("boot", p.starts.to_string()),
             ("admin", admin.to_string()),
         ] {
             tx.execute(
@@ -259,8 +257,7 @@ mod tests {
         assert_eq!(s.load_facts().unwrap(), Persisted::default());
         let p = Persisted {
             epoch: 9,
-            boot: 3,
-            peer_boot: 4,
+            starts: 3,
             admin: Some(AdminChoice::Stop),
         };
         s.save_facts(&p).unwrap();

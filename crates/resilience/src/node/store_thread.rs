@@ -134,8 +134,7 @@ mod tests {
         st.event(2, "active", "second");
         let facts = Persisted {
             epoch: 7,
-            boot: 3,
-            peer_boot: 2,
+            starts: 3,
             admin: None,
         };
         st.facts(ActionId(9), facts).unwrap();
