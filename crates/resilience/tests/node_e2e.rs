@@ -424,6 +424,20 @@ fn restart_main(p: &mut Pair, before_start: impl FnOnce(&Pair)) -> bool {
     wait_until(secs(10), || heard_ago(p, STANDBY).is_some_and(|a| a < 0.3))
 }
 
+/// The node's state database files (`state.db`, its WAL and shared memory).
+fn state_db_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.is_file()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("state.db"))
+        })
+        .collect()
+}
+
 /// A Main whose state database is lost (a new disk, a reinstall) or
 /// restored from an older backup must be heard by the Standby again, and
 /// the pair must come back to exactly one Active: with a persisted boot
@@ -441,9 +455,8 @@ fn a_main_with_lost_or_old_state_is_heard_again_and_one_serves() {
             // An admin's backup of the state folder, while the Main is down.
             p.kill(MAIN);
             std::fs::create_dir_all(&backup).unwrap();
-            for e in std::fs::read_dir(&state).unwrap() {
-                let e = e.unwrap();
-                std::fs::copy(e.path(), backup.join(e.file_name())).unwrap();
+            for f in state_db_files(&state) {
+                std::fs::copy(&f, backup.join(f.file_name().unwrap())).unwrap();
             }
         }
         assert!(
@@ -457,13 +470,12 @@ fn a_main_with_lost_or_old_state_is_heard_again_and_one_serves() {
     };
     for (what, restore) in [("lost", false), ("restored from an old backup", true)] {
         let heard = restart_main(&mut p, |p| {
-            for e in std::fs::read_dir(&state).unwrap() {
-                std::fs::remove_file(e.unwrap().path()).unwrap();
+            for f in state_db_files(&state) {
+                std::fs::remove_file(f).unwrap();
             }
             if restore {
-                for e in std::fs::read_dir(&backup).unwrap() {
-                    let e = e.unwrap();
-                    std::fs::copy(e.path(), state.join(e.file_name())).unwrap();
+                for f in state_db_files(&backup) {
+                    std::fs::copy(&f, state.join(f.file_name().unwrap())).unwrap();
                 }
             }
             let _ = p;

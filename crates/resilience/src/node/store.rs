@@ -1,6 +1,8 @@
 //! The node's durable state, in SQLite under the state directory: the facts
-//! the core restarts from (epoch, boot id, the peer's boot id, an admin's
-//! choice) and the event history (bounded, newest first).
+//! the core restarts from (epoch, start count, an admin's choice) and the
+//! event history (bounded, newest first). None of it is needed for the peer
+//! to hear this node again (see the heartbeat module): losing it costs the
+//! admin's hold and the history, never a second Active.
 //!
 //! A database that cannot be opened or fails SQLite's `quick_check` is moved
 //! aside (`state.db.corrupt-<unix time>`) and recreated; the node starts as on
