@@ -356,7 +356,7 @@ fn a_link_black_holed_mid_push_then_a_killed_main_leaves_replication_working() {
     p.start(MAIN);
     let took = push_until_ok(&p, secs(120));
     println!(
-        "replication working again {:?} after the Main was killed (push itself {took:?}; read deadline {READ_TIMEOUT_S}s, failover and failback in between)",
+        "replication working again {:?} after the Main was killed (push itself {took:?}; read deadline {READ_TIMEOUT_S}s)",
         killed.elapsed()
     );
     assert!(std::fs::read(p.dir.path("pbx-standby-etc/big.bin")).unwrap() == big);
