@@ -130,6 +130,21 @@ pub struct ReplicationSection {
     /// How long a changed watched folder stays quiet before it is pushed.
     #[serde(with = "humantime_serde", default = "default_debounce")]
     pub debounce: Duration,
+    /// Longest wait for the peer's next bytes (or for it to take ours) in a
+    /// session; then the session ends and the job is free again. It also
+    /// covers the peer's scan of a folder before it answers. Default: 30s
+    #[serde(with = "humantime_serde", default = "default_read_timeout")]
+    pub read_timeout: Duration,
+    /// Longest a whole session may last, however it trickles. Default: 6h
+    #[serde(with = "humantime_serde", default = "default_session_timeout")]
+    pub session_timeout: Duration,
+    /// Longest a TLS handshake may take. Default: 10s
+    #[serde(with = "humantime_serde", default = "default_handshake_timeout")]
+    pub handshake_timeout: Duration,
+    /// Connections the replication listener holds at once; more are closed
+    /// at once (and counted). Default: 16
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     #[serde(default, rename = "dir")]
     pub dirs: Vec<DirJobSection>,
     #[serde(default, rename = "sqlite")]
@@ -217,6 +232,18 @@ fn default_replication_interval() -> Duration {
 }
 fn default_debounce() -> Duration {
     Duration::from_secs(2)
+}
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_session_timeout() -> Duration {
+    Duration::from_secs(6 * 3600)
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_connections() -> usize {
+    16
 }
 
 /// `[node]`: who this node is.
@@ -777,6 +804,26 @@ impl NodeConfig {
                     "expected a duration above zero".into(),
                 );
             }
+            for (key, d) in [
+                ("replication.read_timeout", r.read_timeout),
+                ("replication.handshake_timeout", r.handshake_timeout),
+            ] {
+                if d < Duration::from_secs(1) {
+                    return bad(key, "expected at least 1s".into());
+                }
+            }
+            if r.session_timeout < r.read_timeout {
+                return bad(
+                    "replication.session_timeout",
+                    format!(
+                        "expected at least replication.read_timeout ({:?})",
+                        r.read_timeout
+                    ),
+                );
+            }
+            if r.max_connections == 0 {
+                return bad("replication.max_connections", "expected at least 1".into());
+            }
         }
         if let Some(e) = self
             .pbx_settings
@@ -985,6 +1032,32 @@ stop = "systemctl stop xivo-ctid"
         let bad = good.replace("exclude_tables", "exclude_table");
         let e = NodeConfig::parse("main.toml", &bad).unwrap_err();
         assert!(e.to_string().contains("exclude_table"), "{e}");
+
+        // Session limits: defaults, and nonsense refused by key.
+        assert_eq!(r.read_timeout, Duration::from_secs(30));
+        assert_eq!(r.session_timeout, Duration::from_secs(6 * 3600));
+        assert_eq!(r.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(r.max_connections, 16);
+        let limits =
+            |extra: &str| good.replace("keep_on_failback", &format!("{extra}\nkeep_on_failback"));
+        let ok = NodeConfig::parse(
+            "main.toml",
+            &limits("read_timeout = \"2s\"\nsession_timeout = \"1m\""),
+        )
+        .unwrap();
+        assert_eq!(ok.replication.unwrap().read_timeout, Duration::from_secs(2));
+        for (extra, key) in [
+            ("read_timeout = \"0s\"", "replication.read_timeout"),
+            (
+                "handshake_timeout = \"10ms\"",
+                "replication.handshake_timeout",
+            ),
+            ("session_timeout = \"10s\"", "replication.session_timeout"),
+            ("max_connections = 0", "replication.max_connections"),
+        ] {
+            let e = NodeConfig::parse("main.toml", &limits(extra)).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{e}");
+        }
     }
 
     #[test]

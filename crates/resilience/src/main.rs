@@ -10,6 +10,7 @@ mod keygen;
 mod lab;
 mod node;
 mod pbx_settings;
+mod ratelog;
 mod replication;
 mod services;
 mod standin;

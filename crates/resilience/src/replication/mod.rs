@@ -5,6 +5,17 @@
 //! The Main pushes on a schedule and on demand (`resilience replicate`); the
 //! Standby only accepts, and refuses while it is Active — the Standby never
 //! pushes and is never overwritten while it serves.
+//!
+//! Sessions end on their own: every socket has TCP keepalive and
+//! `TCP_USER_TIMEOUT`, every stream sits on a [`wire::Timed`] (no progress
+//! for `read_timeout`, or past `session_timeout`, is an error), the TLS
+//! handshake has `handshake_timeout`; so a silent client or a link that
+//! went dark mid-push frees the job (the `busy` lock) within a read
+//! deadline, and the event says so. The listener holds at most
+//! `max_connections` connections ([`PER_ADDRESS`] from one address), and
+//! what strangers send (garbage, foreign certificates, other names) is
+//! counted and logged through [`RateLog`](crate::ratelog::RateLog), never a
+//! line per connection.
 
 pub mod apply;
 pub mod cert;
@@ -18,14 +29,16 @@ pub mod wire;
 
 use crate::node::resolve;
 use crate::node::store::unix_ms;
+use crate::ratelog::RateLog;
 use anyhow::Context;
 use manifest::{HashCache, Manifest, Step};
 use resilience_core::config::{
     DirJobSection, PostgresJobSection, ReplicationSection, SqliteJobSection,
 };
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -55,7 +68,78 @@ impl Job {
     }
 }
 
-type Session = BufStream<tokio_rustls::client::TlsStream<TcpStream>>;
+type Session = BufStream<tokio_rustls::client::TlsStream<wire::Timed<TcpStream>>>;
+
+/// Connections one address may hold on the listener: the peer keeps room
+/// when a stranger fills its share.
+pub const PER_ADDRESS: usize = 4;
+
+/// Open connections on the listener, in all and per address.
+struct Slots {
+    max: usize,
+    held: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One held connection; given back when dropped.
+struct Slot(Arc<Slots>, IpAddr);
+
+impl Slots {
+    fn take(me: &Arc<Slots>, ip: IpAddr) -> Result<Slot, &'static str> {
+        let mut g = me.held.lock().unwrap_or_else(|e| e.into_inner());
+        if g.0 >= me.max {
+            return Err("too many connections");
+        }
+        let n = g.1.entry(ip).or_default();
+        if *n >= PER_ADDRESS {
+            return Err("too many connections from one address");
+        }
+        *n += 1;
+        g.0 += 1;
+        Ok(Slot(me.clone(), ip))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut g = self.0.held.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 = g.0.saturating_sub(1);
+        if let Some(n) = g.1.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                g.1.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// TCP keepalive and `TCP_USER_TIMEOUT`: a peer that vanished (power cut,
+/// no FIN) is noticed by the kernel even while no read is pending.
+fn keepalive(tcp: &TcpStream, read_timeout: Duration) {
+    let sock = socket2::SockRef::from(tcp);
+    let every = (read_timeout / 3).max(Duration::from_secs(1));
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(every)
+        .with_interval(every)
+        .with_retries(3);
+    if let Err(e) = sock
+        .set_tcp_keepalive(&ka)
+        .and_then(|()| sock.set_tcp_user_timeout(Some(read_timeout)))
+    {
+        tracing::debug!("replication: cannot set TCP keepalive: {e}");
+    }
+}
+
+/// Why a TLS handshake failed, in a few fixed words (the rate-limited log's
+/// reason).
+fn handshake_reason(e: &std::io::Error) -> &'static str {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented) => {
+            "foreign certificate"
+        }
+        _ if e.kind() == std::io::ErrorKind::TimedOut => "tls handshake timed out",
+        _ => "tls handshake failed",
+    }
+}
 
 /// One job's last results, for `/api/v1/status`.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -87,6 +171,9 @@ pub struct Replicator {
     pub local_changes: Mutex<Option<changes::Report>>,
     /// Where the replication events go (the node's event history).
     notes: Option<tokio::sync::mpsc::UnboundedSender<(&'static str, String)>>,
+    /// Connections refused before a session (strangers), counted and
+    /// logged at a bounded rate.
+    refused: Arc<RateLog>,
 }
 
 fn globs(patterns: &[String]) -> globset::GlobSet {
@@ -156,6 +243,14 @@ fn send_file(
     Ok(Some((head.size, head.mtime_ns, hash)))
 }
 
+/// The Standby's answer to `Done`. It may first restore a database for
+/// minutes: no idle limit here; keepalive notices a dead peer and the
+/// session's deadline still holds.
+async fn wait_applied(s: &mut Session) -> anyhow::Result<Applied> {
+    s.get_mut().get_mut().0.set_idle(None);
+    Ok(wire::expect(s, Kind::Applied).await?)
+}
+
 /// Whether `path` is `prefix` or lies under it.
 fn under(path: &str, prefix: &str) -> bool {
     path == prefix || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
@@ -180,7 +275,18 @@ impl Replicator {
             standby,
             local_changes: Mutex::new(None),
             notes,
+            refused: Arc::new(RateLog::new(
+                "replication",
+                "connections refused",
+                Duration::from_secs(10),
+            )),
         }
+    }
+
+    /// Count a refused connection (status, metrics) and log it at a bounded rate.
+    fn refuse(&self, reason: &'static str, detail: impl FnOnce() -> String) {
+        metrics::counter!("resilience_replication_refused_total", "reason" => reason).increment(1);
+        self.refused.event(reason, detail);
     }
 
     fn note(&self, kind: &'static str, text: String) {
@@ -288,6 +394,7 @@ impl Replicator {
             "peer": self.cfg.peer.to_string(),
             "jobs": jobs,
             "local_changes_at_failback": local,
+            "refused": self.refused.totals_json(),
         })
     }
 
@@ -338,12 +445,18 @@ impl Replicator {
             .context("connect: timed out")?
             .with_context(|| format!("connect {}", self.cfg.peer))?;
         tcp.set_nodelay(true)?;
+        keepalive(&tcp, self.cfg.read_timeout);
+        let tcp = wire::Timed::new(tcp, self.cfg.read_timeout, self.cfg.session_timeout);
         let name = rustls::pki_types::ServerName::try_from(self.peer_name.clone())
             .context("peer name is not a valid TLS server name")?;
-        let tls = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
-            .await
-            .with_context(|| format!("TLS with {} ({})", self.peer_name, self.cfg.peer))?;
+        let tls = tokio::time::timeout(
+            self.cfg.handshake_timeout,
+            tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+        )
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))
+        .and_then(|r| r)
+        .with_context(|| format!("TLS with {} ({})", self.peer_name, self.cfg.peer))?;
         // Buffered: small frames share TLS records instead of one each.
         Ok(BufStream::with_capacity(64 << 10, 1 << 20, tls))
     }
@@ -409,7 +522,7 @@ impl Replicator {
         };
         wire::write_frame(&mut s, Kind::Done, b"{}").await?;
         s.flush().await?;
-        let applied: Applied = wire::expect(&mut s, Kind::Applied).await?;
+        let applied = wait_applied(&mut s).await?;
         cache.retain(|k, _| ours.contains_key(k));
         let _ = tokio::task::spawn_blocking(move || save_cache(&cache_path, &cache)).await;
         let _ = s.shutdown().await;
@@ -457,7 +570,7 @@ impl Replicator {
         .await?;
         wire::write_frame(&mut s, Kind::Done, b"{}").await?;
         s.flush().await?;
-        let applied: Applied = wire::expect(&mut s, Kind::Applied).await?;
+        let applied = wait_applied(&mut s).await?;
         let _ = s.shutdown().await;
         Ok(applied)
     }
@@ -489,26 +602,62 @@ impl Replicator {
         let listener = TcpListener::bind(self.cfg.listen)
             .await
             .with_context(|| format!("replication socket {}", self.cfg.listen))?;
-        tracing::info!(
-            "replication: accepting pushes on {} (TLS, cluster CA)",
-            self.cfg.listen
-        );
+        let bound = listener.local_addr().unwrap_or(self.cfg.listen);
+        tracing::info!("replication: accepting pushes on {bound} (TLS, cluster CA)");
+        self.refused.spawn_summaries();
+        let slots = Arc::new(Slots {
+            max: self.cfg.max_connections,
+            held: Mutex::new((0, HashMap::new())),
+        });
+        let (read_timeout, session_timeout) = (self.cfg.read_timeout, self.cfg.session_timeout);
         loop {
-            let (tcp, from) = listener.accept().await?;
+            let (tcp, from) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of fds, most likely: wait for some to close
+                    // rather than spin or stop serving.
+                    self.refuse("accept failed", || {
+                        format!("cannot accept a connection: {e}")
+                    });
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let slot = match Slots::take(&slots, from.ip()) {
+                Ok(s) => s,
+                Err(why) => {
+                    self.refuse(why, || format!("refused connection from {from}: {why}"));
+                    continue;
+                }
+            };
             let (me, acceptor, active) = (self.clone(), acceptor.clone(), active.clone());
             tokio::spawn(async move {
+                let _slot = slot;
                 let _ = tcp.set_nodelay(true);
-                let stream = match acceptor.accept(tcp).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!("replication: refused connection from {from}: {e}");
+                keepalive(&tcp, read_timeout);
+                let tcp = wire::Timed::new(tcp, read_timeout, session_timeout);
+                let accepted =
+                    tokio::time::timeout(me.cfg.handshake_timeout, acceptor.accept(tcp)).await;
+                let stream = match accepted {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        let reason = handshake_reason(&e);
+                        me.refuse(reason, || format!("refused connection from {from}: {e}"));
+                        return;
+                    }
+                    Err(_) => {
+                        me.refuse("tls handshake timed out", || {
+                            format!("refused connection from {from}: TLS handshake timed out")
+                        });
                         return;
                     }
                 };
                 // Any certificate of the cluster CA gets through TLS (a
                 // follower holds one too); only the peer node may push.
                 if let Err(why) = me.is_peer(stream.get_ref().1.peer_certificates()) {
-                    tracing::warn!("replication: refused connection from {from}: {why}");
+                    me.refuse("not the peer", || {
+                        format!("refused connection from {from}: {why}")
+                    });
                     return;
                 }
                 let serving = *active.borrow();
@@ -579,6 +728,21 @@ impl Replicator {
             Job::Dir(d) => self.receive_job(&mut s, d, keep).await,
             other => self.receive_snapshot(&mut s, other).await,
         };
+        if let Err(e) = &r {
+            if wire::timed_out(e) {
+                // The guard goes with this function: say the job is free.
+                self.note(
+                    "replication",
+                    format!(
+                        "replication {name}: session ended after {:.1}s: {e:#}; the job is free again",
+                        started.elapsed().as_secs_f64()
+                    ),
+                );
+            }
+        }
+        // The job's work is over: a new session may start while this one
+        // still says goodbye to a peer that may not listen.
+        drop(guard);
         let r2 = r.as_ref().map(|a| a.clone()).map_err(|e| format!("{e:#}"));
         self.record(&name, "receive", started, &r2);
         match r {
@@ -943,7 +1107,7 @@ impl Replicator {
         .await?;
         wire::write_frame(&mut s, Kind::Done, b"{}").await?;
         s.flush().await?;
-        let _: Applied = wire::expect(&mut s, Kind::Applied).await?;
+        wait_applied(&mut s).await?;
         let _ = s.shutdown().await;
         Ok(sent)
     }
