@@ -132,8 +132,15 @@ fn a_setuid_file_arrives_plain_and_owned_by_the_folder_owner() {
     let (src, dst) = (d.path("main-etc"), d.path("standby-etc"));
     let (src2, dst2) = (d.path("main-spool"), d.path("standby-spool"));
     // On the Main, an unprivileged user's setuid file and special folders.
-    write(&src, "bin/tool", b"#!/bin/sh\nid\n", 0o4755);
+    // (chown first: the kernel clears setuid on a chown.)
+    write(&src, "bin/tool", b"#!/bin/sh\nid\n", 0o755);
     chown(&src.join("bin/tool"), nuid, ngid);
+    std::fs::set_permissions(
+        src.join("bin/tool"),
+        std::fs::Permissions::from_mode(0o4755),
+    )
+    .unwrap();
+    assert_eq!(owned(&src.join("bin/tool")), (0o4755, nuid, ngid));
     std::fs::create_dir_all(src.join("shared")).unwrap();
     std::fs::set_permissions(src.join("shared"), std::fs::Permissions::from_mode(0o3777)).unwrap();
     write(&src, "sip.conf", b"[general]\n", 0o640);
