@@ -145,9 +145,21 @@ fn a_setuid_file_arrives_plain_and_owned_by_the_folder_owner() {
     std::fs::set_permissions(src.join("shared"), std::fs::Permissions::from_mode(0o3777)).unwrap();
     write(&src, "sip.conf", b"[general]\n", 0o640);
     write(&src2, "vm/1001/msg0000.txt", b"hello", 0o2644);
-    // The Standby's folder belongs to some unprivileged account.
+    // The Standby's folder belongs to some unprivileged account; a setuid
+    // copy left there by an older version, same content and time as the
+    // Main's, loses its bit too.
     std::fs::create_dir_all(&dst).unwrap();
     chown(&dst, 1234, 1235);
+    let t = std::time::UNIX_EPOCH + secs(1_700_000_000);
+    for (root, mode) in [(&src, 0o755), (&dst, 0o4755)] {
+        write(root, "legacy", b"same", mode);
+        std::fs::File::options()
+            .write(true)
+            .open(root.join("legacy"))
+            .unwrap()
+            .set_times(std::fs::FileTimes::new().set_modified(t))
+            .unwrap();
+    }
     let jobs = [
         dir_job("etc", &src, "") + &dir_job("spool", &src2, ""),
         dir_job("etc", &dst, "") + &dir_job("spool", &dst2, "owner = \"nobody\"\ngroup = 4321\n"),
@@ -164,6 +176,7 @@ fn a_setuid_file_arrives_plain_and_owned_by_the_folder_owner() {
     assert_eq!(owned(&dst.join("bin")), (0o755, 1234, 1235));
     assert_eq!(owned(&dst.join("shared")), (0o777, 1234, 1235));
     assert_eq!(owned(&dst.join("sip.conf")), (0o640, 1234, 1235));
+    assert_eq!(owned(&dst.join("legacy")).0, 0o755);
     // Configured: owner by name, group by id.
     assert_eq!(
         owned(&dst2.join("vm/1001/msg0000.txt")),

@@ -7,9 +7,11 @@
 //! it is sent. The Standby's cache records what replication wrote, which is
 //! also how it tells, at failback, what changed locally while it was Active.
 //!
-//! Modes are recorded without setuid, setgid and sticky (the receiver clears
-//! them anyway), and a scan's errors name paths relative to the folder: they
-//! may travel to the other node.
+//! The sender plans with modes stripped of setuid, setgid and sticky
+//! ([`strip_special_bits`]) while the receiver's manifest keeps them, so a
+//! special bit left on the receiving side (by an older version) is a
+//! difference that the next push clears. A scan's errors name paths
+//! relative to the folder: they may travel to the other node.
 
 use globset::GlobSet;
 use serde::{Deserialize, Serialize};
@@ -73,6 +75,13 @@ fn rel_error(root: &Path, path: Option<&Path>, e: impl std::fmt::Display) -> std
     let cause = e.to_string();
     let cause = cause.rsplit(": ").next().unwrap_or(&cause).to_owned();
     std::io::Error::other(format!("scan {rel:?}: {cause}"))
+}
+
+/// The sender's side: no special bit is planned or sent.
+pub fn strip_special_bits(m: &mut Manifest) {
+    for e in m.values_mut() {
+        e.mode &= super::apply::PLAIN;
+    }
 }
 
 /// Remove from `m` the symlinks of the folder `root` that lead out of it
@@ -152,7 +161,7 @@ pub fn scan(root: &Path, excludes: &GlobSet, cache: &HashCache) -> std::io::Resu
             Entry {
                 kind,
                 size,
-                mode: m.mode() & super::apply::PLAIN,
+                mode: m.mode() & 0o7777,
                 mtime_ns: mtime,
                 hash,
                 target,

@@ -380,6 +380,7 @@ impl Replicator {
             let (root, cache) = (root.clone(), cache.clone());
             tokio::task::spawn_blocking(move || {
                 let mut m = manifest::scan(&root, &excludes, &cache)?;
+                manifest::strip_special_bits(&mut m);
                 let skipped = manifest::drop_escaping_links(&root, &mut m)?;
                 std::io::Result::Ok((m, skipped))
             })
