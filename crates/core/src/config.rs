@@ -225,6 +225,60 @@ pub struct DirJobSection {
     /// Push as soon as something changes in it (debounced), besides the schedule.
     #[serde(default)]
     pub watch: bool,
+    /// Who owns what replication creates in this folder on the receiving
+    /// node: a user name or a numeric id. Default: the folder's own owner
+    /// (owners are never copied from the other node, so never root by
+    /// accident).
+    #[serde(default)]
+    pub owner: Option<Principal>,
+    /// The group of what replication creates: a group name or a numeric id.
+    /// Default: the folder's own group.
+    #[serde(default)]
+    pub group: Option<Principal>,
+}
+
+/// A user or a group, by name (`"asterisk"`) or numeric id (`1000` or `"1000"`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Principal {
+    Id(u32),
+    Name(String),
+}
+
+impl Principal {
+    /// The numeric id, when it is one (a name of digits counts, as for chown).
+    pub fn id(&self) -> Option<u32> {
+        match self {
+            Principal::Id(n) => Some(*n),
+            Principal::Name(s) => s.parse().ok(),
+        }
+    }
+
+    /// Whether this can name a user or group: a numeric id, or a name of 1
+    /// to 32 letters, digits, `_`, `.` or `-` (not first), `$` last allowed.
+    pub fn is_valid(&self) -> bool {
+        match self {
+            Principal::Id(_) => true,
+            Principal::Name(s) => {
+                let body = s.strip_suffix('$').unwrap_or(s);
+                !body.is_empty()
+                    && s.len() <= 32
+                    && !body.starts_with('-')
+                    && body
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Principal::Id(n) => write!(f, "{n}"),
+            Principal::Name(s) => write!(f, "{s}"),
+        }
+    }
 }
 
 fn default_replication_interval() -> Duration {
@@ -751,6 +805,17 @@ impl NodeConfig {
                         "expected a unique, non-empty job name".into(),
                     );
                 }
+                for (key, p) in [("owner", &d.owner), ("group", &d.group)] {
+                    if p.as_ref().is_some_and(|p| !p.is_valid()) {
+                        return bad(
+                            &format!("replication.dir[{i}].{key}"),
+                            format!(
+                                "expected a {} name (letters, digits, `_`, `.`, `-`) or a numeric id",
+                                if key == "owner" { "user" } else { "group" }
+                            ),
+                        );
+                    }
+                }
                 if let Some(p) = d.exclude.iter().find(|p| globset::Glob::new(p).is_err()) {
                     return bad(
                         &format!("replication.dir[{i}].exclude"),
@@ -1058,6 +1123,25 @@ stop = "systemctl stop xivo-ctid"
             let e = NodeConfig::parse("main.toml", &limits(extra)).unwrap_err();
             assert_eq!(e.key.as_deref(), Some(key), "{e}");
         }
+        // Owner and group of a folder job: names or ids, checked.
+        let owned = good.replace(
+            "path = \"/var/spool/asterisk\"\n",
+            "path = \"/var/spool/asterisk\"\nowner = \"asterisk\"\ngroup = 1001\n",
+        );
+        let r = NodeConfig::parse("main.toml", &owned)
+            .unwrap()
+            .replication
+            .unwrap();
+        assert_eq!(r.dirs[0].owner, Some(Principal::Name("asterisk".into())));
+        assert_eq!(r.dirs[0].group.as_ref().and_then(Principal::id), Some(1001));
+        let bad = owned.replace("owner = \"asterisk\"", "owner = \"aster isk\"");
+        let e = NodeConfig::parse("main.toml", &bad).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("replication.dir[0].owner"), "{e}");
+        let line = bad.lines().position(|l| l.starts_with("owner")).unwrap() + 1;
+        assert_eq!(e.line, Some(line), "{e}");
+        let bad = owned.replace("group = 1001", "group = -4");
+        let e = NodeConfig::parse("main.toml", &bad).unwrap_err();
+        assert!(e.to_string().contains("group"), "{e}");
     }
 
     #[test]

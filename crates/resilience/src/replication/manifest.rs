@@ -6,6 +6,12 @@
 //! and mtime are unchanged (rsync's quick check); a file is hashed only while
 //! it is sent. The Standby's cache records what replication wrote, which is
 //! also how it tells, at failback, what changed locally while it was Active.
+//!
+//! The sender plans with modes stripped of setuid, setgid and sticky
+//! ([`strip_special_bits`]) while the receiver's manifest keeps them, so a
+//! special bit left on the receiving side (by an older version) is a
+//! difference that the next push clears. A scan's errors name paths
+//! relative to the folder: they may travel to the other node.
 
 use globset::GlobSet;
 use serde::{Deserialize, Serialize};
@@ -59,6 +65,47 @@ pub fn is_safe_relative(p: &str) -> bool {
             .all(|c| matches!(c, Component::Normal(_)))
 }
 
+/// An I/O error about `path`, named relative to `root`.
+fn rel_error(root: &Path, path: Option<&Path>, e: impl std::fmt::Display) -> std::io::Error {
+    let rel = path
+        .and_then(|p| p.strip_prefix(root).ok())
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    // walkdir's message repeats the absolute path: keep only the cause.
+    let cause = e.to_string();
+    let cause = cause.rsplit(": ").next().unwrap_or(&cause).to_owned();
+    std::io::Error::other(format!("scan {rel:?}: {cause}"))
+}
+
+/// The sender's side: no special bit is planned or sent.
+pub fn strip_special_bits(m: &mut Manifest) {
+    for e in m.values_mut() {
+        e.mode &= super::apply::PLAIN;
+    }
+}
+
+/// Remove from `m` the symlinks of the folder `root` that lead out of it
+/// (see [`super::confine::Root::link_stays_inside`]); returns their paths.
+pub fn drop_escaping_links(root: &Path, m: &mut Manifest) -> std::io::Result<Vec<String>> {
+    let links: Vec<String> = m
+        .iter()
+        .filter(|(_, e)| e.kind == EntryKind::Symlink)
+        .map(|(p, _)| p.clone())
+        .collect();
+    if links.is_empty() {
+        return Ok(links);
+    }
+    let r = super::confine::Root::open(root)?;
+    let mut out = Vec::new();
+    for l in links {
+        if !matches!(r.link_stays_inside(&l), Ok(true)) {
+            m.remove(&l);
+            out.push(l);
+        }
+    }
+    Ok(out)
+}
+
 /// Scan `root` (symlinks are not followed; `excludes` match relative paths).
 pub fn scan(root: &Path, excludes: &GlobSet, cache: &HashCache) -> std::io::Result<Manifest> {
     let mut out = Manifest::new();
@@ -71,7 +118,7 @@ pub fn scan(root: &Path, excludes: &GlobSet, cache: &HashCache) -> std::io::Resu
         .sort_by_file_name();
     let mut it = walker.into_iter();
     while let Some(entry) = it.next() {
-        let entry = entry.map_err(std::io::Error::other)?;
+        let entry = entry.map_err(|e| rel_error(root, e.path(), &e))?;
         let rel = entry
             .path()
             .strip_prefix(root)
@@ -85,10 +132,14 @@ pub fn scan(root: &Path, excludes: &GlobSet, cache: &HashCache) -> std::io::Resu
             }
             continue;
         }
-        let m = entry.path().symlink_metadata()?;
+        let m = entry
+            .path()
+            .symlink_metadata()
+            .map_err(|e| rel_error(root, Some(entry.path()), e))?;
         let ft = m.file_type();
         let (kind, target) = if ft.is_symlink() {
-            let t = std::fs::read_link(entry.path())?;
+            let t = std::fs::read_link(entry.path())
+                .map_err(|e| rel_error(root, Some(entry.path()), e))?;
             (EntryKind::Symlink, Some(t.to_string_lossy().into_owned()))
         } else if ft.is_dir() {
             (EntryKind::Dir, None)

@@ -20,6 +20,7 @@
 pub mod apply;
 pub mod cert;
 pub mod changes;
+pub mod confine;
 pub mod manifest;
 pub mod pipe;
 pub mod postgres;
@@ -154,6 +155,10 @@ pub struct JobStatus {
     pub deleted: u64,
     pub last_error: Option<String>,
     pub running: bool,
+    /// Symlinks leading out of the folder, not sent (Main).
+    pub links_skipped: u64,
+    #[serde(skip)]
+    skipped_links: Vec<String>,
 }
 
 pub struct Replicator {
@@ -220,7 +225,9 @@ fn send_file(
     let head = FileHead {
         path: path.to_owned(),
         size: m.len(),
-        mode: std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777,
+        // No setuid, setgid or sticky bit leaves this node (the receiver
+        // clears them too).
+        mode: std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & apply::PLAIN,
         mtime_ns: manifest::mtime_ns(&m),
     };
     out.json(Kind::FileStart, &head)?;
@@ -482,10 +489,17 @@ impl Replicator {
         let cache_path = self.cache_file("sent", &d.name);
         let mut cache = load_cache(&cache_path);
         let excludes = globs(&d.exclude);
-        let ours = {
+        let (ours, skipped) = {
             let (root, cache) = (root.clone(), cache.clone());
-            tokio::task::spawn_blocking(move || manifest::scan(&root, &excludes, &cache)).await??
+            tokio::task::spawn_blocking(move || {
+                let mut m = manifest::scan(&root, &excludes, &cache)?;
+                manifest::strip_special_bits(&mut m);
+                let skipped = manifest::drop_escaping_links(&root, &mut m)?;
+                std::io::Result::Ok((m, skipped))
+            })
+            .await??
         };
+        self.report_skipped_links(&d.name, skipped);
         let steps = manifest::plan(&ours, &theirs);
         let mut cache = {
             let root = root.clone();
@@ -527,6 +541,37 @@ impl Replicator {
         let _ = tokio::task::spawn_blocking(move || save_cache(&cache_path, &cache)).await;
         let _ = s.shutdown().await;
         Ok(applied)
+    }
+
+    /// Symlinks of folder `job` that lead out of it are not sent: counted in
+    /// the status, and told once in the events each time the list changes
+    /// (not once per push for as long as they stay).
+    fn report_skipped_links(&self, job: &str, skipped: Vec<String>) {
+        let changed = {
+            let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            let s = st.entry(job.to_owned()).or_default();
+            s.links_skipped = skipped.len() as u64;
+            let changed = s.skipped_links != skipped;
+            s.skipped_links = skipped.clone();
+            changed
+        };
+        if changed && !skipped.is_empty() {
+            const SHOWN: usize = 10;
+            let more = skipped.len().saturating_sub(SHOWN);
+            self.note(
+                "replication",
+                format!(
+                    "replication {job}: {} symlink(s) not sent, they lead out of the folder: {}{}",
+                    skipped.len(),
+                    skipped[..skipped.len().min(SHOWN)].join(", "),
+                    if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    }
+                ),
+            );
+        }
     }
 
     /// Main: take a snapshot (SQLite backup, `pg_dump`) into the state
@@ -790,8 +835,19 @@ impl Replicator {
         // What the folder holds once this session is applied: the baseline
         // against which a failover's local changes are found.
         let mut baseline = changes::Baseline::from_manifest(&theirs);
+        let (owner, group) = (d.owner.clone(), d.group.clone());
         let (applied, cache, baseline) = pipe::consume(s, move |rx| {
-            let mut a = apply::Applier::new(&root, cache)?;
+            let mut a = apply::Applier::new(&root, cache, owner.as_ref(), group.as_ref())?;
+            let links = |b: &changes::Baseline| -> Vec<String> {
+                b.files
+                    .iter()
+                    .filter(|(_, s)| s.kind == manifest::EntryKind::Symlink)
+                    .map(|(p, _)| p.clone())
+                    .collect()
+            };
+            // Links that already led out (a local user's) are not this
+            // session's doing: judged only if the session touches them.
+            let before = a.escaping(&links(&baseline));
             let mut head: Option<FileHead> = None;
             loop {
                 let (kind, buf) = rx.next()?;
@@ -826,6 +882,7 @@ impl Replicator {
                 }
                 rx.recycle(buf);
             }
+            a.check_links(links(&baseline).iter().filter(|l| !before.contains(*l)))?;
             let cache = std::mem::take(&mut a.cache);
             Ok((a.applied.clone(), cache, baseline))
         })
