@@ -344,3 +344,49 @@ fn a_foreign_host_is_refused_and_the_nodes_names_are_served() {
     let (code, _, err) = cli(&["status", "--api", &p.url(MAIN, "")]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// A connection that sends half a request head and then nothing is closed
+/// by the node (header/idle deadline), not held for ever.
+#[test]
+fn a_silent_connection_is_closed() {
+    let _g = serial();
+    let mut p = Pair::new("api-silent", "automatic", "policy = \"manual\"", false);
+    start_node(&mut p, MAIN, None);
+    let mut s = TcpStream::connect(api_addr(&p, MAIN)).unwrap();
+    // Far above the node's deadline: this read ends because the node closed.
+    s.set_read_timeout(Some(secs(60))).unwrap();
+    s.write_all(b"GET /api/v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .unwrap();
+    let t0 = Instant::now();
+    let mut buf = Vec::new();
+    let r = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        r.is_ok(),
+        "the node kept a silent connection open for {:?}: {r:?}",
+        t0.elapsed()
+    );
+    assert!(
+        !text.contains("\"node\""),
+        "half a request was answered: {text}"
+    );
+    eprintln!("a silent connection was closed after {:?}", t0.elapsed());
+    // And a kept-alive connection that goes quiet after a request, too.
+    let mut s = TcpStream::connect(api_addr(&p, MAIN)).unwrap();
+    s.set_read_timeout(Some(secs(60))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let t0 = Instant::now();
+    let mut buf = Vec::new();
+    let r = s.read_to_end(&mut buf);
+    assert!(
+        r.is_ok(),
+        "the node kept an idle keep-alive connection open for {:?}: {r:?}",
+        t0.elapsed()
+    );
+    assert!(String::from_utf8_lossy(&buf).contains("ok"));
+    eprintln!(
+        "an idle keep-alive connection was closed after {:?}",
+        t0.elapsed()
+    );
+}
