@@ -335,6 +335,7 @@ fn a_foreign_host_is_refused_and_the_nodes_names_are_served() {
         format!("localhost:{port}"),
         format!("pbx1.example.test:{port}"),
         "PBX1.example.test".to_owned(),
+        format!("pbx-main:{port}"),
     ] {
         let (code, body) = get_with_host(to, &host, "/api/v1/status");
         assert_eq!(code, 200, "Host: {host}: {code} {body}");

@@ -24,7 +24,8 @@
 //! - **Host check** (DNS rebinding): a browser page from another site may
 //!   resolve its own name to this node's address, but its requests still
 //!   carry that name in `Host:`. The API answers only IP literals,
-//!   `localhost`, the machine's hostname and the names in `[api] hosts`;
+//!   `localhost`, the machine's hostname, the node's name (its
+//!   certificate's) and the names in `[api] hosts`;
 //!   any other name gets 421 with a body saying what to configure.
 //! - **Logs** for what strangers cause are counters per reason, summarised
 //!   at most once per [`SUMMARY_EVERY`], never a line per connection.

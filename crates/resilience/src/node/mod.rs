@@ -312,7 +312,10 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("API on {scheme}://{}", api_listener.local_addr()?);
-    let mut api_task = tokio::spawn(api::serve(api_listener, api_state, tls, cfg.api.clone()));
+    // The node's own name is one of its API's names (its certificate's).
+    let mut api_cfg = cfg.api.clone();
+    api_cfg.hosts.push(cfg.node.name.clone());
+    let mut api_task = tokio::spawn(api::serve(api_listener, api_state, tls, api_cfg));
 
     let started = Instant::now();
     let wall_start = SystemTime::now();
