@@ -33,7 +33,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 pub enum Msg {
     Datagram(SocketAddr, Vec<u8>),
     Command(Command, oneshot::Sender<Result<String, String>>),
-    Events(usize, oneshot::Sender<Vec<StoredEvent>>),
+    Events(store::EventsPage, oneshot::Sender<Vec<StoredEvent>>),
     /// The state events the timeline needs since a time (unix ms).
     StateEvents(i64, oneshot::Sender<Vec<StoredEvent>>),
     ActionDone(ActionId, Result<ActionOutcome, ActionError>),
@@ -312,7 +312,10 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("API on {scheme}://{}", api_listener.local_addr()?);
-    let mut api_task = tokio::spawn(api::serve(api_listener, api_state, tls));
+    // The node's own name is one of its API's names (its certificate's).
+    let mut api_cfg = cfg.api.clone();
+    api_cfg.hosts.push(cfg.node.name.clone());
+    let mut api_task = tokio::spawn(api::serve(api_listener, api_state, tls, api_cfg));
 
     let started = Instant::now();
     let wall_start = SystemTime::now();
