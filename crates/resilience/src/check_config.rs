@@ -86,12 +86,14 @@ fn edge(shown: &str, text: &str) -> ExitCode {
 /// False when one is refused.
 fn secrets(shown: &str, cfg: &NodeConfig, base: &Path) -> bool {
     let mut ok = true;
-    let mut report = |e: SecretError, create: String| {
+    // Prints the refusal; false when it is more than a warning.
+    let report = |e: SecretError, create: String| {
         if e.is_missing() {
             eprintln!("warning: {e}; {create}");
+            true
         } else {
             eprintln!("{shown}: {e}");
-            ok = false;
+            false
         }
     };
     let key_path = crate::node::resolve(base, &cfg.heartbeat.key_file);
@@ -105,19 +107,21 @@ fn secrets(shown: &str, cfg: &NodeConfig, base: &Path) -> bool {
                 ok = false;
             }
         }
-        Err(e) => report(
-            e,
-            format!(
-                "create it with `resilience keygen --out {}`",
-                key_path.display()
-            ),
-        ),
+        Err(e) => {
+            ok &= report(
+                e,
+                format!(
+                    "create it with `resilience keygen --out {}`",
+                    key_path.display()
+                ),
+            )
+        }
     }
     let token_path = crate::node::token_path(cfg, base);
     if let Err(e) = crate::secret::read_token(&token_path) {
         // Without `token_file` the node creates its token on first start.
         if !(e.is_missing() && cfg.api.token_file.is_none()) {
-            report(
+            ok &= report(
                 e,
                 format!(
                     "create it with `resilience keygen --token --out {}`",
@@ -128,7 +132,7 @@ fn secrets(shown: &str, cfg: &NodeConfig, base: &Path) -> bool {
     }
     for (what, path) in crate::node::tls_keys(cfg, base) {
         if let Err(e) = crate::secret::read(&path, what) {
-            report(e, "issue it with `resilience cert issue`".to_string());
+            ok &= report(e, "issue it with `resilience cert issue`".to_string());
         }
     }
     ok

@@ -37,15 +37,15 @@ pub const MIN_TOKEN: usize = 32;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SecretError {
-    #[error("{what} {}: cannot read: {source}", path.display())]
+    #[error("{what} {}: cannot read: {source}", .path.display())]
     Unreadable {
         what: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{what} {}: not a regular file", path.display())]
+    #[error("{what} {}: not a regular file", .path.display())]
     NotAFile { what: &'static str, path: PathBuf },
-    #[error("{what} {}: {len} bytes; a secret file holds at most {MAX_LEN}", path.display())]
+    #[error("{what} {}: {len} bytes; a secret file holds at most {max}", .path.display(), max = MAX_LEN)]
     TooLarge {
         what: &'static str,
         path: PathBuf,
@@ -53,9 +53,9 @@ pub enum SecretError {
     },
     #[error(
         "{what} {}: mode {mode:04o} lets {}; run `chmod 600 {}`",
-        path.display(),
-        exposure(*mode),
-        path.display()
+        .path.display(),
+        exposure(.mode),
+        .path.display()
     )]
     Exposed {
         what: &'static str,
@@ -64,8 +64,8 @@ pub enum SecretError {
     },
     #[error(
         "{what} {}: owned by uid {owner}, who can reopen or rewrite it; it must belong to the user running resilience (uid {me}) or root: run `chown {me} {}`",
-        path.display(),
-        path.display()
+        .path.display(),
+        .path.display()
     )]
     Owner {
         what: &'static str,
@@ -74,9 +74,10 @@ pub enum SecretError {
         me: u32,
     },
     #[error(
-        "{what} {}: {len} characters; a token needs at least {MIN_TOKEN} (make one with `resilience keygen --token --force --out {}`)",
-        path.display(),
-        path.display()
+        "{what} {}: {len} characters; a token needs at least {min} (make one with `resilience keygen --token --force --out {}`)",
+        .path.display(),
+        .path.display(),
+        min = MIN_TOKEN
     )]
     ShortToken {
         what: &'static str,
@@ -93,7 +94,8 @@ impl SecretError {
 }
 
 /// "others read it", "its group read and write it and others read it".
-fn exposure(mode: u32) -> String {
+fn exposure(mode: &u32) -> String {
+    let mode = *mode;
     fn rights(bits: u32) -> String {
         let words: Vec<&str> = [(4, "read"), (2, "write"), (1, "run")]
             .into_iter()
@@ -215,11 +217,11 @@ mod tests {
 
     #[test]
     fn exposure_says_who_may_do_what() {
-        assert_eq!(exposure(0o644), "others read it");
-        assert_eq!(exposure(0o640), "its group read it");
-        assert_eq!(exposure(0o666), "its group and others read and write it");
+        assert_eq!(exposure(&0o644), "others read it");
+        assert_eq!(exposure(&0o640), "its group read it");
+        assert_eq!(exposure(&0o666), "its group and others read and write it");
         assert_eq!(
-            exposure(0o675),
+            exposure(&0o675),
             "its group read, write and run it and others read and run it"
         );
     }

@@ -62,8 +62,9 @@ fn a_cluster_key_others_can_read_stops_the_node() {
     let log = main_refuses_to_start(&mut p);
     let k = key.display();
     assert!(
-        log.contains(&format!("cluster key {k}: mode 0644 lets others read it"))
-            && log.contains(&format!("run `chmod 600 {k}`")),
+        log.contains(&format!(
+            "cluster key {k}: mode 0644 lets its group and others read it"
+        )) && log.contains(&format!("run `chmod 600 {k}`")),
         "{log}"
     );
     // The fix named works.
@@ -80,8 +81,9 @@ fn an_api_token_others_can_read_stops_the_node() {
     let log = main_refuses_to_start(&mut p);
     let t = token.display();
     assert!(
-        log.contains(&format!("API token {t}: mode 0644 lets others read it"))
-            && log.contains(&format!("run `chmod 600 {t}`")),
+        log.contains(&format!(
+            "API token {t}: mode 0644 lets its group and others read it"
+        )) && log.contains(&format!("run `chmod 600 {t}`")),
         "{log}"
     );
 }
@@ -196,7 +198,7 @@ fn check_config_reports_each_weak_secret() {
     assert_eq!(code, 1, "a 0644 cluster key passed: {err}");
     assert!(
         err.contains(&format!(
-            "cluster key {k}: mode 0644 lets others read it; run `chmod 600 {k}`"
+            "cluster key {k}: mode 0644 lets its group and others read it; run `chmod 600 {k}`"
         )),
         "{err}"
     );
@@ -209,7 +211,7 @@ fn check_config_reports_each_weak_secret() {
     assert_eq!(code, 1, "a 0644 token passed: {err}");
     assert!(
         err.contains(&format!(
-            "API token {t}: mode 0644 lets others read it; run `chmod 600 {t}`"
+            "API token {t}: mode 0644 lets its group and others read it; run `chmod 600 {t}`"
         )),
         "{err}"
     );
@@ -264,7 +266,10 @@ fn keygen_and_cert_replace_files_as_private_ones() {
     // An exposed CA key is refused when it is used...
     let (code, _, err) = cli(&["cert", "issue", "pbx-main", "--dir", &d]);
     assert_eq!(code, 1, "issued with a 0644 CA key: {err}");
-    assert!(err.contains("mode 0644 lets others read it"), "{err}");
+    assert!(
+        err.contains("mode 0644 lets its group and others read it"),
+        "{err}"
+    );
     // ... and a replaced one is private again.
     let (code, _, err) = cli(&["cert", "init", "--force", "--dir", &d]);
     assert_eq!(code, 0, "{err}");
