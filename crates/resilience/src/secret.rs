@@ -217,7 +217,8 @@ mod tests {
 
     #[test]
     fn exposure_says_who_may_do_what() {
-        assert_eq!(exposure(&0o644), "others read it");
+        assert_eq!(exposure(&0o604), "others read it");
+        assert_eq!(exposure(&0o644), "its group and others read it");
         assert_eq!(exposure(&0o640), "its group read it");
         assert_eq!(exposure(&0o666), "its group and others read and write it");
         assert_eq!(
