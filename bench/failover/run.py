@@ -282,8 +282,10 @@ def main():
     sh("cargo", "build", "-q", "--release", "-p", "resilience", cwd=ROOT)
     binary = ROOT / "target" / "release" / "resilience"
     work = Path(tempfile.mkdtemp(prefix="resbench-"))
-    (work / "cluster.key").write_text("ab" * 32 + "\n")
-    (work / "api.token").write_text("bench\n")
+    # The node refuses secrets group or others may read, and tokens under 32 characters.
+    for name, text in (("cluster.key", "ab" * 32), ("api.token", "bench-token-" + "0" * 32)):
+        (work / name).write_text(text + "\n")
+        (work / name).chmod(0o600)
     log = open(work / "bench.log", "w")
     ka, res, rss, detect = [], [], None, []  # ka/res: (kill->up, overhead, late) per run
     try:

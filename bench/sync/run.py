@@ -171,8 +171,10 @@ def main():
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         started.append(p)
         # Resilience: a Main and a Standby replicating job "data".
-        (work / "cluster.key").write_text("cd" * 32 + "\n")
-        (work / "api.token").write_text("bench\n")
+        # The node refuses secrets group or others may read, and tokens under 32 characters.
+        for name, text in (("cluster.key", "cd" * 32), ("api.token", "bench-token-" + "0" * 32)):
+            (work / name).write_text(text + "\n")
+            (work / name).chmod(0o600)
         pki = str(work / "pki")
         subprocess.run([binary, "cert", "init", "--dir", pki], check=True, capture_output=True)
         for n in ("pbx-main", "pbx-standby"):

@@ -483,6 +483,16 @@ pub struct ApiSection {
     /// the lab's fault buttons (crash a node, stop a PBX, cut the link).
     #[serde(default)]
     pub lab_url: Option<String>,
+    /// Most connections served at once; more are closed on accept. The
+    /// node lowers it further to leave file descriptors for its own work
+    /// (heartbeats, database, replication, service commands).
+    #[serde(default = "default_api_max_connections")]
+    pub max_connections: usize,
+    /// Host names the API answers to, besides IP addresses, `localhost`
+    /// and the machine's hostname: any other `Host:` is refused, so a
+    /// hostile web page cannot read the API by DNS rebinding.
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 fn default_mode() -> Mode {
@@ -541,6 +551,9 @@ fn default_retry_delay() -> Duration {
 }
 fn default_fault_hold() -> Duration {
     Duration::from_secs(300)
+}
+fn default_api_max_connections() -> usize {
+    512
 }
 fn default_api_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7480))
@@ -604,6 +617,8 @@ impl Default for ApiSection {
             tls_cert: None,
             tls_key: None,
             lab_url: None,
+            max_connections: default_api_max_connections(),
+            hosts: Vec::new(),
         }
     }
 }
@@ -907,6 +922,20 @@ impl NodeConfig {
                     ),
                 );
             }
+        }
+        if self.api.max_connections == 0 {
+            return bad(
+                "api.max_connections",
+                "expected at least 1 connection".into(),
+            );
+        }
+        if let Some(h) = self.api.hosts.iter().find(|h| {
+            h.is_empty() || h.contains(|c: char| c.is_whitespace() || c == '/' || c == ':')
+        }) {
+            return bad(
+                "api.hosts",
+                format!("expected host names without port or scheme (like \"pbx1.example.com\"), got {h:?}"),
+            );
         }
         if self.api.tls_cert.is_some() != self.api.tls_key.is_some() {
             return bad(

@@ -1,6 +1,10 @@
 //! `resilience check-config FILE`: validate a node's, an edge's or a
 //! follower's configuration (told apart by an `[edge]` or `[follow]` table).
+//! For a node it also checks the secret files the config names (cluster key,
+//! API token, TLS private keys) with the node's own rules; a follower and an
+//! edge read no secret.
 
+use crate::secret::SecretError;
 use resilience_core::config::NodeConfig;
 use resilience_core::edge_config::EdgeConfig;
 use resilience_core::follow_config::FollowConfig;
@@ -76,6 +80,64 @@ fn edge(shown: &str, text: &str) -> ExitCode {
     }
 }
 
+/// The node's secret files, through the checks the node itself applies
+/// ([`crate::secret`]): an exposed or short one is an error, a missing one a
+/// warning (the config may be checked before the files are put in place).
+/// False when one is refused.
+fn secrets(shown: &str, cfg: &NodeConfig, base: &Path) -> bool {
+    let mut ok = true;
+    // Prints the refusal; false when it is more than a warning.
+    let report = |e: SecretError, create: String| {
+        if e.is_missing() {
+            eprintln!("warning: {e}; {create}");
+            true
+        } else {
+            eprintln!("{shown}: {e}");
+            false
+        }
+    };
+    let key_path = crate::node::resolve(base, &cfg.heartbeat.key_file);
+    match crate::secret::read(&key_path, "cluster key") {
+        Ok(t) => {
+            if let Err(e) = ClusterKey::from_hex(&t) {
+                eprintln!(
+                    "{shown}: key `heartbeat.key_file`: {}: {e}",
+                    key_path.display()
+                );
+                ok = false;
+            }
+        }
+        Err(e) => {
+            ok &= report(
+                e,
+                format!(
+                    "create it with `resilience keygen --out {}`",
+                    key_path.display()
+                ),
+            )
+        }
+    }
+    let token_path = crate::node::token_path(cfg, base);
+    if let Err(e) = crate::secret::read_token(&token_path) {
+        // Without `token_file` the node creates its token on first start.
+        if !(e.is_missing() && cfg.api.token_file.is_none()) {
+            ok &= report(
+                e,
+                format!(
+                    "create it with `resilience keygen --token --out {}`",
+                    token_path.display()
+                ),
+            );
+        }
+    }
+    for (what, path) in crate::node::tls_keys(cfg, base) {
+        if let Err(e) = crate::secret::read(&path, what) {
+            ok &= report(e, "issue it with `resilience cert issue`".to_string());
+        }
+    }
+    ok
+}
+
 pub fn run(file: &Path) -> ExitCode {
     let shown = file.display().to_string();
     let text = match std::fs::read_to_string(file) {
@@ -99,19 +161,8 @@ pub fn run(file: &Path) -> ExitCode {
         }
     };
     let base = &crate::node::config_base(file);
-    let key_path = crate::node::resolve(base, &cfg.heartbeat.key_file);
-    match std::fs::read_to_string(&key_path) {
-        Ok(t) => {
-            if let Err(e) = ClusterKey::from_hex(&t) {
-                eprintln!("{shown}: key `heartbeat.key_file`: {}: {e}", key_path.display());
-                return ExitCode::FAILURE;
-            }
-        }
-        Err(e) => eprintln!(
-            "warning: cluster key {} cannot be read ({e}); create it with `resilience keygen --out {}`",
-            key_path.display(),
-            key_path.display()
-        ),
+    if !secrets(&shown, &cfg, base) {
+        return ExitCode::FAILURE;
     }
     let peer = cfg.peer.as_ref().map_or("none".to_string(), |p| {
         format!("{} at {}", p.name, p.address)

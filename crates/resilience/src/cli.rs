@@ -109,14 +109,19 @@ pub enum Cmd {
         #[command(subcommand)]
         action: CertAction,
     },
-    /// Create a cluster key for the heartbeat HMAC (64 hex digits).
+    /// Create a cluster key for the heartbeat HMAC (64 hex digits), or with
+    /// --token an API token.
     Keygen {
         /// Write the key to this file (mode 0600) instead of printing it.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Overwrite an existing file.
+        /// Overwrite an existing file (it gets mode 0600 too).
         #[arg(long)]
         force: bool,
+        /// Make an API token (`[api] token_file`) rather than a cluster key:
+        /// the same 64 random hex digits, named so in messages.
+        #[arg(long)]
+        token: bool,
     },
     /// Validate a node configuration file.
     CheckConfig { file: PathBuf },

@@ -366,13 +366,41 @@ pub fn failback(t: &Target) -> i32 {
     finish(post(t, "/api/v1/failback"))
 }
 
+/// The newest `limit` events, read page by page (the API returns at most
+/// a page per request and the cursor of the next).
+fn events_paged(t: &Target, limit: usize) -> Result<Vec<Value>, (i32, String)> {
+    let mut out: Vec<Value> = Vec::new();
+    let mut before: Option<i64> = None;
+    while out.len() < limit {
+        let want = limit - out.len();
+        let path = match before {
+            Some(b) => format!("/api/v1/events?limit={want}&before={b}"),
+            None => format!("/api/v1/events?limit={want}"),
+        };
+        let mut doc = get(t, &path)?;
+        let page = match doc.get_mut("events").map(Value::take) {
+            Some(Value::Array(v)) => v,
+            _ => Vec::new(),
+        };
+        let empty = page.is_empty();
+        out.extend(page);
+        before = doc["next_before"].as_i64();
+        if empty || before.is_none() {
+            break;
+        }
+    }
+    out.truncate(limit);
+    Ok(out)
+}
+
 pub fn events(t: &Target, limit: usize, as_json: bool) -> i32 {
-    finish(get(t, &format!("/api/v1/events?limit={limit}")).map(|doc| {
+    finish(events_paged(t, limit).map(|events| {
         if as_json {
-            return serde_json::to_string_pretty(&doc).unwrap_or_default();
+            return serde_json::to_string_pretty(&serde_json::json!({ "events": events }))
+                .unwrap_or_default();
         }
         let mut lines = Vec::new();
-        for e in doc["events"].as_array().into_iter().flatten() {
+        for e in &events {
             let ms = e["at_ms"].as_i64().unwrap_or(0);
             lines.push(format!(
                 "{}  {}",

@@ -1,8 +1,6 @@
-//! `resilience keygen`: a fresh cluster key for the heartbeat HMAC.
+//! `resilience keygen`: a fresh cluster key for the heartbeat HMAC, or (with
+//! `--token`) an API token; both are 64 random hex digits in a 0600 file.
 
-use anyhow::Context;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -13,30 +11,36 @@ pub fn new_key() -> anyhow::Result<String> {
     Ok(hex::encode(bytes))
 }
 
-pub fn run(out: Option<&Path>, force: bool) -> anyhow::Result<ExitCode> {
+pub fn run(out: Option<&Path>, force: bool, token: bool) -> anyhow::Result<ExitCode> {
     let key = new_key()?;
     let Some(path) = out else {
         println!("{key}");
         return Ok(ExitCode::SUCCESS);
     };
+    let what = if token { "API token" } else { "cluster key" };
     if path.exists() && !force {
         eprintln!(
-            "resilience keygen: {} exists; not overwriting a cluster key (use --force to replace it on both nodes)",
-            path.display()
+            "resilience keygen: {} exists; not overwriting a{} {what} (use --force to replace it{})",
+            path.display(),
+            if token { "n" } else { "" },
+            if token {
+                ", and give the new token to its users"
+            } else {
+                " on both nodes"
+            }
         );
         return Ok(ExitCode::FAILURE);
     }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    writeln!(f, "{key}").with_context(|| format!("writing {}", path.display()))?;
+    crate::secret::write(path, &format!("{key}\n"), force)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     eprintln!(
-        "cluster key written to {} (mode 0600); copy it to the peer node",
-        path.display()
+        "{what} written to {} (mode 0600); {}",
+        path.display(),
+        if token {
+            "name it in `[api] token_file`"
+        } else {
+            "copy it to the peer node, keeping mode 0600"
+        }
     );
     Ok(ExitCode::SUCCESS)
 }

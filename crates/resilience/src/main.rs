@@ -12,6 +12,7 @@ mod node;
 mod pbx_settings;
 mod ratelog;
 mod replication;
+mod secret;
 mod services;
 mod standin;
 mod web;
@@ -58,7 +59,7 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::CheckConfig { file } => Ok(check_config::run(&file)),
-        Cmd::Keygen { out, force } => keygen::run(out.as_deref(), force),
+        Cmd::Keygen { out, force, token } => keygen::run(out.as_deref(), force, token),
         Cmd::Status { api, json } => {
             let t = client::Target::new(api.api, api.token_file, api.config.as_deref())?
                 .with_ca(api.ca);

@@ -203,8 +203,8 @@ fn logs(dir: &TestDir) -> String {
 fn heartbeat_paths_and_the_arbiter_rule_across_real_links() {
     let _g = serial();
     let dir = TestDir::new("netns");
-    std::fs::write(dir.path("cluster.key"), format!("{KEY}\n")).unwrap();
-    std::fs::write(dir.path("api.token"), format!("{TOKEN}\n")).unwrap();
+    write_secret(&dir.path("cluster.key"), &format!("{KEY}\n"));
+    write_secret(&dir.path("api.token"), &format!("{TOKEN}\n"));
     let main = config(
         &dir,
         "main",

@@ -582,7 +582,7 @@ fn tls_files(dir: &TestDir) -> (String, String, String) {
     );
     std::fs::write(&paths.0, ca_cert.pem()).unwrap();
     std::fs::write(&paths.1, cert.pem()).unwrap();
-    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    write_secret(&paths.2, &key.serialize_pem());
     let s = |p: std::path::PathBuf| p.display().to_string();
     (s(paths.0), s(paths.1), s(paths.2))
 }

@@ -3,6 +3,9 @@
 //! something needs `Authorization: Bearer <token>`; without it the answer is
 //! 401 with a JSON error.
 
+pub mod server;
+
+use crate::node::store::EventsPage;
 use crate::node::Msg;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -52,15 +55,17 @@ pub struct Tls {
     pub key: std::path::PathBuf,
 }
 
-/// Serve the API on `listener`, over TLS when `tls` is given.
+/// Serve the API on `listener`, over TLS when `tls` is given, within the
+/// bounds of [`server`] and the `[api]` section (connection cap, Host names).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     tls: Option<Tls>,
+    cfg: resilience_core::config::ApiSection,
 ) -> anyhow::Result<()> {
-    let app = router(state);
-    match tls {
-        None => axum::serve(listener, app).await?,
+    let app = server::guarded(router(state), server::Hosts::new(&cfg.hosts));
+    let acceptor = match tls {
+        None => None,
         Some(t) => {
             // One process-wide crypto provider (ring); a second install is a no-op.
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -69,11 +74,20 @@ pub async fn serve(
                 .map_err(|e| {
                     anyhow::anyhow!("API TLS {} / {}: {e}", t.cert.display(), t.key.display())
                 })?;
-            axum_server::tls_rustls::from_tcp_rustls(listener.into_std()?, config)?
-                .serve(app.into_make_service())
-                .await?
+            let mut config = (*config.get_inner()).clone();
+            // HTTP/1.1 is what the server speaks.
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
         }
-    }
+    };
+    let limit = server::nofile_limit();
+    let cap = server::connection_cap(cfg.max_connections, limit);
+    tracing::info!(
+        "API serves at most {cap} connections at once (max_connections {}, descriptor limit {})",
+        cfg.max_connections,
+        limit.map_or("unknown".into(), |n| n.to_string())
+    );
+    server::serve(listener, app, acceptor, cap).await?;
     Ok(())
 }
 
@@ -111,19 +125,42 @@ async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
     Json(doc)
 }
 
+/// Most events one `GET /api/v1/events` returns: a page, never the whole
+/// history (`next_before` leads to the next one).
+pub const EVENTS_PAGE_MAX: usize = 500;
+
 #[derive(Deserialize)]
-struct Limit {
+struct EventsQuery {
     limit: Option<usize>,
+    before: Option<i64>,
 }
 
-async fn events(State(s): State<ApiState>, Query(q): Query<Limit>) -> Response {
-    let limit = q.limit.unwrap_or(50).min(10_000);
+/// `GET /api/v1/events?limit=N&before=ID`: the newest `N` events (at most
+/// [`EVENTS_PAGE_MAX`]) older than event `ID`, newest first, and the
+/// cursor of the next page (`next_before`, `null` at the end).
+async fn events(State(s): State<ApiState>, Query(q): Query<EventsQuery>) -> Response {
+    let limit = q.limit.unwrap_or(50).min(EVENTS_PAGE_MAX);
+    let page = EventsPage {
+        limit,
+        before: q.before,
+    };
+    let Some(_turn) = server::heavy_turn().await else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many history reads at once: retry",
+        );
+    };
     let (tx, rx) = oneshot::channel();
-    if s.tx.send(Msg::Events(limit, tx)).await.is_err() {
+    if s.tx.send(Msg::Events(page, tx)).await.is_err() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "node loop stopped");
     }
     match tokio::time::timeout(Duration::from_secs(5), rx).await {
-        Ok(Ok(ev)) => Json(json!({ "events": ev })).into_response(),
+        Ok(Ok(ev)) => {
+            let next = (limit > 0 && ev.len() == limit)
+                .then(|| ev.last().map(|e| e.id))
+                .flatten();
+            Json(json!({ "events": ev, "limit": limit, "next_before": next })).into_response()
+        }
         _ => error(StatusCode::SERVICE_UNAVAILABLE, "node loop did not answer"),
     }
 }

@@ -12,6 +12,7 @@ mod control;
 use anyhow::Context;
 use configs::{Ports, NODES};
 use control::{Lab, ROLES};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -33,15 +34,17 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&dir).with_context(|| format!("lab folder {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     let ports = Ports::pick()?;
-    let key = dir.join("cluster.key");
-    if !key.exists() {
-        std::fs::write(&key, format!("{}\n", crate::keygen::new_key()?))?;
-    }
-    let token = dir.join("api.token");
-    if !token.exists() {
-        let mut bytes = [0u8; 16];
-        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("random token: {e}"))?;
-        std::fs::write(&token, format!("{}\n", hex::encode(bytes)))?;
+    // The nodes refuse secrets others can read (crate::secret): 0600, and
+    // a folder kept from an older lab gets its files' modes fixed.
+    for name in ["cluster.key", "api.token"] {
+        let path = dir.join(name);
+        if path.exists() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("chmod 600 {}", path.display()))?;
+        } else {
+            crate::secret::write(&path, &format!("{}\n", crate::keygen::new_key()?), false)
+                .with_context(|| format!("creating {}", path.display()))?;
+        }
     }
     let mut secret = [0u8; 12];
     getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("random: {e}"))?;

@@ -33,7 +33,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 pub enum Msg {
     Datagram(SocketAddr, Vec<u8>),
     Command(Command, oneshot::Sender<Result<String, String>>),
-    Events(usize, oneshot::Sender<Vec<StoredEvent>>),
+    Events(store::EventsPage, oneshot::Sender<Vec<StoredEvent>>),
     /// The state events the timeline needs since a time (unix ms).
     StateEvents(i64, oneshot::Sender<Vec<StoredEvent>>),
     ActionDone(ActionId, Result<ActionOutcome, ActionError>),
@@ -75,54 +75,63 @@ pub fn load_config(path: &Path) -> anyhow::Result<(NodeConfig, PathBuf)> {
     Ok((cfg, base))
 }
 
-/// Read the cluster key named by the config.
+/// Read the cluster key named by the config (a secret file: see [`crate::secret`]).
 pub fn load_key(cfg: &NodeConfig, base: &Path) -> anyhow::Result<ClusterKey> {
     let path = resolve(base, &cfg.heartbeat.key_file);
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "cluster key {}: cannot read (create it with `resilience keygen --out {}` and copy it to both nodes)",
-            path.display(),
-            path.display()
-        )
+    let text = crate::secret::read(&path, "cluster key").map_err(|e| {
+        if e.is_missing() {
+            anyhow::anyhow!(
+                "{e} (create it with `resilience keygen --out {}` and copy it to both nodes with mode 0600)",
+                path.display()
+            )
+        } else {
+            e.into()
+        }
     })?;
     ClusterKey::from_hex(&text).map_err(|e| anyhow::anyhow!("cluster key {}: {e}", path.display()))
 }
 
-/// The API token: the configured file, or `<state_dir>/api.token`, created
-/// (mode 0600) on first start.
-pub fn load_or_create_token(cfg: &NodeConfig, base: &Path) -> anyhow::Result<(String, PathBuf)> {
-    let path = match &cfg.api.token_file {
+/// Where the API token lives: the configured file, or `<state_dir>/api.token`.
+pub fn token_path(cfg: &NodeConfig, base: &Path) -> PathBuf {
+    match &cfg.api.token_file {
         Some(p) => resolve(base, p),
         None => resolve(base, &cfg.node.state_dir).join("api.token"),
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => Ok((t.trim().to_owned(), path)),
-        Ok(_) => anyhow::bail!("API token file {} is empty", path.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && cfg.api.token_file.is_none() => {
+    }
+}
+
+/// The API token: the configured file, or `<state_dir>/api.token`, created
+/// (mode 0600) on first start. Either must pass [`crate::secret::read_token`].
+pub fn load_or_create_token(cfg: &NodeConfig, base: &Path) -> anyhow::Result<(String, PathBuf)> {
+    let path = token_path(cfg, base);
+    match crate::secret::read_token(&path) {
+        Ok(t) => Ok((t, path)),
+        Err(e) if e.is_missing() && cfg.api.token_file.is_none() => {
             let mut bytes = [0u8; 24];
             getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("random token: {e}"))?;
             let token = hex::encode(bytes);
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            write_private(&path, &token)?;
+            crate::secret::write(&path, &format!("{token}\n"), false)
+                .with_context(|| format!("creating {}", path.display()))?;
             Ok((token, path))
         }
-        Err(e) => Err(anyhow::anyhow!("API token file {}: {e}", path.display())),
+        Err(e) => Err(e.into()),
     }
 }
 
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    writeln!(f, "{text}")?;
-    Ok(())
+/// The private keys read later by TLS (replication's on each session, the
+/// API's when it starts): checked at start so a node with an exposed key
+/// refuses to start instead of serving with it. (what, path) for each.
+pub fn tls_keys(cfg: &NodeConfig, base: &Path) -> Vec<(&'static str, PathBuf)> {
+    let mut keys = Vec::new();
+    if let Some(r) = &cfg.replication {
+        keys.push(("replication key", resolve(base, &r.key)));
+    }
+    if let Some(k) = &cfg.api.tls_key {
+        keys.push(("API TLS key", resolve(base, k)));
+    }
+    keys
 }
 
 /// Counters the loop keeps beside the core.
@@ -139,14 +148,22 @@ struct Counters {
 /// Run the daemon until SIGINT/SIGTERM.
 pub async fn run(config: &Path) -> anyhow::Result<()> {
     let (cfg, base) = load_config(config)?;
+    // Every secret is checked before anything is started or written.
     let key = load_key(&cfg, &base)?;
+    for (what, path) in tls_keys(&cfg, &base) {
+        // A missing one is reported where it is used, as before.
+        match crate::secret::read(&path, what) {
+            Err(e) if !e.is_missing() => return Err(e.into()),
+            _ => {}
+        }
+    }
+    let (token, token_path) = load_or_create_token(&cfg, &base)?;
     let state_dir = resolve(&base, &cfg.node.state_dir);
     let (store, warning) = Store::open(&state_dir)?;
     if let Some(w) = &warning {
         tracing::error!("{w}");
     }
     let persisted = store.load_facts()?;
-    let (token, token_path) = load_or_create_token(&cfg, &base)?;
     tracing::info!("API token in {}", token_path.display());
     let settings = Settings::from_config(&cfg, key);
     let services = Services::new(cfg.services.clone(), base.clone());
@@ -312,7 +329,10 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("API on {scheme}://{}", api_listener.local_addr()?);
-    let mut api_task = tokio::spawn(api::serve(api_listener, api_state, tls));
+    // The node's own name is one of its API's names (its certificate's).
+    let mut api_cfg = cfg.api.clone();
+    api_cfg.hosts.push(cfg.node.name.clone());
+    let mut api_task = tokio::spawn(api::serve(api_listener, api_state, tls, api_cfg));
 
     let started = Instant::now();
     let wall_start = SystemTime::now();

@@ -39,6 +39,15 @@ pub struct StoredEvent {
     pub text: String,
 }
 
+/// Which page of the history to read: the API pages it so that no
+/// request makes the node hold more than one page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventsPage {
+    pub limit: usize,
+    /// Only events whose id is below this (the cursor of the previous page).
+    pub before: Option<i64>,
+}
+
 /// One `SELECT id, at_ms, kind, text` row.
 fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
     Ok(StoredEvent {
@@ -227,14 +236,20 @@ impl Store {
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.sql(e))
     }
 
-    /// The newest `limit` events, newest first.
-    pub fn events(&self, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+    /// One page of the history, newest first: the newest `page.limit`
+    /// events older than `page.before` (all when `None`).
+    pub fn events(&self, page: EventsPage) -> Result<Vec<StoredEvent>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT id, at_ms, kind, text FROM events ORDER BY id DESC LIMIT ?1")
+            .prepare(
+                "SELECT id, at_ms, kind, text FROM events WHERE id < ?2 ORDER BY id DESC LIMIT ?1",
+            )
             .map_err(|e| self.sql(e))?;
         let rows = stmt
-            .query_map([limit as i64], event_row)
+            .query_map(
+                [page.limit as i64, page.before.unwrap_or(i64::MAX)],
+                event_row,
+            )
             .map_err(|e| self.sql(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.sql(e))
     }
@@ -305,10 +320,26 @@ mod tests {
         for i in 0..5 {
             s.append_event(i, "status", &format!("event {i}")).unwrap();
         }
-        let ev = s.events(3).unwrap();
+        let ev = s
+            .events(EventsPage {
+                limit: 3,
+                before: None,
+            })
+            .unwrap();
         assert_eq!(
             ev.iter().map(|e| e.at_ms).collect::<Vec<_>>(),
             vec![4, 3, 2]
+        );
+        let next = s
+            .events(EventsPage {
+                limit: 3,
+                before: ev.last().map(|e| e.id),
+            })
+            .unwrap();
+        assert_eq!(
+            next.iter().map(|e| e.at_ms).collect::<Vec<_>>(),
+            vec![1, 0],
+            "the next page starts below the cursor"
         );
         let _ = std::fs::remove_dir_all(&d);
     }

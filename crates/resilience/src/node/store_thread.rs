@@ -9,7 +9,7 @@
 //! the disk cannot keep up, history lines are dropped and counted, a facts
 //! write is reported failed, and a query goes unanswered (the API says so).
 
-use super::store::{Store, StoredEvent};
+use super::store::{EventsPage, Store, StoredEvent};
 use super::Msg;
 use resilience_core::{ActionError, ActionId, ActionOutcome, Persisted};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +27,7 @@ enum Job {
         text: String,
     },
     Facts(ActionId, Persisted),
-    Events(usize, oneshot::Sender<Vec<StoredEvent>>),
+    Events(EventsPage, oneshot::Sender<Vec<StoredEvent>>),
     StateEvents(i64, oneshot::Sender<Vec<StoredEvent>>),
 }
 
@@ -102,9 +102,9 @@ impl StoreThread {
         })
     }
 
-    /// The newest `limit` events, to `reply` (dropped when the disk is behind).
-    pub fn events(&self, limit: usize, reply: oneshot::Sender<Vec<StoredEvent>>) {
-        let _ = self.jobs.try_send(Job::Events(limit, reply));
+    /// One page of events, to `reply` (dropped when the disk is behind).
+    pub fn events(&self, page: EventsPage, reply: oneshot::Sender<Vec<StoredEvent>>) {
+        let _ = self.jobs.try_send(Job::Events(page, reply));
     }
 
     /// The timeline's events since `since_ms`, to `reply`.
@@ -143,7 +143,13 @@ mod tests {
             _ => panic!("facts result expected"),
         }
         let (reply, answer) = oneshot::channel();
-        st.events(10, reply);
+        st.events(
+            EventsPage {
+                limit: 10,
+                before: None,
+            },
+            reply,
+        );
         let texts: Vec<String> = answer.await.unwrap().into_iter().map(|e| e.text).collect();
         assert_eq!(texts, ["second", "first"]);
         assert_eq!(st.dropped(), 0);

@@ -8,7 +8,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 pub const CA_CERT: &str = "ca.pem";
@@ -28,6 +28,10 @@ fn write(path: &Path, text: &str, private: bool, force: bool) -> anyhow::Result<
         .mode(if private { 0o600 } else { 0o644 })
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
+    // Opening an existing file (--force) keeps its old mode: set it.
+    if private {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
     f.write_all(text.as_bytes())?;
     Ok(())
 }
@@ -56,7 +60,7 @@ pub fn issue(dir: &Path, node: &str, extra_names: &[String], force: bool) -> any
             dir.join(CA_CERT).display()
         )
     })?;
-    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(dir.join(CA_KEY))?)
+    let ca_key = KeyPair::from_pem(&crate::secret::read(&dir.join(CA_KEY), "cluster CA key")?)
         .with_context(|| format!("{}: not a private key", dir.join(CA_KEY).display()))?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).context("ca.pem: not a certificate")?;
     let mut names = vec![node.to_string()];

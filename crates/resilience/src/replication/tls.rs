@@ -34,8 +34,10 @@ fn identity(
         .with_context(|| format!("node certificate {}", cert.display()))?
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("node certificate {}", cert.display()))?;
-    let key =
-        PrivateKeyDer::from_pem_file(key).with_context(|| format!("node key {}", key.display()))?;
+    // A secret file: refused when others may read or change it.
+    let pem = crate::secret::read(key, "replication key")?;
+    let key = PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .with_context(|| format!("node key {}", key.display()))?;
     Ok((chain, key))
 }
 

@@ -6,15 +6,49 @@
 //! failed start stops what was already started, so an error always means
 //! "nothing is running". Every command has a timeout, and its exit code and
 //! stderr end up in the error the core turns into an event.
+//!
+//! Spawning needs file descriptors (a pipe per captured stream, the exec
+//! status pipe), and a failover must not fail for want of one: the process
+//! holds [`RESERVE_FDS`] descriptors on `/dev/null`, closes them just before
+//! each spawn and takes them again right after. Whatever else exhausted the
+//! table, the commands that make this node serve can still start.
 
 use resilience_core::config::ServiceSection;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::process::{Child, Command};
 
 /// How much of a failing command's stderr is kept in the error.
 const STDERR_KEEP: usize = 400;
+
+/// Descriptors held back for spawning (one spawn takes about 7).
+pub const RESERVE_FDS: usize = 16;
+
+/// The held-back descriptors; the lock also makes spawns take turns.
+static RESERVE: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+
+/// Open the reserve up to [`RESERVE_FDS`] (as many as the table allows).
+fn refill(held: &mut Vec<std::fs::File>) {
+    while held.len() < RESERVE_FDS {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => held.push(f),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Take the reserve now (at start, while descriptors are plenty).
+pub fn reserve_fds() {
+    refill(&mut RESERVE.lock().unwrap_or_else(|e| e.into_inner()));
+}
+
+/// How many descriptors the reserve holds now.
+#[cfg(test)]
+fn reserved_fds() -> usize {
+    RESERVE.lock().unwrap_or_else(|e| e.into_inner()).len()
+}
 
 #[derive(Debug, Clone)]
 pub struct Services {
@@ -34,6 +68,7 @@ pub struct ServiceState {
 
 impl Services {
     pub fn new(list: Vec<ServiceSection>, dir: PathBuf) -> Services {
+        reserve_fds();
         Services { list, dir }
     }
 
@@ -211,7 +246,10 @@ fn spawn_in(dir: &Path, cmd: &str, capture: bool) -> Result<Child, String> {
             Stdio::null()
         }
     };
-    Command::new("sh")
+    // Close the reserve for the spawn's pipes, take it again after.
+    let mut held = RESERVE.lock().unwrap_or_else(|e| e.into_inner());
+    held.clear();
+    let child = Command::new("sh")
         .current_dir(dir)
         .arg("-c")
         .arg(cmd)
@@ -219,8 +257,9 @@ fn spawn_in(dir: &Path, cmd: &str, capture: bool) -> Result<Child, String> {
         .stdout(out())
         .stderr(out())
         .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("`{cmd}` could not be run: {e}"))
+        .spawn();
+    refill(&mut held);
+    child.map_err(|e| format!("`{cmd}` could not be run: {e}"))
 }
 
 /// Run a shell command in `dir` with a timeout. `Ok` (its stdout) on exit
@@ -324,6 +363,16 @@ mod tests {
         let got = std::fs::read_to_string(&log).unwrap();
         assert_eq!(got, "start-a\nstart-b\nstop-b\nstop-a\n");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn reserve_is_held_again_after_a_spawn() {
+        reserve_fds();
+        assert_eq!(reserved_fds(), RESERVE_FDS);
+        run_in(Path::new("."), "true", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(reserved_fds(), RESERVE_FDS);
     }
 
     #[tokio::test]

@@ -68,6 +68,13 @@ async fn timeline(State(s): State<ApiState>, Query(q): Query<Hours>) -> Response
     let hours = q.hours.unwrap_or(6.0).clamp(0.01, 48.0);
     let window = (hours * 3_600_000.0) as i64;
     let now = crate::node::store::unix_ms(SystemTime::now());
+    let Some(_turn) = crate::api::server::heavy_turn().await else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many history reads at once: retry",
+        )
+            .into_response();
+    };
     let (tx, rx) = oneshot::channel();
     if s.tx.send(Msg::StateEvents(now - window, tx)).await.is_err() {
         return (StatusCode::SERVICE_UNAVAILABLE, "node loop stopped").into_response();

@@ -92,6 +92,14 @@ impl Proc {
         }
     }
 
+    /// The exit status once the process has ended by itself (None while it
+    /// runs, or after `kill`).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     pub fn alive(&mut self) -> bool {
         self.child
             .as_mut()
@@ -211,8 +219,17 @@ token_file = "{d}/api.token"
     }
 }
 
-pub const TOKEN: &str = "e2e-test-token-0123456789";
+/// At least 32 characters: the node refuses a shorter token.
+pub const TOKEN: &str = "e2e-test-token-0123456789abcdef012345";
 pub const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+/// Write a key or token as the node wants it: mode 0600 (the node refuses a
+/// secret that group or others may read or write).
+pub fn write_secret(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
 
 /// A Main and a Standby, configured but not started.
 pub struct Pair {
@@ -228,8 +245,8 @@ pub const STANDBY: usize = 1;
 impl Pair {
     pub fn new(test: &str, mode: &'static str, failback: &str, with_pbx: bool) -> Pair {
         let dir = TestDir::new(test);
-        std::fs::write(dir.path("cluster.key"), format!("{KEY}\n")).unwrap();
-        std::fs::write(dir.path("api.token"), format!("{TOKEN}\n")).unwrap();
+        write_secret(&dir.path("cluster.key"), &format!("{KEY}\n"));
+        write_secret(&dir.path("api.token"), &format!("{TOKEN}\n"));
         let (hb0, hb1) = (free_udp(), free_udp());
         let mk = |name: &str, ty, peer: &str, hb, peer_hb| Spec {
             name: name.into(),
