@@ -54,6 +54,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -165,6 +166,18 @@ class Node:
 
     def status(self):
         return self.get("/api/v1/status") or {}
+
+    def refused(self):
+        """The API's own refusal counters, by reason, from /metrics."""
+        try:
+            with urllib.request.urlopen(f"http://{self.api}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except Exception:
+            return {}
+        out = {}
+        for m in re.finditer(r'^resilience_api_refused_total\{reason="([^"]+)"\} (\d+)', text, re.M):
+            out[m.group(1)] = int(m.group(2))
+        return out
 
     def active(self):
         return (self.get("/api/v1/ha") or {}).get("active")
@@ -332,20 +345,23 @@ def prefill_history(state_dir):
 
 
 def events_flood(standby):
-    sizes, counts, errors = [], [], [0]
+    sizes, counts, codes = [], [], {}
     lock = threading.Lock()
 
     def one():
+        code, body = None, b""
         try:
             with urllib.request.urlopen(f"http://{standby.api}/api/v1/events?limit=10000", timeout=30) as r:
-                body = r.read()
-            n = len(json.loads(body).get("events", []))
-            with lock:
+                code, body = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            code = e.code
+        except Exception as e:
+            code = type(e).__name__
+        with lock:
+            codes[code] = codes.get(code, 0) + 1
+            if code == 200:
                 sizes.append(len(body))
-                counts.append(n)
-        except Exception:
-            with lock:
-                errors[0] += 1
+                counts.append(len(json.loads(body).get("events", [])))
 
     t0 = time.time()
     with Peak(standby.p.pid) as pk:
@@ -360,8 +376,8 @@ def events_flood(standby):
     rows.append((
         "3. parallel `GET /api/v1/events?limit=10000`, no token",
         f"{EVENT_CLIENTS} in parallel × {EVENT_ROUNDS} rounds = {EVENT_CLIENTS * EVENT_ROUNDS} requests in {took:.1f} s",
-        f"answered {len(sizes)}, failed {errors[0]}; events per page max {max(counts, default=0):,} "
-        f"(history {HISTORY:,}+), "
+        f"answers {', '.join(f'{k}: {v}' for k, v in sorted(codes.items(), key=str))}; "
+        f"events per page max {max(counts, default=0):,} (history {HISTORY:,}), "
         f"largest body {max(sizes, default=0):,} bytes",
         pk.after()))
 
@@ -371,9 +387,12 @@ def events_flood(standby):
 def foreign_host(standby):
     host, port = standby.api.rsplit(":", 1)
     codes = {}
+    ref0 = standby.refused().get("foreign_host", 0)
     with Peak(standby.p.pid) as pk:
         for i in range(HOST_REQUESTS):
-            foreign = ["evil.example", f"evil.example:{port}", "attacker.test", "192.0.2.66"][i % 4]
+            # A rebinding page's requests carry the attacker's name (an IP
+            # literal cannot be rebound, so the node answers those).
+            foreign = ["evil.example", f"evil.example:{port}", "attacker.test", f"rebind.attacker.test:{port}"][i % 4]
             c = http.client.HTTPConnection(host, int(port), timeout=5)
             try:
                 c.putrequest("GET", "/api/v1/status", skip_host=True)
@@ -390,12 +409,13 @@ def foreign_host(standby):
     own_code = own.getresponse().status
     own.close()
     refused = sum(v for k, v in codes.items() if k != 200)
+    counted = standby.refused().get("foreign_host", 0) - ref0
     rows.append((
         "4. `GET /api/v1/status` with a foreign `Host:` (DNS rebinding)",
-        f"{HOST_REQUESTS} requests, Host evil.example, evil.example:PORT, attacker.test, 192.0.2.66",
+        f"{HOST_REQUESTS} requests, Host evil.example, evil.example:PORT, attacker.test, rebind.attacker.test:PORT",
         f"{'held' if refused == HOST_REQUESTS else 'BROKE'}: refused {refused} of {HOST_REQUESTS} "
         f"(answers {', '.join(f'{k}: {v}' for k, v in sorted(codes.items(), key=str))}); "
-        f"own Host {standby.api} answered {own_code}",
+        f"counted foreign_host {counted}; own Host {standby.api} answered {own_code}",
         pk.after()))
 
 
@@ -541,6 +561,7 @@ def idle_then_failover(work, main, standby):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, IDLE_CONNECTIONS + 512)), hard))
     host, port = standby.api.rsplit(":", 1)
+    ref0 = standby.refused()
     held, failed = [], 0
     with Peak(standby.p.pid) as pk:
         # Once the node stops accepting and its backlog is full, a connect
@@ -555,6 +576,7 @@ def idle_then_failover(work, main, standby):
                     break
         time.sleep(2)  # let the node accept what it will
         fds = len(os.listdir(f"/proc/{standby.p.pid}/fd"))
+        ref = {k: v - ref0.get(k, 0) for k, v in standby.refused().items() if v - ref0.get(k, 0)}
         t_kill = time.time()
         main.p.kill()
         main.p.wait()
@@ -577,7 +599,8 @@ def idle_then_failover(work, main, standby):
         f"{'%.2f s after the kill' % took if took is not None else 'not within 30 s of the kill'} "
         f"(failover_after 3 s){'' if late is None else '; only once this script closed its connections (30 s after the kill), %.1f s later' % late}; "
         f"API says active at the end: {api_ok}; 'Too many open files' logged: {faulted}; "
-        f"connections still open at the end {still:,}",
+        f"connections still open at the end {still:,}; API refusals "
+        + (", ".join(f"{k} {v:,}" for k, v in sorted(ref.items())) or "none counted"),
         pk.after()))
 
 
