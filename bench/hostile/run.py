@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """bench/hostile: what a stranger (and a holder of the Main's certificate)
 can send a node, how much of it, what held, and the node's memory before and
-after. Loopback only, bounded in count and time (the whole run takes about
+after. Loopback only, bounded in count and time (the whole run takes under
 two minutes).
 
 A Main and a Standby run from the release binary on 127.0.0.1 with the
