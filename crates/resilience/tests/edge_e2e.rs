@@ -471,6 +471,9 @@ fn a_dead_pbx_moves_phones_after_the_delay_and_they_come_back_when_it_is_stable(
     let (code, out) = lab.register("1001");
     assert_eq!(code, 0, "{out}");
     assert_eq!(registers_at(&lab.pbx[0], "1001"), 2, "{}", lab.logs());
+    // The edge's API answers its own names only (no DNS rebinding).
+    let foreign = get_with_host(lab.api, "evil.example", "/api/v1/phones");
+    assert!(foreign.starts_with("HTTP/1.1 421"), "{foreign}");
     let moves = lab.get("/api/v1/status")["moves"].clone();
     let reasons: Vec<&str> = moves
         .as_array()

@@ -236,6 +236,9 @@ fn follower_tracks_its_node_without_flapping() {
             .as_u16(),
         200
     );
+    // A page on a foreign name (DNS rebinding) cannot read it.
+    let foreign = get_with_host(f.api, "evil.example", "/api/v1/status");
+    assert!(foreign.starts_with("HTTP/1.1 421"), "{foreign}");
     // The metrics follow once the stop's result is in (the marker goes
     // before the follower hears back from the script).
     let metrics = || {

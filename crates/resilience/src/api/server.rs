@@ -128,15 +128,9 @@ pub async fn heavy_turn() -> Option<tokio::sync::SemaphorePermit<'static>> {
     }
 }
 
-/// The soft `RLIMIT_NOFILE` of this process.
+/// The soft `RLIMIT_NOFILE` of this process (None: unlimited).
 pub fn nofile_limit() -> Option<u64> {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own and reads nothing else.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
-    (rc == 0).then_some(r.rlim_cur)
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
 
 /// The connection cap in force: the configured one, lowered so that

@@ -29,6 +29,9 @@ use std::time::{Instant, SystemTime};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+/// Connections the edge's status API holds at most.
+const EDGE_API_CONNECTIONS: usize = 64;
+
 pub fn load_config(path: &Path) -> anyhow::Result<EdgeConfig> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {shown}"))?;
@@ -138,8 +141,16 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.edge.api_listen)
         .await
         .with_context(|| format!("API socket {}", cfg.edge.api_listen))?;
+    // The edge's own API, bounded like the node's (connection cap, header
+    // and idle deadlines, Host check). The web proxy below keeps plain axum:
+    // it carries WebSocket upgrades, which these bounds do not.
+    let app = crate::api::server::guarded(app, crate::api::server::Hosts::new(&[]));
+    let cap = crate::api::server::connection_cap(
+        EDGE_API_CONNECTIONS,
+        crate::api::server::nofile_limit(),
+    );
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        let _ = crate::api::server::serve(listener, app, None, cap).await;
     });
     if let Some(addr) = cfg.edge.http_listen {
         let proxy = http::Proxy::new(cfg.pbxs.iter().map(|p| p.web).collect(), pbx_up.clone());

@@ -21,6 +21,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 
+/// Connections the follower's status API holds at most (it serves a
+/// dashboard and a scraper or two).
+const FOLLOW_API_CONNECTIONS: usize = 64;
+
 /// Read and validate a follower config file; the folder relative paths
 /// (and commands) start from.
 pub fn load_config(path: &Path) -> anyhow::Result<(FollowConfig, PathBuf)> {
@@ -145,7 +149,18 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
             status: status_rx,
             metrics,
         });
-    let mut api_task = tokio::spawn(async move { axum::serve(listener, app).await });
+    // Bounded like the node's API: a connection cap, header and idle
+    // deadlines, and only this host's names (no DNS rebinding).
+    let app = crate::api::server::guarded(
+        app,
+        crate::api::server::Hosts::new(std::slice::from_ref(&cfg.follow.name)),
+    );
+    let cap = crate::api::server::connection_cap(
+        FOLLOW_API_CONNECTIONS,
+        crate::api::server::nofile_limit(),
+    );
+    let mut api_task =
+        tokio::spawn(async move { crate::api::server::serve(listener, app, None, cap).await });
 
     let (done_tx, mut done_rx) = mpsc::channel::<Result<(), String>>(4);
     let mut counters = Counters::default();

@@ -559,3 +559,15 @@ impl Drop for Postgres {
         }
     }
 }
+
+/// One raw HTTP/1.1 GET to 127.0.0.1:`port` with the given `Host:`; the
+/// whole answer (status line first).
+pub fn get_with_host(port: u16, host: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    c.write_all(req.as_bytes()).expect("write");
+    let mut answer = String::new();
+    let _ = c.read_to_string(&mut answer);
+    answer
+}
