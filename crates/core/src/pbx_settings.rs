@@ -1,4 +1,4 @@
-//! The PBX settings that make phones fail over fast (seed 003, "Automatic
+//! The PBX settings that make phones fail over fast (XiVO's "Resilience Administration", "Automatic
 //! Configuration Change"), as pure text edits: a file's text in, the edited
 //! text out. Writing, keeping the original and restoring it is the
 //! runtime's job.

@@ -1,4 +1,4 @@
-//! Which PBX each phone is served by (seeds 002/004, IP Office's rules),
+//! Which PBX each phone is served by (IP Office's "Phone Resilience" and "When Does Failback Occur"),
 //! sans-IO: health changes, relayed REGISTERs and dialogs come in with the
 //! time; the serving system of a phone comes out, and every move is an
 //! event with its reason.

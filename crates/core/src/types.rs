@@ -20,9 +20,9 @@ pub enum NodeType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// The heartbeat decides (seed 000).
+    /// The heartbeat decides (XiVO's "Administration in Automatic Failover Mode").
     Automatic,
-    /// An admin starts and stops services (seed 001); heartbeats still flow so
+    /// An admin starts and stops services (XiVO's "Administration in Manual Failover Mode"); heartbeats still flow so
     /// the page can show the peer and warn.
     Manual,
 }

@@ -1,5 +1,5 @@
 //! Writes the PBX settings of `[pbx_settings]` while the node is a Main or a
-//! Standby, and puts the files back when HA is disabled (seed 003,
+//! Standby, and puts the files back when HA is disabled (XiVO's "Resilience Administration",
 //! "Automatic Configuration Change"). The edits themselves are
 //! `resilience_core::pbx_settings`; this module owns the files.
 //!

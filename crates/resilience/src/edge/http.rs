@@ -1,4 +1,4 @@
-//! The web applications' side of the edge (seed 000/001: "users only
+//! The web applications' side of the edge (XiVO's failover-mode pages: "users only
 //! refresh their page"): an HTTP reverse proxy, WebSocket included, to the
 //! web server of the first PBX the probes call up — with `ha_url`, the
 //! Active node's. Each request picks its target anew, so the next request

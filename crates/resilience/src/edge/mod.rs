@@ -1,5 +1,5 @@
 //! `resilience edge`: the SIP relay in front of the Main and the Standby
-//! (seeds 000/001 "Edge deployment"; the per-phone rules of seeds 002/004).
+//! (XiVO's automatic and manual failover pages, "Edge deployment"; the per-phone rules of IP Office's "Phone Resilience" and "When Does Failback Occur").
 //!
 //! One task owns the relay ([`resilience_sip::Relay`], sans-IO) and the
 //! per-phone router ([`resilience_core::phones::Router`], sans-IO); it reads
@@ -266,7 +266,7 @@ async fn relay_one(
             for note in &send.notes {
                 apply_note(&mut router, flows, pbx_addrs, note, now);
             }
-            // A guest phone is told to re-register sooner (seed 003's
+            // A guest phone is told to re-register sooner (XiVO "Resilience Administration"'s
             // short expiry, per phone).
             if let Some(Note::Registered {
                 aor,

@@ -1,6 +1,6 @@
 //! `resilience cert init|issue`: the cluster CA and the node certificates
 //! (rcgen). Every node-to-node stream is TLS with both sides' certificates
-//! signed by this one CA (seed 002: identity certificates under one root).
+//! signed by this one CA (IP Office's "Phone Resilience": identity certificates under one root).
 
 use anyhow::Context;
 use rcgen::{

@@ -1,6 +1,6 @@
 //! What changed on the Standby while it was Active.
 //!
-//! IP Office's rule (seed 002) is that settings changed during a failover do
+//! IP Office's rule ("Phone Resilience") is that settings changed during a failover do
 //! not survive failback; XiVO's hourly reload overwrites them without a word.
 //! Here the Standby keeps a baseline of what the last replication left in
 //! each folder (and a fingerprint of chosen tables), and when it hands the

@@ -1,4 +1,4 @@
-//! The dashboard each node serves on its API port (seed 003's admin header,
+//! The dashboard each node serves on its API port (XiVO "Resilience Administration"'s admin header,
 //! Resilience Management page and monitoring table): one HTML page and a
 //! small script, compiled into the binary so there is nothing to build or
 //! install. The page reads the same API as the CLI (`/api/v1/status`,
