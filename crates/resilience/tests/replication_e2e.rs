@@ -3,13 +3,13 @@
 
 mod common;
 
+use common::repl::{frame, raw_session, read_frame};
 use common::*;
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -246,60 +246,6 @@ fn a_push_killed_mid_stream_leaves_no_truncated_file() {
     assert_eq!(left.len(), 1, "{left:?}");
 }
 
-/// A TLS client with the given identity, speaking the replication framing.
-async fn raw_session(
-    port: u16,
-    ca: &Path,
-    cert: &Path,
-    key: &Path,
-) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let chain: Vec<_> = CertificateDer::pem_file_iter(cert)
-        .unwrap()
-        .map(|c| c.unwrap())
-        .collect();
-    let key = PrivateKeyDer::from_pem_file(key).unwrap();
-    let cfg = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let mut s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from("pbx-standby").unwrap(), tcp)
-        .await?;
-    // The server checks the client certificate after the handshake: a
-    // round trip shows whether it kept the connection.
-    frame(&mut s, 1, br#"{"version":1,"job":"etc"}"#).await?;
-    Ok(s)
-}
-
-async fn frame<S: tokio::io::AsyncWrite + Unpin>(
-    s: &mut S,
-    kind: u8,
-    body: &[u8],
-) -> std::io::Result<()> {
-    let mut head = vec![kind];
-    head.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    s.write_all(&head).await?;
-    s.write_all(body).await?;
-    s.flush().await
-}
-
-async fn read_frame<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> std::io::Result<(u8, Vec<u8>)> {
-    let mut head = [0u8; 5];
-    s.read_exact(&mut head).await?;
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    let mut body = vec![0; len];
-    s.read_exact(&mut body).await?;
-    Ok((head[0], body))
-}
-
 #[test]
 fn a_malicious_stream_and_a_foreign_ca_are_refused() {
     let _g = serial();
@@ -315,7 +261,7 @@ fn a_malicious_stream_and_a_foreign_ca_are_refused() {
     // A holder of a real Main certificate tries to write outside the folder.
     rt.block_on(async {
         let mut s = raw_session(
-            ports[STANDBY],
+            ("127.0.0.1", ports[STANDBY]),
             &pki.join("ca.pem"),
             &pki.join("pbx-main.crt"),
             &pki.join("pbx-main.key"),
@@ -350,7 +296,7 @@ fn a_malicious_stream_and_a_foreign_ca_are_refused() {
     assert_eq!(cli(&["cert", "issue", "pbx-main", "--dir", &o]).0, 0);
     rt.block_on(async {
         let r = raw_session(
-            ports[STANDBY],
+            ("127.0.0.1", ports[STANDBY]),
             &pki.join("ca.pem"),
             &other.join("pbx-main.crt"),
             &other.join("pbx-main.key"),
@@ -372,7 +318,7 @@ fn a_malicious_stream_and_a_foreign_ca_are_refused() {
     assert_eq!(cli(&["cert", "issue", "cc-follower", "--dir", &pk]).0, 0);
     rt.block_on(async {
         let r = raw_session(
-            ports[STANDBY],
+            ("127.0.0.1", ports[STANDBY]),
             &pki.join("ca.pem"),
             &pki.join("cc-follower.crt"),
             &pki.join("cc-follower.key"),
@@ -393,7 +339,7 @@ fn a_malicious_stream_and_a_foreign_ca_are_refused() {
     assert!(wait_until(secs(10), || p.active(STANDBY) == Some(true)));
     rt.block_on(async {
         let mut s = raw_session(
-            ports[STANDBY],
+            ("127.0.0.1", ports[STANDBY]),
             &pki.join("ca.pem"),
             &pki.join("pbx-main.crt"),
             &pki.join("pbx-main.key"),

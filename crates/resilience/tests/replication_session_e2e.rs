@@ -8,13 +8,14 @@
 
 mod common;
 
+use common::repl::{main_session, read_frame};
 use common::*;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -122,60 +123,6 @@ fn push_until_ok(p: &Pair, within: Duration) -> Duration {
     t0.elapsed()
 }
 
-/// A TLS client with the Main's certificate that says Hello for job "etc".
-async fn main_session(
-    p: &Pair,
-    addr: SocketAddr,
-) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    let pki = p.dir.path("pki");
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(pki.join("ca.pem")).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let chain: Vec<_> = CertificateDer::pem_file_iter(pki.join("pbx-main.crt"))
-        .unwrap()
-        .map(|c| c.unwrap())
-        .collect();
-    let key = PrivateKeyDer::from_pem_file(pki.join("pbx-main.key")).unwrap();
-    let cfg = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from("pbx-standby").unwrap(), tcp)
-        .await
-        .unwrap();
-    frame(&mut s, 1, br#"{"version":1,"job":"etc"}"#)
-        .await
-        .unwrap();
-    s
-}
-
-async fn frame<S: tokio::io::AsyncWrite + Unpin>(
-    s: &mut S,
-    kind: u8,
-    body: &[u8],
-) -> std::io::Result<()> {
-    let mut head = vec![kind];
-    head.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    s.write_all(&head).await?;
-    s.write_all(body).await?;
-    s.flush().await
-}
-
-async fn read_frame<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> std::io::Result<(u8, Vec<u8>)> {
-    let mut head = [0u8; 5];
-    s.read_exact(&mut head).await?;
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    let mut body = Vec::new();
-    (&mut *s).take(len as u64).read_to_end(&mut body).await?;
-    Ok((head[0], body))
-}
-
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -196,7 +143,7 @@ fn a_client_that_says_hello_and_goes_silent_does_not_block_replication() {
     let rt = runtime();
     // A holder of the Main's certificate opens a session and says nothing more.
     let mut silent = rt.block_on(async {
-        let mut s = main_session(&p, standby).await;
+        let mut s = main_session(standby, &p.dir.path("pki")).await.unwrap();
         let (kind, _) = read_frame(&mut s).await.unwrap();
         assert_eq!(kind, 2, "expected the manifest");
         s
@@ -386,7 +333,7 @@ fn a_data_header_announcing_64_mib_allocates_nothing_and_is_refused() {
     let rt = runtime();
     let before = rss_kib(pid);
     let reply = rt.block_on(async {
-        let mut s = main_session(&p, standby).await;
+        let mut s = main_session(standby, &p.dir.path("pki")).await.unwrap();
         let (kind, _) = read_frame(&mut s).await.unwrap();
         assert_eq!(kind, 2, "expected the manifest");
         // A Data header for 64 MiB, and not one byte of it.

@@ -4,12 +4,11 @@
 
 mod common;
 
+use common::repl::{frame, main_session, read_frame};
 use common::*;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -193,59 +192,9 @@ fn a_setuid_file_arrives_plain_and_owned_by_the_folder_owner() {
     );
 }
 
-/// A TLS client with the Main's identity, speaking the replication framing.
-async fn raw_session(
-    port: u16,
-    pki: &Path,
-) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(pki.join("ca.pem")).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let chain: Vec<_> = CertificateDer::pem_file_iter(pki.join("pbx-main.crt"))
-        .unwrap()
-        .map(|c| c.unwrap())
-        .collect();
-    let key = PrivateKeyDer::from_pem_file(pki.join("pbx-main.key")).unwrap();
-    let cfg = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let mut s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from("pbx-standby").unwrap(), tcp)
-        .await?;
-    frame(&mut s, 1, br#"{"version":1,"job":"etc"}"#).await?;
-    Ok(s)
-}
-
-async fn frame<S: tokio::io::AsyncWrite + Unpin>(
-    s: &mut S,
-    kind: u8,
-    body: &[u8],
-) -> std::io::Result<()> {
-    let mut head = vec![kind];
-    head.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    s.write_all(&head).await?;
-    s.write_all(body).await?;
-    s.flush().await
-}
-
-async fn read_frame<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> std::io::Result<(u8, Vec<u8>)> {
-    let mut head = [0u8; 5];
-    s.read_exact(&mut head).await?;
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    let mut body = vec![0; len];
-    s.read_exact(&mut body).await?;
-    Ok((head[0], body))
-}
-
 /// One session of `frames` (after Hello); the Standby's answer: (kind, text).
 async fn session(port: u16, pki: &Path, frames: &[(u8, Vec<u8>)]) -> (u8, String) {
-    let mut s = raw_session(port, pki).await.unwrap();
+    let mut s = main_session(("127.0.0.1", port), pki).await.unwrap();
     let (kind, _) = read_frame(&mut s).await.unwrap();
     assert_eq!(kind, 2, "expected the manifest");
     for (k, body) in frames {

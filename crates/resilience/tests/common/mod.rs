@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod repl;
+
 use serde_json::Value;
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
