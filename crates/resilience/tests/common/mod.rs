@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod edge;
 pub mod repl;
 
 use serde_json::Value;

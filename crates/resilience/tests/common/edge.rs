@@ -1,0 +1,330 @@
+//! The edge's test bench: two Kamailio registrars playing the Main's and
+//! the Standby's PBX (fixtures/sip/kamailio-pbx.cfg), a `resilience edge`
+//! in front of them, and sipp playing the phones.
+
+use super::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/sip")
+        .join(name)
+}
+
+/// A Kamailio playing one PBX, stopped by SIGTERM (so its workers go too).
+pub struct Kamailio {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub log: PathBuf,
+    pub rundir: PathBuf,
+}
+
+impl Kamailio {
+    pub fn start(dir: &TestDir, name: &str, port: u16) -> Kamailio {
+        let rundir = dir.path(name);
+        std::fs::create_dir_all(&rundir).unwrap();
+        let mut k = Kamailio {
+            child: None,
+            port,
+            log: dir.path(&format!("{name}.log")),
+            rundir,
+        };
+        k.spawn(&[]);
+        k
+    }
+
+    /// Start it with `-A` defines (`DROP_REGISTER`), its log continued.
+    pub fn spawn(&mut self, defines: &[&str]) {
+        let out = append_log(&self.log);
+        let rundir = self.rundir.to_str().unwrap();
+        let child = Command::new("kamailio")
+            .args(["-f", fixture("kamailio-pbx.cfg").to_str().unwrap()])
+            .args(["-DD", "-E", "-n", "1", "-m", "32", "-M", "4"])
+            .args(["-l", &format!("udp:127.0.0.1:{}", self.port)])
+            .args(["-Y", rundir, "-w", rundir])
+            .args(defines.iter().flat_map(|d| ["-A", d]))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect(
+                "kamailio (Debian package kamailio) must be installed: scripts/test.sh installs it",
+            );
+        self.child = Some(child);
+    }
+
+    pub fn restart(&mut self) {
+        self.restart_with(&[]);
+    }
+
+    pub fn restart_with(&mut self, defines: &[&str]) {
+        self.stop();
+        self.spawn(defines);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            for _ in 0..50 {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What a test adds to the lab's edge config.
+#[derive(Default)]
+pub struct LabOpts {
+    /// The web proxy and two web stubs behind it.
+    pub web: bool,
+    /// Lines appended to `[edge]`.
+    pub edge_extra: String,
+    /// Lines after the last section of the config.
+    pub tail: String,
+}
+
+pub struct Lab {
+    pub dir: TestDir,
+    pub pbx: [Kamailio; 2],
+    pub edge: Proc,
+    pub sip: u16,
+    pub api: u16,
+    /// The web proxy's port and the two nodes' web stubs, when asked for.
+    pub http: Option<(u16, [Proc; 2])>,
+}
+
+impl Lab {
+    pub fn start(name: &str) -> Lab {
+        Lab::start_with(name, false)
+    }
+
+    pub fn start_with(name: &str, web: bool) -> Lab {
+        Lab::start_opts(
+            name,
+            LabOpts {
+                web,
+                ..LabOpts::default()
+            },
+        )
+    }
+
+    /// A lab with extra lines in the edge's config: `edge_extra` at the end
+    /// of `[edge]`, `tail` after the last section (new sections).
+    pub fn start_opts(name: &str, opts: LabOpts) -> Lab {
+        let web = opts.web;
+        let dir = TestDir::new(name);
+        let pbx = [
+            Kamailio::start(&dir, "pbx-main", free_udp()),
+            Kamailio::start(&dir, "pbx-standby", free_udp()),
+        ];
+        let (sip, api) = (free_udp(), free_tcp());
+        let (http_port, webs) = (free_tcp(), [free_tcp(), free_tcp()]);
+        let http = web.then(|| {
+            let stub = |name: &str, port: u16| {
+                let child = Command::new("python3")
+                    .arg(fixture("../web_stub.py"))
+                    .args([name, &port.to_string()])
+                    .current_dir(&dir.0)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                Proc::from_child(name, child)
+            };
+            (http_port, [stub("main", webs[0]), stub("standby", webs[1])])
+        });
+        let (http_line, web_lines) = if web {
+            (
+                format!("http_listen = \"127.0.0.1:{http_port}\"\n"),
+                [0, 1].map(|i| {
+                    format!(
+                        "web = \"127.0.0.1:{0}\"\nha_url = \"http://127.0.0.1:{0}/api/v1/ha\"\n",
+                        webs[i]
+                    )
+                }),
+            )
+        } else {
+            (String::new(), [String::new(), String::new()])
+        };
+        let cfg = dir.path("edge.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"[edge]
+sip_listen = "127.0.0.1:{sip}"
+api_listen = "127.0.0.1:{api}"
+{http_line}{edge_extra}
+[[pbx]]
+name = "main"
+sip = "127.0.0.1:{}"
+{}
+[[pbx]]
+name = "standby"
+sip = "127.0.0.1:{}"
+{}
+[health]
+interval = "200ms"
+timeout = "200ms"
+down_after = 2
+up_after = 1
+
+[phones]
+failover_after = "1s"
+failback_stable = "2s"
+homeless_window = "5s"
+register_timeout = "1s"
+{tail}
+"#,
+                pbx[0].port,
+                web_lines[0],
+                pbx[1].port,
+                web_lines[1],
+                edge_extra = opts.edge_extra,
+                tail = opts.tail,
+            ),
+        )
+        .unwrap();
+        let edge = Proc::spawn(
+            "edge",
+            &["edge", "--config", cfg.to_str().unwrap()],
+            &dir.0,
+            &dir.path("edge.log"),
+        );
+        let lab = Lab {
+            dir,
+            pbx,
+            edge,
+            sip,
+            api,
+            http,
+        };
+        assert!(
+            wait_until(secs(10), || lab.pbx_up() == [true, true]),
+            "the edge never saw both PBXs up\n{}",
+            lab.logs()
+        );
+        lab
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        get(&format!("http://127.0.0.1:{}{path}", self.api)).unwrap_or(Value::Null)
+    }
+
+    pub fn pbx_up(&self) -> Vec<bool> {
+        self.get("/api/v1/status")["pbxs"]
+            .as_array()
+            .map(|a| a.iter().map(|p| p["up"] == true).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn phone(&self, aor: &str) -> Value {
+        self.get("/api/v1/phones")["phones"]
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["aor"] == aor).cloned())
+            .unwrap_or(Value::Null)
+    }
+
+    pub fn logs(&self) -> String {
+        let edge = std::fs::read_to_string(self.dir.path("edge.log")).unwrap_or_default();
+        format!(
+            "--- edge ---\n{edge}\n--- pbx-main ---\n{}\n--- pbx-standby ---\n{}",
+            tail(&self.pbx[0].log()),
+            tail(&self.pbx[1].log())
+        )
+    }
+
+    /// sipp running `scenario` once as phone `user`, against the edge.
+    pub fn sipp_command(&self, scenario: &str, user: &str, extra: &[&str]) -> Command {
+        let mut c = Command::new("sipp");
+        c.args(["-sf", fixture(scenario).to_str().unwrap()])
+            .args(["-i", "127.0.0.1", "-p", &free_udp().to_string()])
+            .args(["-m", "1", "-s", user, "-timeout", "60s", "-timeout_error"])
+            .args(["-nostdin", "-trace_err"])
+            .args(extra)
+            .arg(format!("127.0.0.1:{}", self.sip))
+            .current_dir(&self.dir.0);
+        c
+    }
+
+    /// Run sipp to the end; (exit code, what it printed).
+    pub fn sipp(&self, scenario: &str, user: &str, extra: &[&str]) -> (i32, String) {
+        sipp_output(self.sipp_command(scenario, user, extra))
+    }
+
+    pub fn register(&self, user: &str) -> (i32, String) {
+        self.sipp("phone_register.xml", user, &["-trace_msg"])
+    }
+
+    /// Start a callee that registers and answers one call, in the
+    /// background; the caller must use the same Call-ID string.
+    pub fn callee(&self, user: &str, cid: &str) -> Proc {
+        self.callee_with(user, cid, &[])
+    }
+
+    pub fn callee_with(&self, user: &str, cid: &str, extra: &[&str]) -> Proc {
+        let mut args = vec!["-cid_str", cid];
+        args.extend_from_slice(extra);
+        let child = self
+            .sipp_command("phone_answer.xml", user, &args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "sipp (Debian package sip-tester) must be installed: scripts/test.sh installs it",
+            );
+        Proc::from_child("callee", child)
+    }
+
+    /// The phone's REGISTER has been answered through the edge.
+    pub fn registered(&self, aor: &str) -> bool {
+        self.phone(aor)["last_register_s_ago"].is_number()
+    }
+}
+
+pub fn sipp_output(mut c: Command) -> (i32, String) {
+    let out = c
+        .output()
+        .expect("sipp (Debian package sip-tester) must be installed: scripts/test.sh installs it");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+pub fn tail(s: &str) -> &str {
+    let lines: Vec<usize> = s.match_indices('\n').map(|(i, _)| i).collect();
+    match lines.len() {
+        n if n > 30 => &s[lines[n - 30] + 1..],
+        _ => s,
+    }
+}
+
+pub fn registers_at(k: &Kamailio, user: &str) -> usize {
+    k.log()
+        .matches(&format!("REGISTER sip:{user}@pbx.test"))
+        .count()
+}
