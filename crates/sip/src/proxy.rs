@@ -14,6 +14,13 @@
 //! sends later come back through the edge and reach the phone even behind
 //! a NAT. To a response: the edge's Via is taken off and the response goes
 //! where the next Via says.
+//!
+//! What the edge writes cannot be forged by someone who spoofs a PBX's
+//! address: its branch carries a keyed MAC over the address the response
+//! will go to, and its `rs-flow` a keyed MAC over the flow (and, in a
+//! Record-Route, the Call-ID). A response or a request whose MAC does not
+//! verify is dropped, so the edge neither reflects a forged response nor
+//! delivers a forged request to a phone.
 
 use crate::edit::Edit;
 use crate::header::{HostPort, NameAddr, Uri, Via};
@@ -103,6 +110,12 @@ pub enum Dropped {
     NoPbx,
     #[error("an ACK with nowhere to go")]
     StrayAck,
+    #[error("a response whose branch the edge did not sign for its next hop")]
+    ForgedBranch,
+    #[error("a Route naming the edge with a flow it did not sign")]
+    ForgedFlow,
+    #[error("a PBX's request for a phone without a flow the edge signed")]
+    UnsignedFlow,
 }
 
 /// A new request from a phone (not inside a dialog through the edge): the
@@ -146,19 +159,29 @@ pub enum Note {
 pub struct Send {
     pub to: Flow,
     pub bytes: Vec<u8>,
-    /// A response the edge made itself (483) rather than relayed.
+    /// A response the edge made itself (483, 503) rather than relayed.
     pub generated: bool,
     pub notes: Vec<Note>,
 }
 
 /// The relay: the edge's address, which peers are PBXs, and a secret for
-/// branches.
+/// branches and flows.
 #[derive(Debug, Clone)]
 pub struct Relay {
     pub me: SocketAddr,
     pub pbxs: Vec<SocketAddr>,
+    /// Other names of the edge in a Route (RFC 3261 §16.4): host names, or
+    /// the public address a NAT maps to `me`.
+    names: Vec<String>,
+    /// Seconds in the 503's Retry-After when no PBX serves a phone.
+    retry_after: u32,
     secret: [u8; 32],
 }
+
+/// Retry-After when nothing else is configured.
+pub const DEFAULT_RETRY_AFTER: u32 = 5;
+/// Hex digits of a MAC the edge writes (80 bits).
+const MAC_HEX: usize = 20;
 
 const COOKIE: &str = "z9hG4bK";
 /// Most header lines the relay adds to a message.
@@ -166,15 +189,89 @@ const ADDED_HEADERS: usize = 3;
 
 impl Relay {
     pub fn new(me: SocketAddr, pbxs: Vec<SocketAddr>, secret: [u8; 32]) -> Relay {
-        Relay { me, pbxs, secret }
+        Relay {
+            me,
+            pbxs,
+            names: Vec::new(),
+            retry_after: DEFAULT_RETRY_AFTER,
+            secret,
+        }
+    }
+
+    /// Names a Route may give the edge besides its address.
+    pub fn with_names(mut self, names: Vec<String>) -> Relay {
+        self.names = names;
+        self
+    }
+
+    /// The Retry-After of the 503 sent when no PBX serves a phone.
+    pub fn with_retry_after(mut self, secs: u32) -> Relay {
+        self.retry_after = secs;
+        self
     }
 
     fn is_pbx(&self, addr: SocketAddr) -> bool {
         self.pbxs.contains(&addr)
     }
 
+    /// The edge's address and port, or one of its names (any port: a name
+    /// is resolved, and maybe port-mapped, before it reaches the edge).
     fn is_me(&self, h: &HostPort<'_>) -> bool {
-        h.ip() == Some(self.me.ip()) && h.port.unwrap_or(5060) == self.me.port()
+        if h.ip() == Some(self.me.ip()) {
+            return h.port.unwrap_or(5060) == self.me.port();
+        }
+        let host = h.host.trim_start_matches('[').trim_end_matches(']');
+        self.names.iter().any(|n| n.eq_ignore_ascii_case(host))
+    }
+
+    /// A keyed MAC over `parts` (each length-prefixed), as hex digits.
+    fn mac(&self, parts: &[&[u8]]) -> String {
+        let mut h = blake3::Hasher::new_keyed(&self.secret);
+        for p in parts {
+            h.update(&(p.len() as u64).to_le_bytes());
+            h.update(p);
+        }
+        h.finalize().to_hex()[..MAC_HEX].to_owned()
+    }
+
+    /// The `rs-flow` value for `flow`: in a Path (`call_id` None) it holds
+    /// for any request the PBX sends the phone; in a Record-Route only for
+    /// that dialog, so a party to one call cannot reuse it for another.
+    fn seal_flow(&self, flow: Flow, call_id: Option<&str>) -> String {
+        let enc = flow.encode();
+        let kind = if call_id.is_some() { "d" } else { "p" };
+        let mac = self.mac(&[
+            b"rs-flow",
+            kind.as_bytes(),
+            enc.as_bytes(),
+            call_id.unwrap_or_default().as_bytes(),
+        ]);
+        format!("{enc}~{kind}{mac}")
+    }
+
+    /// The flow in an `rs-flow` value, if the edge signed it.
+    fn open_flow(&self, value: &str, call_id: &str) -> Option<Flow> {
+        let (enc, tail) = value.rsplit_once('~')?;
+        let kind = tail.get(..1)?;
+        let cid = match kind {
+            "p" => "",
+            "d" => call_id,
+            _ => return None,
+        };
+        let mac = self.mac(&[b"rs-flow", kind.as_bytes(), enc.as_bytes(), cid.as_bytes()]);
+        same(&mac, &tail[1..]).then(|| Flow::decode(enc)).flatten()
+    }
+
+    /// The MAC half of the edge's branch: binds the transaction `id` and
+    /// the previous hop's branch to `back`, where the response goes.
+    fn branch_mac(&self, id: &str, prev_branch: &str, back: Option<Flow>) -> String {
+        let back = back.map(|f| format!("{}/{}", f.transport.as_str(), f.addr));
+        self.mac(&[
+            b"rs-branch",
+            id.as_bytes(),
+            prev_branch.as_bytes(),
+            back.unwrap_or_default().as_bytes(),
+        ])
     }
 
     /// Relay one message that came from `from`. `route` answers, for a new
@@ -213,14 +310,13 @@ impl Relay {
         let top = split_values(via_h.value).next().ok_or(Dropped::BadVia)?;
         let via = Via::parse(top).ok_or(Dropped::BadVia)?;
         let call_id = msg.value(Name::CallId).unwrap_or_default();
-        let branch = self.branch(&via, msg, from);
         // Loops end at Max-Forwards zero; the edge never sends to itself.
         let mf = msg
             .header(Name::MaxForwards)
             .map(|h| (h, h.value.parse::<u32>().unwrap_or(70)));
         if let Some((_, 0)) = mf {
             if method != "ACK" {
-                return Ok(self.reply(msg, from, &via, 483, "Too Many Hops"));
+                return Ok(self.reply(msg, from, 483, "Too Many Hops"));
             }
             return Err(Dropped::NoRoute);
         }
@@ -230,12 +326,15 @@ impl Relay {
         // What a phone wrote in `received`/`rport` is never trusted (it
         // would send the PBX's answers anywhere): the edge writes both.
         let rport = via.params.get("rport").is_some() || from.transport == Transport::Tcp;
+        // Where the response goes, as the next Via will say.
+        let mut back = via_flow(&via);
         if !from_pbx {
             let mut v = strip_param(&strip_param(top, "received"), "rport");
             v.push_str(&format!(";received={}", from.addr.ip()));
             if rport {
                 v.push_str(&format!(";rport={}", from.addr.port()));
             }
+            back = Via::parse(&v).as_ref().and_then(via_flow);
             let rest: Vec<&str> = split_values(via_h.value).skip(1).collect();
             if rest.is_empty() {
                 e.set_value(via_h, &v);
@@ -247,18 +346,27 @@ impl Relay {
             Some((h, n)) => e.set_value(h, &(n - 1).to_string()),
             None => e.append("Max-Forwards: 69"),
         }
-        // Our own Route (from a Record-Route or a Path) comes off; its flow
-        // says where the phone is.
+        // A Route naming the edge comes off (RFC 3261 §16.4). One the edge
+        // wrote (a Record-Route or a Path) carries the phone's flow, signed;
+        // one without a flow was pre-loaded by a phone using the edge as
+        // its outbound proxy, and the request is routed like a new one.
         let mut flow_of_phone: Option<Flow> = None;
         let mut through_us = false;
+        let mut preloaded = false;
         let mut next_route: Option<&str> = None;
         if let Some(rh) = msg.header(Name::Route) {
             let mut values = split_values(rh.value);
             let first = values.next().and_then(NameAddr::parse);
             let first_uri = first.and_then(|n| Uri::parse(n.uri));
             if let Some(u) = first_uri.filter(|u| self.is_me(&u.host)) {
-                through_us = true;
-                flow_of_phone = u.params.get("rs-flow").flatten().and_then(Flow::decode);
+                match u.params.get("rs-flow") {
+                    Some(v) => {
+                        let f = v.and_then(|v| self.open_flow(v, call_id));
+                        flow_of_phone = Some(f.ok_or(Dropped::ForgedFlow)?);
+                        through_us = true;
+                    }
+                    None => preloaded = true,
+                }
                 let rest: Vec<&str> = values.collect();
                 if rest.is_empty() {
                     e.remove(rh);
@@ -292,6 +400,9 @@ impl Relay {
             // In a dialog through the edge: the R-URI is the PBX's contact,
             // so a call in progress stays on the PBX that has it.
             uri_flow(uri).ok_or(Dropped::NoRoute)?
+        } else if let Some(f) = uri_flow(uri).filter(|f| preloaded && self.is_pbx(f.addr)) {
+            // A pre-loaded Route and a PBX's own contact as R-URI.
+            f
         } else {
             let who = if method == "REGISTER" {
                 Name::To
@@ -309,19 +420,31 @@ impl Relay {
                 aor,
                 call_id,
             };
-            Flow::udp(route(&req).ok_or(Dropped::NoPbx)?)
+            match route(&req) {
+                Some(pbx) => Flow::udp(pbx),
+                None if method == "ACK" => return Err(Dropped::NoPbx),
+                // Tell the phone, and when to try again (RFC 3261 §21.5.4).
+                None => return Ok(self.reply(msg, from, 503, "Service Unavailable")),
+            }
         };
         // Not an open relay: what comes from outside goes to a PBX.
         if to.addr == self.me || (!from_pbx && !self.is_pbx(to.addr)) {
             return Err(Dropped::NoRoute);
         }
+        // A PBX reaches a phone only through a flow the edge signed: a
+        // request spoofed from a PBX's address has none.
+        if from_pbx && flow_of_phone.is_none() && !self.is_pbx(to.addr) {
+            return Err(Dropped::UnsignedFlow);
+        }
         let mut notes = Vec::new();
         let me = self.me_hostport();
+        let branch = self.branch(&via, msg, from, back);
         e.prepend(&format!(
             "Via: SIP/2.0/{} {me};branch={branch}",
             to.transport.as_str()
         ));
-        let flow_param = phone_flow.map(|f| format!(";rs-flow={}", f.encode()));
+        let rr_param = phone_flow.map(|f| format!(";rs-flow={}", self.seal_flow(f, Some(call_id))));
+        let path_param = phone_flow.map(|f| format!(";rs-flow={}", self.seal_flow(f, None)));
         let to_tag = msg
             .value(Name::To)
             .and_then(NameAddr::parse)
@@ -329,13 +452,13 @@ impl Relay {
         if to_tag.is_none() && matches!(method, "INVITE" | "SUBSCRIBE" | "REFER" | "NOTIFY") {
             e.prepend(&format!(
                 "Record-Route: <sip:{me};lr{}>",
-                flow_param.as_deref().unwrap_or("")
+                rr_param.as_deref().unwrap_or("")
             ));
         }
         if method == "REGISTER" && !from_pbx {
             e.prepend(&format!(
                 "Path: <sip:{me};lr{}>",
-                flow_param.as_deref().unwrap_or("")
+                path_param.as_deref().unwrap_or("")
             ));
             if let Some(aor) = msg
                 .value(Name::To)
@@ -382,9 +505,17 @@ impl Relay {
         let via_h = msg.header(Name::Via).ok_or(Dropped::BadVia)?;
         let mut values = split_values(via_h.value);
         let top = values.next().and_then(Via::parse).ok_or(Dropped::BadVia)?;
-        if !self.is_me(&top.sent_by) || !top.branch().is_some_and(|b| b.starts_with(COOKIE)) {
+        if !self.is_me(&top.sent_by) {
             return Err(Dropped::NotOurs);
         }
+        let (id, mac) = top
+            .branch()
+            .and_then(|b| {
+                b.strip_prefix(COOKIE)?
+                    .strip_prefix("-rs-")?
+                    .split_once('-')
+            })
+            .ok_or(Dropped::ForgedBranch)?;
         let rest: Vec<&str> = values.collect();
         let mut e = Edit::new(msg);
         let next = if rest.is_empty() {
@@ -397,10 +528,13 @@ impl Relay {
             rest.first().copied()
         };
         let next = next.and_then(Via::parse).ok_or(Dropped::BadVia)?;
-        let to = Flow {
-            transport: Transport::parse(next.transport).unwrap_or(Transport::Udp),
-            addr: next.reply_to().ok_or(Dropped::BadVia)?,
-        };
+        let to = via_flow(&next).ok_or(Dropped::BadVia)?;
+        // Only where the edge itself sent the request from: a response
+        // forged with the edge's Via on top is not reflected.
+        let want = self.branch_mac(id, next.branch().unwrap_or_default(), Some(to));
+        if !same(&want, mac) {
+            return Err(Dropped::ForgedBranch);
+        }
         // Responses flow between phones and PBXs only: one from elsewhere
         // may go to a PBX (a phone answering a call), never anywhere else,
         // and only a PBX's answers teach the router anything.
@@ -439,8 +573,9 @@ impl Relay {
 
     /// The branch for the request's next hop: the same for a
     /// retransmission, a CANCEL or a non-2xx ACK of one request (they carry
-    /// its top Via branch), different for every other request.
-    fn branch(&self, via: &Via<'_>, msg: &Message<'_>, from: Flow) -> String {
+    /// its top Via branch), different for every other request; signed for
+    /// `back`, where its responses go.
+    fn branch(&self, via: &Via<'_>, msg: &Message<'_>, from: Flow, back: Option<Flow>) -> String {
         let mut h = blake3::Hasher::new_keyed(&self.secret);
         match via.branch().filter(|b| b.starts_with(COOKIE)) {
             Some(b) => {
@@ -469,11 +604,15 @@ impl Relay {
         }
         h.update(from.addr.to_string().as_bytes());
         let hex = h.finalize().to_hex();
-        format!("{COOKIE}-rs-{}", &hex[..20])
+        let id = &hex[..MAC_HEX];
+        let mac = self.branch_mac(id, via.branch().unwrap_or_default(), back);
+        format!("{COOKIE}-rs-{id}-{mac}")
     }
 
-    /// A response the edge makes itself, to the request's sender.
-    fn reply(&self, msg: &Message<'_>, from: Flow, via: &Via<'_>, code: u16, reason: &str) -> Send {
+    /// A response the edge makes itself, to the address the request came
+    /// from (never to what its Via says: a request spoofed from a PBX's
+    /// address must not make the edge answer someone else).
+    fn reply(&self, msg: &Message<'_>, from: Flow, code: u16, reason: &str) -> Send {
         let mut out = format!("SIP/2.0 {code} {reason}\r\n");
         for h in msg.all(Name::Via) {
             out.push_str(&format!("Via: {}\r\n", h.value));
@@ -491,17 +630,12 @@ impl Relay {
                 out.push_str(&format!("To: {to};tag=rs{code}\r\n"));
             }
         }
+        if code == 503 {
+            out.push_str(&format!("Retry-After: {}\r\n", self.retry_after));
+        }
         out.push_str("Server: resilience-edge\r\nContent-Length: 0\r\n\r\n");
-        let to = Flow {
-            transport: from.transport,
-            addr: if self.is_pbx(from.addr) {
-                via.reply_to().unwrap_or(from.addr)
-            } else {
-                from.addr
-            },
-        };
         Send {
-            to,
+            to: from,
             bytes: out.into_bytes(),
             generated: true,
             notes: Vec::new(),
@@ -521,6 +655,23 @@ fn strip_param(v: &str, name: &str) -> String {
         }
     }
     out
+}
+
+/// Two MACs as hex, compared in constant time.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// Where a response to this Via goes.
+fn via_flow(v: &Via<'_>) -> Option<Flow> {
+    Some(Flow {
+        transport: Transport::parse(v.transport).unwrap_or(Transport::Udp),
+        addr: v.reply_to()?,
+    })
 }
 
 /// The flow a SIP URI names (no DNS: the host must be an IP).

@@ -13,6 +13,12 @@ fn relay() -> Relay {
     )
 }
 
+/// The `rs-flow` the test relay writes for the phone: in a Path
+/// (`call_id` None) or a Record-Route.
+fn sealed(call_id: Option<&str>) -> String {
+    relay().seal_flow(udp(PHONE), call_id)
+}
+
 fn udp(a: &str) -> Flow {
     Flow::udp(a.parse().unwrap())
 }
@@ -55,8 +61,9 @@ fn register_from_a_natted_phone_goes_to_the_chosen_pbx_with_path() {
     );
     assert_eq!(
         lines[2],
-        "Path: <sip:127.0.0.1:5060;lr;rs-flow=udp~127.0.0.10~5070>"
+        format!("Path: <sip:127.0.0.1:5060;lr;rs-flow={}>", sealed(None))
     );
+    assert!(sealed(None).starts_with("udp~127.0.0.10~5070~p"));
     assert!(t.contains("Via: SIP/2.0/UDP 192.168.1.10:5070;branch=z9hG4bKr1;received=127.0.0.10;rport=5070\r\n"), "{t}");
     assert!(t.contains("Max-Forwards: 69\r\n"));
     assert!(t.ends_with("Content-Length: 0\r\n\r\n"));
@@ -127,7 +134,7 @@ fn branches_match_for_a_retransmission_and_a_cancel_and_differ_otherwise() {
 
 #[test]
 fn an_invite_from_the_pbx_follows_the_path_to_the_phone_and_is_record_routed() {
-    let invite = "INVITE sip:1001@192.168.1.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bKp1\r\nRoute: <sip:127.0.0.1:5060;lr;rs-flow=udp~127.0.0.10~5070>\r\nRecord-Route: <sip:127.0.0.2;lr>\r\nFrom: <sip:1002@pbx.example.com>;tag=b\r\nTo: <sip:1001@pbx.example.com>\r\nCall-ID: call-2\r\nCSeq: 1 INVITE\r\nMax-Forwards: 69\r\nContent-Length: 0\r\n\r\n";
+    let invite = format!("INVITE sip:1001@192.168.1.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bKp1\r\nRoute: <sip:127.0.0.1:5060;lr;rs-flow={}>\r\nRecord-Route: <sip:127.0.0.2;lr>\r\nFrom: <sip:1002@pbx.example.com>;tag=b\r\nTo: <sip:1001@pbx.example.com>\r\nCall-ID: call-2\r\nCSeq: 1 INVITE\r\nMax-Forwards: 69\r\nContent-Length: 0\r\n\r\n", sealed(None));
     let out = relay()
         .handle(udp(PBX_A), invite.as_bytes(), |_| unreachable!())
         .unwrap();
@@ -138,7 +145,10 @@ fn an_invite_from_the_pbx_follows_the_path_to_the_phone_and_is_record_routed() {
     );
     let t = text(&out);
     assert!(!t.contains("\nRoute:"), "our Route is taken off: {t}");
-    assert!(t.contains("Record-Route: <sip:127.0.0.1:5060;lr;rs-flow=udp~127.0.0.10~5070>\r\n"));
+    assert!(t.contains(&format!(
+        "Record-Route: <sip:127.0.0.1:5060;lr;rs-flow={}>\r\n",
+        sealed(Some("call-2"))
+    )));
     assert!(t.contains("Record-Route: <sip:127.0.0.2;lr>\r\n"));
     assert!(!t.contains("received="), "a PBX's Via is left alone: {t}");
     assert_eq!(
@@ -154,7 +164,7 @@ fn an_invite_from_the_pbx_follows_the_path_to_the_phone_and_is_record_routed() {
 fn an_in_dialog_request_from_the_phone_stays_on_the_pbx_of_the_call() {
     // The call is on PBX B (the route set says so), whatever the policy
     // now says for new calls.
-    let bye = "BYE sip:1002@127.0.0.3:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.10:5070;branch=z9hG4bKb1\r\nRoute: <sip:127.0.0.1:5060;lr;rs-flow=udp~127.0.0.10~5070>, <sip:127.0.0.3;lr>\r\nFrom: <sip:1001@pbx.example.com>;tag=a\r\nTo: <sip:1002@pbx.example.com>;tag=z\r\nCall-ID: call-3\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n";
+    let bye = format!("BYE sip:1002@127.0.0.3:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.10:5070;branch=z9hG4bKb1\r\nRoute: <sip:127.0.0.1:5060;lr;rs-flow={}>, <sip:127.0.0.3;lr>\r\nFrom: <sip:1001@pbx.example.com>;tag=a\r\nTo: <sip:1002@pbx.example.com>;tag=z\r\nCall-ID: call-3\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n", sealed(Some("call-3")));
     let out = relay()
         .handle(udp(PHONE), bye.as_bytes(), |_| panic!("not a new request"))
         .unwrap();
@@ -192,9 +202,27 @@ fn max_forwards_zero_gets_a_483_and_no_open_relay() {
         r.handle(udp(PHONE), raw.as_bytes(), to_pbx_a),
         Err(Dropped::NoRoute)
     );
-    // No PBX to serve the phone.
+    // No PBX to serve the phone: a 503 that says when to try again, but
+    // nothing for an ACK.
+    let out = r
+        .handle(udp(PHONE), register("z9hG4bKn").as_bytes(), |_| None)
+        .unwrap();
+    assert!(out.generated);
+    assert_eq!(out.to, udp(PHONE));
+    let t = text(&out);
+    assert!(t.starts_with("SIP/2.0 503 Service Unavailable\r\n"), "{t}");
+    assert!(t.contains("\r\nRetry-After: 5\r\n"), "{t}");
+    let r9 = relay().with_retry_after(9);
+    let t = text(
+        &r9.handle(udp(PHONE), register("z9hG4bKn").as_bytes(), |_| None)
+            .unwrap(),
+    );
+    assert!(t.contains("\r\nRetry-After: 9\r\n"), "{t}");
+    let ack = register("z9hG4bKn")
+        .replace("REGISTER sip", "ACK sip")
+        .replace("1 REGISTER", "1 ACK");
     assert_eq!(
-        r.handle(udp(PHONE), register("z9hG4bKn").as_bytes(), |_| None),
+        r.handle(udp(PHONE), ack.as_bytes(), |_| None),
         Err(Dropped::NoPbx)
     );
 }
@@ -246,11 +274,15 @@ fn forged_responses_and_phone_written_received_go_nowhere_else() {
     let forged = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKx, SIP/2.0/UDP 10.9.9.9:161\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: f\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
     assert_eq!(
         r.handle(udp(PHONE), forged.as_bytes(), |_| None),
-        Err(Dropped::NotOurs)
+        Err(Dropped::ForgedBranch)
     );
     // A phone answering a PBX's request: the response goes to the PBX, and
     // teaches the router nothing.
-    let answer = forged.replace("10.9.9.9:161", "127.0.0.2:5060");
+    let id = "0123456789abcdef0123";
+    let mac = r.branch_mac(id, "", Some(udp(PBX_A)));
+    let answer = forged
+        .replace("10.9.9.9:161", "127.0.0.2:5060")
+        .replace("z9hG4bKx", &format!("z9hG4bK-rs-{id}-{mac}"));
     let out = r.handle(udp(PHONE), answer.as_bytes(), |_| None).unwrap();
     assert_eq!(out.to, udp(PBX_A));
     assert!(out.notes.is_empty(), "{:?}", out.notes);
@@ -266,7 +298,7 @@ fn forged_responses_and_phone_written_received_go_nowhere_else() {
 
 #[test]
 fn a_pbx_request_follows_the_flow_in_the_edge_route_not_a_phone_written_path() {
-    let invite = "INVITE sip:1001@192.168.1.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bKp9\r\nRoute: <sip:127.0.0.1:5060;lr;rs-flow=udp~127.0.0.10~5070>, <sip:203.0.113.5:53;lr>\r\nFrom: <sip:1002@pbx>;tag=b\r\nTo: <sip:1001@pbx>\r\nCall-ID: c9\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+    let invite = format!("INVITE sip:1001@192.168.1.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bKp9\r\nRoute: <sip:127.0.0.1:5060;lr;rs-flow={}>, <sip:203.0.113.5:53;lr>\r\nFrom: <sip:1002@pbx>;tag=b\r\nTo: <sip:1001@pbx>\r\nCall-ID: c9\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n", sealed(None));
     let out = relay()
         .handle(udp(PBX_A), invite.as_bytes(), |_| unreachable!())
         .unwrap();
@@ -290,4 +322,143 @@ fn what_the_relay_sends_stays_within_the_limits_it_reads_with() {
         relay().handle(udp(PHONE), raw.as_bytes(), to_pbx_a),
         Err(Dropped::Malformed(ParseError::TooManyHeaders))
     );
+}
+
+#[test]
+fn a_route_preloaded_by_a_phone_using_the_edge_as_outbound_proxy_is_routed_as_new() {
+    // RFC 3261 §16.4: the phone's REGISTER names the domain, its Route the
+    // edge (by address, or by a configured name), with no flow.
+    for route in [
+        "<sip:127.0.0.1:5060;lr>",
+        "<sip:edge.example.com;lr>",
+        "<sip:EDGE.example.com:5060;lr;transport=udp>",
+    ] {
+        let raw = register("z9hG4bKo1").replace(
+            "Max-Forwards: 70\r\n",
+            &format!("Max-Forwards: 70\r\nRoute: {route}\r\n"),
+        );
+        let r = relay().with_names(vec!["edge.example.com".into()]);
+        let out = r.handle(udp(PHONE), raw.as_bytes(), to_pbx_a).unwrap();
+        assert_eq!(out.to, udp(PBX_A), "{route}");
+        let t = text(&out);
+        assert!(!t.contains("\r\nRoute:"), "our Route comes off: {t}");
+        assert!(
+            t.contains("\r\nPath: <sip:127.0.0.1:5060;lr;rs-flow="),
+            "{t}"
+        );
+        assert!(matches!(out.notes[..], [Note::Register { .. }]));
+    }
+    // A name the edge was not given is someone else: not an open relay.
+    let raw = register("z9hG4bKo2").replace(
+        "Max-Forwards: 70\r\n",
+        "Max-Forwards: 70\r\nRoute: <sip:other.example.com;lr>\r\n",
+    );
+    assert_eq!(
+        relay().handle(udp(PHONE), raw.as_bytes(), to_pbx_a),
+        Err(Dropped::NoRoute)
+    );
+    // An R-URI that is a PBX's contact keeps the request on that PBX.
+    let raw = register("z9hG4bKo3")
+        .replace(
+            "REGISTER sip:pbx.example.com",
+            "REGISTER sip:127.0.0.3:5060",
+        )
+        .replace(
+            "Max-Forwards: 70\r\n",
+            "Max-Forwards: 70\r\nRoute: <sip:127.0.0.1:5060;lr>\r\n",
+        );
+    let out = relay()
+        .handle(udp(PHONE), raw.as_bytes(), |_| panic!("not routed as new"))
+        .unwrap();
+    assert_eq!(out.to, udp(PBX_B));
+}
+
+#[test]
+fn a_response_is_relayed_only_where_the_edge_sent_the_request_from() {
+    let r = relay();
+    let fwd = text(
+        &r.handle(udp(PHONE), register("z9hG4bKs1").as_bytes(), to_pbx_a)
+            .unwrap(),
+    );
+    let vias: Vec<&str> = fwd.lines().filter(|l| l.starts_with("Via:")).collect();
+    let ok = |edge_via: &str, next: &str| {
+        format!("SIP/2.0 200 OK\r\n{edge_via}\r\n{next}\r\nFrom: <sip:1001@pbx.example.com>;tag=a\r\nTo: <sip:1001@pbx.example.com>;tag=k\r\nCall-ID: reg-1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n")
+    };
+    assert!(r
+        .handle(udp(PBX_A), ok(vias[0], vias[1]).as_bytes(), |_| None)
+        .is_ok());
+    // The edge's real Via, another next hop (a reflection): dropped.
+    for victim in [
+        "Via: SIP/2.0/UDP 192.168.1.10:5070;branch=z9hG4bKs1;received=127.0.0.99;rport=5070",
+        "Via: SIP/2.0/UDP 127.0.0.99:9;branch=z9hG4bKs1",
+        "Via: SIP/2.0/UDP 192.168.1.10:5070;branch=z9hG4bKs2;received=127.0.0.10;rport=5070",
+        "Via: SIP/2.0/TCP 192.168.1.10:5070;branch=z9hG4bKs1;received=127.0.0.10;rport=5070",
+    ] {
+        assert_eq!(
+            r.handle(udp(PBX_A), ok(vias[0], victim).as_bytes(), |_| None),
+            Err(Dropped::ForgedBranch),
+            "{victim}"
+        );
+    }
+    // Another key (an edge restarted without a key file) signs otherwise.
+    let other = Relay::new(r.me, r.pbxs.clone(), [8; 32]);
+    assert_eq!(
+        other.handle(udp(PBX_A), ok(vias[0], vias[1]).as_bytes(), |_| None),
+        Err(Dropped::ForgedBranch)
+    );
+    // The same key (a restart with the key file) still relays it.
+    let same_key = Relay::new(r.me, r.pbxs.clone(), [7; 32]);
+    assert!(same_key
+        .handle(udp(PBX_A), ok(vias[0], vias[1]).as_bytes(), |_| None)
+        .is_ok());
+}
+
+#[test]
+fn a_request_from_a_pbx_reaches_a_phone_only_through_a_flow_the_edge_signed() {
+    let r = relay();
+    let msg = |route: &str| {
+        format!("MESSAGE sip:1001@127.0.0.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bKm1\r\n{route}From: <sip:x@pbx>;tag=b\r\nTo: <sip:1001@pbx>\r\nCall-ID: m1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n")
+    };
+    let route = |flow: &str| format!("Route: <sip:127.0.0.1:5060;lr;rs-flow={flow}>\r\n");
+    // Signed in a Path: delivered.
+    let out = r
+        .handle(udp(PBX_A), msg(&route(&sealed(None))).as_bytes(), |_| None)
+        .unwrap();
+    assert_eq!(out.to, udp(PHONE));
+    // Unsigned, signed for another flow, for another dialog, or with the
+    // Path's MAC relabelled as a dialog's: dropped.
+    let path = sealed(None);
+    let relabelled = path.replace("~p", "~d");
+    let other_flow = sealed(None).replace("5070~", "5071~");
+    for flow in [
+        "udp~127.0.0.10~5070".to_owned(),
+        other_flow,
+        sealed(Some("another-call")),
+        relabelled,
+        "garbage".to_owned(),
+    ] {
+        assert_eq!(
+            r.handle(udp(PBX_A), msg(&route(&flow)).as_bytes(), |_| None),
+            Err(Dropped::ForgedFlow),
+            "{flow}"
+        );
+    }
+    // Signed for this dialog: delivered.
+    assert!(r
+        .handle(
+            udp(PBX_A),
+            msg(&route(&sealed(Some("m1")))).as_bytes(),
+            |_| None
+        )
+        .is_ok());
+    // No Route at all, the R-URI naming the phone: dropped.
+    assert_eq!(
+        r.handle(udp(PBX_A), msg("").as_bytes(), |_| None),
+        Err(Dropped::UnsignedFlow)
+    );
+    // Max-Forwards 0 from a PBX's address: the 483 goes to that address,
+    // whatever the Via says.
+    let mf0 = msg("Max-Forwards: 0\r\n").replace("127.0.0.2:5060;branch", "127.0.0.99:9;branch");
+    let out = r.handle(udp(PBX_A), mf0.as_bytes(), |_| None).unwrap();
+    assert_eq!(out.to, udp(PBX_A));
 }
