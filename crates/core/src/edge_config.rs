@@ -7,6 +7,7 @@ use crate::config::{parse_file, ConfigError};
 use crate::phones::Policy;
 use serde::Deserialize;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -39,10 +40,24 @@ pub struct EdgeSection {
     /// to the web server of the first PBX that is up (with `ha_url`: the
     /// Active node's).
     pub http_listen: Option<SocketAddr>,
+    /// Other names phones give the edge in a Route (RFC 3261 §16.4): its
+    /// DNS names, or the public address a NAT maps to `sip_listen`.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Retry-After of the 503 a phone gets when no PBX can serve it.
+    #[serde(with = "humantime_serde", default = "default_retry_after")]
+    pub retry_after: Duration,
+    /// 32 random bytes as hex (`resilience keygen --out FILE`), mode 0600:
+    /// the key of the edge's branches and flows, so a restarted edge still
+    /// routes the dialogs in progress. Without it, a random key per start.
+    pub key_file: Option<PathBuf>,
 }
 
 fn default_name() -> String {
     "edge".into()
+}
+fn default_retry_after() -> Duration {
+    Duration::from_secs(5)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,6 +192,23 @@ impl EdgeConfig {
                 "expected a specific address: it goes into Via, Record-Route and Path, where the PBXs must reach it",
             );
         }
+        if !(1..=3600).contains(&self.edge.retry_after.as_secs()) {
+            return bad(
+                "edge.retry_after",
+                "expected whole seconds from 1s to 1h (a 503's Retry-After)",
+            );
+        }
+        for (i, n) in self.edge.names.iter().enumerate() {
+            let ok = !n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+            if !ok {
+                return bad(
+                    &format!("edge.names[{i}]"),
+                    "expected a host name or an IP address, as a Route URI writes it",
+                );
+            }
+        }
         if self.pbxs.is_empty() {
             return bad(
                 "pbx",
@@ -279,6 +311,33 @@ pbx = "standby"
         assert_eq!(p.failover_after, Duration::from_secs(3));
         assert_eq!(p.failback_stable, Duration::from_secs(600));
         assert_eq!(c.home_rules(), [("2".to_string(), 1)]);
+        assert_eq!(c.edge.retry_after, Duration::from_secs(5));
+        assert!(c.edge.names.is_empty() && c.edge.key_file.is_none());
+    }
+
+    #[test]
+    fn names_retry_after_and_key_file() {
+        let with = |lines: &str| {
+            GOOD.replace(
+                "api_listen = \"127.0.0.1:8090\"\n",
+                &format!("api_listen = \"127.0.0.1:8090\"\n{lines}\n"),
+            )
+        };
+        let c = EdgeConfig::parse(
+            "edge.toml",
+            &with("names = [\"edge.example.com\", \"203.0.113.7\"]\nretry_after = \"30s\"\nkey_file = \"/etc/resilience/edge.key\""),
+        )
+        .unwrap();
+        assert_eq!(c.edge.names, ["edge.example.com", "203.0.113.7"]);
+        assert_eq!(c.edge.retry_after, Duration::from_secs(30));
+        assert_eq!(
+            c.edge.key_file.as_deref(),
+            Some(std::path::Path::new("/etc/resilience/edge.key"))
+        );
+        let e = EdgeConfig::parse("edge.toml", &with("retry_after = \"0s\"")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("edge.retry_after"), "{e}");
+        let e = EdgeConfig::parse("edge.toml", &with("names = [\"a b\"]")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("edge.names[0]"), "{e}");
     }
 
     #[test]

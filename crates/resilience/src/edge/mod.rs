@@ -8,6 +8,7 @@
 //! copy of the phones table.
 
 pub mod http;
+pub mod key;
 pub mod probe;
 pub mod tcp;
 
@@ -64,6 +65,9 @@ fn reason_label(d: &Dropped) -> &'static str {
         Dropped::NoRoute => "no_route",
         Dropped::NoPbx => "no_pbx",
         Dropped::StrayAck => "stray_ack",
+        Dropped::ForgedBranch => "forged_branch",
+        Dropped::ForgedFlow => "forged_flow",
+        Dropped::UnsignedFlow => "unsigned_flow",
         _ => "other",
     }
 }
@@ -96,9 +100,17 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     tokio::spawn(tcp::serve(tcp_listener, conns.clone(), tcp_tx, tcp_drop_tx));
     let names: Arc<Vec<String>> = Arc::new(cfg.pbxs.iter().map(|p| p.name.clone()).collect());
     let pbx_addrs: Vec<SocketAddr> = cfg.pbxs.iter().map(|p| p.sip).collect();
-    let mut secret = [0u8; 32];
-    getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("random: {e}"))?;
-    let relay = Relay::new(cfg.edge.sip_listen, pbx_addrs.clone(), secret);
+    let secret = match &cfg.edge.key_file {
+        Some(p) => key::load(&crate::node::resolve(&crate::node::config_base(path), p))?,
+        None => {
+            tracing::warn!("edge: no [edge] key_file, so a random key for this run: restarting the edge breaks the routing of the dialogs in progress (their BYE, re-INVITE, and the PBXs' requests to phones until they register again)");
+            key::random()?
+        }
+    };
+    let relay = Relay::new(cfg.edge.sip_listen, pbx_addrs.clone(), secret)
+        .with_names(cfg.edge.names.clone())
+        .with_retry_after(cfg.edge.retry_after.as_secs() as u32);
+    drop_log().spawn_summaries();
     let start = Instant::now();
     // Shared with the API, which reads the phones table on request; the
     // relay task holds the lock only while deciding, never across a send.
@@ -203,6 +215,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
             }
             Some(label) = tcp_drop_rx.recv() => {
                 count_drop(&view, label);
+                drop_log().event(label, || format!("dropped a SIP TCP connection or message: {label}"));
             }
             Some((i, up)) = health_rx.recv() => {
                 router.lock().expect("router lock").handle_health(Instant::now(), i, up);
@@ -229,6 +242,18 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     }
     tracing::info!("edge stopping");
     Ok(())
+}
+
+/// One log line per drop reason and interval, whoever floods the edge.
+fn drop_log() -> &'static Arc<crate::ratelog::RateLog> {
+    static LOG: std::sync::OnceLock<Arc<crate::ratelog::RateLog>> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        Arc::new(crate::ratelog::RateLog::new(
+            "edge",
+            "SIP messages dropped",
+            std::time::Duration::from_secs(10),
+        ))
+    })
 }
 
 fn count_drop(view: &Mutex<View>, label: &'static str) {
@@ -293,7 +318,9 @@ async fn relay_one(
             };
             if !sent {
                 count_drop(view, "unreachable");
-                tracing::debug!("could not send to {:?}", send.to);
+                drop_log().event("unreachable", || {
+                    format!("could not send to {:?}", send.to)
+                });
             }
             let kind = if send.generated {
                 "generated"
@@ -304,8 +331,11 @@ async fn relay_one(
             view.lock().expect("view lock").relayed += 1;
         }
         Err(d) => {
-            count_drop(view, reason_label(&d));
-            tracing::debug!("dropped a message from {}: {d}", from.addr);
+            let label = reason_label(&d);
+            count_drop(view, label);
+            drop_log().event(label, || {
+                format!("dropped a message from {}: {d}", from.addr)
+            });
         }
     }
 }
