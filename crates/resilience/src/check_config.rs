@@ -1,8 +1,8 @@
 //! `resilience check-config FILE`: validate a node's, an edge's or a
 //! follower's configuration (told apart by an `[edge]` or `[follow]` table).
 //! For a node it also checks the secret files the config names (cluster key,
-//! API token, TLS private keys) with the node's own rules; a follower and an
-//! edge read no secret.
+//! API token, TLS private keys) with the node's own rules, and for an edge
+//! its `key_file`; a follower reads no secret.
 
 use crate::secret::SecretError;
 use resilience_core::config::NodeConfig;
@@ -44,9 +44,23 @@ fn follow(shown: &str, text: &str) -> ExitCode {
     }
 }
 
-fn edge(shown: &str, text: &str) -> ExitCode {
+fn edge(shown: &str, file: &Path, text: &str) -> ExitCode {
     match EdgeConfig::parse(shown, text) {
         Ok(c) => {
+            if let Some(k) = &c.edge.key_file {
+                let path = crate::node::resolve(&crate::node::config_base(file), k);
+                match crate::edge::key::load(&path) {
+                    Ok(_) => {}
+                    Err(crate::edge::key::KeyError::Secret(e)) if e.is_missing() => eprintln!(
+                        "warning: {e}; create it with `resilience keygen --out {}`",
+                        path.display()
+                    ),
+                    Err(e) => {
+                        eprintln!("{shown}: key `edge.key_file`: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
             println!("{shown}: OK");
             println!(
                 "  edge {} on {} (SIP) and {} (API)",
@@ -148,7 +162,7 @@ pub fn run(file: &Path) -> ExitCode {
         }
     };
     if has_table(&text, "edge") {
-        return edge(&shown, &text);
+        return edge(&shown, file, &text);
     }
     if has_table(&text, "follow") {
         return follow(&shown, &text);

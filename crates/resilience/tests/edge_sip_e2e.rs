@@ -34,15 +34,7 @@ fn a_phone_with_the_edge_as_outbound_proxy_registers_and_calls() {
         "phone_call_outbound.xml",
         "1001",
         &[
-            "-key",
-            "callee",
-            "2001",
-            "-cid_str",
-            "call-o",
-            "-d",
-            "300",
-            "-timeout",
-            "20s",
+            "-key", "callee", "2001", "-cid_str", "call-o", "-d", "300", "-timeout", "20s",
         ],
     );
     assert_eq!(code, 0, "caller failed: {out}\n{}", lab.logs());
@@ -53,11 +45,7 @@ fn a_phone_with_the_edge_as_outbound_proxy_registers_and_calls() {
     );
     assert_eq!(callee.exited().and_then(|s| s.code()), Some(0));
     // A REGISTER alone, the R-URI the domain: answered 200 too.
-    let (code, out) = lab.sipp(
-        "phone_register_outbound.xml",
-        "1002",
-        &["-timeout", "10s"],
-    );
+    let (code, out) = lab.sipp("phone_register_outbound.xml", "1002", &["-timeout", "10s"]);
     assert_eq!(code, 0, "{out}\n{}", lab.logs());
     assert!(lab.registered("sip:1002@pbx.test"));
 }
@@ -268,6 +256,115 @@ fn a_call_survives_an_edge_restart_with_a_key_file() {
     assert!(!std::fs::read_to_string(lab.dir.path("edge.log"))
         .unwrap()
         .contains("no [edge] key_file"));
+}
+
+/// A UDP and TCP port P with P+1 free for TCP too: baresip listens for SIP
+/// on UDP and TCP P and for SIP/TLS on P+1.
+fn free_baresip_port() -> u16 {
+    loop {
+        let p = free_udp();
+        let ok = p < u16::MAX
+            && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok();
+        if ok {
+            return p;
+        }
+    }
+}
+
+/// A baresip phone (Debian `baresip`), headless: its own config folder,
+/// one account whose outbound proxy is the edge, media on loopback only.
+fn baresip(
+    lab: &Lab,
+    user: &str,
+    account_extra: &str,
+    args: &[&str],
+) -> (Proc, std::path::PathBuf) {
+    let dir = lab.dir.path(&format!("baresip-{user}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("config"),
+        format!(
+            "module_path /usr/lib/baresip/modules\n\
+             sip_listen 127.0.0.1:{}\n\
+             net_interface 127.0.0.1\n\
+             rtp_ports 30000-39999\n\
+             module g711.so\n\
+             module ausine.so\n\
+             module aufile.so\n\
+             audio_player aufile,/dev/null\n\
+             audio_alert aufile,/dev/null\n\
+             audio_source ausine,440\n\
+             ausrc_srate 48000\n\
+             ausrc_channels 2\n\
+             auplay_srate 48000\n\
+             auplay_channels 2\n\
+             module_app account.so\n\
+             module_app menu.so\n",
+            free_baresip_port()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("accounts"),
+        format!(
+            "<sip:{user}@pbx.test>;outbound=\"sip:127.0.0.1:{}\";regint=600{account_extra}\n",
+            lab.sip
+        ),
+    )
+    .unwrap();
+    let log = lab.dir.path(&format!("baresip-{user}.log"));
+    let child = std::process::Command::new("baresip")
+        .args(["-f", dir.to_str().unwrap(), "-t", "60"])
+        .args(args)
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(append_log(&log))
+        .stderr(append_log(&log))
+        .spawn()
+        .expect("baresip (Debian package baresip) must be installed: scripts/test.sh installs it");
+    (Proc::from_child(user, child), log)
+}
+
+fn read(p: &std::path::Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned()
+}
+
+#[test]
+fn baresip_with_outbound_set_to_the_edge_registers_and_calls() {
+    let _g = serial();
+    let lab = Lab::start("edge-baresip");
+    let (_callee, callee_log) = baresip(&lab, "2005", ";answermode=auto", &[]);
+    assert!(
+        wait_until(secs(20), || lab.registered("sip:2005@pbx.test")),
+        "baresip (callee) never registered through the edge\n{}\n{}",
+        read(&callee_log),
+        lab.logs()
+    );
+    let (mut caller, caller_log) = baresip(&lab, "1005", "", &["-e", "/dial sip:2005@pbx.test"]);
+    assert!(
+        wait_until(secs(20), || lab.registered("sip:1005@pbx.test")
+            && read(&caller_log).contains("Call established: sip:2005@pbx.test")),
+        "baresip's call through the edge was not established\n--- caller ---\n{}\n--- callee ---\n{}\n{}",
+        read(&caller_log),
+        read(&callee_log),
+        lab.logs()
+    );
+    assert!(read(&callee_log).contains("Call established: sip:1005@pbx.test"));
+    // SIGTERM: baresip hangs up (BYE through the edge and the PBX) and
+    // unregisters. A BYE received is what libre reports as "session
+    // closed: Connection reset by peer".
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &caller.pid().to_string()])
+        .status();
+    assert!(
+        wait_until(secs(20), || read(&callee_log).contains(
+            "sip:1005@pbx.test: session closed: Connection reset by peer"
+        )),
+        "the callee never got the BYE\n{}",
+        read(&callee_log)
+    );
+    assert!(wait_until(secs(10), || !caller.alive()));
 }
 
 fn get_text(port: u16, path: &str) -> String {

@@ -318,9 +318,7 @@ async fn relay_one(
             };
             if !sent {
                 count_drop(view, "unreachable");
-                drop_log().event("unreachable", || {
-                    format!("could not send to {:?}", send.to)
-                });
+                drop_log().event("unreachable", || format!("could not send to {:?}", send.to));
             }
             let kind = if send.generated {
                 "generated"
