@@ -112,6 +112,9 @@ pub fn edge(p: &Ports) -> String {
 name = "lab-edge"
 sip_listen = "127.0.0.1:{sip}"
 api_listen = "127.0.0.1:{api}"
+# The relay key is derived from the lab's cluster key: a restarted edge
+# keeps the calls in progress.
+key_file = "cluster.key"
 
 [[pbx]]
 name = "main"

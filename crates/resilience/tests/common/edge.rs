@@ -141,7 +141,7 @@ impl Lab {
             Kamailio::start(&dir, "pbx-main", free_udp()),
             Kamailio::start(&dir, "pbx-standby", free_udp()),
         ];
-        let (sip, api) = (free_udp(), free_tcp());
+        let (sip, api) = (free_udp_and_tcp(), free_tcp());
         let (http_port, webs) = (free_tcp(), [free_tcp(), free_tcp()]);
         let http = web.then(|| {
             let stub = |name: &str, port: u16| {
@@ -302,6 +302,17 @@ register_timeout = "1s"
     /// The phone's REGISTER has been answered through the edge.
     pub fn registered(&self, aor: &str) -> bool {
         self.phone(aor)["last_register_s_ago"].is_number()
+    }
+}
+
+/// A port free for UDP and for TCP (the edge listens on both): a UDP port
+/// alone may be some TCP client's local port on a busy machine.
+pub fn free_udp_and_tcp() -> u16 {
+    loop {
+        let p = free_udp();
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
     }
 }
 
