@@ -513,6 +513,9 @@ def scenario_rate(args, edge, work):
               f"{len(diffs)} | {fails[name]} |")
     print(f"| ratio resilience / kamailio | {best['resilience'] / max(best['kamailio'], 1):.2f} "
           f"| {med_cpu['resilience'] / max(med_cpu['kamailio'], 1e-9):.2f} | | | | | |")
+    ratios = [a / b for a, b in zip(cpu["resilience"], cpu["kamailio"])]
+    print(f"CPU ratio per round: {' / '.join(f'{x:.2f}' for x in ratios)} "
+          f"(median {statistics.median(ratios):.2f}); load average {os.getloadavg()[0]:.1f}")
     print("CPU per round: " + "; ".join(f"{n} " + " / ".join(f"{c:.2f}" for c in cpu[n]) for n in targets))
     for name in targets:
         d = [x for x, _ in pairs[name]]
@@ -1029,6 +1032,7 @@ def main():
         edge.detect()
         for s in SCENARIOS:
             if s in chosen:
+                print(f"\n(load average {os.getloadavg()[0]:.1f} before {s})", flush=True)
                 globals()[f"scenario_{s}"](args, edge, work)
                 for p in reversed(started):
                     stop(p)
