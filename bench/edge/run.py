@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import secrets
 import shutil
 import socket
@@ -118,6 +119,45 @@ def cpu_seconds(pids):
         except OSError:
             pass
     return total / tick
+
+
+def machine_busy():
+    """CPU seconds the whole machine has been busy (all cores, /proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu(pids):
+    """CPU seconds of the bench's own processes: `pids` (still running),
+    the finished sipp runs and this script."""
+    c, me = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
+    return cpu_seconds(pids) + c.ru_utime + c.ru_stime + me.ru_utime + me.ru_stime
+
+
+class Foreign:
+    """How many cores other users of the machine kept busy meanwhile: the
+    machine's busy time minus the bench's own (the CPU figures are only
+    comparable on a machine nobody else is using)."""
+
+    def __init__(self, pids):
+        self.pids = pids
+        self.t, self.m, self.o = time.time(), machine_busy(), own_cpu(pids())
+
+    def cores(self):
+        dt = max(time.time() - self.t, 1e-3)
+        return max(0.0, (machine_busy() - self.m) - (own_cpu(self.pids()) - self.o)) / dt
+
+
+def wait_quiet(pids, below, at_most):
+    """Wait (at most `at_most` s) until others use under `below` cores."""
+    end = time.time() + at_most
+    while True:
+        f = Foreign(pids)
+        time.sleep(2)
+        c = f.cores()
+        if c < below or time.time() >= end:
+            return c
 
 
 def rss_mb(pid):
@@ -453,8 +493,8 @@ def max_rate(target, work, tag, steps, seconds):
 def scenario_rate(args, edge, work):
     print("\n== rate: highest call rate, CPU per call, paired added round trip", flush=True)
     backend = free_port()
-    start(["sipp", "-sn", "uas", "-aa", "-i", "127.0.0.1", "-p", str(backend), "-nostdin"],
-          work / "backend.log")
+    backend_proc = start(["sipp", "-sn", "uas", "-aa", "-i", "127.0.0.1", "-p", str(backend), "-nostdin"],
+                         work / "backend.log")
     kport = free_port()
     kam = kamailio(HERE / "kamailio-forward.cfg", kport, work, "anchor",
                    [f'BACKEND="sip:127.0.0.1:{backend}"'])
@@ -468,38 +508,54 @@ def scenario_rate(args, edge, work):
     pids = {"kamailio": lambda: kamailio_pids(kam), "resilience": lambda: [proc.pid]}
 
     steps = [200, 400, 600, 800, 1000, 1200, 1400, 1600, 2000, 2400, 2800, 3200, 4000]
-    best = {name: max_rate(t, work, name, steps, args.step_seconds) for name, t in targets.items()}
+    everyone = lambda: kamailio_pids(kam) + [proc.pid, backend_proc.pid]
+    best = {}
+    for name, t in targets.items():
+        others = wait_quiet(everyone, args.quiet_below, args.quiet_wait)
+        print(f"  (others used {others:.2f} cores before the {name} steps)", flush=True)
+        best[name] = max_rate(t, work, name, steps, args.step_seconds)
 
     # CPU and added latency at a fixed rate, in rounds alternating which
     # proxy goes first; each round's probe pairs a direct and a proxied
     # round trip taken at the same moment, under that proxy's load.
     rate, secs = args.fixed_rate, 10
-    cpu = {n: [] for n in targets}
-    pairs = {n: [] for n in targets}
-    fails = {n: 0 for n in targets}
+    # Each run notes how many cores others kept busy meanwhile; the table
+    # keeps the rounds where both runs had the machine to themselves (all
+    # rounds when none did), and says which.
+    runs = {n: [] for n in targets}   # (cpu per 10k, pairs, failed, foreign cores) per round
     for r in range(args.rounds):
         order = list(targets) if r % 2 == 0 else list(reversed(targets))
+        waited = wait_quiet(everyone, args.quiet_below, args.quiet_wait)
         for name in order:
             ps = pids[name]()
             c0 = cpu_seconds(ps)
+            fg = Foreign(everyone)
             got = []
             probe = threading.Thread(target=paired_rtt,
                                      args=(f"127.0.0.1:{backend}", targets[name], secs - 2, got))
             probe.start()
             ok, failed, _ = sipp_calls(targets[name], rate, secs, work, f"{name}-fixed-{r}")
             probe.join()
-            cpu[name].append((cpu_seconds(ps) - c0) * 10_000 / max(ok, 1))
-            pairs[name] += got
-            fails[name] += failed
+            runs[name].append(((cpu_seconds(ps) - c0) * 10_000 / max(ok, 1), got, failed, fg.cores()))
             diffs = [p - d for d, p in got]
-            print(f"  round {r + 1} {name}: CPU {cpu[name][-1]:.2f} s/10k calls, {failed} failed, "
-                  f"{len(got)} pairs, p99 of differences {p99(diffs):.3f} ms", flush=True)
+            print(f"  round {r + 1} {name}: CPU {runs[name][-1][0]:.2f} s/10k calls, {failed} failed, "
+                  f"{len(got)} pairs, p99 of differences {p99(diffs):.3f} ms; others used "
+                  f"{runs[name][-1][3]:.2f} cores (before the round: {waited:.2f})", flush=True)
     stop(proc)
     stop(kam)
+    quiet = [r for r in range(args.rounds)
+             if all(runs[n][r][3] < args.quiet_below for n in targets)]
+    keep = quiet or list(range(args.rounds))
+    cpu = {n: [runs[n][r][0] for r in keep] for n in targets}
+    pairs = {n: [x for r in keep for x in runs[n][r][1]] for n in targets}
+    fails = {n: sum(runs[n][r][2] for r in range(args.rounds)) for n in targets}
+    print(f"\nrounds kept: {len(keep)} of {args.rounds} "
+          + (f"(others under {args.quiet_below} cores during both runs)" if quiet
+             else f"(none had others under {args.quiet_below} cores: all kept, figures noisy)"))
 
     print()
     print(f"| proxy | highest rate, <0.1% failed (calls/s, {args.step_seconds} s steps) "
-          f"| CPU s per 10,000 calls at {rate}/s (median of {args.rounds}) "
+          f"| CPU s per 10,000 calls at {rate}/s (median of {len(keep)}) "
           f"| p99 added round trip ms (p99 of paired differences) | median added ms "
           f"| p99 proxied − p99 direct ms | pairs | failed at {rate}/s |")
     print("|---|---|---|---|---|---|---|---|")
@@ -513,7 +569,7 @@ def scenario_rate(args, edge, work):
               f"{len(diffs)} | {fails[name]} |")
     print(f"| ratio resilience / kamailio | {best['resilience'] / max(best['kamailio'], 1):.2f} "
           f"| {med_cpu['resilience'] / max(med_cpu['kamailio'], 1e-9):.2f} | | | | | |")
-    ratios = [a / b for a, b in zip(cpu["resilience"], cpu["kamailio"])]
+    ratios = [a / max(b, 1e-9) for a, b in zip(cpu["resilience"], cpu["kamailio"])]
     print(f"CPU ratio per round: {' / '.join(f'{x:.2f}' for x in ratios)} "
           f"(median {statistics.median(ratios):.2f}); load average {os.getloadavg()[0]:.1f}")
     print("CPU per round: " + "; ".join(f"{n} " + " / ".join(f"{c:.2f}" for c in cpu[n]) for n in targets))
@@ -706,7 +762,8 @@ def scenario_flood(args, edge, work):
             t.join()
         fl.join()
         cpu = cpu_seconds(pids()) - c0
-        rss = rss_mb(proxy.pid)
+        # The edge's RSS; Kamailio's is in shared memory across processes.
+        rss = f"{rss_mb(proxy.pid):.1f}" if name == "resilience" else "–"
         stop(proxy)
         stop(reg)
         lat = [ms for ok, ms in during if ok]
@@ -723,12 +780,12 @@ def scenario_flood(args, edge, work):
     print()
     print(f"| proxy (flood {args.flood_rate}/s × {args.flood_seconds} s from one address) | limits "
           "| legitimate REGISTER ok % | p50 ms | p99 ms | quiet p50 / p99 ms | flood dropped % "
-          "| proxy CPU s during the flood | RSS MB after |")
+          "| proxy CPU s during the flood | edge RSS MB after |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['name']} | {r['limits']} | {100 * r['ok'] / max(r['n'], 1):.1f} ({r['ok']}/{r['n']}) "
               f"| {r['p50']:.2f} | {r['p99']:.2f} | {r['q50']:.2f} / {r['q99']:.2f} "
-              f"| {100 * (1 - r['answered'] / max(r['sent'], 1)):.1f} | {r['cpu']:.2f} | {r['rss']:.1f} |")
+              f"| {100 * (1 - r['answered'] / max(r['sent'], 1)):.2f} ({r['sent'] - r['answered']}/{r['sent']}) | {r['cpu']:.2f} | {r['rss']} |")
 
 
 # ---------------------------------------------------------------- memory
@@ -984,7 +1041,11 @@ def main():
     g = ap.add_argument_group("rate")
     g.add_argument("--step-seconds", type=int, default=5)
     g.add_argument("--fixed-rate", type=int, default=300)
-    g.add_argument("--rounds", type=int, default=3, help="fixed-rate rounds per proxy, order alternating")
+    g.add_argument("--rounds", type=int, default=5, help="fixed-rate rounds per proxy, order alternating")
+    g.add_argument("--quiet-below", type=float, default=0.3,
+                   help="a round counts when other users kept under this many cores busy")
+    g.add_argument("--quiet-wait", type=float, default=60,
+                   help="seconds to wait, before each round, for the machine to be that quiet")
     g = ap.add_argument_group("storm")
     g.add_argument("--phones", type=int, default=10_000)
     g.add_argument("--storm-rate", type=int, default=2000)
