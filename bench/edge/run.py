@@ -184,14 +184,15 @@ def kamailio_pids(p):
 
 def wait(cond, timeout, what):
     end = time.time() + timeout
+    last = None
     while time.time() < end:
         try:
             if cond():
                 return
-        except Exception:
-            pass
+        except Exception as e:
+            last = e
         time.sleep(0.1)
-    sys.exit(f"timed out waiting for {what}")
+    sys.exit(f"timed out waiting for {what}" + (f" (last error: {last})" if last else ""))
 
 
 def pct(xs, q):
@@ -212,8 +213,9 @@ class Edge:
     `KEY = TOML value`, extended from the command line, with what the binary
     accepts probed by `resilience check-config`."""
 
-    def __init__(self, binary, work, sets, extra):
+    def __init__(self, binary, work, sets, extra, limits_section="limits"):
         self.binary = binary
+        self.ls = limits_section
         self.work = work
         self.sets = sets      # [(section, key, value)]
         self.extra = extra    # raw TOML appended
@@ -265,9 +267,9 @@ class Edge:
         with_token = {**plain, "edge": {**plain["edge"], "token_file": f'"{self.token_file}"'}}
         if self.accepts(self.render(with_token, pbx)):
             self.token = self.token_file.read_text().strip()
-        self.has_limits = self.accepts(self.render({**plain, "limits": {}}, pbx))
+        self.has_limits = self.accepts(self.render({**plain, self.ls: {}}, pbx))
         print(f"edge build: API token {'sent (token_file)' if self.token else 'not in this build'}; "
-              f"flood limits: {'[limits] accepted' if self.has_limits else 'no limits in this build'}",
+              f"flood limits: {f'[{self.ls}] accepted' if self.has_limits else 'no limits in this build'}",
               flush=True)
 
     # Pike's two numbers under the names a [limits] section may give them;
@@ -276,28 +278,30 @@ class Edge:
                    ("window", "requests_per_window"), ("request_window", "requests_per_window"),
                    ("rate_window", "rate_threshold"), ("window", "density")]
 
-    def limits(self, sections, pbxs, window_s, threshold):
+    def limits(self, sections, pbxs, window_s, threshold, sets=()):
         """The `[limits]` lines that make the edge drop a source over
-        `threshold` requests per `window_s` seconds (None: no limits)."""
+        `threshold` requests per `window_s` seconds (None: no limits);
+        lines given on the command line for that section win."""
+        given = [f"{k} = {v}" for sec, k, v in list(self.sets) + list(sets) if sec == self.ls]
+        if given:
+            return {}, f"[{self.ls}] " + ", ".join(given) + " (given)"
         if not getattr(self, "has_limits", False):
             return None, "no limits in this build"
-        if any(sec == "limits" for sec, _, _ in self.sets):
-            return {}, "limits from --edge-set"
         for wk, tk in self.LIMIT_NAMES:
             lim = {wk: f'"{window_s}s"', tk: str(threshold)}
-            if self.accepts(self.render({**sections, "limits": lim}, pbxs)):
-                return lim, " ".join(f"{k} = {v}" for k, v in lim.items())
-        return {}, "[limits] with the build's defaults (none of the known key names accepted)"
+            if self.accepts(self.render({**sections, self.ls: lim}, pbxs)):
+                return lim, f"[{self.ls}] " + ", ".join(f"{k} = {v}" for k, v in lim.items())
+        return {}, f"[{self.ls}] with the build's defaults (none of the known key names accepted)"
 
     def unlimited(self, sections, pbxs):
         """Limits out of the way for the scenarios that send from one
         address on purpose (sipp's uac, a storm from one socket)."""
-        if not getattr(self, "has_limits", False) or any(sec == "limits" for sec, _, _ in self.sets):
+        if not getattr(self, "has_limits", False) or any(sec == self.ls for sec, _, _ in self.sets):
             return sections
         for cand in [{"enabled": "false"}, {"enable": "false"}] + \
                     [{wk: '"1s"', tk: "1000000000"} for wk, tk in self.LIMIT_NAMES]:
-            if self.accepts(self.render({**sections, "limits": cand}, pbxs)):
-                return {**sections, "limits": cand}
+            if self.accepts(self.render({**sections, self.ls: cand}, pbxs)):
+                return {**sections, self.ls: cand}
         print("  (could not lift this build's [limits]: its defaults apply)", flush=True)
         return sections
 
@@ -619,7 +623,7 @@ def flooder(target, src, rate, seconds, res):
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     s.bind((src, 0))
     me = f"{src}:{s.getsockname()[1]}"
-    answered = set()
+    answered, refused = set(), set()  # by Call-ID: the registrar's 200s, other final answers
     done = threading.Event()
 
     def rx():
@@ -629,9 +633,11 @@ def flooder(target, src, rate, seconds, res):
                 data = s.recv(65535).decode(errors="replace")
             except socket.timeout:
                 continue
-            cid = header(data, "Call-ID")
-            if cid and status_of(data) is not None and status_of(data) >= 200:
+            cid, code = header(data, "Call-ID"), status_of(data)
+            if cid and code is not None and 200 <= code < 300:
                 answered.add(cid)
+            elif cid and code is not None and code >= 300:
+                refused.add(cid)
 
     t = threading.Thread(target=rx)
     t.start()
@@ -663,6 +669,7 @@ def flooder(target, src, rate, seconds, res):
     s.close()
     res["sent"] = sent
     res["answered"] = len(answered)
+    res["refused"] = len(refused)
 
 
 def legit_phone(target, src, aor, rate, seconds, out):
@@ -736,12 +743,12 @@ def scenario_flood(args, edge, work):
             port, api = free_port(), free_port(socket.SOCK_STREAM)
             pbxs = [("main", reg_port)]
             cfg = edge.base(port, api)
-            lim, limits = edge.limits(cfg, pbxs, args.pike_unit, args.pike_density)
-            if lim:
-                cfg = {**cfg, "limits": lim}
-            elif lim == {}:
-                cfg = {**cfg, "limits": {}}
-            proxy = edge.run(edge.write(cfg, pbxs, "flood", extra=args.flood_extra), "edge-flood", log="info")
+            fsets = parse_sets(args.flood_set)
+            lim, limits = edge.limits(cfg, pbxs, args.pike_unit, args.pike_density, fsets)
+            if lim is not None:
+                cfg = {**cfg, edge.ls: lim}
+            proxy = edge.run(edge.write(cfg, pbxs, "flood", sets=fsets, extra=args.flood_extra),
+                             "edge-flood", log="info")
             pids = lambda: [proxy.pid]
             wait(lambda: edge.get(api, "/api/v1/status")["pbxs"][0]["up"], 10, "the edge to see the registrar")
         target = f"127.0.0.1:{port}"
@@ -764,6 +771,13 @@ def scenario_flood(args, edge, work):
         cpu = cpu_seconds(pids()) - c0
         # The edge's RSS; Kamailio's is in shared memory across processes.
         rss = f"{rss_mb(proxy.pid):.1f}" if name == "resilience" else "–"
+        if name == "resilience":
+            try:
+                st = edge.get(api, "/api/v1/status")
+                print(f"  edge counters after the flood: dropped {st.get('dropped')}, "
+                      f"phones {edge.phones(api)}", flush=True)
+            except Exception as e:
+                print(f"  (edge status unreadable: {e})")
         stop(proxy)
         stop(reg)
         lat = [ms for ok, ms in during if ok]
@@ -773,13 +787,14 @@ def scenario_flood(args, edge, work):
                    p50=pct(lat, 0.5), p99=p99(lat), q_ok=sum(ok for ok, _ in quiet), q_n=len(quiet),
                    q50=pct(qlat, 0.5), q99=p99(qlat), cpu=cpu, rss=rss)
         rows.append(row)
-        print(f"  {name}: flood {row['sent']} sent in {row['send_s']:.2f} s, {row['answered']} answered; "
+        print(f"  {name}: flood {row['sent']} sent in {row['send_s']:.2f} s, {row['answered']} answered 2xx, "
+              f"{res['refused']} refused; "
               f"legit {row['ok']}/{row['n']} ok, p50 {row['p50']:.2f} ms p99 {row['p99']:.2f} ms; "
               f"quiet {row['q_ok']}/{row['q_n']} p50 {row['q50']:.2f} p99 {row['q99']:.2f}; CPU {cpu:.2f} s",
               flush=True)
     print()
     print(f"| proxy (flood {args.flood_rate}/s × {args.flood_seconds} s from one address) | limits "
-          "| legitimate REGISTER ok % | p50 ms | p99 ms | quiet p50 / p99 ms | flood dropped % "
+          "| legitimate REGISTER ok % | p50 ms | p99 ms | quiet p50 / p99 ms | flood stopped % (no 2xx) "
           "| proxy CPU s during the flood | edge RSS MB after |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -1059,7 +1074,10 @@ def main():
     g.add_argument("--pike-density", type=int, default=16,
                    help="pike's reqs_density_per_unit (and the edge's threshold)")
     g.add_argument("--pike-latency", type=int, default=4, help="pike's remove_latency, s")
+    g.add_argument("--flood-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="an edge config line for the flood row only (e.g. the build's own limit keys)")
     g.add_argument("--flood-extra", default="", help="raw TOML for the edge in the flood rows only")
+    g.add_argument("--limits-section", default="limits", help="the edge's flood-limit section")
     g = ap.add_argument_group("memory")
     g.add_argument("--memory-phones", type=int, default=100_000)
     g.add_argument("--memory-rate", type=int, default=2500)
@@ -1088,7 +1106,7 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="resedge-"))
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
           f"binary {binary}, work {work}", flush=True)
-    edge = Edge(binary, work, parse_sets(sets), args.edge_extra)
+    edge = Edge(binary, work, parse_sets(sets), args.edge_extra, args.limits_section)
     try:
         edge.detect()
         for s in SCENARIOS:
