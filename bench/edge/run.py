@@ -42,6 +42,7 @@ import re
 import resource
 import secrets
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -1107,6 +1108,9 @@ def main():
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
           f"binary {binary}, work {work}", flush=True)
     edge = Edge(binary, work, parse_sets(sets), args.edge_extra, args.limits_section)
+    # Stopped from outside (even in the background, where SIGINT is
+    # ignored): still stop every process started, by pid.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped by SIGTERM"))
     try:
         edge.detect()
         for s in SCENARIOS:
