@@ -862,7 +862,9 @@ def scenario_memory(args, edge, work):
 class Callee:
     """A phone registered through the edge that answers every INVITE with
     486 (the time it arrives is what counts) and re-registers at 90% of
-    the granted expiry, as phones refresh before the binding lapses."""
+    the granted expiry, as phones refresh before the binding lapses, or at
+    once when told to by a NOTIFY (`Event: check-sync`), as phones can be
+    configured to; other requests get a 200."""
 
     def __init__(self, edge_target, expires):
         self.host, port = edge_target.split(":")
@@ -876,6 +878,8 @@ class Callee:
         self.invites = []       # wall-clock times of INVITEs received
         self.registered = []    # (wall time, granted expiry)
         self.refresh_at = None
+        self.requests = {}      # method -> count, what the edge or a PBX sent
+        self.prompted = []      # wall-clock times of NOTIFYs asking to re-register
         self.done = threading.Event()
         self.lock = threading.Lock()
 
@@ -906,7 +910,12 @@ class Callee:
                     self.refresh_at = time.time() + 0.9 * g
                 continue
             method = msg.split(" ", 1)[0]
-            if method == "INVITE":
+            self.requests[method] = self.requests.get(method, 0) + 1
+            if method == "NOTIFY" and "check-sync" in (header(msg, "Event") or header(msg, "o") or ""):
+                self.s.sendto(reply_to(msg, 200, "OK"), src)
+                self.prompted.append(time.time())
+                self.refresh_at = time.time()
+            elif method == "INVITE":
                 with self.lock:
                     self.invites.append(time.time())
                 self.s.sendto(reply_to(msg, 486, "Busy Here"), src)
@@ -1016,7 +1025,9 @@ def scenario_gap(args, edge, work):
         stop(kstandby)
     print(f"  granted expiry {granted} s; Main killed; callee moved {moved_at - t_kill:.2f} s after the kill; "
           f"{caller.n} INVITEs sent; callee's own re-registrations after the kill: "
-          f"{', '.join(f'{w - t_kill:.1f} s' for w in refreshes) or 'none'}", flush=True)
+          f"{', '.join(f'{w - t_kill:.1f} s' for w in refreshes) or 'none'}; requests it received: "
+          f"{callee.requests}; NOTIFYs asking it to re-register: "
+          f"{', '.join(f'{w - t_kill:.1f} s' for w in callee.prompted) or 'none'}", flush=True)
     print()
     print("| incoming-call gap after a failover | expiry granted s | kill → edge moves the callee s "
           "| edge move → callee receives an INVITE s | calls tried |")
