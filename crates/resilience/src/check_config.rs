@@ -1,8 +1,8 @@
 //! `resilience check-config FILE`: validate a node's, an edge's or a
 //! follower's configuration (told apart by an `[edge]` or `[follow]` table).
 //! For a node it also checks the secret files the config names (cluster key,
-//! API token, TLS private keys) with the node's own rules; a follower and an
-//! edge read no secret.
+//! API token, TLS private keys) with the node's own rules; an edge, its
+//! API token when it has one; a follower reads no secret.
 
 use crate::secret::SecretError;
 use resilience_core::config::NodeConfig;
@@ -44,7 +44,7 @@ fn follow(shown: &str, text: &str) -> ExitCode {
     }
 }
 
-fn edge(shown: &str, text: &str) -> ExitCode {
+fn edge(shown: &str, text: &str, base: &Path) -> ExitCode {
     match EdgeConfig::parse(shown, text) {
         Ok(c) => {
             println!("{shown}: OK");
@@ -71,6 +71,16 @@ fn edge(shown: &str, text: &str) -> ExitCode {
                 c.phones.failover_after,
                 c.phones.failback_stable
             );
+            if let Some(p) = &c.edge.token_file {
+                let path = crate::node::resolve(base, p);
+                if let Err(e) = crate::secret::read_token(&path) {
+                    eprintln!(
+                        "{shown}: key `edge.token_file`: {e}; create it with `resilience keygen --token --out {}`",
+                        path.display()
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -148,7 +158,7 @@ pub fn run(file: &Path) -> ExitCode {
         }
     };
     if has_table(&text, "edge") {
-        return edge(&shown, &text);
+        return edge(&shown, &text, &crate::node::config_base(file));
     }
     if has_table(&text, "follow") {
         return follow(&shown, &text);
