@@ -572,10 +572,8 @@ impl Router {
             now + Duration::from_secs(u64::from(given)),
         );
         let new_expiry = p.expires_at;
-        if old_contact != pend.contact {
-            if self.flows.get(&old_contact).is_some_and(|a| *a == aor) {
-                self.flows.remove(&old_contact);
-            }
+        if old_contact != pend.contact && self.flows.get(&old_contact).is_some_and(|a| *a == aor) {
+            self.flows.remove(&old_contact);
         }
         self.flows.insert(pend.contact, aor.clone());
         self.expiries.remove(&(old_expiry, aor.clone()));

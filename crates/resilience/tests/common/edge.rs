@@ -107,6 +107,9 @@ pub struct LabOpts {
     pub tail: String,
 }
 
+/// The lab edge's API token (its `token_file`).
+pub const EDGE_TOKEN: &str = "edge-lab-token-0123456789abcdef0123456789";
+
 pub struct Lab {
     pub dir: TestDir,
     pub pbx: [Kamailio; 2],
@@ -171,12 +174,14 @@ impl Lab {
             (String::new(), [String::new(), String::new()])
         };
         let cfg = dir.path("edge.toml");
+        write_secret(&dir.path("edge.token"), EDGE_TOKEN);
         std::fs::write(
             &cfg,
             format!(
                 r#"[edge]
 sip_listen = "127.0.0.1:{sip}"
 api_listen = "127.0.0.1:{api}"
+token_file = "edge.token"
 {http_line}{edge_extra}
 [[pbx]]
 name = "main"
@@ -241,8 +246,30 @@ register_timeout = "1s"
             .unwrap_or_default()
     }
 
+    /// GET with the edge's token: (HTTP status, JSON body).
+    pub fn get_auth(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = agent().get(&format!("http://127.0.0.1:{}{path}", self.api));
+        if let Some(t) = token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        match req.call() {
+            Ok(mut r) => (
+                r.status().as_u16(),
+                r.body_mut().read_json().unwrap_or(Value::Null),
+            ),
+            Err(ureq::Error::StatusCode(c)) => (c, Value::Null),
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    /// The phone's row in the phones list (a page starting at its AOR).
     pub fn phone(&self, aor: &str) -> Value {
-        self.get("/api/v1/phones")["phones"]
+        // The page after a key just below the AOR starts at the AOR.
+        let (_, v) = self.get_auth(
+            &format!("/api/v1/phones?limit=1&after={}", enc(&before(aor))),
+            Some(EDGE_TOKEN),
+        );
+        v["phones"]
             .as_array()
             .and_then(|a| a.iter().find(|p| p["aor"] == aor).cloned())
             .unwrap_or(Value::Null)
@@ -303,6 +330,34 @@ register_timeout = "1s"
     pub fn registered(&self, aor: &str) -> bool {
         self.phone(aor)["last_register_s_ago"].is_number()
     }
+}
+
+/// A string that sorts right before `s` and after anything below it (for
+/// the phones list's `after`): `s` minus its last character, then a
+/// character below it, then the highest one.
+fn before(s: &str) -> String {
+    let mut chars: Vec<char> = s.chars().collect();
+    match chars.pop() {
+        Some(c) => {
+            let below = char::from_u32(c as u32 - 1).unwrap_or(c);
+            chars.push(below);
+            chars.push(char::MAX);
+            chars.into_iter().collect()
+        }
+        None => String::new(),
+    }
+}
+
+/// Percent-encode a query value.
+pub fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 pub fn sipp_output(mut c: Command) -> (i32, String) {
