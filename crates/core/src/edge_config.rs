@@ -119,6 +119,11 @@ pub struct PhonesSection {
     /// counted); a new phone beyond it is relayed but not tracked.
     #[serde(default = "d_max_phones")]
     pub max_phones: usize,
+    /// When the rules move a phone, register it at its new PBX from its
+    /// last REGISTER, so it can be called there at once. The PBX must
+    /// accept REGISTERs from the edge without a challenge.
+    #[serde(default = "d_register_moved")]
+    pub register_moved: bool,
 }
 
 fn d_failover() -> Duration {
@@ -132,6 +137,9 @@ fn d_homeless() -> Duration {
 }
 fn d_register_timeout() -> Duration {
     Policy::default().register_timeout
+}
+fn d_register_moved() -> bool {
+    true
 }
 fn d_max_phones() -> usize {
     Policy::default().max_phones
@@ -149,6 +157,7 @@ impl Default for PhonesSection {
             register_timeout: d_register_timeout(),
             away_expires: d_away(),
             max_phones: d_max_phones(),
+            register_moved: d_register_moved(),
         }
     }
 }
@@ -162,6 +171,7 @@ impl PhonesSection {
             register_timeout: self.register_timeout,
             away_expires: (self.away_expires > 0).then_some(self.away_expires),
             max_phones: self.max_phones,
+            register_moved: self.register_moved,
             ..Policy::default()
         }
     }

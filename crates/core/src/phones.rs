@@ -59,6 +59,9 @@ pub struct Policy {
     /// Most phones tracked; also the most REGISTERs awaiting an answer and
     /// the most calls counted.
     pub max_phones: usize,
+    /// Register a moved phone at its new PBX from its last REGISTER (the
+    /// PBX must take REGISTERs from the edge without authentication).
+    pub register_moved: bool,
 }
 
 impl Default for Policy {
@@ -74,6 +77,7 @@ impl Default for Policy {
             call_unanswered: Duration::from_secs(180),
             call_max: Duration::from_secs(4 * 3600),
             max_phones: 100_000,
+            register_moved: true,
         }
     }
 }
@@ -712,7 +716,8 @@ impl Router {
         let is_guest = p.is_guest();
         // Its binding at the new PBX, for what is left of its registration.
         let left = p.expires_at.saturating_duration_since(now).as_secs();
-        let rereg = p.template.clone().filter(|_| left >= 1).map(|template| {
+        let register = self.policy.register_moved && left >= 1;
+        let rereg = p.template.clone().filter(|_| register).map(|template| {
             if p.homeless_until.is_some() {
                 // Home must answer this one too, or the phone goes back.
                 p.pending_register = Some(now);
