@@ -717,19 +717,20 @@ impl Router {
         // Its binding at the new PBX, for what is left of its registration.
         let left = p.expires_at.saturating_duration_since(now).as_secs();
         let register = self.policy.register_moved && left >= 1;
-        let rereg = p.template.clone().filter(|_| register).map(|template| {
-            if p.homeless_until.is_some() {
-                // Home must answer this one too, or the phone goes back.
-                p.pending_register = Some(now);
-            }
-            Reregister {
+        // (Home refusing it sends the phone back like a refused REGISTER of
+        // its own; no answer does not: the edge paces these, a failback
+        // of thousands of phones takes longer than `register_timeout`.)
+        let rereg = p
+            .template
+            .clone()
+            .filter(|_| register)
+            .map(|template| Reregister {
                 aor: key.clone(),
                 to,
                 call_id,
                 template,
                 expires: u32::try_from(left).unwrap_or(u32::MAX),
-            }
-        });
+            });
         let contact = p.contact.clone();
         match (was_guest, is_guest) {
             (false, true) => self.counts.away += 1,

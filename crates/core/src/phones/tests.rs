@@ -398,15 +398,21 @@ fn a_moved_phone_is_registered_at_its_new_pbx_for_what_is_left_of_its_expiry() {
     r.handle_register_answer(t0 + secs(190), &rr[0].call_id, ALICE, 200, Some(120));
     assert_eq!(r.phone_of(ALICE).unwrap().expires_at, before);
     assert_eq!(r.counts().reregisters_ok, 1);
-    // Home back and stable: registered home again; home not answering it
-    // within the window sends the phone back (never homeless).
+    // Home back and stable: registered home again; home refusing it within
+    // the window sends the phone back (never homeless).
     r.handle_health(t0 + secs(200), MAIN, true);
     r.handle_timeout(t0 + secs(800));
     let rr = r.poll_reregister();
     assert_eq!((rr.len(), rr[0].to), (1, MAIN));
     assert_ne!(rr[0].call_id, "rs-1");
     assert_eq!(r.phone_of(ALICE).unwrap().serving, MAIN);
-    r.handle_timeout(t0 + secs(804));
+    r.handle_timeout(t0 + secs(810));
+    assert_eq!(
+        r.phone_of(ALICE).unwrap().serving,
+        MAIN,
+        "an unanswered one is not the phone's"
+    );
+    r.handle_register_answer(t0 + secs(810), &rr[0].call_id, ALICE, 503, None);
     assert_eq!(r.phone_of(ALICE).unwrap().serving, STANDBY);
     assert_eq!(r.counts().reregisters_sent, 3);
 }

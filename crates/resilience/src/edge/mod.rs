@@ -99,6 +99,8 @@ struct Ctx<'a> {
     relay: &'a Relay,
     pbx_addrs: &'a [SocketAddr],
     sock: &'a UdpSocket,
+    /// The edge's own REGISTERs, sent at a bounded pace.
+    paced: &'a mpsc::UnboundedSender<(SocketAddr, Vec<u8>)>,
     conns: &'a tcp::Conns,
     view: &'a Mutex<View>,
     changes: &'a tokio::sync::mpsc::UnboundedSender<table::Changes>,
@@ -108,9 +110,11 @@ struct Ctx<'a> {
 pub async fn run(path: &Path) -> anyhow::Result<()> {
     let cfg = load_config(path)?;
     let metrics = crate::api::install_metrics();
-    let sock = UdpSocket::bind(cfg.edge.sip_listen)
-        .await
-        .with_context(|| format!("SIP socket {}", cfg.edge.sip_listen))?;
+    let sock = Arc::new(
+        UdpSocket::bind(cfg.edge.sip_listen)
+            .await
+            .with_context(|| format!("SIP socket {}", cfg.edge.sip_listen))?,
+    );
     let tcp_listener = tokio::net::TcpListener::bind(cfg.edge.sip_listen)
         .await
         .with_context(|| format!("SIP TCP socket {}", cfg.edge.sip_listen))?;
@@ -209,7 +213,10 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
             .join(", ")
     );
 
+    let (paced_tx, paced_rx) = mpsc::unbounded_channel();
+    tokio::spawn(send_paced(sock.clone(), paced_rx));
     let ctx = Ctx {
+        paced: &paced_tx,
         relay: &relay,
         pbx_addrs: &pbx_addrs,
         sock: &sock,
@@ -258,6 +265,26 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Most REGISTERs a second the edge sends for moved phones: a failover
+/// moves every phone at once, and a burst of ten thousand datagrams would
+/// overflow the PBX's socket buffer (and the PBX).
+const REREGISTER_RATE: u32 = 2_000;
+
+/// Send the edge's own REGISTERs at [`REREGISTER_RATE`] at most, beside the
+/// relay task so it never waits for them.
+async fn send_paced(sock: Arc<UdpSocket>, mut rx: mpsc::UnboundedReceiver<(SocketAddr, Vec<u8>)>) {
+    const BATCH: u32 = 20;
+    let pause = std::time::Duration::from_secs(1) * BATCH / REREGISTER_RATE;
+    let mut n = 0;
+    while let Some((addr, bytes)) = rx.recv().await {
+        let _ = sock.send_to(&bytes, addr).await;
+        n += 1;
+        if n % BATCH == 0 && !rx.is_empty() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
 fn count_drop(view: &Mutex<View>, label: &'static str) {
     metrics::counter!("resilience_edge_dropped_total", "reason" => label).increment(1);
     *view
@@ -290,13 +317,13 @@ async fn after_event(ctx: &Ctx<'_>, router: &mut Router) {
         };
         match ctx.relay.register(&r.template, &r.call_id, r.expires) {
             Some(bytes) => {
-                let ok = ctx.sock.send_to(&bytes, addr).await.is_ok();
                 tracing::debug!(
-                    "registering {} at {} for {} s (sent: {ok})",
+                    "registering {} at {} for {} s",
                     r.aor,
                     ctx.names[r.to],
                     r.expires
                 );
+                let _ = ctx.paced.send((addr, bytes));
                 metrics::counter!("resilience_edge_reregisters_total").increment(1);
             }
             None => count_drop(ctx.view, "bad_template"),
