@@ -406,13 +406,13 @@ fn a_moved_phone_is_registered_at_its_new_pbx_for_what_is_left_of_its_expiry() {
     assert_eq!((rr.len(), rr[0].to), (1, MAIN));
     assert_ne!(rr[0].call_id, "rs-1");
     assert_eq!(r.phone_of(ALICE).unwrap().serving, MAIN);
-    r.handle_timeout(t0 + secs(810));
+    r.handle_timeout(t0 + secs(803));
     assert_eq!(
         r.phone_of(ALICE).unwrap().serving,
         MAIN,
         "an unanswered one is not the phone's"
     );
-    r.handle_register_answer(t0 + secs(810), &rr[0].call_id, ALICE, 503, None);
+    r.handle_register_answer(t0 + secs(803), &rr[0].call_id, ALICE, 503, None);
     assert_eq!(r.phone_of(ALICE).unwrap().serving, STANDBY);
     assert_eq!(r.counts().reregisters_sent, 3);
 }
