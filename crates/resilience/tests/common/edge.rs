@@ -105,6 +105,9 @@ pub struct LabOpts {
     pub edge_extra: String,
     /// Lines after the last section of the config.
     pub tail: String,
+    /// The `[health]` lines instead of the lab's (probes every 200 ms, down
+    /// after 2 lost), when not empty.
+    pub health: String,
 }
 
 /// The lab edge's API token (its `token_file`).
@@ -144,7 +147,7 @@ impl Lab {
             Kamailio::start(&dir, "pbx-main", free_udp()),
             Kamailio::start(&dir, "pbx-standby", free_udp()),
         ];
-        let (sip, api) = (free_udp(), free_tcp());
+        let (sip, api) = (free_sip(), free_tcp());
         let (http_port, webs) = (free_tcp(), [free_tcp(), free_tcp()]);
         let http = web.then(|| {
             let stub = |name: &str, port: u16| {
@@ -192,10 +195,7 @@ name = "standby"
 sip = "127.0.0.1:{}"
 {}
 [health]
-interval = "200ms"
-timeout = "200ms"
-down_after = 2
-up_after = 1
+{health}
 
 [phones]
 failover_after = "1s"
@@ -209,6 +209,11 @@ register_timeout = "1s"
                 pbx[1].port,
                 web_lines[1],
                 edge_extra = opts.edge_extra,
+                health = if opts.health.is_empty() {
+                    "interval = \"200ms\"\ntimeout = \"200ms\"\ndown_after = 2\nup_after = 1"
+                } else {
+                    opts.health.as_str()
+                },
                 tail = opts.tail,
             ),
         )
@@ -288,7 +293,7 @@ register_timeout = "1s"
     pub fn sipp_command(&self, scenario: &str, user: &str, extra: &[&str]) -> Command {
         let mut c = Command::new("sipp");
         c.args(["-sf", fixture(scenario).to_str().unwrap()])
-            .args(["-i", "127.0.0.1", "-p", &free_udp().to_string()])
+            .args(["-i", "127.0.0.1", "-p", &free_sip().to_string()])
             .args(["-m", "1", "-s", user, "-timeout", "60s", "-timeout_error"])
             .args(["-nostdin", "-trace_err"])
             .args(extra)
@@ -358,6 +363,18 @@ pub fn enc(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// A port free for both UDP and TCP (the edge's SIP listens on both): a
+/// free UDP port may be a busy TCP one.
+pub fn free_sip() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn sipp_output(mut c: Command) -> (i32, String) {
