@@ -402,3 +402,37 @@ fn a_phone_moved_to_the_backup_can_be_called_there_at_once() {
     let after = after.expect("the callee was never reached on the backup");
     assert!(after <= secs(2), "rang {after:?} after the move");
 }
+
+#[test]
+fn check_config_reads_the_edges_token_with_the_secret_rules() {
+    let dir = TestDir::new("edge-phones-token");
+    let cfg = dir.path("edge.toml");
+    std::fs::write(
+        &cfg,
+        "[edge]\nsip_listen = \"127.0.0.1:5060\"\napi_listen = \"127.0.0.1:8090\"\ntoken_file = \"edge.token\"\n[[pbx]]\nname = \"main\"\nsip = \"127.0.0.1:5070\"\n",
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let (code, _, err) = cli(&["check-config", cfg]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("edge.token_file") && err.contains("edge.token"),
+        "{err}"
+    );
+    write_secret(&dir.path("edge.token"), EDGE_TOKEN);
+    let (code, out, err) = cli(&["check-config", cfg]);
+    assert_eq!(code, 0, "{out}{err}");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.path("edge.token"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let (code, _, err) = cli(&["check-config", cfg]);
+    assert_ne!(code, 0);
+    assert!(err.contains("chmod 600"), "{err}");
+    // The edge itself refuses to start on it.
+    let (code, _, err) = cli(&["edge", "--config", cfg]);
+    assert_ne!(code, 0);
+    assert!(err.contains("chmod 600"), "{err}");
+}

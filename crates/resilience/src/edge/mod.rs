@@ -109,6 +109,14 @@ struct Ctx<'a> {
 
 pub async fn run(path: &Path) -> anyhow::Result<()> {
     let cfg = load_config(path)?;
+    // Before any socket: a refused token stops the start at once.
+    let token = match &cfg.edge.token_file {
+        Some(p) => {
+            let p = crate::node::resolve(&crate::node::config_base(path), p);
+            Some(Arc::<str>::from(crate::secret::read_token(&p)?))
+        }
+        None => None,
+    };
     let metrics = crate::api::install_metrics();
     let sock = Arc::new(
         UdpSocket::bind(cfg.edge.sip_listen)
@@ -130,13 +138,6 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     let mut secret_id = [0u8; 6];
     getrandom::fill(&mut secret_id).map_err(|e| anyhow::anyhow!("random: {e}"))?;
     let start = Instant::now();
-    let token = match &cfg.edge.token_file {
-        Some(p) => {
-            let p = crate::node::resolve(&crate::node::config_base(path), p);
-            Some(Arc::<str>::from(crate::secret::read_token(&p)?))
-        }
-        None => None,
-    };
     // Owned by the relay task alone; the API reads the copy it feeds.
     let mut router = Router::new(cfg.phones.policy(), cfg.pbxs.len(), cfg.home_rules(), start)
         .with_id_prefix(format!("rs-{}-", hex::encode(secret_id)));
