@@ -344,8 +344,10 @@ async fn relay_one(ctx: &Ctx<'_>, router: &mut Router, from: Flow, msg: &[u8]) {
     // phone's.
     if let Some(a) = ctx.relay.own_answer(from, msg) {
         router.handle_register_answer(now, &a.call_id, &a.aor, a.code, None);
+        // Counted (reregisters sent against ok); a line per phone would be
+        // a flood when a PBX refuses them all after a failover.
         if !(200..300).contains(&a.code) {
-            tracing::info!(
+            tracing::debug!(
                 "the PBX at {} refused to register {}: {}",
                 from.addr,
                 a.aor,
