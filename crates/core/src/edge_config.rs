@@ -51,6 +51,10 @@ pub struct EdgeSection {
     /// the key of the edge's branches and flows, so a restarted edge still
     /// routes the dialogs in progress. Without it, a random key per start.
     pub key_file: Option<PathBuf>,
+    /// The API token (a secret file, like the node's): `/api/v1/phones`
+    /// lists user identities and answers only `Authorization: Bearer`.
+    /// Without it, the list is refused to everyone.
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 fn default_name() -> String {
@@ -126,6 +130,15 @@ pub struct PhonesSection {
     /// Expiry granted to a phone away from home, in seconds (0: leave it).
     #[serde(default = "d_away")]
     pub away_expires: u32,
+    /// Most phones tracked (and REGISTERs awaiting an answer, and calls
+    /// counted); a new phone beyond it is relayed but not tracked.
+    #[serde(default = "d_max_phones")]
+    pub max_phones: usize,
+    /// When the rules move a phone, register it at its new PBX from its
+    /// last REGISTER, so it can be called there at once. The PBX must
+    /// accept REGISTERs from the edge without a challenge.
+    #[serde(default = "d_register_moved")]
+    pub register_moved: bool,
 }
 
 fn d_failover() -> Duration {
@@ -140,6 +153,12 @@ fn d_homeless() -> Duration {
 fn d_register_timeout() -> Duration {
     Policy::default().register_timeout
 }
+fn d_register_moved() -> bool {
+    true
+}
+fn d_max_phones() -> usize {
+    Policy::default().max_phones
+}
 fn d_away() -> u32 {
     Policy::default().away_expires.unwrap_or(0)
 }
@@ -152,6 +171,8 @@ impl Default for PhonesSection {
             homeless_window: d_homeless(),
             register_timeout: d_register_timeout(),
             away_expires: d_away(),
+            max_phones: d_max_phones(),
+            register_moved: d_register_moved(),
         }
     }
 }
@@ -164,6 +185,8 @@ impl PhonesSection {
             homeless_window: self.homeless_window,
             register_timeout: self.register_timeout,
             away_expires: (self.away_expires > 0).then_some(self.away_expires),
+            max_phones: self.max_phones,
+            register_moved: self.register_moved,
             ..Policy::default()
         }
     }
@@ -246,6 +269,9 @@ impl EdgeConfig {
         if self.health.down_after == 0 || self.health.up_after == 0 {
             return bad("health.down_after", "expected counts of 1 or more");
         }
+        if self.phones.max_phones == 0 {
+            return bad("phones.max_phones", "expected 1 or more");
+        }
         for (i, h) in self.homes.iter().enumerate() {
             if !self.pbxs.iter().any(|p| p.name == h.pbx) {
                 return bad(&format!("home[{i}].pbx"), "names no [[pbx]]");
@@ -311,6 +337,8 @@ pbx = "standby"
         assert_eq!(p.failover_after, Duration::from_secs(3));
         assert_eq!(p.failback_stable, Duration::from_secs(600));
         assert_eq!(c.home_rules(), [("2".to_string(), 1)]);
+        assert_eq!(p.max_phones, 100_000);
+        assert!(c.edge.token_file.is_none());
         assert_eq!(c.edge.retry_after, Duration::from_secs(5));
         assert!(c.edge.names.is_empty() && c.edge.key_file.is_none());
     }

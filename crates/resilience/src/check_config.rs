@@ -1,8 +1,8 @@
 //! `resilience check-config FILE`: validate a node's, an edge's or a
 //! follower's configuration (told apart by an `[edge]` or `[follow]` table).
 //! For a node it also checks the secret files the config names (cluster key,
-//! API token, TLS private keys) with the node's own rules, and for an edge
-//! its `key_file`; a follower reads no secret.
+//! API token, TLS private keys) with the node's own rules; an edge, its
+//! `key_file` and its API token when it has them; a follower reads no secret.
 
 use crate::secret::SecretError;
 use resilience_core::config::NodeConfig;
@@ -44,11 +44,11 @@ fn follow(shown: &str, text: &str) -> ExitCode {
     }
 }
 
-fn edge(shown: &str, file: &Path, text: &str) -> ExitCode {
+fn edge(shown: &str, text: &str, base: &Path) -> ExitCode {
     match EdgeConfig::parse(shown, text) {
         Ok(c) => {
             if let Some(k) = &c.edge.key_file {
-                let path = crate::node::resolve(&crate::node::config_base(file), k);
+                let path = crate::node::resolve(base, k);
                 match crate::edge::key::load(&path) {
                     Ok(_) => {}
                     Err(crate::edge::key::KeyError::Secret(e)) if e.is_missing() => eprintln!(
@@ -59,6 +59,16 @@ fn edge(shown: &str, file: &Path, text: &str) -> ExitCode {
                         eprintln!("{shown}: key `edge.key_file`: {e}");
                         return ExitCode::FAILURE;
                     }
+                }
+            }
+            if let Some(p) = &c.edge.token_file {
+                let path = crate::node::resolve(base, p);
+                if let Err(e) = crate::secret::read_token(&path) {
+                    eprintln!(
+                        "{shown}: key `edge.token_file`: {e}; create it with `resilience keygen --token --out {}`",
+                        path.display()
+                    );
+                    return ExitCode::FAILURE;
                 }
             }
             println!("{shown}: OK");
@@ -162,7 +172,7 @@ pub fn run(file: &Path) -> ExitCode {
         }
     };
     if has_table(&text, "edge") {
-        return edge(&shown, file, &text);
+        return edge(&shown, &text, &crate::node::config_base(file));
     }
     if has_table(&text, "follow") {
         return follow(&shown, &text);

@@ -138,6 +138,13 @@ pub enum Note {
         from: Flow,
         to: Flow,
         call_id: String,
+        /// The expiry asked for (Contact `expires`, else Expires): 0 is an
+        /// unregistration.
+        requested: Option<u32>,
+        /// What [`Relay::register`] needs to register this phone at
+        /// another PBX (None for an unregistration, a `*` or several
+        /// contacts).
+        template: Option<String>,
     },
     /// A final response to a REGISTER, on its way back to the phone.
     Registered {
@@ -184,6 +191,17 @@ pub const DEFAULT_RETRY_AFTER: u32 = 5;
 const MAC_HEX: usize = 20;
 
 const COOKIE: &str = "z9hG4bK";
+/// The branch prefix of requests the edge makes itself: their answers are
+/// the edge's, never relayed.
+const OWN: &str = "z9hG4bK-rs-own-";
+
+/// The answer to a request the edge made itself ([`Relay::register`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnAnswer {
+    pub code: u16,
+    pub call_id: String,
+    pub aor: String,
+}
 /// Most header lines the relay adds to a message.
 const ADDED_HEADERS: usize = 3;
 
@@ -232,6 +250,11 @@ impl Relay {
             h.update(p);
         }
         h.finalize().to_hex()[..MAC_HEX].to_owned()
+    }
+
+    /// The MAC in the branch of the edge's own REGISTER for `call_id`.
+    fn own_branch_mac(&self, call_id: &str) -> String {
+        self.mac(&[b"rs-own", call_id.as_bytes()])
     }
 
     /// The `rs-flow` value for `flow`: in a Path (`call_id` None) it holds
@@ -465,11 +488,14 @@ impl Relay {
                 .and_then(NameAddr::parse)
                 .and_then(|n| Uri::parse(n.uri))
             {
+                let requested = register_expires(msg);
                 notes.push(Note::Register {
                     aor: aor.aor(),
                     from,
                     to,
                     call_id: call_id.to_owned(),
+                    requested,
+                    template: template(msg, uri, from).filter(|_| requested != Some(0)),
                 });
             }
         }
@@ -494,6 +520,81 @@ impl Relay {
         })
     }
 
+    /// A REGISTER the edge sends on a phone's behalf, from the template of
+    /// its last REGISTER ([`Note::Register`]): the phone's R-URI, To, From
+    /// and Contact, a Path naming the edge with the phone's flow (so the
+    /// PBX's calls come back through the edge to the phone), the edge's
+    /// own Via branch (so the answer is the edge's: [`Relay::own_answer`]),
+    /// Call-ID and CSeq, and `expires` seconds. None for a bad template.
+    pub fn register(&self, template: &str, call_id: &str, expires: u32) -> Option<Vec<u8>> {
+        let mut parts = template.split('\n');
+        let (uri, to, from, contact, flow) = (
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+        );
+        let hex = self.own_branch_mac(call_id);
+        let flow = self.seal_flow(Flow::decode(flow)?, None);
+        let me = self.me_hostport();
+        let from = strip_param(from, "tag");
+        let contact = strip_param(contact, "expires");
+        let text = format!(
+            "REGISTER {uri} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {me};branch={OWN}{}\r\n\
+             Max-Forwards: 70\r\n\
+             From: {from};tag=rs{}\r\n\
+             To: {to}\r\n\
+             Call-ID: {call_id}\r\n\
+             CSeq: 1 REGISTER\r\n\
+             Contact: {contact}\r\n\
+             Path: <sip:{me};lr;rs-flow={flow}>\r\n\
+             Expires: {expires}\r\n\
+             User-Agent: resilience-edge\r\n\
+             Content-Length: 0\r\n\r\n",
+            hex,
+            &hex[..10],
+        );
+        Message::parse(text.as_bytes()).ok()?;
+        Some(text.into_bytes())
+    }
+
+    /// The answer to one of the edge's own requests, from a PBX: the edge
+    /// consumes it. None for anything else (relay it as usual).
+    pub fn own_answer(&self, from: Flow, bytes: &[u8]) -> Option<OwnAnswer> {
+        if !self.is_pbx(from.addr) || !bytes.starts_with(b"SIP/2.0 ") {
+            return None;
+        }
+        let msg = Message::parse(bytes).ok()?;
+        let StartLine::Response { code, .. } = msg.start else {
+            return None;
+        };
+        let top = split_values(msg.value(Name::Via)?)
+            .next()
+            .and_then(Via::parse)?;
+        if !self.is_me(&top.sent_by) || !top.branch().is_some_and(|b| b.starts_with(OWN)) {
+            return None;
+        }
+        // Only an answer to a REGISTER the edge sent: its branch is a MAC of
+        // the Call-ID (a forged one is dropped as a forged branch).
+        let call_id = msg.value(Name::CallId)?;
+        let mac = top.branch()?.strip_prefix(OWN)?;
+        if !same(&self.own_branch_mac(call_id), mac) {
+            return None;
+        }
+        let aor = msg
+            .value(Name::To)
+            .and_then(NameAddr::parse)
+            .and_then(|n| Uri::parse(n.uri))?
+            .aor();
+        Some(OwnAnswer {
+            code,
+            call_id: msg.value(Name::CallId)?.to_owned(),
+            aor,
+        })
+    }
+
     fn me_hostport(&self) -> String {
         match self.me {
             SocketAddr::V4(a) => a.to_string(),
@@ -505,7 +606,8 @@ impl Relay {
         let via_h = msg.header(Name::Via).ok_or(Dropped::BadVia)?;
         let mut values = split_values(via_h.value);
         let top = values.next().and_then(Via::parse).ok_or(Dropped::BadVia)?;
-        if !self.is_me(&top.sent_by) {
+        // The answers to the edge's own requests are [`Relay::own_answer`]'s.
+        if !self.is_me(&top.sent_by) || top.branch().is_some_and(|b| b.starts_with(OWN)) {
             return Err(Dropped::NotOurs);
         }
         let (id, mac) = top
@@ -727,8 +829,24 @@ pub fn cap_expires(bytes: &[u8], max: u32) -> Option<Vec<u8>> {
     changed.then(|| e.finish())
 }
 
-/// The expiry a REGISTER response grants: the Contact's `expires`, else
-/// the Expires header.
+/// What the edge keeps of a phone's REGISTER to register it elsewhere:
+/// R-URI, To, From, Contact and the phone's flow, one per line. None when
+/// it has no single plain contact.
+fn template(msg: &Message<'_>, uri: &str, from: Flow) -> Option<String> {
+    let mut contacts = msg.all(Name::Contact).flat_map(|h| split_values(h.value));
+    let contact = contacts.next()?;
+    if contacts.next().is_some() || contact.trim() == "*" {
+        return None;
+    }
+    let fields = [uri, msg.value(Name::To)?, msg.value(Name::From)?, contact];
+    if fields.iter().any(|f| f.contains(['\r', '\n'])) {
+        return None;
+    }
+    Some(format!("{}\n{}", fields.join("\n"), from.encode()))
+}
+
+/// The expiry a REGISTER (or its response) names: the Contact's
+/// `expires`, else the Expires header.
 fn register_expires(msg: &Message<'_>) -> Option<u32> {
     msg.all(Name::Contact)
         .flat_map(|h| split_values(h.value))

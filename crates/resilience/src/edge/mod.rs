@@ -5,21 +5,25 @@
 //! per-phone router ([`resilience_core::phones::Router`], sans-IO); it reads
 //! the SIP socket, the probes' reports and the router's deadline, and does
 //! what they decide. Probes run beside it ([`probe`]); the HTTP API reads a
-//! copy of the phones table.
+//! copy of the phones table ([`table`]) that the relay task feeds with each
+//! phone's changes, and counts the router keeps: nothing the API does walks
+//! the relay's table or holds its lock.
 
 pub mod http;
 pub mod key;
 pub mod probe;
+pub mod table;
 pub mod tcp;
 
 use anyhow::Context;
-use axum::extract::State;
-use axum::response::IntoResponse;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Json;
 use metrics_exporter_prometheus::PrometheusHandle;
 use resilience_core::edge_config::EdgeConfig;
-use resilience_core::phones::{Phone, Router};
+use resilience_core::phones::{Counts, PhoneRow, RegisterSent, Router};
 use resilience_sip::{Dropped, Flow, Note, Relay, Transport};
 use serde_json::json;
 use std::collections::{HashMap, VecDeque};
@@ -45,13 +49,16 @@ struct View {
     moves: VecDeque<serde_json::Value>,
     relayed: u64,
     dropped: HashMap<&'static str, u64>,
+    /// The router's counts as of its last event.
+    counts: Counts,
 }
 
 #[derive(Clone)]
 struct ApiState {
     view: Arc<Mutex<View>>,
     pbx_up: Arc<Mutex<Vec<bool>>>,
-    router: Arc<Mutex<Router>>,
+    table: table::Table,
+    token: Option<Arc<str>>,
     conns: tcp::Conns,
     names: Arc<Vec<String>>,
     metrics: PrometheusHandle,
@@ -72,25 +79,54 @@ fn reason_label(d: &Dropped) -> &'static str {
     }
 }
 
-fn phone_json(p: &Phone, names: &[String], now: Instant) -> serde_json::Value {
+fn phone_json(aor: &str, p: &PhoneRow, names: &[String], now: Instant) -> serde_json::Value {
     json!({
-        "aor": p.aor,
-        "contact": p.contact,
+        "aor": aor,
+        "contact": &*p.contact,
         "home": names.get(p.home),
         "serving": names.get(p.serving),
-        "guest": p.is_guest(),
+        "guest": p.serving != p.home,
         "since_s": now.saturating_duration_since(p.since).as_secs(),
         "calls": p.calls,
-        "last_register_s_ago": p.last_register.map(|t| now.saturating_duration_since(t).as_secs()),
+        "last_register_s_ago": now.saturating_duration_since(p.last_register).as_secs(),
+        "expires_in_s": p.expires_at.saturating_duration_since(now).as_secs(),
     })
+}
+
+/// A flow as the router and the API name it (`udp:1.2.3.4:5060`).
+fn flow_text(f: &Flow) -> String {
+    format!("{}:{}", f.transport.as_str().to_ascii_lowercase(), f.addr)
+}
+
+/// What the relay task holds besides the relay and the router.
+struct Ctx<'a> {
+    relay: &'a Relay,
+    pbx_addrs: &'a [SocketAddr],
+    sock: &'a UdpSocket,
+    /// The edge's own REGISTERs, sent at a bounded pace.
+    paced: &'a mpsc::UnboundedSender<(SocketAddr, Vec<u8>)>,
+    conns: &'a tcp::Conns,
+    view: &'a Mutex<View>,
+    changes: &'a tokio::sync::mpsc::UnboundedSender<table::Changes>,
+    names: &'a [String],
 }
 
 pub async fn run(path: &Path) -> anyhow::Result<()> {
     let cfg = load_config(path)?;
+    // Before any socket: a refused token stops the start at once.
+    let token = match &cfg.edge.token_file {
+        Some(p) => {
+            let p = crate::node::resolve(&crate::node::config_base(path), p);
+            Some(Arc::<str>::from(crate::secret::read_token(&p)?))
+        }
+        None => None,
+    };
     let metrics = crate::api::install_metrics();
-    let sock = UdpSocket::bind(cfg.edge.sip_listen)
-        .await
-        .with_context(|| format!("SIP socket {}", cfg.edge.sip_listen))?;
+    let sock = Arc::new(
+        UdpSocket::bind(cfg.edge.sip_listen)
+            .await
+            .with_context(|| format!("SIP socket {}", cfg.edge.sip_listen))?,
+    );
     let tcp_listener = tokio::net::TcpListener::bind(cfg.edge.sip_listen)
         .await
         .with_context(|| format!("SIP TCP socket {}", cfg.edge.sip_listen))?;
@@ -111,15 +147,15 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         .with_names(cfg.edge.names.clone())
         .with_retry_after(cfg.edge.retry_after.as_secs() as u32);
     drop_log().spawn_summaries();
+    let mut secret_id = [0u8; 6];
+    getrandom::fill(&mut secret_id).map_err(|e| anyhow::anyhow!("random: {e}"))?;
     let start = Instant::now();
-    // Shared with the API, which reads the phones table on request; the
-    // relay task holds the lock only while deciding, never across a send.
-    let router = Arc::new(Mutex::new(Router::new(
-        cfg.phones.policy(),
-        cfg.pbxs.len(),
-        cfg.home_rules(),
-        start,
-    )));
+    // Owned by the relay task alone; the API reads the copy it feeds.
+    let mut router = Router::new(cfg.phones.policy(), cfg.pbxs.len(), cfg.home_rules(), start)
+        .with_id_prefix(format!("rs-{}-", hex::encode(secret_id)));
+    let phones_table = table::Table::default();
+    let (changes_tx, changes_rx) = mpsc::unbounded_channel::<table::Changes>();
+    phones_table.spawn_applier(changes_rx);
 
     let (health_tx, mut health_rx) = mpsc::channel(16);
     for (i, p) in cfg.pbxs.iter().enumerate() {
@@ -139,7 +175,8 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     let api = ApiState {
         view: view.clone(),
         pbx_up: pbx_up.clone(),
-        router: router.clone(),
+        table: phones_table,
+        token,
         conns: conns.clone(),
         names: names.clone(),
         metrics,
@@ -189,14 +226,22 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
             .join(", ")
     );
 
-    // Which phone a flow belongs to, learnt from its REGISTERs.
-    let mut flows: HashMap<Flow, String> = HashMap::new();
+    let (paced_tx, paced_rx) = mpsc::unbounded_channel();
+    tokio::spawn(send_paced(sock.clone(), paced_rx));
+    let ctx = Ctx {
+        paced: &paced_tx,
+        relay: &relay,
+        pbx_addrs: &pbx_addrs,
+        sock: &sock,
+        conns: &conns,
+        view: &view,
+        changes: &changes_tx,
+        names: &names,
+    };
     let mut buf = vec![0u8; 65_536];
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let deadline = router
-            .lock()
-            .expect("router lock")
             .poll_timeout()
             .map(tokio::time::Instant::from_std)
             .unwrap_or_else(|| tokio::time::Instant::now() + std::time::Duration::from_secs(3600));
@@ -205,40 +250,30 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
                 match r {
                     Ok((len, from)) => {
                         let msg = buf[..len].to_vec();
-                        relay_one(&relay, &router, &mut flows, &pbx_addrs, &sock, &conns, &view, Flow::udp(from), &msg).await;
+                        relay_one(&ctx, &mut router, Flow::udp(from), &msg).await;
                     }
                     Err(e) => tracing::debug!("recv: {e}"),
                 }
             }
             Some((from, msg)) = tcp_rx.recv() => {
-                relay_one(&relay, &router, &mut flows, &pbx_addrs, &sock, &conns, &view, from, &msg).await;
+                relay_one(&ctx, &mut router, from, &msg).await;
             }
             Some(label) = tcp_drop_rx.recv() => {
                 count_drop(&view, label);
                 drop_log().event(label, || format!("dropped a SIP TCP connection or message: {label}"));
             }
             Some((i, up)) = health_rx.recv() => {
-                router.lock().expect("router lock").handle_health(Instant::now(), i, up);
+                router.handle_health(Instant::now(), i, up);
                 metrics::gauge!("resilience_edge_pbx_up", "pbx" => names[i].clone()).set(if up { 1.0 } else { 0.0 });
                 pbx_up.lock().expect("up lock")[i] = up;
             }
             _ = tokio::time::sleep_until(deadline) => {
-                router.lock().expect("router lock").handle_timeout(Instant::now());
+                router.handle_timeout(Instant::now());
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
         }
-        let moves = router.lock().expect("router lock").poll_moves();
-        for m in moves {
-            let (from, to) = (&names[m.from], &names[m.to]);
-            tracing::info!("phone {} moves from {from} to {to}: {}", m.aor, m.reason);
-            let mut v = view.lock().expect("view lock");
-            v.moves.push_front(json!({
-                "at_ms": SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
-                "aor": m.aor, "from": from, "to": to, "reason": m.reason,
-            }));
-            v.moves.truncate(200);
-        }
+        after_event(&ctx, &mut router).await;
     }
     tracing::info!("edge stopping");
     Ok(())
@@ -256,6 +291,26 @@ fn drop_log() -> &'static Arc<crate::ratelog::RateLog> {
     })
 }
 
+/// Most REGISTERs a second the edge sends for moved phones: a failover
+/// moves every phone at once, and a burst of ten thousand datagrams would
+/// overflow the PBX's socket buffer (and the PBX).
+const REREGISTER_RATE: u32 = 2_000;
+
+/// Send the edge's own REGISTERs at [`REREGISTER_RATE`] at most, beside the
+/// relay task so it never waits for them.
+async fn send_paced(sock: Arc<UdpSocket>, mut rx: mpsc::UnboundedReceiver<(SocketAddr, Vec<u8>)>) {
+    const BATCH: u32 = 20;
+    let pause = std::time::Duration::from_secs(1) * BATCH / REREGISTER_RATE;
+    let mut n = 0;
+    while let Some((addr, bytes)) = rx.recv().await {
+        let _ = sock.send_to(&bytes, addr).await;
+        n += 1;
+        if n % BATCH == 0 && !rx.is_empty() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
 fn count_drop(view: &Mutex<View>, label: &'static str) {
     metrics::counter!("resilience_edge_dropped_total", "reason" => label).increment(1);
     *view
@@ -266,58 +321,98 @@ fn count_drop(view: &Mutex<View>, label: &'static str) {
         .or_default() += 1;
 }
 
+/// What the router decided besides relaying: moves to log, phones to
+/// register at their new PBX, changes for the API's copy, counts.
+async fn after_event(ctx: &Ctx<'_>, router: &mut Router) {
+    let moves = router.poll_moves();
+    if !moves.is_empty() {
+        let mut v = ctx.view.lock().expect("view lock");
+        for m in moves {
+            let (from, to) = (&ctx.names[m.from], &ctx.names[m.to]);
+            tracing::info!("phone {} moves from {from} to {to}: {}", m.aor, m.reason);
+            v.moves.push_front(json!({
+                "at_ms": SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+                "aor": m.aor, "from": from, "to": to, "reason": m.reason,
+            }));
+        }
+        v.moves.truncate(200);
+    }
+    for r in router.poll_reregister() {
+        let Some(addr) = ctx.pbx_addrs.get(r.to).copied() else {
+            continue;
+        };
+        match ctx.relay.register(&r.template, &r.call_id, r.expires) {
+            Some(bytes) => {
+                tracing::debug!(
+                    "registering {} at {} for {} s",
+                    r.aor,
+                    ctx.names[r.to],
+                    r.expires
+                );
+                let _ = ctx.paced.send((addr, bytes));
+                metrics::counter!("resilience_edge_reregisters_total").increment(1);
+            }
+            None => count_drop(ctx.view, "bad_template"),
+        }
+    }
+    let changes = router.poll_changes();
+    if !changes.is_empty() {
+        let _ = ctx.changes.send(changes);
+    }
+    ctx.view.lock().expect("view lock").counts = router.counts();
+}
+
 /// Relay one message and feed what it tells to the router.
-#[allow(clippy::too_many_arguments)]
-async fn relay_one(
-    relay: &Relay,
-    router: &Mutex<Router>,
-    flows: &mut HashMap<Flow, String>,
-    pbx_addrs: &[SocketAddr],
-    sock: &UdpSocket,
-    conns: &tcp::Conns,
-    view: &Mutex<View>,
-    from: Flow,
-    msg: &[u8],
-) {
+async fn relay_one(ctx: &Ctx<'_>, router: &mut Router, from: Flow, msg: &[u8]) {
     let now = Instant::now();
-    let decided = {
-        let mut router = router.lock().expect("router lock");
-        let out = relay.handle(from, msg, |req| {
+    // The answer to a REGISTER the edge sent itself: the edge's, not a
+    // phone's.
+    if let Some(a) = ctx.relay.own_answer(from, msg) {
+        router.handle_register_answer(now, &a.call_id, &a.aor, a.code, None);
+        // Counted (reregisters sent against ok); a line per phone would be
+        // a flood when a PBX refuses them all after a failover.
+        if !(200..300).contains(&a.code) {
+            tracing::debug!(
+                "the PBX at {} refused to register {}: {}",
+                from.addr,
+                a.aor,
+                a.code
+            );
+        }
+        return;
+    }
+    let pbx_addrs = ctx.pbx_addrs;
+    let decided = ctx
+        .relay
+        .handle(from, msg, |req| {
             router
                 .route(now, &req.aor)
                 .and_then(|s| pbx_addrs.get(s).copied())
-        });
-        out.map(|mut send| {
-            for note in &send.notes {
-                apply_note(&mut router, flows, pbx_addrs, note, now);
+        })
+        .map(|mut send| {
+            let mut cap = None;
+            for note in std::mem::take(&mut send.notes) {
+                if let Some(c) = apply_note(router, pbx_addrs, note, now) {
+                    cap = Some(c);
+                }
             }
             // A guest phone is told to re-register sooner (XiVO "Resilience Administration"'s
             // short expiry, per phone).
-            if let Some(Note::Registered {
-                aor,
-                code: 200..=299,
-                expires: Some(granted),
-                ..
-            }) = send.notes.first()
-            {
-                let cap = router.expires_for(aor, *granted);
-                if cap < *granted {
-                    if let Some(b) = resilience_sip::proxy::cap_expires(&send.bytes, cap) {
-                        send.bytes = b;
-                    }
+            if let Some(c) = cap {
+                if let Some(b) = resilience_sip::proxy::cap_expires(&send.bytes, c) {
+                    send.bytes = b;
                 }
             }
             send
-        })
-    };
+        });
     match decided {
         Ok(send) => {
             let sent = match send.to.transport {
-                Transport::Udp => sock.send_to(&send.bytes, send.to.addr).await.is_ok(),
-                Transport::Tcp => conns.send(send.to.addr, send.bytes),
+                Transport::Udp => ctx.sock.send_to(&send.bytes, send.to.addr).await.is_ok(),
+                Transport::Tcp => ctx.conns.send(send.to.addr, send.bytes),
             };
             if !sent {
-                count_drop(view, "unreachable");
+                count_drop(ctx.view, "unreachable");
                 drop_log().event("unreachable", || format!("could not send to {:?}", send.to));
             }
             let kind = if send.generated {
@@ -326,11 +421,11 @@ async fn relay_one(
                 "relayed"
             };
             metrics::counter!("resilience_edge_messages_total", "kind" => kind).increment(1);
-            view.lock().expect("view lock").relayed += 1;
+            ctx.view.lock().expect("view lock").relayed += 1;
         }
         Err(d) => {
             let label = reason_label(&d);
-            count_drop(view, label);
+            count_drop(ctx.view, label);
             drop_log().event(label, || {
                 format!("dropped a message from {}: {d}", from.addr)
             });
@@ -338,55 +433,129 @@ async fn relay_one(
     }
 }
 
-/// Feed what the relay saw to the router.
-fn apply_note(
-    router: &mut Router,
-    flows: &mut HashMap<Flow, String>,
-    pbxs: &[SocketAddr],
-    note: &Note,
-    now: Instant,
-) {
+/// Feed what the relay saw to the router; Some(expiry) when a REGISTER's
+/// 2xx must grant less than the PBX did.
+fn apply_note(router: &mut Router, pbxs: &[SocketAddr], note: Note, now: Instant) -> Option<u32> {
     match note {
-        Note::Register { aor, from, to, .. } => {
-            flows.insert(*from, aor.clone());
+        Note::Register {
+            aor,
+            from,
+            to,
+            call_id,
+            requested,
+            template,
+        } => {
             if let Some(s) = pbxs.iter().position(|a| *a == to.addr) {
-                let contact = format!(
-                    "{}:{}",
-                    from.transport.as_str().to_ascii_lowercase(),
-                    from.addr
+                router.handle_register_sent(
+                    now,
+                    RegisterSent {
+                        call_id: &call_id,
+                        aor: &aor,
+                        contact: &flow_text(&from),
+                        to: s,
+                        requested,
+                        template: template.map(String::into_boxed_str),
+                    },
                 );
-                router.handle_register_sent(now, aor, &contact, s);
             }
+            None
         }
-        Note::Registered { aor, code, .. } => router.handle_register_answer(now, aor, *code),
+        Note::Registered {
+            aor,
+            code,
+            call_id,
+            expires,
+        } => router.handle_register_answer(now, &call_id, &aor, code, expires),
         Note::Invite { call_id, phone } => {
-            if let Some(aor) = flows.get(phone) {
-                router.handle_call(now, call_id, aor);
+            if let Some(aor) = router.phone_of_flow(&flow_text(&phone)).cloned() {
+                router.handle_call(now, &call_id, &aor);
             }
+            None
         }
-        Note::DialogDown { call_id } => router.handle_call_end(now, call_id),
-        Note::DialogUp { call_id } => router.handle_call_answered(now, call_id),
+        Note::DialogDown { call_id } => {
+            router.handle_call_end(now, &call_id);
+            None
+        }
+        Note::DialogUp { call_id } => {
+            router.handle_call_answered(now, &call_id);
+            None
+        }
     }
 }
 
 async fn metrics_text(State(s): State<ApiState>) -> impl IntoResponse {
-    {
-        let r = s.router.lock().expect("router lock");
-        let (all, away) = r.phones().fold((0usize, 0usize), |(a, g), p| {
-            (a + 1, g + p.is_guest() as usize)
-        });
-        metrics::gauge!("resilience_edge_phones").set(all as f64);
-        metrics::gauge!("resilience_edge_phones_away").set(away as f64);
+    let c = s.view.lock().expect("view lock").counts;
+    metrics::gauge!("resilience_edge_phones").set(c.phones as f64);
+    metrics::gauge!("resilience_edge_phones_away").set(c.away as f64);
+    metrics::gauge!("resilience_edge_flows").set(c.flows as f64);
+    metrics::gauge!("resilience_edge_registers_pending").set(c.pending as f64);
+    metrics::gauge!("resilience_edge_calls").set(c.calls as f64);
+    for (what, n) in [
+        ("expired", c.expired),
+        ("evicted", c.evicted),
+        ("over_cap", c.over_cap),
+        ("unregistered", c.unregistered),
+    ] {
+        metrics::counter!("resilience_edge_phones_total", "event" => what).absolute(n);
     }
+    metrics::counter!("resilience_edge_register_timeouts_total").absolute(c.register_timeouts);
+    metrics::counter!("resilience_edge_registers_pending_dropped_total")
+        .absolute(c.pending_dropped);
+    metrics::counter!("resilience_edge_reregisters_ok_total").absolute(c.reregisters_ok);
     metrics::gauge!("resilience_edge_tcp_connections").set(s.conns.count() as f64);
     crate::api::prometheus_text(&s.metrics)
 }
 
-async fn phones(State(s): State<ApiState>) -> Json<serde_json::Value> {
+#[derive(serde::Deserialize)]
+struct PageQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+fn refuse(code: StatusCode, msg: &str) -> Response {
+    (code, Json(json!({ "error": msg }))).into_response()
+}
+
+/// The phones, a page at a time, for the holder of the edge's token: the
+/// list names every user.
+async fn phones(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<PageQuery>,
+) -> Response {
+    let Some(token) = &s.token else {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "the phones list needs an API token: set [edge] token_file",
+        );
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    use subtle::ConstantTimeEq;
+    match given {
+        Some(t) if bool::from(t.as_bytes().ct_eq(token.as_bytes())) => {}
+        Some(_) => return refuse(StatusCode::UNAUTHORIZED, "invalid API token"),
+        None => {
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                "send Authorization: Bearer <token> (the edge's token_file)",
+            )
+        }
+    }
+    let limit = q.limit.unwrap_or(table::PAGE_MAX);
+    let (rows, more) = s.table.page(q.after.as_deref(), limit);
     let now = Instant::now();
-    let r = s.router.lock().expect("router lock");
-    let list: Vec<_> = r.phones().map(|p| phone_json(p, &s.names, now)).collect();
-    Json(json!({ "phones": list }))
+    let next = more
+        .then(|| rows.last().map(|(a, _)| a.to_string()))
+        .flatten();
+    let list: Vec<_> = rows
+        .iter()
+        .map(|(a, p)| phone_json(a, p, &s.names, now))
+        .collect();
+    Json(json!({ "phones": list, "next": next })).into_response()
 }
 
 async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
@@ -397,11 +566,27 @@ async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
         .zip(s.pbx_up.lock().expect("up lock").iter())
         .map(|(n, up)| json!({"name": n, "up": up}))
         .collect();
+    let c = v.counts;
     Json(json!({
         "pbxs": pbxs,
         "relayed": v.relayed,
         "dropped": v.dropped,
-        "phones": s.router.lock().expect("router lock").phones().count(),
+        "phones": c.phones,
+        "table": {
+            "phones": c.phones,
+            "away": c.away,
+            "flows": c.flows,
+            "registers_pending": c.pending,
+            "calls": c.calls,
+            "expired": c.expired,
+            "evicted": c.evicted,
+            "over_cap": c.over_cap,
+            "unregistered": c.unregistered,
+            "register_timeouts": c.register_timeouts,
+            "registers_pending_dropped": c.pending_dropped,
+            "reregisters_sent": c.reregisters_sent,
+            "reregisters_ok": c.reregisters_ok,
+        },
         "moves": v.moves,
     }))
 }

@@ -105,7 +105,13 @@ pub struct LabOpts {
     pub edge_extra: String,
     /// Lines after the last section of the config.
     pub tail: String,
+    /// The `[health]` lines instead of the lab's (probes every 200 ms, down
+    /// after 2 lost), when not empty.
+    pub health: String,
 }
+
+/// The lab edge's API token (its `token_file`).
+pub const EDGE_TOKEN: &str = "edge-lab-token-0123456789abcdef0123456789";
 
 pub struct Lab {
     pub dir: TestDir,
@@ -141,7 +147,7 @@ impl Lab {
             Kamailio::start(&dir, "pbx-main", free_udp()),
             Kamailio::start(&dir, "pbx-standby", free_udp()),
         ];
-        let (sip, api) = (free_udp_and_tcp(), free_tcp());
+        let (sip, api) = (free_sip(), free_tcp());
         let (http_port, webs) = (free_tcp(), [free_tcp(), free_tcp()]);
         let http = web.then(|| {
             let stub = |name: &str, port: u16| {
@@ -171,12 +177,14 @@ impl Lab {
             (String::new(), [String::new(), String::new()])
         };
         let cfg = dir.path("edge.toml");
+        write_secret(&dir.path("edge.token"), EDGE_TOKEN);
         std::fs::write(
             &cfg,
             format!(
                 r#"[edge]
 sip_listen = "127.0.0.1:{sip}"
 api_listen = "127.0.0.1:{api}"
+token_file = "edge.token"
 {http_line}{edge_extra}
 [[pbx]]
 name = "main"
@@ -187,10 +195,7 @@ name = "standby"
 sip = "127.0.0.1:{}"
 {}
 [health]
-interval = "200ms"
-timeout = "200ms"
-down_after = 2
-up_after = 1
+{health}
 
 [phones]
 failover_after = "1s"
@@ -204,6 +209,11 @@ register_timeout = "1s"
                 pbx[1].port,
                 web_lines[1],
                 edge_extra = opts.edge_extra,
+                health = if opts.health.is_empty() {
+                    "interval = \"200ms\"\ntimeout = \"200ms\"\ndown_after = 2\nup_after = 1"
+                } else {
+                    opts.health.as_str()
+                },
                 tail = opts.tail,
             ),
         )
@@ -241,8 +251,30 @@ register_timeout = "1s"
             .unwrap_or_default()
     }
 
+    /// GET with the edge's token: (HTTP status, JSON body).
+    pub fn get_auth(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = agent().get(&format!("http://127.0.0.1:{}{path}", self.api));
+        if let Some(t) = token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        match req.call() {
+            Ok(mut r) => (
+                r.status().as_u16(),
+                r.body_mut().read_json().unwrap_or(Value::Null),
+            ),
+            Err(ureq::Error::StatusCode(c)) => (c, Value::Null),
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    /// The phone's row in the phones list (a page starting at its AOR).
     pub fn phone(&self, aor: &str) -> Value {
-        self.get("/api/v1/phones")["phones"]
+        // The page after a key just below the AOR starts at the AOR.
+        let (_, v) = self.get_auth(
+            &format!("/api/v1/phones?limit=1&after={}", enc(&before(aor))),
+            Some(EDGE_TOKEN),
+        );
+        v["phones"]
             .as_array()
             .and_then(|a| a.iter().find(|p| p["aor"] == aor).cloned())
             .unwrap_or(Value::Null)
@@ -261,7 +293,7 @@ register_timeout = "1s"
     pub fn sipp_command(&self, scenario: &str, user: &str, extra: &[&str]) -> Command {
         let mut c = Command::new("sipp");
         c.args(["-sf", fixture(scenario).to_str().unwrap()])
-            .args(["-i", "127.0.0.1", "-p", &free_udp().to_string()])
+            .args(["-i", "127.0.0.1", "-p", &free_sip().to_string()])
             .args(["-m", "1", "-s", user, "-timeout", "60s", "-timeout_error"])
             .args(["-nostdin", "-trace_err"])
             .args(extra)
@@ -305,13 +337,42 @@ register_timeout = "1s"
     }
 }
 
-/// A port free for UDP and for TCP (the edge listens on both): a UDP port
-/// alone may be some TCP client's local port on a busy machine.
-pub fn free_udp_and_tcp() -> u16 {
+/// A string that sorts right before `s` and after anything below it (for
+/// the phones list's `after`): `s` minus its last character, then a
+/// character below it, then the highest one.
+fn before(s: &str) -> String {
+    let mut chars: Vec<char> = s.chars().collect();
+    match chars.pop() {
+        Some(c) => {
+            let below = char::from_u32(c as u32 - 1).unwrap_or(c);
+            chars.push(below);
+            chars.push(char::MAX);
+            chars.into_iter().collect()
+        }
+        None => String::new(),
+    }
+}
+
+/// Percent-encode a query value.
+pub fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A port free for both UDP and TCP (the edge's SIP listens on both): a
+/// free UDP port may be a busy TCP one.
+pub fn free_sip() -> u16 {
     loop {
-        let p = free_udp();
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            return p;
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
         }
     }
 }

@@ -73,7 +73,11 @@ fn register_from_a_natted_phone_goes_to_the_chosen_pbx_with_path() {
             aor: "sip:1001@pbx.example.com".into(),
             from: udp(PHONE),
             to: udp(PBX_A),
-            call_id: "reg-1".into()
+            call_id: "reg-1".into(),
+            requested: Some(3600),
+            template: Some(
+                "sip:pbx.example.com\n<sip:1001@pbx.example.com>\n<sip:1001@pbx.example.com>;tag=a\n<sip:1001@192.168.1.10:5070>\nudp~127.0.0.10~5070".into()
+            ),
         }]
     );
 }
@@ -461,4 +465,138 @@ fn a_request_from_a_pbx_reaches_a_phone_only_through_a_flow_the_edge_signed() {
     let mf0 = msg("Max-Forwards: 0\r\n").replace("127.0.0.2:5060;branch", "127.0.0.99:9;branch");
     let out = r.handle(udp(PBX_A), mf0.as_bytes(), |_| None).unwrap();
     assert_eq!(out.to, udp(PBX_A));
+}
+
+#[test]
+fn the_edge_registers_a_phone_from_its_template_and_consumes_the_answer() {
+    let r = relay();
+    let out = r
+        .handle(udp(PHONE), register("z9hG4bKr1").as_bytes(), to_pbx_a)
+        .unwrap();
+    let Some(Note::Register {
+        template: Some(tpl),
+        ..
+    }) = out.notes.first()
+    else {
+        panic!("{:?}", out.notes)
+    };
+    let bytes = r.register(tpl, "rs-x-1", 1200).unwrap();
+    let t = String::from_utf8(bytes.clone()).unwrap();
+    let msg = Message::parse(&bytes).unwrap();
+    assert_eq!(msg.method(), Some("REGISTER"));
+    assert!(
+        t.starts_with("REGISTER sip:pbx.example.com SIP/2.0\r\n"),
+        "{t}"
+    );
+    assert!(
+        t.contains("Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-rs-own-"),
+        "{t}"
+    );
+    assert!(t.contains("To: <sip:1001@pbx.example.com>\r\n"), "{t}");
+    assert!(t.contains("From: <sip:1001@pbx.example.com>;tag=rs"), "{t}");
+    assert!(
+        !t.contains("tag=a"),
+        "the phone's From tag is not reused: {t}"
+    );
+    assert!(
+        t.contains("Contact: <sip:1001@192.168.1.10:5070>\r\n"),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!(
+            "Path: <sip:127.0.0.1:5060;lr;rs-flow={}>\r\n",
+            sealed(None)
+        )),
+        "{t}"
+    );
+    assert!(t.contains("Call-ID: rs-x-1\r\nCSeq: 1 REGISTER\r\n"), "{t}");
+    assert!(t.contains("Expires: 1200\r\n"), "{t}");
+    // The PBX's answer: the edge's own, not relayed anywhere.
+    let via = t.lines().find(|l| l.starts_with("Via:")).unwrap();
+    let ok = format!(
+        "SIP/2.0 200 OK\r\n{via}\r\nFrom: <sip:1001@pbx.example.com>;tag=rs1\r\nTo: <sip:1001@pbx.example.com>;tag=k\r\nCall-ID: rs-x-1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n"
+    );
+    assert_eq!(
+        r.own_answer(udp(PBX_A), ok.as_bytes()),
+        Some(OwnAnswer {
+            code: 200,
+            call_id: "rs-x-1".into(),
+            aor: "sip:1001@pbx.example.com".into()
+        })
+    );
+    assert_eq!(
+        r.handle(udp(PBX_A), ok.as_bytes(), |_| None),
+        Err(Dropped::NotOurs),
+        "never relayed"
+    );
+    assert_eq!(
+        r.own_answer(udp(PHONE), ok.as_bytes()),
+        None,
+        "only from a PBX"
+    );
+    // A relayed answer is not the edge's own.
+    let vias: Vec<String> = text(&out)
+        .lines()
+        .filter(|l| l.starts_with("Via:"))
+        .map(String::from)
+        .collect();
+    let relayed = ok.replace(via, &format!("{}\r\n{}", vias[0], vias[1]));
+    assert_eq!(r.own_answer(udp(PBX_A), relayed.as_bytes()), None);
+    // A forged answer with the edge's own prefix but not its MAC: not ours.
+    let forged = ok.replace(
+        &via[via.find("branch=").unwrap()..],
+        "branch=z9hG4bK-rs-own-0123456789abcdef0123",
+    );
+    assert_eq!(r.own_answer(udp(PBX_A), forged.as_bytes()), None);
+}
+
+#[test]
+fn an_unregistration_says_so_and_keeps_no_template() {
+    let r = relay();
+    let unreg = register("z9hG4bKr2").replace("Expires: 3600", "Expires: 0");
+    let out = r.handle(udp(PHONE), unreg.as_bytes(), to_pbx_a).unwrap();
+    assert!(
+        matches!(
+            out.notes.first(),
+            Some(Note::Register {
+                requested: Some(0),
+                template: None,
+                ..
+            })
+        ),
+        "{:?}",
+        out.notes
+    );
+    let star = register("z9hG4bKr3")
+        .replace("Contact: <sip:1001@192.168.1.10:5070>", "Contact: *")
+        .replace("Expires: 3600", "Expires: 0");
+    let out = r.handle(udp(PHONE), star.as_bytes(), to_pbx_a).unwrap();
+    assert!(
+        matches!(
+            out.notes.first(),
+            Some(Note::Register {
+                requested: Some(0),
+                template: None,
+                ..
+            })
+        ),
+        "{:?}",
+        out.notes
+    );
+    let param = register("z9hG4bKr4").replace(
+        "Contact: <sip:1001@192.168.1.10:5070>",
+        "Contact: <sip:1001@192.168.1.10:5070>;expires=0",
+    );
+    let out = r.handle(udp(PHONE), param.as_bytes(), to_pbx_a).unwrap();
+    assert!(
+        matches!(
+            out.notes.first(),
+            Some(Note::Register {
+                requested: Some(0),
+                ..
+            })
+        ),
+        "{:?}",
+        out.notes
+    );
 }
