@@ -228,8 +228,8 @@ async fn check_loop(web: Arc<Web>, i: usize, url: String, every: Duration, timeo
     }
 }
 
-/// Headers that belong to one connection, not to the request (RFC 9110
-/// §7.6.1); an upgrade keeps Connection and Upgrade.
+/// Headers that belong to one connection, not to the message (RFC 9110
+/// §7.6.1), dropped both ways; an upgrade keeps Connection and Upgrade.
 const HOP: [header::HeaderName; 6] = [
     header::CONNECTION,
     header::PROXY_AUTHENTICATE,
@@ -293,6 +293,7 @@ pub async fn forward(
             h.remove(name);
         }
         h.remove(header::UPGRADE);
+        h.remove("keep-alive");
     }
     let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prior) => format!("{prior}, {}", client.ip()),
@@ -367,7 +368,16 @@ pub async fn forward(
     count(name, if failed { "failed" } else { "ok" });
     let outcome = if failed { Outcome::Failed } else { Outcome::Ok };
     web.record(|u| u.handle_outcome(Instant::now(), i, outcome));
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // The web server's connection is not the client's (it may close
+        // each one; the client's stays open for its next request).
+        let h = resp.headers_mut();
+        for name in HOP {
+            h.remove(name);
+        }
+        h.remove(header::UPGRADE);
+        h.remove("keep-alive");
+    } else {
         if let Some(from_client) = from_client {
             let from_server = hyper::upgrade::on(&mut resp);
             let idle = web.cfg.websocket_idle;

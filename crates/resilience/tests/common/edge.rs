@@ -105,6 +105,8 @@ pub struct LabOpts {
     pub edge_extra: String,
     /// Lines after the last section of the config.
     pub tail: String,
+    /// Lines appended to each `[[pbx]]` (Main, Standby).
+    pub pbx_extra: [String; 2],
 }
 
 pub struct Lab {
@@ -181,11 +183,11 @@ api_listen = "127.0.0.1:{api}"
 [[pbx]]
 name = "main"
 sip = "127.0.0.1:{}"
-{}
+{}{}
 [[pbx]]
 name = "standby"
 sip = "127.0.0.1:{}"
-{}
+{}{}
 [health]
 interval = "200ms"
 timeout = "200ms"
@@ -201,8 +203,10 @@ register_timeout = "1s"
 "#,
                 pbx[0].port,
                 web_lines[0],
+                opts.pbx_extra[0],
                 pbx[1].port,
                 web_lines[1],
+                opts.pbx_extra[1],
                 edge_extra = opts.edge_extra,
                 tail = opts.tail,
             ),
