@@ -31,7 +31,9 @@
 //!   at most once per [`SUMMARY_EVERY`], never a line per connection.
 //!
 //! Connections speak HTTP/1.1 only (every client of the API does; TLS
-//! offers only `http/1.1` by ALPN).
+//! offers only `http/1.1` by ALPN). The edge's web proxy serves through the
+//! same loop with its own [`Bounds`] and [`Refusals`], upgrades (WebSocket)
+//! allowed: an upgraded connection keeps its slots until it closes.
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
