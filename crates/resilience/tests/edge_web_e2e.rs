@@ -306,6 +306,61 @@ fn slow_headers_and_idle_keepalives_are_cut_an_open_websocket_is_not() {
     );
 }
 
+/// Send `head` (and `body`) on a new connection; the status line of the
+/// answer, and how long it took.
+fn raw_status(port: u16, head: &str, body: &[u8]) -> (String, Duration) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(secs(8))).unwrap();
+    let t = Instant::now();
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let head = read_head(&mut s);
+    (head.lines().next().unwrap_or("").to_owned(), t.elapsed())
+}
+
+#[test]
+fn request_bodies_have_a_deadline_and_a_size_and_do_not_count_against_the_server() {
+    let _g = serial();
+    // One failure would take the Main's web server out: a client's
+    // fault must not count as one.
+    let lab = Lab::start_opts(
+        "edge-web-bodies",
+        LabOpts {
+            web: true,
+            tail: "[web]\nbody_timeout = \"1s\"\nmax_body = 1000\nmax_fails = 1\n".into(),
+            ..LabOpts::default()
+        },
+    );
+    let port = lab.http.as_ref().unwrap().0;
+    assert!(wait_until(secs(5), || http_get(port, "/") == (200, "main".into())));
+    let post = |len: usize| {
+        format!("POST /upload HTTP/1.1\r\nHost: edge\r\nContent-Length: {len}\r\n\r\n")
+    };
+    // A body that fits, whole: relayed.
+    let (status, _) = raw_status(port, &post(500), &[b'x'; 500]);
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    // Declared too large: refused before anything is relayed.
+    let (status, _) = raw_status(port, &post(2000), b"");
+    assert!(status.starts_with("HTTP/1.1 413"), "{status}");
+    // Ten bytes of a hundred, then nothing: cut at the body deadline.
+    let (status, took) = raw_status(port, &post(100), &[b'x'; 10]);
+    assert!(status.starts_with("HTTP/1.1 408"), "{status}");
+    assert!(took < secs(4), "answered after {took:?}");
+    // The Main's web server is still the one serving.
+    assert_eq!(http_get(port, "/cc"), (200, "main".into()));
+    let metrics = get_text(&format!("http://127.0.0.1:{}/metrics", lab.api));
+    for want in [
+        "resilience_edge_web_refused_total{reason=\"bad_body\"} 2",
+        "resilience_edge_web_requests_total{pbx=\"main\",outcome=\"client_error\"} 1",
+    ] {
+        assert!(metrics.contains(want), "{want}\n{metrics}");
+    }
+    assert!(
+        !metrics.contains("resilience_edge_web_upstream_disabled_total"),
+        "{metrics}"
+    );
+}
+
 /// A CA and a certificate it signed for `localhost` and 127.0.0.1:
 /// (CA PEM, certificate PEM, key PEM).
 fn ca_and_leaf(ca_name: &str) -> (String, String, String) {
