@@ -15,7 +15,8 @@
 //!   `up_after` pass. A passing check also ends a passive skip.
 //!
 //! Selection: the first PBX that is up for SIP, has a web server and is
-//! not skipped. When every live candidate is skipped, the first live one
+//! not skipped; a request that could not connect is tried once on another
+//! ([`Upstreams::pick_other`]), as nginx's `proxy_next_upstream error` does. When every live candidate is skipped, the first live one
 //! is tried anyway: a guess beats a certain 503 (nginx's "no live
 //! upstreams" spares a lone server the same way).
 //!
@@ -124,11 +125,21 @@ impl Upstreams {
     /// (`sip_up`) and that is available; failing that, the first whose PBX
     /// is up. `None`: no PBX with a web server is up.
     pub fn pick(&self, now: Instant, sip_up: &[bool]) -> Option<Upstream> {
+        self.pick_other(now, sip_up, None)
+    }
+
+    /// [`pick`](Self::pick) among the upstreams other than `tried` (the one a
+    /// request could not even connect to, for its one retry).
+    pub fn pick_other(
+        &self,
+        now: Instant,
+        sip_up: &[bool],
+        tried: Option<Upstream>,
+    ) -> Option<Upstream> {
         let live = || {
-            self.entries
-                .iter()
-                .enumerate()
-                .filter(|(i, e)| e.has_web && sip_up.get(*i).copied().unwrap_or(false))
+            self.entries.iter().enumerate().filter(|(i, e)| {
+                e.has_web && sip_up.get(*i).copied().unwrap_or(false) && Some(*i) != tried
+            })
         };
         live()
             .find(|(i, _)| self.state(now, *i) == State::Available)
@@ -324,6 +335,21 @@ mod tests {
         }
         assert_eq!(u.pick(t, &[true, true]), Some(0));
         assert_eq!(u.pick(t, &[false, true]), Some(1));
+    }
+
+    #[test]
+    fn a_retry_goes_to_another_live_upstream_or_nowhere() {
+        let (mut u, t) = two();
+        assert_eq!(u.pick_other(t, &[true, true], Some(0)), Some(1));
+        assert_eq!(u.pick_other(t, &[true, false], Some(0)), None);
+        for _ in 0..3 {
+            u.handle_outcome(t, 1, Outcome::Failed);
+        }
+        assert_eq!(
+            u.pick_other(t, &[true, true], Some(0)),
+            Some(1),
+            "skipped, but the only other one"
+        );
     }
 
     #[test]

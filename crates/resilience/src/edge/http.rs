@@ -11,6 +11,10 @@
 //! deadlines, accept back-off); request bodies have a deadline and a size
 //! limit here, answers a deadline, and an open WebSocket an idle limit.
 //!
+//! A request without a body whose connection is refused is sent once to
+//! the next live web server (nothing reached the first; nginx's
+//! `proxy_next_upstream error`); one with a body is not sent twice.
+//!
 //! Which web server is healthy is decided in
 //! [`resilience_core::web_upstreams`] (nginx's `max_fails`/`fail_timeout`,
 //! and an optional health URL per PBX); this module feeds it the outcome
@@ -70,6 +74,17 @@ impl Web {
             .lock()
             .expect("upstreams lock")
             .pick(now, &up)?;
+        Some((i, self.webs[i]?))
+    }
+
+    /// Where a request goes after `tried` refused its connection.
+    fn target_other(&self, now: Instant, tried: usize) -> Option<(usize, SocketAddr)> {
+        let up = self.up.lock().expect("up lock").clone();
+        let i = self
+            .upstreams
+            .lock()
+            .expect("upstreams lock")
+            .pick_other(now, &up, Some(tried))?;
         Some((i, self.webs[i]?))
     }
 
@@ -307,8 +322,12 @@ pub async fn forward(
         HeaderValue::from_static(if p.https { "https" } else { "http" }),
     );
     let from_client = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // A request without a body can be sent again: to another web server
+    // when this one refuses the connection (nothing reached it).
+    let spare = (!upgrade && hyper::body::Body::is_end_stream(req.body()))
+        .then(|| (req.method().clone(), req.version(), req.headers().clone()));
     let fault = Arc::new(AtomicU8::new(FAULT_NONE));
-    let req = req.map(|b| {
+    let mut req = req.map(|b| {
         Body::new(Limited {
             inner: b,
             deadline: Box::pin(tokio::time::sleep(web.cfg.body_timeout)),
@@ -316,51 +335,71 @@ pub async fn forward(
             fault: fault.clone(),
         })
     });
-    let name = &web.names[i];
-    let answer = tokio::time::timeout(web.cfg.upstream_timeout, web.client.request(req)).await;
-    let mut resp = match answer {
-        Err(_) => {
-            count(name, "failed");
-            web.record(|u| u.handle_outcome(Instant::now(), i, Outcome::Failed));
-            return json_error(
-                StatusCode::GATEWAY_TIMEOUT,
-                &format!(
-                    "{name}'s web server did not answer within {:?}",
-                    web.cfg.upstream_timeout
-                ),
-            );
-        }
-        Ok(Err(e)) => {
-            // The client's own body broke the request: not the server's fault.
-            match fault.load(Ordering::Relaxed) {
-                FAULT_SLOW => {
-                    count(name, "client_error");
-                    REFUSED.bad_body();
-                    return json_error(
-                        StatusCode::REQUEST_TIMEOUT,
-                        &format!(
-                            "request body not received within {:?}",
-                            web.cfg.body_timeout
-                        ),
-                    );
-                }
-                FAULT_LARGE => {
-                    count(name, "client_error");
-                    REFUSED.bad_body();
-                    return json_error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        &format!("request body over {} bytes", web.cfg.max_body),
-                    );
-                }
-                _ => {}
+    let (mut i, mut to, mut spare) = (i, to, spare);
+    let mut resp = loop {
+        let name = &web.names[i];
+        let answer = tokio::time::timeout(web.cfg.upstream_timeout, web.client.request(req)).await;
+        let e = match answer {
+            Ok(Ok(r)) => break r,
+            Ok(Err(e)) => e,
+            Err(_) => {
+                count(name, "failed");
+                web.record(|u| u.handle_outcome(Instant::now(), i, Outcome::Failed));
+                return json_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!(
+                        "{name}'s web server did not answer within {:?}",
+                        web.cfg.upstream_timeout
+                    ),
+                );
             }
-            count(name, "failed");
-            web.record(|u| u.handle_outcome(Instant::now(), i, Outcome::Failed));
-            tracing::debug!("web proxy: {name} {to}: {e}");
-            return json_error(StatusCode::BAD_GATEWAY, &format!("{name} {to}: {e}"));
+        };
+        // The client's own body broke the request: not the server's fault.
+        match fault.load(Ordering::Relaxed) {
+            FAULT_SLOW => {
+                count(name, "client_error");
+                REFUSED.bad_body();
+                return json_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &format!(
+                        "request body not received within {:?}",
+                        web.cfg.body_timeout
+                    ),
+                );
+            }
+            FAULT_LARGE => {
+                count(name, "client_error");
+                REFUSED.bad_body();
+                return json_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("request body over {} bytes", web.cfg.max_body),
+                );
+            }
+            _ => {}
         }
-        Ok(Ok(r)) => r,
+        count(name, "failed");
+        web.record(|u| u.handle_outcome(Instant::now(), i, Outcome::Failed));
+        tracing::debug!("web proxy: {name} {to}: {e}");
+        let retry = match (e.is_connect(), spare.take()) {
+            (true, Some(parts)) => web.target_other(Instant::now(), i).map(|t| (t, parts)),
+            _ => None,
+        };
+        let Some(((j, other), (method, version, headers))) = retry else {
+            return json_error(StatusCode::BAD_GATEWAY, &format!("{name} {to}: {e}"));
+        };
+        let Ok(uri) = format!("http://{other}{path}").parse::<Uri>() else {
+            return json_error(StatusCode::BAD_REQUEST, "bad request target");
+        };
+        let mut again = axum::http::Request::new(Body::empty());
+        *again.method_mut() = method;
+        *again.uri_mut() = uri;
+        *again.version_mut() = version;
+        *again.headers_mut() = headers;
+        metrics::counter!("resilience_edge_web_retried_total", "pbx" => web.names[j].clone())
+            .increment(1);
+        (i, to, req) = (j, other, again);
     };
+    let name = &web.names[i];
     let failed = matches!(
         resp.status(),
         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
