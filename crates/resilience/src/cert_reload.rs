@@ -137,7 +137,7 @@ impl ReloadingCert {
                     .ok()
                     .flatten();
                 match checked {
-                    Some((Ok(()), me)) => tracing::warn!(
+                    Some((Ok(()), me)) => tracing::info!(
                         "{what}: TLS certificate reloaded from {}",
                         me.cert.display()
                     ),

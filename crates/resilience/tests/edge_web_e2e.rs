@@ -199,6 +199,12 @@ fn idle_connections_at_1024_descriptors_stop_neither_a_request_nor_the_probes() 
         lab.logs()
     );
     assert!(t.elapsed() < secs(2), "took {:?}", t.elapsed());
+    eprintln!(
+        "{} idle connections: a request answered in {:?}, the edge holds {} descriptors",
+        flood.len(),
+        t.elapsed(),
+        fds(pid)
+    );
     assert!(fds(pid) < 900, "the edge holds {} descriptors", fds(pid));
     assert_eq!(lab.pbx_up(), [true, true], "{}", lab.logs());
     // Sources that sent nothing are cut at the header deadline (10 s).
