@@ -25,6 +25,8 @@ need_pkg sip-tester sipp
 need_pkg kamailio kamailio
 # baresip: a real phone using the edge as its outbound proxy.
 need_pkg baresip baresip
+# HTTPS through the edge's web proxy.
+need_pkg curl curl
 # PostgreSQL replication runs against two real servers started by the tests.
 if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || ! command -v pg_restore >/dev/null; then
   need_pkg postgresql /nonexistent/postgres

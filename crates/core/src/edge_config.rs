@@ -21,6 +21,8 @@ pub struct EdgeConfig {
     pub health: HealthSection,
     #[serde(default)]
     pub phones: PhonesSection,
+    #[serde(default)]
+    pub web: WebSection,
     /// Phones whose home is not the first PBX.
     #[serde(default, rename = "home")]
     pub homes: Vec<HomeRule>,
@@ -55,6 +57,14 @@ pub struct EdgeSection {
     /// lists user identities and answers only `Authorization: Bearer`.
     /// Without it, the list is refused to everyone.
     pub token_file: Option<std::path::PathBuf>,
+    /// The same web proxy over TLS (HTTPS and WSS), with `tls_cert` and
+    /// `tls_key`.
+    pub https_listen: Option<SocketAddr>,
+    /// PEM certificate chain of the edge's TLS listeners; reloaded when
+    /// the file changes.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 fn default_name() -> String {
@@ -75,6 +85,103 @@ pub struct PbxTarget {
     pub ha_url: Option<String>,
     /// The node's web server, for `http_listen`.
     pub web: Option<SocketAddr>,
+    /// A path on `web` polled every `[health] interval` (a 2xx or 3xx
+    /// passes): a web server that fails it gets no requests.
+    pub web_health: Option<String>,
+}
+
+/// The web listeners' bounds and the web upstreams' health (nginx's
+/// `max_fails`/`fail_timeout`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSection {
+    /// Connections served at once, on each web listener (lowered to the
+    /// descriptor limit less a reserve).
+    #[serde(default = "d_web_connections")]
+    pub max_connections: usize,
+    /// Connections one source address may hold (a site behind one NAT
+    /// shares it).
+    #[serde(default = "d_web_per_source")]
+    pub max_per_source: usize,
+    /// Time to send a request head, counted from the connection's opening
+    /// or the end of its previous response: also the keep-alive idle limit.
+    #[serde(with = "humantime_serde", default = "d_header_timeout")]
+    pub header_timeout: Duration,
+    /// Time to send a whole request body.
+    #[serde(with = "humantime_serde", default = "d_body_timeout")]
+    pub body_timeout: Duration,
+    /// Largest request body, in bytes.
+    #[serde(default = "d_max_body")]
+    pub max_body: u64,
+    /// Time for the web server to answer (connect included).
+    #[serde(with = "humantime_serde", default = "d_upstream_timeout")]
+    pub upstream_timeout: Duration,
+    /// An open WebSocket with no traffic either way for this long is closed.
+    #[serde(with = "humantime_serde", default = "d_websocket_idle")]
+    pub websocket_idle: Duration,
+    /// Failed requests within `fail_timeout` that take a web server out of
+    /// the rotation for `fail_timeout` (0: never).
+    #[serde(default = "d_max_fails")]
+    pub max_fails: u32,
+    #[serde(with = "humantime_serde", default = "d_fail_timeout")]
+    pub fail_timeout: Duration,
+}
+
+fn d_web_connections() -> usize {
+    4096
+}
+fn d_web_per_source() -> usize {
+    512
+}
+fn d_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn d_body_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn d_max_body() -> u64 {
+    16 * 1024 * 1024
+}
+fn d_upstream_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn d_websocket_idle() -> Duration {
+    Duration::from_secs(600)
+}
+fn d_max_fails() -> u32 {
+    crate::web_upstreams::Policy::default().max_fails
+}
+fn d_fail_timeout() -> Duration {
+    crate::web_upstreams::Policy::default().fail_timeout
+}
+
+impl Default for WebSection {
+    fn default() -> Self {
+        WebSection {
+            max_connections: d_web_connections(),
+            max_per_source: d_web_per_source(),
+            header_timeout: d_header_timeout(),
+            body_timeout: d_body_timeout(),
+            max_body: d_max_body(),
+            upstream_timeout: d_upstream_timeout(),
+            websocket_idle: d_websocket_idle(),
+            max_fails: d_max_fails(),
+            fail_timeout: d_fail_timeout(),
+        }
+    }
+}
+
+impl EdgeConfig {
+    /// The web upstreams' policy: `[web]` counts and window, `[health]`
+    /// counts for the active checks.
+    pub fn web_policy(&self) -> crate::web_upstreams::Policy {
+        crate::web_upstreams::Policy {
+            max_fails: self.web.max_fails,
+            fail_timeout: self.web.fail_timeout,
+            down_after: self.health.down_after,
+            up_after: self.health.up_after,
+        }
+    }
 }
 
 /// Kamailio dispatcher's model: OPTIONS every `interval`; down after
@@ -257,11 +364,63 @@ impl EdgeConfig {
                 }
             }
         }
-        if self.edge.http_listen.is_some() && self.pbxs.iter().all(|p| p.web.is_none()) {
+        for (key, set) in [
+            ("edge.http_listen", self.edge.http_listen.is_some()),
+            ("edge.https_listen", self.edge.https_listen.is_some()),
+        ] {
+            if set && self.pbxs.iter().all(|p| p.web.is_none()) {
+                return bad(key, "no [[pbx]] has a `web` address to proxy to");
+            }
+        }
+        if self.edge.https_listen.is_some()
+            && (self.edge.tls_cert.is_none() || self.edge.tls_key.is_none())
+        {
             return bad(
-                "edge.http_listen",
-                "no [[pbx]] has a `web` address to proxy to",
+                "edge.https_listen",
+                "expected `tls_cert` and `tls_key` (PEM files) in [edge]",
             );
+        }
+        if self.edge.tls_cert.is_some() != self.edge.tls_key.is_some() {
+            return bad(
+                "edge.tls_cert",
+                "expected both `tls_cert` and `tls_key`, or neither",
+            );
+        }
+        for (i, p) in self.pbxs.iter().enumerate() {
+            if let Some(path) = &p.web_health {
+                if p.web.is_none() {
+                    return bad(
+                        &format!("pbx[{i}].web_health"),
+                        "expected a `web` address to check",
+                    );
+                }
+                if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace()) {
+                    return bad(
+                        &format!("pbx[{i}].web_health"),
+                        "expected a path such as \"/healthz\"",
+                    );
+                }
+            }
+        }
+        let w = &self.web;
+        for (key, n) in [
+            ("web.max_connections", w.max_connections),
+            ("web.max_per_source", w.max_per_source),
+        ] {
+            if n == 0 {
+                return bad(key, "expected 1 or more");
+            }
+        }
+        for (key, d) in [
+            ("web.header_timeout", w.header_timeout),
+            ("web.body_timeout", w.body_timeout),
+            ("web.upstream_timeout", w.upstream_timeout),
+            ("web.websocket_idle", w.websocket_idle),
+            ("web.fail_timeout", w.fail_timeout),
+        ] {
+            if d.is_zero() {
+                return bad(key, "expected a duration above zero");
+            }
         }
         if self.health.interval.is_zero() || self.health.timeout.is_zero() {
             return bad("health.interval", "expected durations above zero");
@@ -301,6 +460,7 @@ impl EdgeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     const GOOD: &str = r#"
 [edge]
@@ -384,5 +544,49 @@ pbx = "standby"
         let e =
             EdgeConfig::parse("edge.toml", &GOOD.replace("http://127", "ftp://127")).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("pbx[0].ha_url"), "{e}");
+    }
+
+    #[test]
+    fn web_keys_parse_and_are_checked() {
+        let c = EdgeConfig::parse("edge.toml", GOOD).unwrap();
+        assert_eq!(c.web.max_fails, 3);
+        assert_eq!(c.web.fail_timeout, Duration::from_secs(10));
+        assert!(c.edge.tls_cert.is_none());
+        let with_web = GOOD
+            .replace(
+                "api_listen = \"127.0.0.1:8090\"",
+                "api_listen = \"127.0.0.1:8090\"\nhttps_listen = \"127.0.0.1:8443\"\ntls_cert = \"/etc/edge/cert.pem\"\ntls_key = \"/etc/edge/key.pem\"",
+            )
+            .replace(
+                "sip = \"127.0.0.1:5070\"",
+                "sip = \"127.0.0.1:5070\"\nweb = \"127.0.0.1:80\"\nweb_health = \"/healthz\"",
+            )
+            + "\n[web]\nmax_fails = 2\nfail_timeout = \"30s\"\nwebsocket_idle = \"1h\"\n";
+        let c = EdgeConfig::parse("edge.toml", &with_web).unwrap();
+        assert_eq!(
+            c.edge.tls_key.as_deref(),
+            Some(Path::new("/etc/edge/key.pem"))
+        );
+        assert_eq!(c.pbxs[0].web_health.as_deref(), Some("/healthz"));
+        let p = c.web_policy();
+        assert_eq!((p.max_fails, p.fail_timeout), (2, Duration::from_secs(30)));
+        assert_eq!(c.web.websocket_idle, Duration::from_secs(3600));
+        let e = EdgeConfig::parse(
+            "edge.toml",
+            &with_web.replace("tls_key = \"/etc/edge/key.pem\"", ""),
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("edge.https_listen"), "{e}");
+        let e = EdgeConfig::parse(
+            "edge.toml",
+            &with_web.replace("\"/healthz\"", "\"healthz\""),
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("pbx[0].web_health"), "{e}");
+        let e = EdgeConfig::parse("edge.toml", &with_web.replace("\"1h\"", "\"0s\"")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("web.websocket_idle"), "{e}");
+        let e =
+            EdgeConfig::parse("edge.toml", &with_web.replace("max_fails", "max_fail")).unwrap_err();
+        assert!(e.to_string().contains("max_fail"), "{e}");
     }
 }

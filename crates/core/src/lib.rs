@@ -21,6 +21,7 @@ pub mod node;
 pub mod pbx_settings;
 pub mod phones;
 pub mod types;
+pub mod web_upstreams;
 
 pub use heartbeat::{ClusterKey, Frame, Reject};
 pub use node::{

@@ -95,11 +95,40 @@ fn edge(shown: &str, text: &str, base: &Path) -> ExitCode {
                 c.phones.failover_after,
                 c.phones.failback_stable
             );
+            edge_web(&c);
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("{e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The web proxy's listeners and rules; a certificate that does not load
+/// is a warning (it may be put in place after the check).
+fn edge_web(c: &EdgeConfig) {
+    let listens: Vec<String> = [
+        c.edge.http_listen.map(|a| format!("http://{a}")),
+        c.edge.https_listen.map(|a| format!("https://{a}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if listens.is_empty() {
+        return;
+    }
+    println!(
+        "  web proxy on {}; a web server is skipped for {:?} after {} failed requests within it",
+        listens.join(" and "),
+        c.web.fail_timeout,
+        c.web.max_fails
+    );
+    if let (Some(_), Some(cert), Some(key)) =
+        (c.edge.https_listen, &c.edge.tls_cert, &c.edge.tls_key)
+    {
+        if let Err(e) = crate::cert_reload::ReloadingCert::load(cert, key) {
+            eprintln!("warning: the TLS certificate does not load yet: {e}");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `resilience`: one binary for every role (see DESIGN.md).
 
 mod api;
+mod cert_reload;
 mod check_config;
 mod cli;
 mod client;

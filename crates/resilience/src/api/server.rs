@@ -31,10 +31,12 @@
 //!   at most once per [`SUMMARY_EVERY`], never a line per connection.
 //!
 //! Connections speak HTTP/1.1 only (every client of the API does; TLS
-//! offers only `http/1.1` by ALPN).
+//! offers only `http/1.1` by ALPN). The edge's web proxy serves through the
+//! same loop with its own [`Bounds`] and [`Refusals`], upgrades (WebSocket)
+//! allowed: an upgraded connection keeps its slots until it closes.
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -43,7 +45,7 @@ use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -73,9 +75,11 @@ pub const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 /// History and timeline reads served at once; others wait their turn.
 const HEAVY_AT_ONCE: usize = 4;
 
-/// What strangers were refused, by reason; logged as a summary.
-#[derive(Default)]
+/// What strangers were refused, by reason; logged as a summary. One per
+/// listener kind: the API's ([`refusals`]), the edge's web proxy's.
 pub struct Refusals {
+    /// The metric counting them, by `reason`.
+    metric: &'static str,
     over_cap: AtomicU64,
     over_peer_cap: AtomicU64,
     accept_errors: AtomicU64,
@@ -86,6 +90,19 @@ pub struct Refusals {
 }
 
 impl Refusals {
+    pub const fn new(metric: &'static str) -> Refusals {
+        Refusals {
+            metric,
+            over_cap: AtomicU64::new(0),
+            over_peer_cap: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
+            foreign_host: AtomicU64::new(0),
+            bad_body: AtomicU64::new(0),
+            tls_failed: AtomicU64::new(0),
+            busy: AtomicU64::new(0),
+        }
+    }
+
     fn take(&self) -> Vec<(u64, &'static str)> {
         [
             (&self.over_cap, "connections over the cap"),
@@ -101,17 +118,27 @@ impl Refusals {
         .filter(|(n, _)| *n > 0)
         .collect()
     }
+
+    /// A request body refused (too slow, too large): counted here, by a
+    /// handler that reads bodies itself.
+    pub fn bad_body(&self) {
+        self.count(&self.bad_body, "bad_body");
+    }
+
+    fn count(&self, c: &AtomicU64, reason: &'static str) {
+        c.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(self.metric, "reason" => reason).increment(1);
+    }
 }
 
-/// The process's refusal counters (one API per process).
+/// The API's refusal counters (one API per process).
 pub fn refusals() -> &'static Refusals {
-    static R: std::sync::OnceLock<Refusals> = std::sync::OnceLock::new();
-    R.get_or_init(Refusals::default)
+    static R: Refusals = Refusals::new("resilience_api_refused_total");
+    &R
 }
 
 fn count(c: &AtomicU64, reason: &'static str) {
-    c.fetch_add(1, Ordering::Relaxed);
-    metrics::counter!("resilience_api_refused_total", "reason" => reason).increment(1);
+    refusals().count(c, reason);
 }
 
 /// Wait for a turn at an expensive read (the history, the timeline): a
@@ -291,6 +318,37 @@ pub fn guarded(app: Router, hosts: Hosts) -> Router {
     app.layer(axum::middleware::from_fn_with_state(Arc::new(hosts), guard))
 }
 
+/// What one listener allows: the API's are [`Bounds::api`].
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// The subject of the summary line ("API", "web").
+    pub what: &'static str,
+    /// Connections served at once.
+    pub cap: usize,
+    /// Connections one address may hold.
+    pub per_peer: usize,
+    /// Time to send a request head, from the connection's opening or the
+    /// end of its previous response (hyper starts its timer when the
+    /// connection waits for a head): also the keep-alive idle limit.
+    pub header_timeout: Duration,
+    /// Serve HTTP/1.1 upgrades (WebSocket). An upgraded connection keeps
+    /// its slot until it closes; the handler bounds its idle time.
+    pub upgrades: bool,
+}
+
+impl Bounds {
+    /// The API's: `cap` connections, an eighth of them per address.
+    pub fn api(cap: usize) -> Bounds {
+        Bounds {
+            what: "API",
+            cap,
+            per_peer: per_peer_cap(cap),
+            header_timeout: HEADER_TIMEOUT,
+            upgrades: false,
+        }
+    }
+}
+
 /// Serve `app` on `listener` with the bounds above: at most `cap`
 /// connections, over TLS when `tls` is given.
 pub async fn serve(
@@ -299,11 +357,46 @@ pub async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     cap: usize,
 ) -> io::Result<()> {
-    let slots = Arc::new(Semaphore::new(cap));
-    let per_peer = Arc::new(PerPeer {
-        max: per_peer_cap(cap),
-        open: Mutex::new(HashMap::new()),
-    });
+    let bounds = Bounds::api(cap);
+    serve_with(listener, app, tls, bounds, Slots::new(&bounds), refusals()).await
+}
+
+/// The connection slots of one or more listeners (the edge's HTTP and
+/// HTTPS listeners share theirs).
+#[derive(Clone)]
+pub struct Slots {
+    total: Arc<Semaphore>,
+    per_peer: Arc<PerPeer>,
+}
+
+impl Slots {
+    pub fn new(bounds: &Bounds) -> Slots {
+        Slots {
+            total: Arc::new(Semaphore::new(bounds.cap)),
+            per_peer: Arc::new(PerPeer {
+                max: bounds.per_peer.min(bounds.cap),
+                open: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+/// Serve `app` within `bounds`, taking connections' places in `slots`,
+/// counting refusals in `refused`. Handlers
+/// find the peer's address as `ConnectInfo<SocketAddr>`.
+pub async fn serve_with(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    bounds: Bounds,
+    slots: Slots,
+    refused: &'static Refusals,
+) -> io::Result<()> {
+    let cap = bounds.cap;
+    let Slots {
+        total: slots,
+        per_peer,
+    } = slots;
     let mut summary = tokio::time::interval(SUMMARY_EVERY);
     summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pause = Duration::from_millis(50);
@@ -311,12 +404,13 @@ pub async fn serve(
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = summary.tick() => {
-                let refused = refusals().take();
-                if !refused.is_empty() {
+                let taken = refused.take();
+                if !taken.is_empty() {
                     let text: Vec<String> =
-                        refused.iter().map(|(n, what)| format!("{n} {what}")).collect();
+                        taken.iter().map(|(n, what)| format!("{n} {what}")).collect();
                     tracing::warn!(
-                        "API refused in the last {SUMMARY_EVERY:?}: {} (cap {cap} connections, {} per address)",
+                        "{} refused in the last {SUMMARY_EVERY:?}: {} (cap {cap} connections, {} per address)",
+                        bounds.what,
                         text.join(", "),
                         per_peer.max
                     );
@@ -329,7 +423,7 @@ pub async fn serve(
             // The peer gave up before we took it: nothing to wait for.
             Err(e) if is_connection_error(&e) => continue,
             Err(_) => {
-                count(&refusals().accept_errors, "accept_error");
+                refused.count(&refused.accept_errors, "accept_error");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
                 continue;
@@ -337,26 +431,30 @@ pub async fn serve(
         };
         pause = Duration::from_millis(50);
         let Some(peer_slot) = per_peer.take(peer.ip()) else {
-            count(&refusals().over_peer_cap, "over_peer_cap");
+            refused.count(&refused.over_peer_cap, "over_peer_cap");
             drop(stream);
             continue;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            count(&refusals().over_cap, "over_cap");
+            refused.count(&refused.over_cap, "over_cap");
             drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
         let (app, tls) = (app.clone(), tls.clone());
         tokio::spawn(async move {
-            let _slots = (slot, peer_slot);
-            let io = WriteDeadline::new(stream, WRITE_TIMEOUT);
+            // The slots go with the stream: an upgraded connection (a
+            // WebSocket) holds them until it closes.
+            let io = Held {
+                io: WriteDeadline::new(stream, WRITE_TIMEOUT),
+                _slots: (slot, peer_slot),
+            };
             match tls {
-                None => serve_connection(io, app).await,
+                None => serve_connection(io, app, peer, bounds).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(io)).await {
-                        Ok(Ok(s)) => serve_connection(s, app).await,
-                        _ => count(&refusals().tls_failed, "tls_failed"),
+                    match tokio::time::timeout(bounds.header_timeout, acceptor.accept(io)).await {
+                        Ok(Ok(s)) => serve_connection(s, app, peer, bounds).await,
+                        _ => refused.count(&refused.tls_failed, "tls_failed"),
                     }
                 }
             }
@@ -373,20 +471,73 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-async fn serve_connection<I>(io: I, app: Router)
+async fn serve_connection<I>(io: I, app: Router, peer: SocketAddr, bounds: Bounds)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = hyper_util::service::TowerToHyperService::new(app);
+    let inner = hyper_util::service::TowerToHyperService::new(app);
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        hyper::service::Service::call(&inner, req)
+    });
     let mut b = hyper::server::conn::http1::Builder::new();
     b.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(bounds.header_timeout)
         .max_buf_size(MAX_HEAD);
+    let conn = b.serve_connection(hyper_util::rt::TokioIo::new(io), svc);
     // Errors here are the peer's (reset, timeout, bad request): hyper has
     // already answered what could be answered.
-    let _ = b
-        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
-        .await;
+    if bounds.upgrades {
+        let _ = conn.with_upgrades().await;
+    } else {
+        let _ = conn.await;
+    }
+}
+
+/// A stream and what it holds while open (its connection slots).
+struct Held<S, G> {
+    io: S,
+    _slots: G,
+}
+
+impl<S: AsyncRead + Unpin, G: Unpin> AsyncRead for Held<S, G> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin, G: Unpin> AsyncWrite for Held<S, G> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 /// A stream whose writes fail once the peer has not read for `limit`

@@ -191,8 +191,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("API socket {}", cfg.edge.api_listen))?;
     // The edge's own API, bounded like the node's (connection cap, header
-    // and idle deadlines, Host check). The web proxy below keeps plain axum:
-    // it carries WebSocket upgrades, which these bounds do not.
+    // and idle deadlines, Host check).
     let app = crate::api::server::guarded(app, crate::api::server::Hosts::new(&[]));
     let cap = crate::api::server::connection_cap(
         EDGE_API_CONNECTIONS,
@@ -201,19 +200,8 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     tokio::spawn(async move {
         let _ = crate::api::server::serve(listener, app, None, cap).await;
     });
-    if let Some(addr) = cfg.edge.http_listen {
-        let proxy = http::Proxy::new(cfg.pbxs.iter().map(|p| p.web).collect(), pbx_up.clone());
-        let app = axum::Router::new()
-            .fallback(http::forward)
-            .with_state(proxy);
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("web proxy socket {addr}"))?;
-        tracing::info!("edge: web applications on http://{addr}");
-        tokio::spawn(async move {
-            let _ = axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>()).await;
-        });
-    }
+    // The web proxy (HTTP, HTTPS/WSS), on the same bounded listener.
+    http::spawn(&cfg, pbx_up.clone()).await?;
     tracing::info!(
         "edge {}: SIP on {} (UDP and TCP), API on http://{}, PBXs: {}",
         cfg.edge.name,

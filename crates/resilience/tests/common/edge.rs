@@ -108,6 +108,8 @@ pub struct LabOpts {
     /// The `[health]` lines instead of the lab's (probes every 200 ms, down
     /// after 2 lost), when not empty.
     pub health: String,
+    /// Lines appended to each `[[pbx]]` (Main, Standby).
+    pub pbx_extra: [String; 2],
 }
 
 /// The lab edge's API token (its `token_file`).
@@ -189,11 +191,11 @@ token_file = "edge.token"
 [[pbx]]
 name = "main"
 sip = "127.0.0.1:{}"
-{}
+{}{}
 [[pbx]]
 name = "standby"
 sip = "127.0.0.1:{}"
-{}
+{}{}
 [health]
 {health}
 
@@ -206,8 +208,10 @@ register_timeout = "1s"
 "#,
                 pbx[0].port,
                 web_lines[0],
+                opts.pbx_extra[0],
                 pbx[1].port,
                 web_lines[1],
+                opts.pbx_extra[1],
                 edge_extra = opts.edge_extra,
                 health = if opts.health.is_empty() {
                     "interval = \"200ms\"\ntimeout = \"200ms\"\ndown_after = 2\nup_after = 1"
