@@ -412,8 +412,11 @@ pbx = "standby"
         assert_eq!(c.limits.window, Duration::from_secs(2));
         let e = EdgeConfig::parse("edge.toml", &with.replace("= 30", "= 0")).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("limits.max_per_window"), "{e}");
-        let e = EdgeConfig::parse("edge.toml", &with.replace("max_per_window", "max_per_windw"))
-            .unwrap_err();
+        let e = EdgeConfig::parse(
+            "edge.toml",
+            &with.replace("max_per_window", "max_per_windw"),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("max_per_windw"), "{e}");
         let tls = GOOD.replace(
             "api_listen = \"127.0.0.1:8090\"",

@@ -324,5 +324,7 @@ fn a_phone_over_tls_is_answered_and_reached_over_its_tls_connection() {
     let invite = "INVITE sip:1001@192.168.1.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bKp1\r\nRoute: <sip:127.0.0.1:5060;lr;rs-flow=tls~127.0.0.10~5070>\r\nFrom: <sip:1002@pbx.example.com>;tag=b\r\nTo: <sip:1001@pbx.example.com>\r\nCall-ID: call-3\r\nCSeq: 1 INVITE\r\nMax-Forwards: 69\r\nContent-Length: 0\r\n\r\n";
     let out = r.handle(udp(PBX_A), invite.as_bytes(), |_| None).unwrap();
     assert_eq!(out.to, tls);
-    assert!(text(&out).starts_with("INVITE sip:1001@192.168.1.10:5070 SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5060;branch="));
+    assert!(text(&out).starts_with(
+        "INVITE sip:1001@192.168.1.10:5070 SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5060;branch="
+    ));
 }
