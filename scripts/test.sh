@@ -23,6 +23,8 @@ need_pkg e2fsprogs chattr
 # The SIP edge: sipp plays the phones, Kamailio the two PBXs' SIP side.
 need_pkg sip-tester sipp
 need_pkg kamailio kamailio
+# SIP over TLS: stunnel (client mode) puts TLS in front of sipp, which has none.
+need_pkg stunnel4 stunnel4
 # PostgreSQL replication runs against two real servers started by the tests.
 if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || ! command -v pg_restore >/dev/null; then
   need_pkg postgresql /nonexistent/postgres

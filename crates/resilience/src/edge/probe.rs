@@ -186,10 +186,9 @@ pub async fn run(i: usize, pbx: PbxTarget, h: HealthSection, tx: mpsc::Sender<(u
         } else {
             oks >= h.up_after
         };
-        let changed = now_up != up || first;
         first = false;
-        up = now_up;
-        if changed {
+        if now_up != up {
+            up = now_up;
             // Kamailio dispatcher's words, both at WARNING, so the same
             // `grep "WAR.*Destination"` finds them.
             if up {
