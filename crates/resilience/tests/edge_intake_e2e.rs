@@ -228,8 +228,31 @@ fn two_thousand_idle_connections_at_1024_descriptors_leave_phones_and_probes_alo
     );
     assert!(lab.edge.alive(), "{}", lab.logs());
     let rss_after = rss_kib(pid);
+    // What closed connections freed serves the next ones: a second wave
+    // does not grow the edge.
+    let wave: Vec<_> = (0..2000u32)
+        .filter_map(|i| connect_from([127, 0, 2, 1 + (i / 100) as u8], to).ok())
+        .collect();
+    assert!(
+        wait_until(secs(10), || status(&lab)["connections"]["open"]
+            .as_u64()
+            .is_some_and(|n| n >= cap * 9 / 10)),
+        "{}",
+        status(&lab)
+    );
+    let rss_again = rss_kib(pid);
+    drop(wave);
+    assert!(
+        wait_until(secs(10), || status(&lab)["connections"]["open"] == 0),
+        "closed by the peers: {}",
+        status(&lab)
+    );
     println!(
-        "edge RSS: {rss_before} KiB before, {rss_full} KiB with {cap} silent connections, {rss_after} KiB after they closed"
+        "edge RSS: {rss_before} KiB before, {rss_full} KiB with {cap} silent connections, {rss_after} KiB after they closed, {rss_again} KiB with a second wave"
+    );
+    assert!(
+        rss_again < rss_full + 2048,
+        "a second wave grew the edge from {rss_full} to {rss_again} KiB"
     );
 
     // The idle deadline: a connection that sent a message and then went
