@@ -322,6 +322,60 @@ fn two_thousand_idle_connections_at_1024_descriptors_leave_phones_and_probes_alo
 }
 
 #[test]
+fn a_probe_the_edge_cannot_run_for_want_of_descriptors_leaves_the_pbx_up() {
+    let _g = serial();
+    let mut lab = Lab::start_opts(
+        "intake-unknown",
+        LabOpts {
+            web: true,
+            ..LabOpts::default()
+        },
+    );
+    respawn_edge(&mut lab, 256);
+    let log_from = edge_log(&lab).len();
+    let (web, _) = lab.http.as_ref().expect("the web proxy");
+    let web = *web;
+    // Use up the edge's descriptors through its web listener: the HA
+    // request of every probe round then cannot open its connection.
+    let watch = UpWatch::start(lab.api);
+    let mut held = Vec::new();
+    let web: SocketAddr = format!("127.0.0.1:{web}").parse().unwrap();
+    let mut failures = 0;
+    while held.len() < 600 && failures < 3 {
+        // Once the edge can take no more, its listen queue fills and
+        // connects wait: enough.
+        match TcpStream::connect_timeout(&web, secs(1)) {
+            Ok(s) => held.push(s),
+            Err(_) => failures += 1,
+        }
+    }
+    assert!(
+        wait_until(secs(10), || edge_log(&lab)[log_from..]
+            .contains("the PBX's state is unknown")),
+        "the probe never met the shortage: {}",
+        lab.logs()
+    );
+    // Several probe rounds (every 200 ms, down after 2) while short.
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, out) = lab.register("9001");
+    assert_eq!(
+        code,
+        0,
+        "UDP REGISTER while the edge is short: {out}\n{}",
+        lab.logs()
+    );
+    drop(held);
+    if let Some(v) = watch.finish() {
+        panic!("the edge's shortage marked a PBX down: {v}\n{}", lab.logs());
+    }
+    assert!(
+        !edge_log(&lab)[log_from..].contains("Destination down"),
+        "{}",
+        lab.logs()
+    );
+}
+
+#[test]
 fn a_source_over_its_rate_is_dropped_and_logged_while_others_pass() {
     let _g = serial();
     let lab = Lab::start_opts(

@@ -202,3 +202,26 @@ pub async fn run(i: usize, pbx: PbxTarget, h: HealthSection, tx: mpsc::Sender<(u
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_edge_s_own_shortages_are_told_from_the_pbx_s_failures() {
+        use rustix::io::Errno;
+        let err = |e: Errno| std::io::Error::from_raw_os_error(e.raw_os_error());
+        for e in [
+            Errno::MFILE,
+            Errno::NFILE,
+            Errno::NOBUFS,
+            Errno::ADDRNOTAVAIL,
+        ] {
+            assert!(is_local(&err(e)), "{e:?}");
+        }
+        for e in [Errno::CONNREFUSED, Errno::HOSTUNREACH, Errno::TIMEDOUT] {
+            assert!(!is_local(&err(e)), "{e:?}");
+        }
+        assert!(!is_local(&std::io::Error::other("no errno")));
+    }
+}
