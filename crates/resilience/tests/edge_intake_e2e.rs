@@ -72,7 +72,7 @@ fn connect_from(from: [u8; 4], to: SocketAddr) -> std::io::Result<socket2::Socke
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
     let local = SocketAddr::from((from, 0));
     s.bind(&local.into())?;
-    s.connect_timeout(&to.into(), secs(5))?;
+    s.connect_timeout(&to.into(), secs(1))?;
     Ok(s)
 }
 
@@ -153,11 +153,17 @@ fn two_thousand_idle_connections_at_1024_descriptors_leave_phones_and_probes_alo
             Ok(s) => idle.push(s),
             Err(_) => failed += 1,
         }
+        if failed == 20 {
+            break;
+        }
     }
     let opened = Instant::now();
     assert!(
-        failed < 100,
-        "{failed} connections could not even be opened"
+        failed < 20,
+        "the edge stopped taking connections after {}
+{}",
+        idle.len(),
+        lab.logs()
     );
     let st = status(&lab)["connections"].clone();
     let cap = st["cap"].as_u64().unwrap();
@@ -251,7 +257,7 @@ fn two_thousand_idle_connections_at_1024_descriptors_leave_phones_and_probes_alo
         "edge RSS: {rss_before} KiB before, {rss_full} KiB with {cap} silent connections, {rss_after} KiB after they closed, {rss_again} KiB with a second wave"
     );
     assert!(
-        rss_again < rss_full + 2048,
+        rss_again < rss_full + 3072,
         "a second wave grew the edge from {rss_full} to {rss_again} KiB"
     );
 
