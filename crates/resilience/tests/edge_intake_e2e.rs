@@ -76,6 +76,17 @@ fn connect_from(from: [u8; 4], to: SocketAddr) -> std::io::Result<socket2::Socke
     Ok(s)
 }
 
+/// CPU time the process has used (user and system), in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = s.rsplit(')').next().unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
 /// The process's resident memory, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -361,8 +372,23 @@ fn a_probe_the_edge_cannot_run_for_want_of_descriptors_leaves_the_pbx_up() {
         "the probe never met the shortage: {}",
         lab.logs()
     );
-    // Several probe rounds (every 200 ms, down after 2) while short.
+    // Phones knocking on the SIP TCP port meanwhile: its accept loop
+    // meets EMFILE and pauses rather than spins. Several probe rounds
+    // (every 200 ms, down after 2) pass while the edge is short.
+    let sip: SocketAddr = format!("127.0.0.1:{}", lab.sip).parse().unwrap();
+    let knocking: Vec<_> = (0..5)
+        .filter_map(|_| TcpStream::connect_timeout(&sip, secs(1)).ok())
+        .collect();
+    let cpu_before = cpu_secs(lab.edge.pid());
     std::thread::sleep(Duration::from_secs(2));
+    let cpu = cpu_secs(lab.edge.pid()) - cpu_before;
+    assert!(
+        edge_log(&lab)[log_from..].contains("edge SIP connections: accept: "),
+        "the SIP accept loop never met the shortage\n{}",
+        lab.logs()
+    );
+    assert!(cpu < 0.4, "the edge spun: {cpu:.2} s of CPU in 2 s");
+    drop(knocking);
     let (code, out) = lab.register("9001");
     assert_eq!(
         code,
@@ -424,6 +450,23 @@ fn a_source_over_its_rate_is_dropped_and_logged_while_others_pass() {
         "{}",
         status(&lab)
     );
+    // Connections from one address stop at its cap (128 by default).
+    let held: Vec<_> = (0..140)
+        .filter_map(|_| connect_from([127, 0, 4, 1], to).ok())
+        .collect();
+    assert!(
+        wait_until(secs(5), || status(&lab)["connections"]["refused_or_closed"]
+            ["by_reason"]["over the per-address cap"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 10),
+        "{}",
+        status(&lab)
+    );
+    // 128 from 127.0.4.1, and the TCP flooder's one.
+    let open = status(&lab)["connections"]["open"].as_u64().unwrap();
+    assert!(open <= 129, "{open} open");
+    drop(held);
     // One line per source per window, not one per message.
     let log = edge_log(&lab);
     let lines = |ip: &str| log.matches(&format!("pike: blocking {ip}:")).count();

@@ -86,3 +86,25 @@ impl Flood {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pbx_is_never_limited_and_a_phone_is() {
+        let l = LimitsSection {
+            max_per_window: 5,
+            ..LimitsSection::default()
+        };
+        let pbx: SocketAddr = "10.0.0.2:5060".parse().unwrap();
+        let phone: SocketAddr = "10.0.0.9:5060".parse().unwrap();
+        let now = Instant::now();
+        let mut f = Flood::new(&l, vec![pbx], now);
+        assert!((0..1000).all(|_| f.admit(now, pbx)));
+        assert_eq!((0..10).filter(|_| f.admit(now, phone)).count(), 5);
+        // The PBX's address with another port is a stranger.
+        let other: SocketAddr = "10.0.0.2:5999".parse().unwrap();
+        assert_eq!((0..10).filter(|_| f.admit(now, other)).count(), 5);
+    }
+}
