@@ -27,6 +27,8 @@ need_pkg kamailio kamailio
 need_pkg baresip baresip
 # HTTPS through the edge's web proxy.
 need_pkg curl curl
+# SIP over TLS: stunnel (client mode) puts TLS in front of sipp, which has none.
+need_pkg stunnel4 stunnel4
 # PostgreSQL replication runs against two real servers started by the tests.
 if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || ! command -v pg_restore >/dev/null; then
   need_pkg postgresql /nonexistent/postgres

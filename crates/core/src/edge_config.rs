@@ -23,6 +23,9 @@ pub struct EdgeConfig {
     pub phones: PhonesSection,
     #[serde(default)]
     pub web: WebSection,
+    /// What a stranger may cost: per-source rate, connections, deadlines.
+    #[serde(default)]
+    pub limits: LimitsSection,
     /// Phones whose home is not the first PBX.
     #[serde(default, rename = "home")]
     pub homes: Vec<HomeRule>,
@@ -57,6 +60,10 @@ pub struct EdgeSection {
     /// lists user identities and answers only `Authorization: Bearer`.
     /// Without it, the list is refused to everyone.
     pub token_file: Option<std::path::PathBuf>,
+    /// SIP over TLS for the phones (RFC 3261 §26.2), with `tls_cert` and
+    /// `tls_key`. The files are read again when they change: a renewed
+    /// certificate is served to the next connection, no restart.
+    pub sip_tls_listen: Option<SocketAddr>,
     /// The same web proxy over TLS (HTTPS and WSS), with `tls_cert` and
     /// `tls_key`.
     pub https_listen: Option<SocketAddr>,
@@ -299,6 +306,82 @@ impl PhonesSection {
     }
 }
 
+/// What one stranger may cost the edge: Kamailio pike's per-source
+/// message rate, and the SIP TCP/TLS connections' caps and deadlines.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Counting window of the per-source rate (pike's `sampling_time_unit`).
+    #[serde(with = "humantime_serde", default = "d_window")]
+    pub window: Duration,
+    /// Messages one source address may send per window (pike's
+    /// `reqs_density_per_unit`); the rest of the window is dropped. PBXs
+    /// are exempt.
+    #[serde(default = "d_max_per_window")]
+    pub max_per_window: u32,
+    /// A source silent this long is forgotten (pike's `remove_latency`).
+    #[serde(with = "humantime_serde", default = "d_forget")]
+    pub forget_after: Duration,
+    /// Most source addresses the rate table remembers.
+    #[serde(default = "d_max_sources")]
+    pub max_sources: usize,
+    /// SIP TCP and TLS connections at once (lowered to fit the process's
+    /// descriptor limit).
+    #[serde(default = "d_max_connections")]
+    pub max_connections: usize,
+    /// SIP TCP and TLS connections one address may hold.
+    #[serde(default = "d_max_per_source")]
+    pub max_connections_per_source: usize,
+    /// A message, and a new connection's first message, must arrive whole
+    /// within this.
+    #[serde(with = "humantime_serde", default = "d_message_timeout")]
+    pub message_timeout: Duration,
+    /// A connection with no byte for this long is closed (CRLF keep-alives
+    /// count).
+    #[serde(with = "humantime_serde", default = "d_idle_timeout")]
+    pub idle_timeout: Duration,
+}
+
+fn d_window() -> Duration {
+    Duration::from_secs(2)
+}
+fn d_max_per_window() -> u32 {
+    100
+}
+fn d_forget() -> Duration {
+    Duration::from_secs(120)
+}
+fn d_max_sources() -> usize {
+    100_000
+}
+fn d_max_connections() -> usize {
+    10_000
+}
+fn d_max_per_source() -> usize {
+    128
+}
+fn d_message_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn d_idle_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            window: d_window(),
+            max_per_window: d_max_per_window(),
+            forget_after: d_forget(),
+            max_sources: d_max_sources(),
+            max_connections: d_max_connections(),
+            max_connections_per_source: d_max_per_source(),
+            message_timeout: d_message_timeout(),
+            idle_timeout: d_idle_timeout(),
+        }
+    }
+}
+
 /// `match`: a whole AOR (`sip:2001@pbx`) or a user prefix (`2`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -380,11 +463,42 @@ impl EdgeConfig {
                 "expected `tls_cert` and `tls_key` (PEM files) in [edge]",
             );
         }
-        if self.edge.tls_cert.is_some() != self.edge.tls_key.is_some() {
+        match (&self.edge.tls_cert, &self.edge.tls_key) {
+            (Some(_), None) => {
+                return bad(
+                    "edge.tls_key",
+                    "expected both `tls_cert` and `tls_key`, or neither",
+                )
+            }
+            (None, Some(_)) => {
+                return bad(
+                    "edge.tls_cert",
+                    "expected both `tls_cert` and `tls_key`, or neither",
+                )
+            }
+            _ => {}
+        }
+        if self.edge.sip_tls_listen.is_some() && self.edge.tls_cert.is_none() {
             return bad(
                 "edge.tls_cert",
-                "expected both `tls_cert` and `tls_key`, or neither",
+                "SIP over TLS needs sip_tls_listen, tls_cert and tls_key together",
             );
+        }
+        if self.edge.sip_tls_listen == Some(self.edge.sip_listen) {
+            return bad("edge.sip_tls_listen", "is sip_listen's address");
+        }
+        let l = &self.limits;
+        if l.window.is_zero() || l.forget_after.is_zero() {
+            return bad("limits.window", "expected durations above zero");
+        }
+        if l.message_timeout.is_zero() || l.idle_timeout.is_zero() {
+            return bad("limits.message_timeout", "expected durations above zero");
+        }
+        if l.max_per_window == 0 {
+            return bad("limits.max_per_window", "expected 1 or more");
+        }
+        if l.max_sources == 0 || l.max_connections == 0 || l.max_connections_per_source == 0 {
+            return bad("limits.max_connections", "expected counts of 1 or more");
         }
         for (i, p) in self.pbxs.iter().enumerate() {
             if let Some(path) = &p.web_health {
@@ -501,6 +615,9 @@ pbx = "standby"
         assert!(c.edge.token_file.is_none());
         assert_eq!(c.edge.retry_after, Duration::from_secs(5));
         assert!(c.edge.names.is_empty() && c.edge.key_file.is_none());
+        assert_eq!(c.limits.max_per_window, 100);
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(600));
+        assert!(c.edge.sip_tls_listen.is_none());
     }
 
     #[test]
@@ -526,6 +643,38 @@ pbx = "standby"
         assert_eq!(e.key.as_deref(), Some("edge.retry_after"), "{e}");
         let e = EdgeConfig::parse("edge.toml", &with("names = [\"a b\"]")).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("edge.names[0]"), "{e}");
+    }
+
+    #[test]
+    fn limits_and_tls_keys() {
+        let with = GOOD.replace(
+            "[health]",
+            "[limits]\nmax_per_window = 30\nidle_timeout = \"2s\"\n\n[health]",
+        );
+        let c = EdgeConfig::parse("edge.toml", &with).unwrap();
+        assert_eq!(c.limits.max_per_window, 30);
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(2));
+        assert_eq!(c.limits.window, Duration::from_secs(2));
+        let e = EdgeConfig::parse("edge.toml", &with.replace("= 30", "= 0")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("limits.max_per_window"), "{e}");
+        let e = EdgeConfig::parse(
+            "edge.toml",
+            &with.replace("max_per_window", "max_per_windw"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("max_per_windw"), "{e}");
+        let tls = GOOD.replace(
+            "api_listen = \"127.0.0.1:8090\"",
+            "api_listen = \"127.0.0.1:8090\"\nsip_tls_listen = \"127.0.0.1:5061\"\ntls_cert = \"edge.crt\"",
+        );
+        let e = EdgeConfig::parse("edge.toml", &tls).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("edge.tls_key"), "{e}");
+        let c = EdgeConfig::parse(
+            "edge.toml",
+            &tls.replace("\"edge.crt\"", "\"edge.crt\"\ntls_key = \"edge.key\""),
+        )
+        .unwrap();
+        assert_eq!(c.edge.tls_key, Some(PathBuf::from("edge.key")));
     }
 
     #[test]

@@ -76,6 +76,22 @@ fn edge(shown: &str, text: &str, base: &Path) -> ExitCode {
                 "  edge {} on {} (SIP) and {} (API)",
                 c.edge.name, c.edge.sip_listen, c.edge.api_listen
             );
+            if let (Some(addr), Some(cert)) = (c.edge.sip_tls_listen, &c.edge.tls_cert) {
+                println!(
+                    "  SIP over TLS on {addr}, certificate {} (read again when it changes)",
+                    cert.display()
+                );
+            }
+            let l = &c.limits;
+            println!(
+                "  limits: {} messages per {:?} per source; at most {} TCP/TLS connections ({} per address); a message due within {:?}, idle connections closed after {:?}",
+                l.max_per_window,
+                l.window,
+                l.max_connections,
+                l.max_connections_per_source,
+                l.message_timeout,
+                l.idle_timeout
+            );
             for p in &c.pbxs {
                 println!(
                     "  pbx {} at {}{}",

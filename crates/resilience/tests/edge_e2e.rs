@@ -111,7 +111,7 @@ fn a_dead_pbx_moves_phones_after_the_delay_and_they_come_back_when_it_is_stable(
     );
     let edge_log = std::fs::read_to_string(lab.dir.path("edge.log")).unwrap();
     assert!(
-        edge_log.contains("Destination down: sip:127.0.0.1:"),
+        edge_log.contains("Destination down: OPTIONS sip:127.0.0.1:"),
         "{edge_log}"
     );
     // After failover_after the phone is the Standby's guest, and its next

@@ -3,6 +3,7 @@
 //! core: bytes in, bytes and their destination out, no sockets, no clock.
 
 pub mod edit;
+pub mod flood;
 pub mod header;
 pub mod message;
 pub mod proxy;

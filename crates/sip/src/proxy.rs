@@ -33,6 +33,8 @@ use std::net::{IpAddr, SocketAddr};
 pub enum Transport {
     Udp,
     Tcp,
+    /// TLS over TCP (RFC 3261 §26.2): phones only; the PBX side is UDP.
+    Tls,
 }
 
 impl Transport {
@@ -40,7 +42,13 @@ impl Transport {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         }
+    }
+
+    /// Over a connection (TCP, TLS): the reply goes back on it.
+    pub fn is_stream(&self) -> bool {
+        matches!(self, Transport::Tcp | Transport::Tls)
     }
 
     fn parse(s: &str) -> Option<Transport> {
@@ -48,6 +56,8 @@ impl Transport {
             Some(Transport::Udp)
         } else if s.eq_ignore_ascii_case("tcp") {
             Some(Transport::Tcp)
+        } else if s.eq_ignore_ascii_case("tls") {
+            Some(Transport::Tls)
         } else {
             None
         }
@@ -348,7 +358,7 @@ impl Relay {
         // RFC 3581: say where the request was seen from.
         // What a phone wrote in `received`/`rport` is never trusted (it
         // would send the PBX's answers anywhere): the edge writes both.
-        let rport = via.params.get("rport").is_some() || from.transport == Transport::Tcp;
+        let rport = via.params.get("rport").is_some() || from.transport.is_stream();
         // Where the response goes, as the next Via will say.
         let mut back = via_flow(&via);
         if !from_pbx {

@@ -9,11 +9,13 @@
 //! phone's changes, and counts the router keeps: nothing the API does walks
 //! the relay's table or holds its lock.
 
+pub mod flood;
 pub mod http;
 pub mod key;
 pub mod probe;
 pub mod table;
 pub mod tcp;
+pub mod tls;
 
 use anyhow::Context;
 use axum::extract::{Query, State};
@@ -130,10 +132,19 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     let tcp_listener = tokio::net::TcpListener::bind(cfg.edge.sip_listen)
         .await
         .with_context(|| format!("SIP TCP socket {}", cfg.edge.sip_listen))?;
-    let conns = tcp::Conns::default();
     let (tcp_tx, mut tcp_rx) = mpsc::channel::<(Flow, Vec<u8>)>(1024);
     let (tcp_drop_tx, mut tcp_drop_rx) = mpsc::channel::<&'static str>(64);
-    tokio::spawn(tcp::serve(tcp_listener, conns.clone(), tcp_tx, tcp_drop_tx));
+    let intake = intake(&cfg, tcp_tx, tcp_drop_tx)?;
+    let conns = intake.conns.clone();
+    if let Some(addr) = cfg.edge.sip_tls_listen {
+        let certs = tls_certs(&cfg, path)?;
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("SIP TLS socket {addr}"))?;
+        tracing::info!("edge: SIP over TLS on {addr}");
+        tokio::spawn(tcp::serve(l, Some(certs), intake.clone()));
+    }
+    tokio::spawn(tcp::serve(tcp_listener, None, intake));
     let names: Arc<Vec<String>> = Arc::new(cfg.pbxs.iter().map(|p| p.name.clone()).collect());
     let pbx_addrs: Vec<SocketAddr> = cfg.pbxs.iter().map(|p| p.sip).collect();
     let secret = match &cfg.edge.key_file {
@@ -227,6 +238,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         names: &names,
     };
     let mut buf = vec![0u8; 65_536];
+    let mut flood = flood::Flood::new(&cfg.limits, pbx_addrs.clone(), Instant::now());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let deadline = router
@@ -236,6 +248,9 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         tokio::select! {
             r = sock.recv_from(&mut buf) => {
                 match r {
+                    Ok((_, from)) if !flood.admit(Instant::now(), from) => {
+                        count_drop(&view, "over_rate");
+                    }
                     Ok((len, from)) => {
                         let msg = buf[..len].to_vec();
                         relay_one(&ctx, &mut router, Flow::udp(from), &msg).await;
@@ -244,6 +259,10 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
                 }
             }
             Some((from, msg)) = tcp_rx.recv() => {
+                if !flood.admit(Instant::now(), from.addr) {
+                    count_drop(&view, "over_rate");
+                    continue;
+                }
                 relay_one(&ctx, &mut router, from, &msg).await;
             }
             Some(label) = tcp_drop_rx.recv() => {
@@ -397,7 +416,7 @@ async fn relay_one(ctx: &Ctx<'_>, router: &mut Router, from: Flow, msg: &[u8]) {
         Ok(send) => {
             let sent = match send.to.transport {
                 Transport::Udp => ctx.sock.send_to(&send.bytes, send.to.addr).await.is_ok(),
-                Transport::Tcp => ctx.conns.send(send.to.addr, send.bytes),
+                Transport::Tcp | Transport::Tls => ctx.conns.send(send.to, send.bytes),
             };
             if !sent {
                 count_drop(ctx.view, "unreachable");
@@ -575,6 +594,48 @@ async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
             "reregisters_sent": c.reregisters_sent,
             "reregisters_ok": c.reregisters_ok,
         },
+        "connections": s.conns.status_json(),
         "moves": v.moves,
     }))
+}
+
+/// The TCP/TLS intake: caps and deadlines from `[limits]`, the cap lowered
+/// under the descriptor limit (room kept for the API's connections and the
+/// edge's own sockets).
+fn intake(
+    cfg: &EdgeConfig,
+    to_relay: mpsc::Sender<(Flow, Vec<u8>)>,
+    dropped: mpsc::Sender<&'static str>,
+) -> anyhow::Result<tcp::Intake> {
+    let l = &cfg.limits;
+    let nofile =
+        crate::api::server::nofile_limit().map(|n| n.saturating_sub(EDGE_API_CONNECTIONS as u64));
+    let limits = tcp::Limits {
+        max_connections: crate::api::server::connection_cap(l.max_connections, nofile),
+        per_source: l.max_connections_per_source,
+        message_timeout: l.message_timeout,
+        idle_timeout: l.idle_timeout,
+    };
+    tracing::info!(
+        "edge: at most {} SIP TCP/TLS connections ({} per address), {} messages per {:?} per source",
+        limits.max_connections,
+        limits.per_source.min(limits.max_connections),
+        l.max_per_window,
+        l.window
+    );
+    Ok(tcp::Intake {
+        conns: tcp::Conns::new(&limits),
+        limits,
+        to_relay,
+        dropped,
+    })
+}
+
+/// The TLS identity; relative paths are the config file's folder's.
+fn tls_certs(cfg: &EdgeConfig, path: &Path) -> anyhow::Result<Arc<tls::Certs>> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let (Some(cert), Some(key)) = (&cfg.edge.tls_cert, &cfg.edge.tls_key) else {
+        anyhow::bail!("sip_tls_listen needs tls_cert and tls_key");
+    };
+    Ok(Arc::new(tls::Certs::load(&dir.join(cert), &dir.join(key))?))
 }

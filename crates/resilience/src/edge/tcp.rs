@@ -1,28 +1,95 @@
-//! SIP over TCP for the phones: each connection's reader cuts the stream
-//! into messages (Content-Length framing, RFC 3261 §18.3) and hands them to
-//! the relay task; a writer per connection sends what the relay routes to
-//! that peer. A connection that sends what cannot be framed (no end of
-//! headers within the size limit, a bad Content-Length) is counted and
-//! closed: on a stream there is no next message to resynchronise on.
+//! SIP over TCP and TLS for the phones: each connection's task cuts the
+//! stream into messages (Content-Length framing, RFC 3261 §18.3), hands
+//! them to the relay task and writes what the relay routes to that peer.
+//! A connection that sends what cannot be framed (no end of headers within
+//! the size limit, a bad Content-Length) is counted and closed: on a stream
+//! there is no next message to resynchronise on. TLS connections take the
+//! same path once their handshake is done.
+//!
+//! Bounded against strangers, the way the API's listener is
+//! ([`crate::api::server`]):
+//!
+//! - **Caps.** At most `max_connections` connections at once (TCP and TLS
+//!   together), lowered so that the process's descriptor limit keeps room
+//!   for the edge's own sockets (probes, the HA requests, the API), and
+//!   `max_connections_per_source` per address. At the cap, a new
+//!   connection takes the place of the oldest one that has not yet sent a
+//!   whole message (an idle stranger's, never a registered phone's); when
+//!   every connection has, the new one is closed at once.
+//! - **Deadlines.** A connection's first message, and every message once
+//!   started, must arrive whole within `message_timeout`; a connection
+//!   with no byte for `idle_timeout` is closed (CRLF keep-alives count). A
+//!   TLS handshake must end within `message_timeout`; a peer that stops
+//!   reading what the edge writes is dropped after `message_timeout`.
+//! - **Accept errors** (`EMFILE`, `ENFILE`, …) pause the accept loop, from
+//!   50 ms doubling to 1 s, instead of spinning on a full table.
+//! - **Memory.** A connection reads into a small buffer that grows with
+//!   what arrives and is given back once a large message is relayed; all
+//!   of it goes when the connection closes.
+//! - **Logs.** Refusals and closings are counted per reason
+//!   ([`crate::ratelog::RateLog`]): one line per reason, then a summary.
 
+use crate::ratelog::RateLog;
 use resilience_sip::message::{frame_len, skip_keepalive};
 use resilience_sip::{Flow, Transport};
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
 
-/// Open connections by peer address: where to write a message for a flow.
-#[derive(Clone, Default)]
-pub struct Conns(Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>);
+/// Messages queued for one connection before further ones are refused.
+const QUEUE: usize = 64;
+/// A read buffer larger than this is given back once it is empty.
+const KEEP_BUFFER: usize = 16 * 1024;
+/// Size of one read.
+const READ_CHUNK: usize = 2048;
+
+/// The caps and deadlines, from the edge's `[limits]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub per_source: usize,
+    pub message_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Open connections by flow: where to write a message for a phone.
+#[derive(Clone)]
+pub struct Conns {
+    map: Arc<Mutex<HashMap<Flow, mpsc::Sender<Vec<u8>>>>>,
+    slots: Arc<Slots>,
+    log: Arc<RateLog>,
+}
 
 impl Conns {
-    /// Queue `bytes` for the connection to `to`; false when there is none
-    /// (the phone went away; a PBX is reached over UDP).
-    pub fn send(&self, to: SocketAddr, bytes: Vec<u8>) -> bool {
-        let tx = self.0.lock().expect("conns lock").get(&to).cloned();
+    pub fn new(limits: &Limits) -> Conns {
+        let log = Arc::new(RateLog::new(
+            "edge SIP connections",
+            "connections refused or closed",
+            Duration::from_secs(10),
+        ));
+        log.spawn_summaries();
+        Conns {
+            map: Arc::default(),
+            slots: Arc::new(Slots {
+                cap: limits.max_connections,
+                per_source: limits.per_source,
+                inner: Mutex::default(),
+            }),
+            log,
+        }
+    }
+
+    /// Queue `bytes` for the connection of `to`; false when there is none
+    /// (the phone went away; a PBX is reached over UDP) or it is not
+    /// reading.
+    pub fn send(&self, to: Flow, bytes: Vec<u8>) -> bool {
+        let tx = self.lock().get(&to).cloned();
         match tx {
             Some(tx) => tx.try_send(bytes).is_ok(),
             None => false,
@@ -30,91 +97,361 @@ impl Conns {
     }
 
     pub fn count(&self) -> usize {
-        self.0.lock().expect("conns lock").len()
+        self.lock().len()
+    }
+
+    /// For the status API: open connections, the cap, refusals by reason.
+    pub fn status_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "open": self.slots.open(),
+            "cap": self.slots.cap,
+            "per_source_cap": self.slots.per_source,
+            "refused_or_closed": self.log.totals_json(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Flow, mpsc::Sender<Vec<u8>>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn event(&self, reason: &'static str, detail: impl FnOnce() -> String) {
+        metrics::counter!("resilience_edge_connections_refused_total", "reason" => reason)
+            .increment(1);
+        self.log.event(reason, detail);
     }
 }
 
-/// Accept phones' connections on `listener` for as long as the edge runs.
-pub async fn serve(
-    listener: TcpListener,
-    conns: Conns,
-    to_relay: mpsc::Sender<(Flow, Vec<u8>)>,
-    dropped: mpsc::Sender<&'static str>,
-) {
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(
-            stream,
-            peer,
-            conns.clone(),
-            to_relay.clone(),
-            dropped.clone(),
-        ));
-    }
+/// Connection slots: the total, per address, and which connections have
+/// not yet sent a whole message (the ones a new connection may replace).
+struct Slots {
+    cap: usize,
+    per_source: usize,
+    inner: Mutex<SlotsInner>,
 }
 
-async fn connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    conns: Conns,
-    to_relay: mpsc::Sender<(Flow, Vec<u8>)>,
-    dropped: mpsc::Sender<&'static str>,
-) {
-    let (mut rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
-    let mine = tx.clone();
-    conns.0.lock().expect("conns lock").insert(peer, tx);
-    let writer = tokio::spawn(async move {
-        while let Some(b) = rx.recv().await {
-            if wr.write_all(&b).await.is_err() {
-                break;
+#[derive(Default)]
+struct SlotsInner {
+    open: usize,
+    per_ip: HashMap<IpAddr, usize>,
+    /// Connections without a whole message yet, oldest first.
+    unproven: BTreeMap<u64, Arc<Notify>>,
+    next_id: u64,
+}
+
+/// One connection's place, given back when dropped.
+struct Slot {
+    slots: Arc<Slots>,
+    ip: IpAddr,
+    id: u64,
+    /// Woken when a newer connection takes this one's place.
+    evicted: Arc<Notify>,
+}
+
+enum Refused {
+    OverCap,
+    OverSourceCap,
+}
+
+impl Slots {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotsInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn open(&self) -> usize {
+        self.lock().open
+    }
+
+    /// A slot for a connection from `ip`, or why not. At the cap, the
+    /// oldest connection with no message yet is told to go.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<(Slot, bool), Refused> {
+        let mut g = self.lock();
+        if g.per_ip.get(&ip).copied().unwrap_or(0) >= self.per_source {
+            return Err(Refused::OverSourceCap);
+        }
+        let mut evicted = false;
+        if g.open >= self.cap {
+            match g.unproven.pop_first() {
+                Some((_, n)) => {
+                    n.notify_one();
+                    evicted = true;
+                }
+                None => return Err(Refused::OverCap),
             }
         }
-    });
+        g.open += 1;
+        *g.per_ip.entry(ip).or_default() += 1;
+        let id = g.next_id;
+        g.next_id += 1;
+        let notify = Arc::new(Notify::new());
+        g.unproven.insert(id, notify.clone());
+        Ok((
+            Slot {
+                slots: self.clone(),
+                ip,
+                id,
+                evicted: notify,
+            },
+            evicted,
+        ))
+    }
+}
+
+impl Slot {
+    /// The connection sent a whole message: no longer replaceable.
+    fn proven(&self) {
+        self.slots.lock().unproven.remove(&self.id);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut g = self.slots.lock();
+        g.open = g.open.saturating_sub(1);
+        g.unproven.remove(&self.id);
+        if let Some(n) = g.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                g.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// What a connection's task needs besides its stream.
+#[derive(Clone)]
+pub struct Intake {
+    pub conns: Conns,
+    pub limits: Limits,
+    pub to_relay: mpsc::Sender<(Flow, Vec<u8>)>,
+    pub dropped: mpsc::Sender<&'static str>,
+}
+
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Accept phones' connections on `listener` for as long as the edge runs:
+/// plain TCP, or TLS with `tls`.
+pub async fn serve(listener: TcpListener, tls: Option<Arc<super::tls::Certs>>, intake: Intake) {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                intake
+                    .conns
+                    .event("accept error", || format!("accept: {e}; pausing {pause:?}"));
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        pause = Duration::from_millis(50);
+        let slot = match intake.conns.slots.admit(peer.ip()) {
+            Ok((slot, evicted)) => {
+                if evicted {
+                    intake.conns.event("replaced a silent connection", || {
+                        format!(
+                            "at the cap of {} connections: the oldest without a message closed for {peer}",
+                            intake.conns.slots.cap
+                        )
+                    });
+                }
+                slot
+            }
+            Err(Refused::OverSourceCap) => {
+                intake.conns.event("over the per-address cap", || {
+                    format!(
+                        "{} already holds {} connections: refused",
+                        peer.ip(),
+                        intake.conns.slots.per_source
+                    )
+                });
+                continue;
+            }
+            Err(Refused::OverCap) => {
+                intake.conns.event("over the cap", || {
+                    format!(
+                        "{} connections open, every one has sent a message: {peer} refused",
+                        intake.conns.slots.cap
+                    )
+                });
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let intake = intake.clone();
+        match &tls {
+            None => {
+                tokio::spawn(connection(stream, Transport::Tcp, peer, slot, intake));
+            }
+            Some(certs) => {
+                let acceptor = certs.acceptor();
+                tokio::spawn(async move {
+                    let limit = intake.limits.message_timeout;
+                    let hs = tokio::select! {
+                        r = tokio::time::timeout(limit, acceptor.accept(stream)) => r,
+                        _ = slot.evicted.notified() => return,
+                    };
+                    match hs {
+                        Ok(Ok(s)) => connection(s, Transport::Tls, peer, slot, intake).await,
+                        Ok(Err(e)) => intake
+                            .conns
+                            .event("tls handshake failed", || format!("TLS from {peer}: {e}")),
+                        Err(_) => intake.conns.event("tls handshake timeout", || {
+                            format!("TLS from {peer}: no handshake within {limit:?}")
+                        }),
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Why a connection ended (for the counters; a peer's close is not counted).
+enum End {
+    Peer,
+    Relay,
+    Malformed,
+    MessageTimeout,
+    Idle,
+    Evicted,
+    WriteStalled,
+}
+
+async fn connection<S>(
+    stream: S,
+    transport: Transport,
+    peer: SocketAddr,
+    slot: Slot,
+    intake: Intake,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let flow = Flow {
-        transport: Transport::Tcp,
+        transport,
         addr: peer,
     };
-    let mut buf: Vec<u8> = Vec::with_capacity(8192);
-    let mut chunk = vec![0u8; 16 * 1024];
-    'read: loop {
-        let n = match rd.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+    let mine = tx.clone();
+    intake.conns.lock().insert(flow, tx);
+    let end = pump(stream, flow, &slot, &intake, &mut rx).await;
+    // Only this connection's entry: a phone that reconnected from the same
+    // address already has a newer one.
+    {
+        let mut map = intake.conns.lock();
+        if map.get(&flow).is_some_and(|t| t.same_channel(&mine)) {
+            map.remove(&flow);
+        }
+    }
+    let l = &intake.limits;
+    match end {
+        End::Peer | End::Relay => {}
+        End::Malformed => {
+            let _ = intake.dropped.send("malformed").await;
+        }
+        End::MessageTimeout => intake.conns.event("message timeout", || {
+            format!(
+                "{peer}: no whole message within {:?}: closed",
+                l.message_timeout
+            )
+        }),
+        End::Idle => intake.conns.event("idle timeout", || {
+            format!("{peer}: silent for {:?}: closed", l.idle_timeout)
+        }),
+        End::Evicted => {}
+        End::WriteStalled => intake.conns.event("not reading", || {
+            format!("{peer}: did not read for {:?}: closed", l.message_timeout)
+        }),
+    }
+}
+
+/// Read and write one connection until it ends; why it ended.
+async fn pump<S>(
+    stream: S,
+    flow: Flow,
+    slot: &Slot,
+    intake: &Intake,
+    rx: &mut mpsc::Receiver<Vec<u8>>,
+) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let l = intake.limits;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; READ_CHUNK];
+    let mut last_byte = Instant::now();
+    // Since when a message is due: from the start for the first one.
+    let mut due_since = Some(last_byte);
+    let mut proven = false;
+    loop {
+        let idle_at = last_byte + l.idle_timeout;
+        let deadline = match due_since {
+            Some(t) => idle_at.min(t + l.message_timeout),
+            None => idle_at,
         };
+        let n = tokio::select! {
+            r = tokio::time::timeout_at(deadline, rd.read(&mut chunk)) => match r {
+                Ok(Ok(0)) | Ok(Err(_)) => return End::Peer,
+                Ok(Ok(n)) => n,
+                Err(_) if deadline == idle_at => return End::Idle,
+                Err(_) => return End::MessageTimeout,
+            },
+            Some(b) = rx.recv() => {
+                match tokio::time::timeout(l.message_timeout, wr.write_all(&b)).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) => return End::Peer,
+                    Err(_) => return End::WriteStalled,
+                }
+            }
+            _ = slot.evicted.notified() => return End::Evicted,
+        };
+        last_byte = Instant::now();
         buf.extend_from_slice(&chunk[..n]);
         loop {
             let skip = skip_keepalive(&buf);
             buf.drain(..skip);
             if buf.is_empty() {
+                if proven {
+                    due_since = None;
+                }
+                if buf.capacity() > KEEP_BUFFER {
+                    buf = Vec::new();
+                }
                 break;
+            }
+            if proven && due_since.is_none() {
+                due_since = Some(last_byte);
             }
             match frame_len(&buf) {
                 Ok(Some(len)) => {
                     let msg: Vec<u8> = buf.drain(..len).collect();
-                    if to_relay.send((flow, msg)).await.is_err() {
-                        break 'read;
+                    if !proven {
+                        proven = true;
+                        slot.proven();
+                    }
+                    due_since = None;
+                    if intake.to_relay.send((flow, msg)).await.is_err() {
+                        return End::Relay;
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::debug!("TCP from {peer}: {e}; closing the connection");
-                    let _ = dropped.send("malformed").await;
-                    break 'read;
+                    tracing::debug!(
+                        "{} from {}: {e}; closing the connection",
+                        flow.transport.as_str(),
+                        flow.addr
+                    );
+                    return End::Malformed;
                 }
             }
         }
     }
-    // Only this connection's entry: a phone that reconnected from the same
-    // address already has a newer one.
-    {
-        let mut map = conns.0.lock().expect("conns lock");
-        if map.get(&peer).is_some_and(|t| t.same_channel(&mine)) {
-            map.remove(&peer);
-        }
-    }
-    writer.abort();
 }

@@ -19,6 +19,14 @@ fn sealed(call_id: Option<&str>) -> String {
     relay().seal_flow(udp(PHONE), call_id)
 }
 
+fn tls_sealed(r: &Relay) -> String {
+    let tls = Flow {
+        transport: Transport::Tls,
+        addr: PHONE.parse().unwrap(),
+    };
+    r.seal_flow(tls, None)
+}
+
 fn udp(a: &str) -> Flow {
     Flow::udp(a.parse().unwrap())
 }
@@ -599,4 +607,47 @@ fn an_unregistration_says_so_and_keeps_no_template() {
         "{:?}",
         out.notes
     );
+}
+
+#[test]
+fn a_phone_over_tls_is_answered_and_reached_over_its_tls_connection() {
+    let r = relay();
+    let tls = Flow {
+        transport: Transport::Tls,
+        addr: PHONE.parse().unwrap(),
+    };
+    let reg = register("z9hG4bKt1").replace("SIP/2.0/UDP 192.168", "SIP/2.0/TLS 192.168");
+    let fwd = r.handle(tls, reg.as_bytes(), to_pbx_a).unwrap();
+    assert_eq!(fwd.to, udp(PBX_A), "the PBX side stays UDP");
+    let t = text(&fwd);
+    assert!(
+        t.contains(&format!(
+            "Path: <sip:127.0.0.1:5060;lr;rs-flow={}>\r\n",
+            tls_sealed(&r)
+        )),
+        "{t}"
+    );
+    // rport is written even when the phone did not ask: a connection.
+    assert!(
+        t.contains("SIP/2.0/TLS 192.168.1.10:5070;branch=z9hG4bKt1;received=127.0.0.10;rport=5070"),
+        "{t}"
+    );
+    let vias: Vec<&str> = t.lines().filter(|l| l.starts_with("Via:")).collect();
+    let ok = format!(
+        "SIP/2.0 200 OK\r\n{}\r\n{}\r\nFrom: <sip:1001@pbx.example.com>;tag=a\r\nTo: <sip:1001@pbx.example.com>;tag=k\r\nCall-ID: reg-1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n",
+        vias[0], vias[1]
+    );
+    let back = r.handle(udp(PBX_A), ok.as_bytes(), |_| None).unwrap();
+    assert_eq!(back.to, tls);
+    // A PBX's INVITE follows the flow in the Path to the TLS connection,
+    // and the edge's Via on it says TLS.
+    let invite = format!(
+        "INVITE sip:1001@192.168.1.10:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bKp1\r\nRoute: <sip:127.0.0.1:5060;lr;rs-flow={}>\r\nFrom: <sip:1002@pbx.example.com>;tag=b\r\nTo: <sip:1001@pbx.example.com>\r\nCall-ID: call-3\r\nCSeq: 1 INVITE\r\nMax-Forwards: 69\r\nContent-Length: 0\r\n\r\n",
+        tls_sealed(&r)
+    );
+    let out = r.handle(udp(PBX_A), invite.as_bytes(), |_| None).unwrap();
+    assert_eq!(out.to, tls);
+    assert!(text(&out).starts_with(
+        "INVITE sip:1001@192.168.1.10:5070 SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5060;branch="
+    ));
 }
