@@ -275,7 +275,7 @@ class Edge:
 
     # Pike's two numbers under the names a [limits] section may give them;
     # the first set the binary accepts is used (--edge-set limits.* wins).
-    LIMIT_NAMES = [("window", "threshold"), ("window", "requests"), ("window", "max_requests"),
+    LIMIT_NAMES = [("window", "max_per_window"), ("window", "threshold"), ("window", "requests"), ("window", "max_requests"),
                    ("window", "requests_per_window"), ("request_window", "requests_per_window"),
                    ("rate_window", "rate_threshold"), ("window", "density")]
 

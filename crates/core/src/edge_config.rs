@@ -611,7 +611,7 @@ pbx = "standby"
         assert_eq!(p.failover_after, Duration::from_secs(3));
         assert_eq!(p.failback_stable, Duration::from_secs(600));
         assert_eq!(c.home_rules(), [("2".to_string(), 1)]);
-        assert_eq!(p.max_phones, 100_000);
+        assert_eq!(p.max_phones, 30_000);
         assert!(c.edge.token_file.is_none());
         assert_eq!(c.edge.retry_after, Duration::from_secs(5));
         assert!(c.edge.names.is_empty() && c.edge.key_file.is_none());

@@ -76,7 +76,7 @@ impl Default for Policy {
             away_expires: Some(120),
             call_unanswered: Duration::from_secs(180),
             call_max: Duration::from_secs(4 * 3600),
-            max_phones: 100_000,
+            max_phones: 30_000,
             register_moved: true,
         }
     }
