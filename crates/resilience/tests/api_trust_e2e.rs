@@ -95,11 +95,6 @@ fn api_addr(p: &Pair, i: usize) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], p.specs[i].api))
 }
 
-/// Open descriptors of process `pid`.
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
 /// One field of /proc/PID/status, in kB.
 fn proc_kb(pid: u32, field: &str) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -107,36 +102,6 @@ fn proc_kb(pid: u32, field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
-}
-
-/// Open `n` TCP connections from 127.0.0.2 to `to` and send nothing on
-/// them; the ones that connected, kept open until the runtime is dropped.
-fn idle_connections(
-    rt: &tokio::runtime::Runtime,
-    to: SocketAddr,
-    n: usize,
-) -> Vec<tokio::net::TcpStream> {
-    rt.block_on(async move {
-        let tasks: Vec<_> = (0..n)
-            .map(|_| {
-                tokio::spawn(async move {
-                    let s = tokio::net::TcpSocket::new_v4().ok()?;
-                    s.bind(SocketAddr::from(([127, 0, 0, 2], 0))).ok()?;
-                    tokio::time::timeout(secs(5), s.connect(to))
-                        .await
-                        .ok()?
-                        .ok()
-                })
-            })
-            .collect();
-        let mut out = Vec::new();
-        for t in tasks {
-            if let Ok(Some(s)) = t.await {
-                out.push(s);
-            }
-        }
-        out
-    })
 }
 
 /// Finding: 1,139 idle connections to the Standby's API (1,024 fds) made it

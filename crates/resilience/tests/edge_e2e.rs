@@ -318,20 +318,6 @@ fn malformed_and_oversized_input_is_dropped_and_counted() {
     );
 }
 
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    match agent()
-        .get(&format!("http://127.0.0.1:{port}{path}"))
-        .call()
-    {
-        Ok(mut r) => (
-            r.status().as_u16(),
-            r.body_mut().read_to_string().unwrap_or_default(),
-        ),
-        Err(ureq::Error::StatusCode(c)) => (c, String::new()),
-        Err(e) => (0, e.to_string()),
-    }
-}
-
 #[test]
 fn web_applications_reach_the_live_node_at_the_same_address() {
     use std::io::{Read, Write};

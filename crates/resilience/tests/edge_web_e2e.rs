@@ -21,19 +21,6 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    match agent()
-        .get(&format!("http://127.0.0.1:{port}{path}"))
-        .call()
-    {
-        Ok(mut r) => (
-            r.status().as_u16(),
-            r.body_mut().read_to_string().unwrap_or_default(),
-        ),
-        Err(e) => (0, e.to_string()),
-    }
-}
-
 fn get_text(url: &str) -> String {
     agent()
         .get(url)
@@ -66,41 +53,6 @@ fn hard_nofile() -> u64 {
     // SAFETY: a plain syscall on a struct we own.
     unsafe { assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r), 0) };
     r.rlim_max
-}
-
-/// Open descriptors of process `pid`.
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
-/// `n` connections from 127.0.0.2 to `to` that send nothing; the ones that
-/// connected, open until dropped.
-fn idle_connections(
-    rt: &tokio::runtime::Runtime,
-    to: SocketAddr,
-    n: usize,
-) -> Vec<tokio::net::TcpStream> {
-    rt.block_on(async move {
-        let tasks: Vec<_> = (0..n)
-            .map(|_| {
-                tokio::spawn(async move {
-                    let s = tokio::net::TcpSocket::new_v4().ok()?;
-                    s.bind(SocketAddr::from(([127, 0, 0, 2], 0))).ok()?;
-                    tokio::time::timeout(secs(5), s.connect(to))
-                        .await
-                        .ok()?
-                        .ok()
-                })
-            })
-            .collect();
-        let mut out = Vec::new();
-        for t in tasks {
-            if let Ok(Some(s)) = t.await {
-                out.push(s);
-            }
-        }
-        out
-    })
 }
 
 /// Whether the peer closes `s` within `limit` (reading what comes).

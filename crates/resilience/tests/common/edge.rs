@@ -404,3 +404,18 @@ pub fn registers_at(k: &Kamailio, user: &str) -> usize {
         .matches(&format!("REGISTER sip:{user}@pbx.test"))
         .count()
 }
+
+/// GET on the edge: (status, body), or (0, the error).
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    match agent()
+        .get(&format!("http://127.0.0.1:{port}{path}"))
+        .call()
+    {
+        Ok(mut r) => (
+            r.status().as_u16(),
+            r.body_mut().read_to_string().unwrap_or_default(),
+        ),
+        Err(ureq::Error::StatusCode(c)) => (c, String::new()),
+        Err(e) => (0, e.to_string()),
+    }
+}

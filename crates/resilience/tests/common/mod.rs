@@ -574,3 +574,39 @@ pub fn get_with_host(port: u16, host: &str, path: &str) -> String {
     let _ = c.read_to_string(&mut answer);
     answer
 }
+
+/// Open descriptors of process `pid`.
+pub fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Open `n` TCP connections from 127.0.0.2 to `to` and send nothing on
+/// them; the ones that connected, kept open until the runtime is dropped.
+pub fn idle_connections(
+    rt: &tokio::runtime::Runtime,
+    to: std::net::SocketAddr,
+    n: usize,
+) -> Vec<tokio::net::TcpStream> {
+    rt.block_on(async move {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let s = tokio::net::TcpSocket::new_v4().ok()?;
+                    s.bind(std::net::SocketAddr::from(([127, 0, 0, 2], 0)))
+                        .ok()?;
+                    tokio::time::timeout(Duration::from_secs(5), s.connect(to))
+                        .await
+                        .ok()?
+                        .ok()
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            if let Ok(Some(s)) = t.await {
+                out.push(s);
+            }
+        }
+        out
+    })
+}
