@@ -22,6 +22,11 @@ machine, same run. Scenarios (run all, or name some):
           the edge, the Main killed, a caller dials it every 0.5 s through
           the edge; time from the edge's move of the callee until the
           callee receives an INVITE (capped at the registration expiry).
+  poll    150,000 phones registered through the edge, then a phone's
+          REGISTER round trip measured in alternating ~2 s phases, quiet
+          and with 2 clients walking GET /api/v1/phones?limit=500&after=AOR
+          (with the API token) over and over: p50/p99/max of each, full
+          walks and pages fetched, the edge's CPU and RSS before/after.
 
 The edge's config is built here and can be extended for builds that know
 more keys: --edge-set SECTION.KEY=VALUE (a TOML value, repeatable; also
@@ -56,7 +61,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 FIXTURES = ROOT / "crates/resilience/tests/fixtures/sip"
-SCENARIOS = ["rate", "storm", "flood", "memory", "gap"]
+SCENARIOS = ["rate", "storm", "flood", "memory", "gap", "poll"]
 started = []  # every process this bench starts, stopped by pid at the end
 
 
@@ -857,6 +862,224 @@ def scenario_memory(args, edge, work):
               f"| {shm1 / 2**20:.1f} | {(shm1 - shm0) / max(ok, 1):.0f} (per contact) |")
 
 
+# ---------------------------------------------------------------- poll
+
+class RegisterProbe:
+    """One legitimate phone on one UDP socket: REGISTERs one at a time,
+    each timed from its first send to its final answer (retransmitted at
+    0.5 and 1.5 s, given up at 4 s, as legit_phone does)."""
+
+    def __init__(self, target, aor="sip:pollprobe@pbx.test"):
+        self.host, port = target.split(":")
+        self.port = int(port)
+        self.s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.s.bind(("127.0.0.1", 0))
+        self.me = f"127.0.0.1:{self.s.getsockname()[1]}"
+        self.aor = aor
+        self.cid = f"pollprobe-{self.me}"
+        self.cseq = 0
+
+    def once(self):
+        """(ok, ms) of one REGISTER."""
+        self.cseq += 1
+        cseq = self.cseq
+        msg = sip_request("REGISTER", "sip:pbx.test", self.me, self.aor, self.aor, self.cid, cseq,
+                          f"pp{cseq}x{self.me}",
+                          f"Contact: <{self.aor.replace('@pbx.test', '@' + self.me)}>\r\nExpires: 600\r\n")
+        resend = [0.5, 1.5]
+        t0 = time.perf_counter()
+        self.s.sendto(msg, (self.host, self.port))
+        while True:
+            el = time.perf_counter() - t0
+            if el >= 4.0:
+                return False, el * 1000
+            self.s.settimeout(max(0.001, min(4.0, resend[0] if resend else 4.0) - el))
+            try:
+                data = self.s.recv(65535).decode(errors="replace")
+            except socket.timeout:
+                if resend and time.perf_counter() - t0 >= resend[0]:
+                    resend.pop(0)
+                    self.s.sendto(msg, (self.host, self.port))
+                continue
+            code = status_of(data) or 0
+            if f"{cseq} REGISTER" in (header(data, "CSeq") or "") and code >= 200:
+                return code < 300, (time.perf_counter() - t0) * 1000
+
+    def run(self, seconds, rate, out):
+        """REGISTERs at `rate`/s for `seconds`; appends (ok, ms) to `out`."""
+        end = time.perf_counter() + seconds
+        nxt = time.perf_counter()
+        while time.perf_counter() < end:
+            out.append(self.once())
+            nxt += 1.0 / rate
+            time.sleep(max(0.0, nxt - time.perf_counter()))
+
+    def close(self):
+        self.s.close()
+
+
+def list_walker(api, token, polling, quit_, pages, walks, rows, errors, busy):
+    """A client of the edge's phones list (its own process, so its JSON
+    work does not hold the probe's interpreter): while `polling` is set,
+    walks /api/v1/phones?limit=500 page by page over one keep-alive
+    connection, from the start again after the last page."""
+    import http.client
+    import urllib.parse
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        os.nice(10)
+    except OSError:
+        pass
+    hdrs = {"Authorization": f"Bearer {token}"} if token else {}
+    conn = None
+    after = None
+    while not quit_.is_set():
+        if not polling.wait(0.1):
+            continue
+        with busy.get_lock():
+            busy.value += 1
+        try:
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", api, timeout=10)
+            path = "/api/v1/phones?limit=500" + (f"&after={urllib.parse.quote(after, safe='')}" if after else "")
+            conn.request("GET", path, headers=hdrs)
+            r = conn.getresponse()
+            body = r.read()
+            if r.status != 200:
+                raise RuntimeError(f"HTTP {r.status}: {body[:200]!r}")
+            page = json.loads(body)
+            with pages.get_lock():
+                pages.value += 1
+            with rows.get_lock():
+                rows.value += len(page["phones"])
+            after = page.get("next")
+            if not after:
+                with walks.get_lock():
+                    walks.value += 1
+        except Exception:
+            with errors.get_lock():
+                errors.value += 1
+            if conn is not None:
+                conn.close()
+            conn = None
+            after = None
+            time.sleep(0.05)
+        finally:
+            with busy.get_lock():
+                busy.value -= 1
+
+
+def scenario_poll(args, edge, work):
+    import multiprocessing as mp
+    n = args.poll_phones
+    print(f"\n== poll: {n} phones registered through the edge, REGISTER round trip with the phones "
+          f"list polled ({args.poll_clients} clients) and without, {args.poll_rounds} rounds of "
+          f"{args.poll_phase} s + {args.poll_phase} s", flush=True)
+    if not edge.token:
+        sys.exit("the poll scenario needs a build with [edge] token_file (the phones list needs the token)")
+    reg_port = free_port()
+    reg = kamailio(HERE / "kamailio-registrar.cfg", reg_port, work, "poll-reg", shm_mb=1024)
+    port, api = free_port(), free_port(socket.SOCK_STREAM)
+    pbxs = [("main", reg_port)]
+    cfg = edge.base(port, api)
+    cfg["phones"]["max_phones"] = str(n + 1000)
+    cfg = edge.unlimited(cfg, pbxs)
+    proc = edge.run(edge.write(cfg, pbxs, "poll"), "edge-poll")
+    wait(lambda: edge.get(api, "/api/v1/status")["pbxs"][0]["up"], 10, "the edge to see the registrar")
+    time.sleep(1.0)
+    rss_empty = rss_mb(proc.pid)
+    users = users_file(work, "poll-users.csv", n, 3_000_000)
+    dt, ok, bad = sipp_register(f"127.0.0.1:{port}", users, n, args.poll_rate, work, "poll",
+                                timeout=max(120, 3 * n // args.poll_rate))
+    goal = min(n, ok)
+    end = time.time() + 30
+    while edge.phones(api) < goal and time.time() < end:
+        time.sleep(0.5)
+    held = edge.phones(api)
+    print(f"  {ok} ok, {bad} failed in {dt:.1f} s; the edge holds {held} phones"
+          + ("" if held >= goal else f" (fewer than the {goal} answered, after 30 s)"), flush=True)
+
+    probe = RegisterProbe(f"127.0.0.1:{port}")
+    warm = []
+    probe.run(1.0, args.poll_probe_rate, warm)  # registered, flows known
+    if not any(o for o, _ in warm):
+        sys.exit("the probe phone's REGISTERs are not answered 200 through the edge")
+
+    ctx = mp.get_context("fork")
+    polling, quit_ = ctx.Event(), ctx.Event()
+    pages, walks, rows, errors, busy = (ctx.Value("q", 0) for _ in range(5))
+    walkers = [ctx.Process(target=list_walker, args=(api, edge.token, polling, quit_,
+                                                     pages, walks, rows, errors, busy), daemon=True)
+               for _ in range(args.poll_clients)]
+    for w in walkers:
+        w.start()
+    samples = {"quiet": [], "polled": []}
+    cpu = {"quiet": 0.0, "polled": 0.0}
+    secs = {"quiet": 0.0, "polled": 0.0}
+    rss_before = rss_mb(proc.pid)
+    rss_peak = rss_before
+    try:
+        for r in range(args.poll_rounds):
+            # Which phase goes first alternates round by round.
+            for phase in (["quiet", "polled"] if r % 2 == 0 else ["polled", "quiet"]):
+                if phase == "polled":
+                    polling.set()
+                    time.sleep(0.05)  # the walkers' first requests under way
+                else:
+                    polling.clear()
+                    t_end = time.time() + 5
+                    while busy.value > 0 and time.time() < t_end:
+                        time.sleep(0.005)
+                c0, t0 = cpu_seconds([proc.pid]), time.perf_counter()
+                got = []
+                probe.run(args.poll_phase, args.poll_probe_rate, got)
+                cpu[phase] += cpu_seconds([proc.pid]) - c0
+                secs[phase] += time.perf_counter() - t0
+                samples[phase] += got
+                rss_peak = max(rss_peak, rss_mb(proc.pid))
+                lat = [ms for o, ms in got if o]
+                print(f"  round {r + 1} {phase}: {sum(o for o, _ in got)}/{len(got)} ok, "
+                      f"p50 {pct(lat, 0.5):.2f} ms, max {max(lat) if lat else float('nan'):.2f} ms; "
+                      f"list pages so far {pages.value}, walks {walks.value}", flush=True)
+        polling.clear()
+        t_end = time.time() + 5
+        while busy.value > 0 and time.time() < t_end:
+            time.sleep(0.005)
+    finally:
+        quit_.set()
+        polling.clear()
+        for w in walkers:
+            w.join(3)
+            if w.is_alive():
+                w.terminate()
+                w.join(3)
+        probe.close()
+    rss_after = rss_mb(proc.pid)
+    held_after = edge.phones(api)
+    stop(proc)
+    stop(reg)
+    print(f"  edge RSS {rss_empty:.1f} MB empty, {rss_before:.1f} before polling, {rss_after:.1f} after "
+          f"(highest seen {rss_peak:.1f}); list: {walks.value} full walks, {pages.value} pages, "
+          f"{rows.value} rows, {errors.value} errors; phones held after {held_after}", flush=True)
+    print()
+    print(f"| phase ({held} phones held; {args.poll_rounds} rounds of {args.poll_phase} s each, "
+          f"order alternating) | REGISTER ok / sent | p50 ms | p99 ms | max ms "
+          f"| edge CPU (cores) | list walks / pages ({args.poll_clients} clients, limit=500) "
+          f"| edge RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for phase, label, walks_col, rss_col in [
+            ("quiet", "quiet (no poller)", "–", f"{rss_before:.1f} (before polling)"),
+            ("polled", f"polled ({args.poll_clients} clients walking the list)",
+             f"{walks.value} / {pages.value}" + (f" ({errors.value} errors)" if errors.value else ""),
+             f"{rss_after:.1f} (after polling)")]:
+        got = samples[phase]
+        lat = [ms for o, ms in got if o]
+        print(f"| {label} | {sum(o for o, _ in got)} / {len(got)} | {pct(lat, 0.5):.2f} | {p99(lat):.2f} "
+              f"| {max(lat) if lat else float('nan'):.2f} | {cpu[phase] / max(secs[phase], 1e-9):.2f} "
+              f"| {walks_col} | {rss_col} |")
+
+
 # ---------------------------------------------------------------- gap
 
 class Callee:
@@ -1098,6 +1321,14 @@ def main():
     g.add_argument("--gap-cap", type=float, default=None, help="give up this long after the move (default: the expiry)")
     g.add_argument("--gap-dial", type=float, default=0.5, help="seconds between calls")
     g.add_argument("--gap-extra", default="", help="raw TOML for the edge in the gap row only")
+    g = ap.add_argument_group("poll")
+    g.add_argument("--poll-phones", type=int, default=150_000, help="distinct phones registered first (default %(default)s)")
+    g.add_argument("--poll-rate", type=int, default=2500, help="their REGISTERs per second, sipp (default %(default)s)")
+    g.add_argument("--poll-clients", type=int, default=2, help="clients walking the phones list (default %(default)s)")
+    g.add_argument("--poll-rounds", type=int, default=6, help="rounds of one quiet and one polled phase (default %(default)s)")
+    g.add_argument("--poll-phase", type=float, default=2.0, help="seconds per phase (default %(default)s)")
+    g.add_argument("--poll-probe-rate", type=float, default=40,
+                   help="the probe phone's REGISTERs per second, one at a time (default %(default)s)")
     args = ap.parse_args()
     chosen = args.scenarios or SCENARIOS
     for s in chosen:
