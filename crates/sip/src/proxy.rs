@@ -573,7 +573,12 @@ impl Relay {
     /// The answer to one of the edge's own requests, from a PBX: the edge
     /// consumes it. None for anything else (relay it as usual).
     pub fn own_answer(&self, from: Flow, bytes: &[u8]) -> Option<OwnAnswer> {
-        if !self.is_pbx(from.addr) || !bytes.starts_with(b"SIP/2.0 ") {
+        // A scan for the edge's own branch before any parsing: every
+        // response from a PBX comes this way first.
+        if !self.is_pbx(from.addr)
+            || !bytes.starts_with(b"SIP/2.0 ")
+            || memchr::memmem::find(bytes, OWN.as_bytes()).is_none()
+        {
             return None;
         }
         let msg = Message::parse(bytes).ok()?;
