@@ -87,15 +87,6 @@ fn phones_over_tcp_register_and_call_through_the_edge() {
     );
 }
 
-fn get_text(url: &str) -> String {
-    agent()
-        .get(url)
-        .call()
-        .ok()
-        .and_then(|mut r| r.body_mut().read_to_string().ok())
-        .unwrap_or_default()
-}
-
 #[test]
 fn a_dead_pbx_moves_phones_after_the_delay_and_they_come_back_when_it_is_stable() {
     let _g = serial();

@@ -21,15 +21,6 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn get_text(url: &str) -> String {
-    agent()
-        .get(url)
-        .call()
-        .ok()
-        .and_then(|mut r| r.body_mut().read_to_string().ok())
-        .unwrap_or_default()
-}
-
 fn set_own_nofile(soft: u64) -> u64 {
     let mut r = libc::rlimit {
         rlim_cur: 0,

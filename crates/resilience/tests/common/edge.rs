@@ -419,3 +419,13 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
         Err(e) => (0, e.to_string()),
     }
 }
+
+/// The body of a GET, or "" when there is none.
+pub fn get_text(url: &str) -> String {
+    agent()
+        .get(url)
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .unwrap_or_default()
+}
