@@ -100,6 +100,14 @@ fn run_seed(seed: u64, hours: f64, log: bool) -> Result<Stats, String> {
             if manual_failback && rng.random_bool(0.5) && c.hosts[MAIN].alive() {
                 let _ = c.command(MAIN, Command::Failback);
             }
+            // A planned switchover, asked on either node (refused when the
+            // peer is not ready).
+            if rng.random_bool(0.2) {
+                let i = rng.random_range(0..2);
+                if c.hosts[i].alive() {
+                    let _ = c.command(i, Command::Switchover);
+                }
+            }
             for i in 0..2 {
                 if rng.random_bool(0.1) {
                     c.back_up(i);

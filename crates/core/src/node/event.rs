@@ -78,6 +78,13 @@ pub enum EventKind {
     },
     /// An action the node does not depend on failed (persisting, counting calls).
     ActionFailed,
+    /// A planned switchover moved on (asked, handing over, hold released).
+    Switchover,
+    /// A planned switchover was given up; the reason says why.
+    SwitchoverCancelled,
+    /// A disabled node hears a Main or Standby of its cluster (`serving:
+    /// false`, it keeps its services stopped) or no longer does.
+    DisabledGuard { holding: bool },
 }
 
 impl EventKind {
@@ -105,6 +112,9 @@ impl EventKind {
             CommandRefused => "command_refused",
             FrameRejected { .. } => "frame_rejected",
             ActionFailed => "action_failed",
+            Switchover => "switchover",
+            SwitchoverCancelled => "switchover_cancelled",
+            DisabledGuard { .. } => "disabled_guard",
         }
     }
 }
@@ -150,6 +160,12 @@ impl fmt::Display for Event {
             CommandRefused => f.write_str("command refused")?,
             FrameRejected { reject, count } => write!(f, "heartbeat dropped ({count} so far): {reject}")?,
             ActionFailed => f.write_str("action failed")?,
+            Switchover => f.write_str("switchover")?,
+            SwitchoverCancelled => f.write_str("switchover cancelled")?,
+            DisabledGuard { holding: true } => {
+                f.write_str("disabled node keeps its services stopped")?
+            }
+            DisabledGuard { holding: false } => f.write_str("disabled node guard lifted")?,
         }
         if !self.reason.is_empty() {
             write!(f, " — {}", self.reason)?;

@@ -53,6 +53,12 @@ pub enum Command {
     StopServices,
     /// Move the service back to the Main now, whatever the failback policy.
     Failback,
+    /// Planned switchover: move the service to the peer now, after a drain,
+    /// with no failover timer involved. On the Active node it hands over;
+    /// on the Inactive one it asks the peer to. Refused with a reason when
+    /// the peer is not ready. A Main that hands over so stays away until the
+    /// next switchover (it still takes over if the Standby fails).
+    Switchover,
 }
 
 impl std::fmt::Display for Command {
@@ -62,6 +68,7 @@ impl std::fmt::Display for Command {
             Command::StartServices { force: true } => f.write_str("start services (forced)"),
             Command::StopServices => f.write_str("stop services"),
             Command::Failback => f.write_str("failback"),
+            Command::Switchover => f.write_str("switchover"),
         }
     }
 }
@@ -151,6 +158,10 @@ pub enum AdminChoice {
     /// Services were stopped by an admin (automatic mode: the node is held
     /// inactive and yields to its peer).
     Stop,
+    /// The Main handed the service to the Standby by a planned switchover:
+    /// it yields and does not ask for it back until the next switchover,
+    /// but still takes over if the Standby fails or yields.
+    SwitchedAway,
 }
 
 /// The facts a node keeps across restarts; handed back to [`Node::new`](super::Node::new).

@@ -21,8 +21,10 @@
 //! - **Manual mode**: only commands start and stop services.
 
 mod event;
+mod guard;
 mod io;
 mod peer;
+mod switchover;
 
 pub use event::{Event, EventKind};
 pub use io::{
@@ -102,6 +104,11 @@ pub struct Snapshot {
     /// Active calls last counted (while draining).
     pub calls: Option<u32>,
     pub peer: Option<PeerSnapshot>,
+    /// A planned switchover under way, or the Main's hold after one.
+    pub switchover: Option<String>,
+    /// Why a disabled node does not serve (a pair member is heard), or
+    /// waits before serving.
+    pub guard: Option<String>,
     /// Dropped heartbeats, by [`Reject::label`].
     pub rejected: Vec<(&'static str, u64)>,
 }
@@ -161,6 +168,10 @@ pub struct Node {
     count_ids: Vec<ActionId>,
     out: VecDeque<Output>,
     rejected: [u64; Reject::ALL.len()],
+    /// A planned switchover under way (see `switchover.rs`).
+    switch: switchover::Switch,
+    /// A disabled node's watch for pair members (see `guard.rs`).
+    guard: guard::Guard,
 }
 
 impl Node {
@@ -219,6 +230,8 @@ impl Node {
             count_ids: Vec::new(),
             out: VecDeque::new(),
             rejected: [0; Reject::ALL.len()],
+            switch: Default::default(),
+            guard: Default::default(),
             s: settings,
         };
         // Automatic mode keeps only the admin's Stop; a Start there means
@@ -230,6 +243,7 @@ impl Node {
         let held = match node.admin {
             Some(AdminChoice::Start) => " (an admin had started services)",
             Some(AdminChoice::Stop) => " (an admin had stopped services)",
+            Some(AdminChoice::SwitchedAway) => " (switched over to the peer by an admin)",
             None => "",
         };
         node.event(
@@ -305,7 +319,11 @@ impl Node {
 
     /// Whether the node is faulted or held inactive (it tells its peer to serve).
     pub fn is_yielding(&self) -> bool {
-        self.fault.is_some() || self.admin == Some(AdminChoice::Stop)
+        self.fault.is_some()
+            || matches!(
+                self.admin,
+                Some(AdminChoice::Stop | AdminChoice::SwitchedAway)
+            )
     }
 
     /// A picture of the node for the API and the dashboard.
@@ -348,6 +366,8 @@ impl Node {
             want_active: self.want_active,
             calls: self.calls,
             peer,
+            switchover: self.switchover_text(),
+            guard: self.guard_text(),
             rejected: Reject::ALL
                 .iter()
                 .map(|r| (r.label(), self.rejected[r.index()]))
@@ -358,6 +378,9 @@ impl Node {
     // ---- inputs -------------------------------------------------------
 
     fn handle_datagram(&mut self, bytes: &[u8]) -> Result<(), InputError> {
+        if self.s.node_type == NodeType::Disabled {
+            return self.guard_datagram(bytes);
+        }
         let frame = heartbeat::decode(bytes, &self.s.key).map_err(|r| self.reject(r))?;
         if frame.name == self.s.name {
             return Err(self.reject(Reject::FromSelf));
@@ -581,9 +604,17 @@ impl Node {
                     (false, None) => "no hold to release; the heartbeat decides".to_string(),
                 }
             }
+            (_, Command::Switchover) => match self.switchover_command() {
+                Ok(text) => text,
+                Err(reason) => return refuse(self, reason),
+            },
             (Mode::Automatic, Command::Failback) => match self.failback_refusal() {
                 Some(reason) => return refuse(self, reason),
                 None => {
+                    if self.admin == Some(AdminChoice::SwitchedAway) {
+                        self.admin = None;
+                        self.persist();
+                    }
                     self.failback_now = true;
                     self.clear_fault();
                     match self.s.node_type {
@@ -644,10 +675,9 @@ impl Node {
                 self.event(EventKind::FaultCleared, "fault hold elapsed".into());
             }
         }
+        self.switchover_tick();
         match (self.s.node_type, self.s.mode) {
-            (NodeType::Disabled, _) => {
-                self.decide_wanted(true, "high availability disabled: this node serves alone")
-            }
+            (NodeType::Disabled, _) => self.decide_disabled(),
             (_, Mode::Manual) => {
                 let want = self.admin == Some(AdminChoice::Start);
                 self.decide_wanted(want, "an admin started services (manual mode)");
@@ -718,8 +748,11 @@ impl Node {
                     self.begin_stop(why);
                 } else if let Some(why) = self.handover_request() {
                     self.begin_drain(why);
+                } else if let Some(why) = self.handover_asked() {
+                    self.begin_handover(why);
                 }
             }
+            Status::Draining if self.handing_over() => self.continue_handover(),
             Status::Draining => self.continue_drain(),
             Status::Starting | Status::Stopping => {}
         }
@@ -760,9 +793,12 @@ impl Node {
                 .max(self.started_at);
         match (self.s.node_type, self.peer_frame()) {
             (NodeType::Main, Some(f)) => {
+                // Switched away, the Main leaves the service to a Standby
+                // that does not yield (it takes it on the "main yields" rule).
                 let ready = f.status == Status::Inactive
                     && f.flags.has(Flags::HEARS_PEER)
-                    && (self.fault.is_none() || f.flags.has(Flags::YIELDING));
+                    && ((self.fault.is_none() && !self.switched_away())
+                        || f.flags.has(Flags::YIELDING));
                 // A Standby that cannot hear us (one-way cut) would take over
                 // by itself if it could; when it has not, someone must serve.
                 let deaf_for = self.peer.deaf_since().map(|t| self.now - t);
@@ -794,7 +830,7 @@ impl Node {
                     && self.fault.is_none();
                 yields.then(|| {
                     format!(
-                        "main {} yields (stopped by an admin or faulted)",
+                        "main {} yields (stopped or switched over by an admin, or faulted)",
                         self.peer_label()
                     )
                 })
@@ -962,7 +998,7 @@ impl Node {
         let eligible = self.s.node_type == NodeType::Main
             && self.s.mode == Mode::Automatic
             && self.status == Status::Inactive
-            && self.admin != Some(AdminChoice::Stop)
+            && self.admin.is_none_or(|a| a == AdminChoice::Start)
             && self.fault.is_none()
             && self.peer_frame().is_some_and(|f| f.status.claims());
         if !eligible {
@@ -1008,6 +1044,12 @@ impl Node {
         let peer_epoch = self.peer.frame().map_or(0, |f| f.epoch);
         self.epoch = self.epoch.max(peer_epoch) + 1;
         self.retry_at = None;
+        // A switched-away Main that starts (its Standby failed or yields)
+        // serves again: the hold is over.
+        if self.switched_away() {
+            self.admin = None;
+        }
+        self.end_handover();
         // Start first, then record the new epoch, so a failover does not
         // wait for an fsync (0.2 ms usually, 20-45 ms when the disk is busy:
         // bench/failover). Losing the record is harmless: the epoch only
@@ -1023,6 +1065,7 @@ impl Node {
 
     fn begin_stop(&mut self, why: String) {
         self.drain = None;
+        self.end_handover();
         match self.status {
             // A start in flight: stop once it reports (the runtime runs one
             // service action at a time).
@@ -1157,7 +1200,7 @@ impl Node {
         }
         self.next_heartbeat = self.now + self.s.interval;
         let mut flags = 0;
-        if self.want_active {
+        if self.want_active || self.switch.asking() {
             flags |= Flags::WANT_ACTIVE;
         }
         if self.is_yielding() {
@@ -1248,6 +1291,8 @@ impl Node {
             self.drain.as_ref().map(|d| d.deadline),
             self.drain.as_ref().map(|d| d.next_poll),
             stable,
+            self.switchover_deadline(),
+            self.guard_deadline(),
         ]
         .into_iter()
         .flatten()

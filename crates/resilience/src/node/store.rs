@@ -158,6 +158,7 @@ impl Store {
         let admin = match self.fact("admin")?.as_deref() {
             Some("start") => Some(AdminChoice::Start),
             Some("stop") => Some(AdminChoice::Stop),
+            Some("switched_away") => Some(AdminChoice::SwitchedAway),
             _ => None,
         };
         Ok(Persisted {
@@ -175,6 +176,7 @@ impl Store {
         let admin = match p.admin {
             Some(AdminChoice::Start) => "start",
             Some(AdminChoice::Stop) => "stop",
+            Some(AdminChoice::SwitchedAway) => "switched_away",
             None => "",
         };
         for (k, v) in [
