@@ -99,6 +99,23 @@ fn disabled_node_serves_alone_and_refuses_commands() {
     s.peer_name = None;
     s.peer_addrs.clear();
     let mut n = Node::new(s, Persisted::default(), 0xb007, now);
+    // It listens for pair members for startup_wait before serving alone.
+    let starts = |out: &[Output]| {
+        out.iter().any(|o| {
+            matches!(
+                o,
+                Output::Action(Action {
+                    kind: ActionKind::StartServices,
+                    ..
+                })
+            )
+        })
+    };
+    let out = drain(&mut n);
+    assert!(!starts(&out));
+    assert!(n.snapshot(now).guard.is_some_and(|g| g.contains("listening")));
+    let now = now + Duration::from_secs(3);
+    n.handle_input(Input::Timeout(now)).unwrap();
     let out = drain(&mut n);
     assert!(out.iter().any(|o| matches!(
         o,
