@@ -387,10 +387,12 @@ pub struct FailbackSection {
     pub stable_for: Duration,
     #[serde(default = "default_split_brain")]
     pub split_brain: SplitBrainPolicy,
-    /// IP Office's homeless prevention: after failback starts, how long a
-    /// phone may still register with either system.
-    #[serde(with = "humantime_serde", default = "default_homeless_grace")]
-    pub homeless_grace: Duration,
+    /// Deprecated and read by nothing: homeless prevention is the edge's
+    /// (`[phones] homeless_window` in edge.toml), the node routes no phone.
+    /// Still accepted, with a warning ([`NodeConfig::warnings`]), so a file
+    /// that has it keeps loading after an upgrade.
+    #[serde(default)]
+    pub homeless_grace: Option<serde::de::IgnoredAny>,
 }
 
 /// `[drain]`: how the Standby hands over without cutting calls.
@@ -522,9 +524,6 @@ fn default_stable_for() -> Duration {
 fn default_split_brain() -> SplitBrainPolicy {
     SplitBrainPolicy::Main
 }
-fn default_homeless_grace() -> Duration {
-    Duration::from_secs(300)
-}
 fn default_true() -> bool {
     true
 }
@@ -577,7 +576,7 @@ impl Default for FailbackSection {
             policy: default_failback_policy(),
             stable_for: default_stable_for(),
             split_brain: default_split_brain(),
-            homeless_grace: default_homeless_grace(),
+            homeless_grace: None,
         }
     }
 }
@@ -946,6 +945,36 @@ impl NodeConfig {
         Ok(())
     }
 
+    /// What a valid file says that is probably a mistake, located like
+    /// errors; the node logs them at start and `check-config` prints them.
+    pub fn warnings(&self, file: &str, src: &str) -> Vec<ConfigError> {
+        let at = |key: &str, message: String| ConfigError {
+            file: file.to_owned(),
+            line: locate(src, key).map(|o| line_of(src, o)),
+            key: Some(key.to_owned()),
+            message,
+        };
+        let mut out = Vec::new();
+        if self.failback.homeless_grace.is_some() {
+            out.push(at(
+                "failback.homeless_grace",
+                "deprecated and ignored: the node routes no phone; homeless prevention is the edge's `[phones] homeless_window` (edge.toml). Remove the key".into(),
+            ));
+        }
+        // A standalone node has no reason to name a peer: a file that keeps
+        // `[peer]` most likely turned a pair member into `disabled`.
+        if let (NodeType::Disabled, Some(p)) = (self.node.node_type, &self.peer) {
+            out.push(at(
+                "node.type",
+                format!(
+                    "`disabled` but [peer] still names {}: if this node was a pair member, its peer takes over while this node serves alone (two PBXs). This node keeps its services stopped while it hears a Main or Standby of its cluster; to leave high availability, follow the README (leaving high availability) and remove [peer]",
+                    p.name
+                ),
+            ));
+        }
+        out
+    }
+
     /// The startup wait in force (defaults to `failover_after`).
     pub fn startup_wait(&self) -> Duration {
         self.heartbeat
@@ -1041,6 +1070,34 @@ stop = "systemctl stop xivo-ctid"
         assert_eq!(c.failback.stable_for, Duration::from_secs(600));
         assert_eq!(c.services.len(), 2);
         assert_eq!(c.startup_wait(), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn homeless_grace_is_accepted_with_a_located_warning() {
+        let src = MAIN.replace(
+            "[heartbeat]",
+            "[failback]\nhomeless_grace = \"5m\"\n\n[heartbeat]",
+        );
+        let c = NodeConfig::parse("main.toml", &src).unwrap();
+        let w = c.warnings("main.toml", &src);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].line, Some(11), "{}", w[0]);
+        assert_eq!(w[0].key.as_deref(), Some("failback.homeless_grace"));
+        assert!(w[0].message.contains("homeless_window"), "{}", w[0]);
+        assert!(NodeConfig::parse("main.toml", MAIN)
+            .unwrap()
+            .warnings("main.toml", MAIN)
+            .is_empty());
+    }
+
+    #[test]
+    fn disabled_with_a_peer_section_is_warned() {
+        let src = MAIN.replace("type = \"main\"", "type = \"disabled\"");
+        let c = NodeConfig::parse("main.toml", &src).unwrap();
+        let w = c.warnings("main.toml", &src);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].line, Some(4), "{}", w[0]);
+        assert!(w[0].message.contains("two PBXs"), "{}", w[0]);
     }
 
     #[test]

@@ -229,6 +229,9 @@ pub fn run(file: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    for w in cfg.warnings(&shown, &text) {
+        eprintln!("warning: {w}");
+    }
     let base = &crate::node::config_base(file);
     if !secrets(&shown, &cfg, base) {
         return ExitCode::FAILURE;

@@ -90,6 +90,13 @@ pub enum Cmd {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Planned switchover: move the service to the peer now, after a drain
+    /// (run on either node; run again to move it back). Refused with the
+    /// reason when the peer is not ready.
+    Switchover {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Replicate the Main's data to the Standby now.
     Replicate {
         #[command(flatten)]

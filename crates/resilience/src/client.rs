@@ -1,5 +1,5 @@
 //! The admin's commands against a node's API: `status`, `services
-//! start|stop`, `failback`, `events`.
+//! start|stop`, `failback`, `switchover`, `events`.
 //!
 //! Exit codes, for scripts: 0 done; 1 refused by the node (the reason is
 //! printed); 3 the node could not be reached; 4 the token was refused.
@@ -226,6 +226,12 @@ pub fn render_status(d: &Value) -> String {
     if n["faulted"].as_bool() == Some(true) {
         out.push_str("\n  FAULTED: yields to the peer for a while");
     }
+    if let Some(w) = n["switchover"].as_str() {
+        out.push_str(&format!("\n  switchover: {w}"));
+    }
+    if let Some(w) = n["guard"].as_str() {
+        out.push_str(&format!("\n  NOT SERVING: {w}"));
+    }
     let p = &d["peer"];
     if p.is_object() {
         out.push_str(&format!(
@@ -364,6 +370,10 @@ pub fn replicate(t: &Target) -> i32 {
 
 pub fn failback(t: &Target) -> i32 {
     finish(post(t, "/api/v1/failback"))
+}
+
+pub fn switchover(t: &Target) -> i32 {
+    finish(post(t, "/api/v1/switchover"))
 }
 
 /// The newest `limit` events, read page by page (the API returns at most

@@ -79,6 +79,11 @@ fn main() -> ExitCode {
                 .with_ca(api.ca);
             Ok(code(client::failback(&t)))
         }
+        Cmd::Switchover { api } => {
+            let t = client::Target::new(api.api, api.token_file, api.config.as_deref())?
+                .with_ca(api.ca);
+            Ok(code(client::switchover(&t)))
+        }
         Cmd::Events { api, limit, json } => {
             let t = client::Target::new(api.api, api.token_file, api.config.as_deref())?
                 .with_ca(api.ca);

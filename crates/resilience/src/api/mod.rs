@@ -44,6 +44,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/services/start", post(start))
         .route("/api/v1/services/stop", post(stop))
         .route("/api/v1/failback", post(failback))
+        .route("/api/v1/switchover", post(switchover))
         .route("/api/v1/replicate", post(replicate))
         .merge(crate::web::routes())
         .with_state(state)
@@ -208,6 +209,12 @@ async fn stop(State(s): State<ApiState>, headers: HeaderMap) -> Response {
 
 async fn failback(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     command(&s, &headers, Command::Failback).await
+}
+
+/// `POST /api/v1/switchover`: move the service to the peer now, after a
+/// drain (409 with the reason when the peer is not ready).
+async fn switchover(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    command(&s, &headers, Command::Switchover).await
 }
 
 /// Why this node may not push now, if it may not: only the Active Main

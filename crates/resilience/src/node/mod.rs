@@ -15,7 +15,7 @@ use crate::api::{self, ApiState};
 use crate::services::{self, ServiceState, Services};
 use anyhow::Context;
 use resilience_core::config::NodeConfig;
-use resilience_core::node::{AdminChoice, Snapshot};
+use resilience_core::node::{AdminChoice, EventKind, Snapshot};
 use resilience_core::{
     Action, ActionError, ActionId, ActionKind, ActionOutcome, ClusterKey, Command, Event, Input,
     InputError, Mode, Node, NodeType, Output, PbxHealth, Settings, Status,
@@ -71,6 +71,9 @@ pub fn load_config(path: &Path) -> anyhow::Result<(NodeConfig, PathBuf)> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).with_context(|| format!("{shown}: cannot read"))?;
     let cfg = NodeConfig::parse(&shown, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for w in cfg.warnings(&shown, &text) {
+        tracing::warn!("{w}");
+    }
     let base = config_base(path);
     Ok((cfg, base))
 }
@@ -543,7 +546,15 @@ fn record_event(
     wall: &impl Fn(Instant) -> i64,
 ) {
     let text = e.to_string();
-    tracing::info!(target: "resilience", "{text}");
+    // What an admin must act on stands out in the journal.
+    if matches!(
+        e.kind,
+        EventKind::DisabledGuard { holding: true } | EventKind::SwitchoverCancelled
+    ) {
+        tracing::warn!(target: "resilience", "{text}");
+    } else {
+        tracing::info!(target: "resilience", "{text}");
+    }
     let at_ms = wall(e.at);
     let kind = e.kind.label();
     store.event(at_ms, kind, &text);
@@ -704,6 +715,9 @@ fn publish(
             "epoch": s.epoch,
             "reason": s.reason,
             "held": s.admin == Some(AdminChoice::Stop),
+            "switched_away": s.admin == Some(AdminChoice::SwitchedAway),
+            "switchover": s.switchover,
+            "guard": s.guard,
             "admin": s.admin.map(|a| format!("{a:?}").to_lowercase()),
             "faulted": s.faulted,
             "arbiter_ok": s.arbiter_ok,

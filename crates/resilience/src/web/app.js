@@ -74,7 +74,8 @@ function render(s) {
   fillDl($("this"), [
     ["status", `${n.status}${n.reason ? " — " + n.reason : ""}`],
     ["PBX health", s.pbx ? s.pbx.health : null],
-    ["held by an admin", n.held ? "yes (services stopped by hand)" : "no"],
+    ["held by an admin", n.held ? "yes (services stopped by hand)" : n.switched_away ? "yes (switched over to the peer)" : "no"],
+    ["switchover", n.switchover || null],
     ["faulted", n.faulted ? "yes" : "no"],
     ["epoch", n.epoch],
     ["arbiters", (n.arbiters || []).length ? `${n.arbiters.join(", ")} (${n.arbiter_ok ? "reachable" : "unreachable"})` : "none configured"],
@@ -139,6 +140,9 @@ function render(s) {
     ["file", "change", "state"],
     files.length ? files : [["none", "no [pbx_settings] in this node's config", ""]]
   );
+  const g = $("guard");
+  g.hidden = !n.guard;
+  g.textContent = n.guard ? `Not serving: ${n.guard}` : "";
   const w = $("warning");
   w.hidden = !ps.warning;
   w.textContent = ps.warning || "";
@@ -282,6 +286,10 @@ $("btn-stop").addEventListener("click", () => {
   act("Stop services", "/api/v1/services/stop");
 });
 $("btn-failback").addEventListener("click", () => act("Fail back now", "/api/v1/failback"));
+$("btn-switchover").addEventListener("click", () => {
+  if (!confirm(`Move the service between ${nodeName()} and its peer? The active node lets its calls end first.`)) return;
+  act("Switch over", "/api/v1/switchover");
+});
 $("btn-replicate").addEventListener("click", () => act("Replicate now", "/api/v1/replicate"));
 $("token-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
