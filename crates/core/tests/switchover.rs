@@ -53,7 +53,8 @@ fn switchover_on_the_main_drains_then_the_standby_serves_and_keeps_it() {
     play(101, Timers::default(), |c| {
         settled(c)?;
         c.hosts[MAIN].calls = 3;
-        c.command(MAIN, Command::Switchover).map_err(|e| e.to_string())?;
+        c.command(MAIN, Command::Switchover)
+            .map_err(|e| e.to_string())?;
         ensure!(
             c.hosts[MAIN].status() == Some(Status::Draining),
             "main {:?}",
@@ -90,7 +91,9 @@ fn switchover_on_the_main_drains_then_the_standby_serves_and_keeps_it() {
         );
         let snap = c.hosts[MAIN].node().snapshot(c.now);
         ensure!(
-            snap.switchover.as_deref().is_some_and(|t| t.contains("switched over")),
+            snap.switchover
+                .as_deref()
+                .is_some_and(|t| t.contains("switched over")),
             "{:?}",
             snap.switchover
         );
@@ -103,7 +106,8 @@ fn switchover_back_from_either_node() {
     for back_on in [MAIN, STANDBY] {
         play(102 + back_on as u64, Timers::default(), |c| {
             settled(c)?;
-            c.command(MAIN, Command::Switchover).map_err(|e| e.to_string())?;
+            c.command(MAIN, Command::Switchover)
+                .map_err(|e| e.to_string())?;
             ensure!(
                 c.run_until(secs(60), |c| c.hosts[STANDBY].is_active())?,
                 "standby never active"
@@ -148,7 +152,8 @@ fn switchover_asked_on_the_standby_makes_the_main_drain_and_hand_over() {
         ensure!(ok, "standby never active");
         ensure!(c.hosts[MAIN].calls == 0, "main cut calls");
         ensure!(
-            c.dump_log().contains("asks for the service (an admin's switchover)"),
+            c.dump_log()
+                .contains("asks for the service (an admin's switchover)"),
             "reason missing"
         );
         Ok(())
@@ -210,12 +215,11 @@ fn peer_lost_during_the_drain_cancels_the_switchover() {
         settled(c)?;
         c.hosts[MAIN].calls = 5;
         c.hosts[MAIN].calls_end = false;
-        c.command(MAIN, Command::Switchover).map_err(|e| e.to_string())?;
+        c.command(MAIN, Command::Switchover)
+            .map_err(|e| e.to_string())?;
         c.run_for(secs(2))?;
         c.crash(STANDBY);
-        let ok = c.run_until(secs(10), |c| {
-            c.hosts[MAIN].status() == Some(Status::Active)
-        })?;
+        let ok = c.run_until(secs(10), |c| c.hosts[MAIN].status() == Some(Status::Active))?;
         ensure!(ok, "main never went back to active");
         c.run_for(secs(1))?;
         ensure!(
@@ -235,7 +239,8 @@ fn peer_lost_during_the_drain_cancels_the_switchover() {
 fn a_switched_away_main_still_takes_over_a_dead_standby() {
     play(108, Timers::default(), |c| {
         settled(c)?;
-        c.command(MAIN, Command::Switchover).map_err(|e| e.to_string())?;
+        c.command(MAIN, Command::Switchover)
+            .map_err(|e| e.to_string())?;
         ensure!(
             c.run_until(secs(60), |c| c.hosts[STANDBY].is_active())?,
             "standby never active"
@@ -288,7 +293,8 @@ fn failback_policy_immediate_does_not_undo_a_switchover() {
     };
     play(110, t, |c| {
         settled(c)?;
-        c.command(MAIN, Command::Switchover).map_err(|e| e.to_string())?;
+        c.command(MAIN, Command::Switchover)
+            .map_err(|e| e.to_string())?;
         ensure!(
             c.run_until(secs(60), |c| c.hosts[STANDBY].is_active())?,
             "standby never active"
@@ -325,7 +331,8 @@ fn disabled_node_beside_a_live_main_keeps_its_services_stopped() {
             snap.guard
         );
         ensure!(
-            c.dump_log().contains("disabled node keeps its services stopped"),
+            c.dump_log()
+                .contains("disabled node keeps its services stopped"),
             "no event"
         );
         // The Main goes away for good: the disabled node serves alone.

@@ -84,7 +84,9 @@ pub enum EventKind {
     SwitchoverCancelled,
     /// A disabled node hears a Main or Standby of its cluster (`serving:
     /// false`, it keeps its services stopped) or no longer does.
-    DisabledGuard { holding: bool },
+    DisabledGuard {
+        holding: bool,
+    },
 }
 
 impl EventKind {

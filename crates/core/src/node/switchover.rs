@@ -142,9 +142,7 @@ impl Node {
             // switchover: the Main drops that hold when it sees the drain
             // (bounded in `continue_handover`).
             if f.flags.has(Flags::YIELDING) && self.s.node_type == NodeType::Main {
-                return Some(format!(
-                    "peer {name} yields (held by an admin or faulted)"
-                ));
+                return Some(format!("peer {name} yields (held by an admin or faulted)"));
             }
         } else {
             match f.status {
@@ -260,7 +258,10 @@ impl Node {
             EventKind::SwitchoverCancelled,
             format!("switchover to {peer} cancelled: {why}"),
         );
-        self.set_status(Status::Active, "switchover cancelled; this node keeps the service".into());
+        self.set_status(
+            Status::Active,
+            "switchover cancelled; this node keeps the service".into(),
+        );
     }
 
     /// Called when services stop or start: a handover is over either way.
@@ -300,12 +301,10 @@ impl Node {
         if let Some(since) = self.switch.asking {
             let peer = self.peer_label().to_string();
             let f = self.peer_frame();
-            let progress = f.is_some_and(|f| {
-                matches!(f.status, Status::Draining | Status::Stopping)
-            });
-            let handed = f.is_some_and(|f| {
-                f.status == Status::Inactive && f.flags.has(Flags::YIELDING)
-            });
+            let progress =
+                f.is_some_and(|f| matches!(f.status, Status::Draining | Status::Stopping));
+            let handed =
+                f.is_some_and(|f| f.status == Status::Inactive && f.flags.has(Flags::YIELDING));
             if self.status.claims() || handed {
                 self.switch.asking = None;
             } else if progress {

@@ -113,7 +113,10 @@ fn disabled_node_serves_alone_and_refuses_commands() {
     };
     let out = drain(&mut n);
     assert!(!starts(&out));
-    assert!(n.snapshot(now).guard.is_some_and(|g| g.contains("listening")));
+    assert!(n
+        .snapshot(now)
+        .guard
+        .is_some_and(|g| g.contains("listening")));
     let now = now + Duration::from_secs(3);
     n.handle_input(Input::Timeout(now)).unwrap();
     let out = drain(&mut n);

@@ -536,7 +536,12 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
 
 fn accepted_message(node: &Node, cmd: Command) -> String {
     let s = node.snapshot(Instant::now());
-    format!("{cmd}: accepted; status {}", s.status)
+    match (cmd, s.switchover) {
+        (Command::Switchover, Some(what)) => {
+            format!("{cmd}: accepted; status {}; {what}", s.status)
+        }
+        _ => format!("{cmd}: accepted; status {}", s.status),
+    }
 }
 
 fn record_event(
