@@ -75,6 +75,9 @@ try {
   await standby.click("#btn-start");
   await waitText(standby, "#action-result", /refused: .*peer.*active/i, "starting beside an active peer is refused with its reason");
   await standby.screenshot({ path: `${ARTIFACTS}/dashboard-refused.png`, fullPage: true });
+  // The switchover button reaches the API; in manual mode it is refused with its reason.
+  await standby.click("#btn-switchover");
+  await waitText(standby, "#action-result", /Switch over refused: manual mode/, "switchover in manual mode is refused with its reason");
 
   // A wrong token is told apart from a refusal.
   await main.fill("#token", "not-the-token");
