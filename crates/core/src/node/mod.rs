@@ -19,6 +19,11 @@
 //!   per policy, then sets `WANT_ACTIVE`; the Standby drains (calls reach zero
 //!   or the drain times out), stops, and reports Inactive; the Main starts.
 //! - **Manual mode**: only commands start and stop services.
+//! - **Planned switchover** (`switchover.rs`): an admin's command moves the
+//!   service to a ready peer after a drain, with no failover timer; a Main
+//!   that hands over so yields until the next switchover.
+//! - **Disabled nodes** (`guard.rs`): serve alone, but not while a Main or
+//!   Standby of their cluster is heard.
 
 mod event;
 mod guard;
