@@ -365,3 +365,30 @@ fn disabled_node_alone_serves_after_listening_for_startup_wait() {
         Ok(())
     });
 }
+
+#[test]
+fn a_standby_that_cannot_start_after_a_switchover_gives_the_service_back() {
+    play(113, Timers::default(), |c| {
+        settled(c)?;
+        // Every start attempt of the Standby fails: it faults and yields.
+        c.fail_starts(STANDBY, 3);
+        c.command(MAIN, Command::Switchover)
+            .map_err(|e| e.to_string())?;
+        let ok = c.run_until(secs(60), |c| {
+            c.hosts[MAIN].is_active() && c.hosts[MAIN].activations == 2
+        })?;
+        ensure!(ok, "main never took the service back");
+        ensure!(
+            c.dump_log().contains("standby pbx-standby yields")
+                || c.dump_log().contains("standby pbx-standby is inactive"),
+            "no reason"
+        );
+        c.run_for(secs(1))?;
+        ensure!(
+            c.hosts[MAIN].disk.admin.is_none(),
+            "hold kept while serving: {:?}",
+            c.hosts[MAIN].disk.admin
+        );
+        Ok(())
+    });
+}
