@@ -296,3 +296,32 @@ fn homeless_grace_is_accepted_with_a_warning_naming_line_and_key() {
     assert!(err.contains(&at), "{err}");
     assert!(err.contains("homeless_window"), "{err}");
 }
+
+#[test]
+fn switchover_is_refused_when_the_peer_reports_its_pbx_down() {
+    let _g = serial();
+    let mut p = Pair::new("switch-pbx-down", "automatic", "policy = \"immediate\"", true);
+    // The Main's stand-in PBX answers its probe; the Standby's does not run.
+    p.start_pbx(MAIN);
+    p.start(MAIN);
+    p.start(STANDBY);
+    let ok = wait_until(secs(10), || {
+        p.running(MAIN) && p.status(MAIN)["peer"]["pbx"] == "down"
+    });
+    assert!(ok, "{}\n{}", p.status(MAIN), p.logs());
+    let (code, out, err) = switchover(&p, MAIN);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("pbx-standby reports its PBX down"), "{err}");
+    // Once it answers, the same command moves the service.
+    p.start_pbx(STANDBY);
+    assert!(
+        wait_until(secs(10), || p.status(MAIN)["peer"]["pbx"] == "up"),
+        "{}",
+        p.logs()
+    );
+    let (code, out, err) = switchover(&p, MAIN);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_one_serving(&p, "switchover once the peer's PBX is up", |p| {
+        p.running(STANDBY) && !p.marker(MAIN)
+    });
+}
