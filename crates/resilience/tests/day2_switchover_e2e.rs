@@ -300,7 +300,12 @@ fn homeless_grace_is_accepted_with_a_warning_naming_line_and_key() {
 #[test]
 fn switchover_is_refused_when_the_peer_reports_its_pbx_down() {
     let _g = serial();
-    let mut p = Pair::new("switch-pbx-down", "automatic", "policy = \"immediate\"", true);
+    let mut p = Pair::new(
+        "switch-pbx-down",
+        "automatic",
+        "policy = \"immediate\"",
+        true,
+    );
     // The Main's stand-in PBX answers its probe; the Standby's does not run.
     p.start_pbx(MAIN);
     p.start(MAIN);
