@@ -20,14 +20,16 @@
 //!   or the drain times out), stops, and reports Inactive; the Main starts.
 //! - **Manual mode**: only commands start and stop services.
 
+mod data;
 mod event;
 mod io;
 mod peer;
 
 pub use event::{Event, EventKind};
 pub use io::{
-    Action, ActionError, ActionId, ActionKind, ActionOutcome, AdminChoice, Command, DrainPolicy,
-    FailbackPolicy, Input, InputError, Output, Persisted, Settings, Transmit,
+    Action, ActionError, ActionId, ActionKind, ActionOutcome, AdminChoice, Command,
+    DataFailurePolicy, DataGate, DrainPolicy, FailbackPolicy, Input, InputError, Output, Persisted,
+    Settings, Transmit,
 };
 
 use crate::config::SplitBrainPolicy;
@@ -54,13 +56,23 @@ struct Fault {
 enum FailbackWait {
     Manual,
     Stable(Duration),
+    /// The `keep_on_failback` copy runs (up to this long): `data.rs`.
+    Data(Duration),
+    /// It failed and `on_data_failure = "hold"`.
+    DataHeld,
 }
 
 impl FailbackWait {
     /// Constant while waiting, so it is logged once; the snapshot gives the
     /// time left.
-    fn text(self) -> String {
+    fn text(self, node: &Node) -> String {
         match self {
+            FailbackWait::Data(d) => format!(
+                "copying the keep_on_failback paths back from standby {} before asking for the service (up to {})",
+                node.peer_label(),
+                human(d)
+            ),
+            FailbackWait::DataHeld => node.data_held_text(),
             FailbackWait::Manual => {
                 "failback policy is manual: waiting for an admin (resilience failback)".into()
             }
@@ -154,6 +166,11 @@ pub struct Node {
     failback_now: bool,
     want_active: bool,
     failback_wait: Option<String>,
+    /// What `failback_wait` says, to log a change once.
+    failback_wait_kind: Option<FailbackWait>,
+    /// The copy of the kept data for this failback (`data.rs`).
+    data: data::DataFetch,
+    data_id: Option<ActionId>,
     replication: u64,
     calls: Option<u32>,
     next_id: u64,
@@ -212,6 +229,9 @@ impl Node {
             failback_now: false,
             want_active: false,
             failback_wait: None,
+            failback_wait_kind: None,
+            data: data::DataFetch::Idle,
+            data_id: None,
             replication: 0,
             calls: None,
             next_id: 0,
@@ -339,8 +359,8 @@ impl Node {
             arbiter_ok: self.arbiter_ok,
             reason: self.reason.clone(),
             failback_wait: self.failback_wait.clone(),
-            failback_due_in: match (self.s.failback, &self.failback_wait) {
-                (FailbackPolicy::Stable(d), Some(_)) => {
+            failback_due_in: match (self.s.failback, self.failback_wait_kind) {
+                (FailbackPolicy::Stable(d), Some(FailbackWait::Stable(_))) => {
                     Some((self.stable_since() + d).saturating_duration_since(now))
                 }
                 _ => None,
@@ -405,6 +425,9 @@ impl Node {
         id: ActionId,
         result: Result<ActionOutcome, ActionError>,
     ) -> Result<(), InputError> {
+        if self.data_done(id, &result) {
+            return Ok(());
+        }
         if let Some(i) = self.persist_ids.iter().position(|&p| p == id) {
             self.persist_ids.swap_remove(i);
             if let Err(e) = result {
@@ -585,6 +608,7 @@ impl Node {
                 Some(reason) => return refuse(self, reason),
                 None => {
                     self.failback_now = true;
+                    self.data_retry_now();
                     self.clear_fault();
                     match self.s.node_type {
                         NodeType::Main => format!("asking {peer_name} to hand over now"),
@@ -921,7 +945,13 @@ impl Node {
 
     /// The Main's failback request flag, per policy.
     fn update_failback_request(&mut self) {
-        let (want, wait) = self.failback_decision();
+        let (mut want, mut wait) = self.failback_decision();
+        if want {
+            (want, wait) = self.data_gate();
+        } else if wait.is_none() {
+            // No failback under way (or it is done).
+            self.data_reset();
+        }
         if want != self.want_active {
             self.want_active = want;
             if want {
@@ -930,10 +960,11 @@ impl Node {
                 self.send_heartbeat();
             }
         }
-        // The wait's text depends only on the policy, which never changes
-        // for a node: compare presence, and format only on a change.
-        if wait.is_some() != self.failback_wait.is_some() {
-            let wait = wait.map(|w| w.text());
+        // The wait's text depends only on its kind (and the policy, which
+        // never changes for a node): compare kinds, format only on a change.
+        if wait != self.failback_wait_kind {
+            self.failback_wait_kind = wait;
+            let wait = wait.map(|w| w.text(self));
             if let Some(w) = &wait {
                 self.event(EventKind::FailbackPending, w.clone());
             }
@@ -1230,7 +1261,9 @@ impl Node {
             .max(self.started_at);
         // Called after every input: no allocation.
         let stable = match self.s.failback {
-            FailbackPolicy::Stable(d) if self.failback_wait.is_some() => {
+            FailbackPolicy::Stable(d)
+                if matches!(self.failback_wait_kind, Some(FailbackWait::Stable(_))) =>
+            {
                 Some(self.stable_since() + d)
             }
             _ => None,
@@ -1248,6 +1281,7 @@ impl Node {
             self.drain.as_ref().map(|d| d.deadline),
             self.drain.as_ref().map(|d| d.next_poll),
             stable,
+            self.data_deadline(),
         ]
         .into_iter()
         .flatten()
