@@ -402,6 +402,17 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                             let _ = tx.send(Msg::ActionDone(id, r)).await;
                         });
                     }
+                    ActionKind::FetchFailbackData => {
+                        let fetch = crate::replication::failback::fetch(
+                            replicator.clone(),
+                            cfg.failback.data_wait,
+                        );
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            let r = fetch.await.map(|_| ActionOutcome::Done).map_err(ActionError);
+                            let _ = tx.send(Msg::ActionDone(id, r)).await;
+                        });
+                    }
                     ActionKind::CountActiveCalls => {
                         let tx = tx.clone();
                         let cmd = calls_cmd.clone();
@@ -543,7 +554,11 @@ fn record_event(
     wall: &impl Fn(Instant) -> i64,
 ) {
     let text = e.to_string();
-    tracing::info!(target: "resilience", "{text}");
+    if e.kind == resilience_core::EventKind::FailbackDataFailed {
+        tracing::error!(target: "resilience", "{text}");
+    } else {
+        tracing::info!(target: "resilience", "{text}");
+    }
     let at_ms = wall(e.at);
     let kind = e.kind.label();
     store.event(at_ms, kind, &text);

@@ -1,0 +1,198 @@
+//! Day 2: failover data comes home before the Main serves again, and a
+//! database change reaches the Standby within seconds. Real nodes, real
+//! TLS replication, real PostgreSQL.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// A pair with a cluster CA and a `[replication]` table; `jobs` gives each
+/// node's jobs and extra tables (node index, node name, pair).
+fn replicating_pair(
+    test: &str,
+    failback: &str,
+    jobs: impl Fn(usize, &str, &Pair) -> String,
+) -> Pair {
+    let mut p = Pair::new(test, "automatic", failback, false);
+    let pki = p.dir.path("pki");
+    let pki_s = pki.display().to_string();
+    for args in [
+        vec!["cert", "init", "--dir", &pki_s],
+        vec!["cert", "issue", "pbx-main", "--dir", &pki_s],
+        vec!["cert", "issue", "pbx-standby", "--dir", &pki_s],
+    ] {
+        let (code, out, err) = cli(&args);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+    }
+    let ports = [free_tcp(), free_tcp()];
+    for i in 0..2 {
+        let name = p.specs[i].name.clone();
+        let extra = jobs(i, &name, &p);
+        p.set_extra(
+            i,
+            format!(
+                "\n[replication]\nlisten = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\nca = \"{pki_s}/ca.pem\"\ncert = \"{pki_s}/{name}.crt\"\nkey = \"{pki_s}/{name}.key\"\ndebounce = \"300ms\"\n{extra}",
+                ports[i],
+                ports[1 - i],
+            ),
+        );
+    }
+    p
+}
+
+const VOICEMAIL: &str = "voicemail/1001/msg0001.txt";
+
+/// Both nodes replicate `<name>-spool` as job "spool" and keep its
+/// voicemail at failback; each node's services record, at every start,
+/// whether the voicemail message is on this node (`<name>.starts`).
+fn voicemail_pair(test: &str, failback: &str) -> Pair {
+    replicating_pair(test, failback, |_, name, p| {
+        let folder = p.dir.path(&format!("{name}-spool"));
+        std::fs::create_dir_all(&folder).unwrap();
+        let msg = folder.join(VOICEMAIL);
+        let log = p.dir.path(&format!("{name}.starts"));
+        format!(
+            "keep_on_failback = [\"spool/voicemail\"]\n\n[[replication.dir]]\nname = \"spool\"\npath = \"{}\"\n\n[[service]]\nname = \"voicemail-check\"\nstart = \"if test -f {msg}; then echo present >> {log}; else echo missing >> {log}; fi\"\nstop = \"true\"\n",
+            folder.display(),
+            msg = msg.display(),
+            log = log.display(),
+        )
+    })
+}
+
+fn spool(p: &Pair, i: usize) -> PathBuf {
+    p.dir.path(&format!("{}-spool", p.specs[i].name))
+}
+
+fn starts(p: &Pair, i: usize) -> Vec<String> {
+    std::fs::read_to_string(p.dir.path(&format!("{}.starts", p.specs[i].name)))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn write(root: &Path, rel: &str, body: &[u8]) {
+    let f = root.join(rel);
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    std::fs::write(f, body).unwrap();
+}
+
+/// The Main fails over to the Standby, which records a voicemail while it
+/// serves.
+fn fail_over_and_leave_a_message(p: &mut Pair) {
+    p.start(MAIN);
+    p.start(STANDBY);
+    assert!(wait_until(secs(10), || p.running(MAIN)), "{}", p.logs());
+    assert_eq!(starts(p, MAIN), ["missing"]);
+    p.kill(MAIN);
+    assert!(
+        wait_until(secs(10), || p.running(STANDBY)),
+        "{}",
+        p.logs()
+    );
+    write(
+        &spool(p, STANDBY),
+        VOICEMAIL,
+        b"a message left during the failover",
+    );
+}
+
+fn events(p: &Pair, i: usize) -> String {
+    get(&p.url(i, "/api/v1/events?limit=200"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn failback_starts_the_main_only_once_the_kept_voicemail_is_on_it() {
+    let _g = serial();
+    let mut p = voicemail_pair(
+        "day2-keep",
+        "policy = \"immediate\"\ndata_wait = \"20s\"\non_data_failure = \"hold\"",
+    );
+    fail_over_and_leave_a_message(&mut p);
+    // The Main returns (policy immediate): it fetches the message, then asks
+    // for the service; the Standby drains and stops; the Main starts.
+    p.start(MAIN);
+    assert!(
+        wait_until(secs(30), || p.running(MAIN) && p.active(STANDBY) == Some(false)),
+        "{}",
+        p.logs()
+    );
+    // Its services started with the message already on it (and checked:
+    // the same bytes).
+    assert_eq!(starts(&p, MAIN), ["missing", "present"], "{}", p.logs());
+    assert_eq!(
+        std::fs::read(spool(&p, MAIN).join(VOICEMAIL)).unwrap(),
+        b"a message left during the failover"
+    );
+    let ev = events(&p, MAIN);
+    let ready = ev.find("failback data copied back").expect(&ev);
+    let asked = ev.find("failback requested").expect(&ev);
+    // Newest first: the request comes after the copy.
+    assert!(asked < ready, "{ev}");
+    // The Standby's failback report names the message it kept.
+    let report = || p.status(STANDBY)["replication"]["local_changes_at_failback"].clone();
+    assert!(
+        wait_until(secs(10), || report().is_object()),
+        "{}",
+        p.logs()
+    );
+    assert_eq!(
+        report()["kept"],
+        serde_json::json!(["spool/voicemail/1001/msg0001.txt"]),
+        "{:#}",
+        report()
+    );
+}
+
+#[test]
+fn a_failed_copy_holds_the_failback_with_the_reason_until_it_succeeds() {
+    let _g = serial();
+    let mut p = voicemail_pair(
+        "day2-hold",
+        "policy = \"immediate\"\ndata_wait = \"20s\"\non_data_failure = \"hold\"",
+    );
+    fail_over_and_leave_a_message(&mut p);
+    // On the Main, a file where the voicemail folder should be: the copy
+    // cannot land.
+    let main_spool = spool(&p, MAIN);
+    std::fs::create_dir_all(&main_spool).unwrap();
+    std::fs::write(main_spool.join("voicemail"), b"not a folder").unwrap();
+    p.start(MAIN);
+    let waiting = || {
+        p.status(MAIN)["failback"]["waiting_because"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        wait_until(secs(20), || waiting().contains("failback held")),
+        "{}",
+        p.logs()
+    );
+    let why = waiting();
+    assert!(why.contains("keep_on_failback"), "{why}");
+    // Held: the Standby keeps serving, the Main does not ask or start.
+    std::thread::sleep(Duration::from_secs(2)); // a few retries' worth
+    assert_eq!(p.active(STANDBY), Some(true), "{}", p.logs());
+    assert_eq!(p.active(MAIN), Some(false));
+    assert_eq!(p.status(MAIN)["failback"]["requested"], false);
+    assert_eq!(starts(&p, MAIN), ["missing"]);
+    assert!(events(&p, MAIN).contains("FAILBACK DATA NOT COPIED BACK"));
+    // The admin clears the way; the next try succeeds and failback goes on.
+    std::fs::remove_file(main_spool.join("voicemail")).unwrap();
+    assert!(
+        wait_until(secs(30), || p.running(MAIN) && p.active(STANDBY) == Some(false)),
+        "{}",
+        p.logs()
+    );
+    assert_eq!(starts(&p, MAIN), ["missing", "present"]);
+}
