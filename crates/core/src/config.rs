@@ -1153,7 +1153,8 @@ stop = "systemctl stop xivo-ctid"
         let c = NodeConfig::parse("main.toml", MAIN).unwrap();
         assert_eq!(c.failback.data_wait, Duration::from_secs(120));
         assert_eq!(c.failback.on_data_failure, DataFailurePolicy::Hold);
-        let good = format!("{MAIN}\n[failback]\ndata_wait = \"30s\"\non_data_failure = \"proceed\"\n");
+        let good =
+            format!("{MAIN}\n[failback]\ndata_wait = \"30s\"\non_data_failure = \"proceed\"\n");
         let c = NodeConfig::parse("main.toml", &good).unwrap();
         assert_eq!(c.failback.data_wait, Duration::from_secs(30));
         assert_eq!(c.failback.on_data_failure, DataFailurePolicy::Proceed);

@@ -92,11 +92,7 @@ fn fail_over_and_leave_a_message(p: &mut Pair) {
     assert!(wait_until(secs(10), || p.running(MAIN)), "{}", p.logs());
     assert_eq!(starts(p, MAIN), ["missing"]);
     p.kill(MAIN);
-    assert!(
-        wait_until(secs(10), || p.running(STANDBY)),
-        "{}",
-        p.logs()
-    );
+    assert!(wait_until(secs(10), || p.running(STANDBY)), "{}", p.logs());
     write(
         &spool(p, STANDBY),
         VOICEMAIL,
@@ -122,7 +118,8 @@ fn failback_starts_the_main_only_once_the_kept_voicemail_is_on_it() {
     // for the service; the Standby drains and stops; the Main starts.
     p.start(MAIN);
     assert!(
-        wait_until(secs(30), || p.running(MAIN) && p.active(STANDBY) == Some(false)),
+        wait_until(secs(30), || p.running(MAIN)
+            && p.active(STANDBY) == Some(false)),
         "{}",
         p.logs()
     );
@@ -190,9 +187,90 @@ fn a_failed_copy_holds_the_failback_with_the_reason_until_it_succeeds() {
     // The admin clears the way; the next try succeeds and failback goes on.
     std::fs::remove_file(main_spool.join("voicemail")).unwrap();
     assert!(
-        wait_until(secs(30), || p.running(MAIN) && p.active(STANDBY) == Some(false)),
+        wait_until(secs(30), || p.running(MAIN)
+            && p.active(STANDBY) == Some(false)),
         "{}",
         p.logs()
     );
     assert_eq!(starts(&p, MAIN), ["missing", "present"]);
+}
+
+#[test]
+fn a_row_committed_on_the_main_is_on_the_standby_within_seconds() {
+    let _g = serial();
+    let dir = TestDir::new("day2-pg-servers");
+    let pgs = [
+        Postgres::start(&dir.0, "main"),
+        Postgres::start(&dir.0, "standby"),
+    ];
+    for pg in &pgs {
+        pg.sql("postgres", "CREATE DATABASE asterisk");
+        pg.sql(
+            "asterisk",
+            "CREATE TABLE users(id int PRIMARY KEY, name text NOT NULL);
+             CREATE TABLE cel(id serial PRIMARY KEY, event text NOT NULL);",
+        );
+    }
+    let mut p = replicating_pair("day2-pg", "policy = \"immediate\"", |i, _, _| {
+        format!(
+            "\n[[replication.postgres]]\nname = \"asterisk\"\ndatabase = \"asterisk\"\nport = {}\nexclude_tables = [\"cel\"]\nwatch_poll = \"200ms\"\n",
+            pgs[i].port
+        )
+    });
+    p.start(MAIN);
+    p.start(STANDBY);
+    assert!(wait_until(secs(10), || p.running(MAIN)), "{}", p.logs());
+    let on_standby = |id: u32| {
+        pgs[STANDBY]
+            .try_sql(
+                "asterisk",
+                &format!("SELECT name FROM users WHERE id = {id}"),
+            )
+            .unwrap_or_default()
+    };
+    // No `replicate`, and the scheduled push is an hour away: the commit
+    // alone is pushed.
+    for (id, name) in [(1, "alice"), (2, "bob"), (3, "carol")] {
+        pgs[MAIN].sql(
+            "asterisk",
+            &format!("INSERT INTO users VALUES ({id}, '{name}')"),
+        );
+        assert!(
+            wait_until(secs(30), || on_standby(id) == name),
+            "row {id} never reached the standby\n{}",
+            p.logs()
+        );
+    }
+    pgs[MAIN].sql("asterisk", "UPDATE users SET name = 'ALICE' WHERE id = 1");
+    assert!(
+        wait_until(secs(30), || on_standby(1) == "ALICE"),
+        "{}",
+        p.logs()
+    );
+    // Writes to an excluded table alone (call logs) push nothing.
+    let pushes = || {
+        p.status(MAIN)["replication"]["jobs"]["asterisk"]["last_success_ms"]
+            .as_i64()
+            .unwrap_or(0)
+    };
+    let before = pushes();
+    for k in 0..5 {
+        pgs[MAIN].sql(
+            "asterisk",
+            &format!("INSERT INTO cel(event) VALUES ('call-{k}')"),
+        );
+    }
+    // One marker row after them: its push is the first one after `before`.
+    pgs[MAIN].sql("asterisk", "INSERT INTO users VALUES (4, 'dave')");
+    assert!(
+        wait_until(secs(30), || on_standby(4) == "dave"),
+        "{}",
+        p.logs()
+    );
+    assert!(pushes() > before);
+    assert_eq!(
+        pgs[STANDBY].sql("asterisk", "SELECT count(*) FROM cel"),
+        "0",
+        "excluded rows are never copied"
+    );
 }

@@ -47,10 +47,19 @@ impl Node {
             return (true, None);
         };
         match &self.data {
-            DataFetch::Ready | DataFetch::Failed { proceeded: true, .. } => (true, None),
+            DataFetch::Ready
+            | DataFetch::Failed {
+                proceeded: true, ..
+            } => (true, None),
             DataFetch::Running { deadline } if self.now >= *deadline => {
                 self.data_failed(format!("no answer within {}", human(g.wait)));
-                let proceeded = matches!(self.data, DataFetch::Failed { proceeded: true, .. });
+                let proceeded = matches!(
+                    self.data,
+                    DataFetch::Failed {
+                        proceeded: true,
+                        ..
+                    }
+                );
                 (proceeded, (!proceeded).then_some(FailbackWait::DataHeld))
             }
             DataFetch::Running { .. } => (false, Some(FailbackWait::Data(g.wait))),
@@ -150,7 +159,15 @@ impl Node {
                     format!("keep_on_failback paths copied back from standby {peer} and checked"),
                 );
             }
-            Err(e) if !matches!(self.data, DataFetch::Failed { proceeded: true, .. }) => {
+            Err(e)
+                if !matches!(
+                    self.data,
+                    DataFetch::Failed {
+                        proceeded: true,
+                        ..
+                    }
+                ) =>
+            {
                 self.data_failed(e.0.clone())
             }
             Err(_) => {}
@@ -351,7 +368,10 @@ mod tests {
     fn a_failed_copy_holds_the_failback_with_its_reason_and_is_retried() {
         let mut sc = Scene::new(DataFailurePolicy::Hold);
         let ids = sc.fetches();
-        sc.done(ids[0], Err(ActionError("connect: connection refused".into())));
+        sc.done(
+            ids[0],
+            Err(ActionError("connect: connection refused".into())),
+        );
         assert!(!sc.wants());
         let w = sc.main.snapshot(sc.now).failback_wait.unwrap();
         assert!(
@@ -367,7 +387,10 @@ mod tests {
         sc.at(Duration::from_secs(1));
         let ids = sc.fetches();
         assert_eq!(ids.len(), 2, "retried after retry_delay");
-        sc.done(ids[1], Err(ActionError("connect: connection refused".into())));
+        sc.done(
+            ids[1],
+            Err(ActionError("connect: connection refused".into())),
+        );
         assert!(!sc.wants());
         assert_eq!(
             sc.events(EventKind::FailbackDataFailed).len(),

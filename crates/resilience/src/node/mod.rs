@@ -409,7 +409,10 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                         );
                         let tx = tx.clone();
                         tokio::spawn(async move {
-                            let r = fetch.await.map(|_| ActionOutcome::Done).map_err(ActionError);
+                            let r = fetch
+                                .await
+                                .map(|_| ActionOutcome::Done)
+                                .map_err(ActionError);
                             let _ = tx.send(Msg::ActionDone(id, r)).await;
                         });
                     }

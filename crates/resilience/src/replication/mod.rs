@@ -23,6 +23,7 @@ pub mod changes;
 pub mod confine;
 pub mod failback;
 pub mod manifest;
+pub mod pg_watch;
 pub mod pipe;
 pub mod postgres;
 pub mod sqlite;
@@ -1068,7 +1069,9 @@ impl Replicator {
             };
             report.jobs.push(c);
         }
-        report.kept.append(&mut self.fetched.lock().unwrap_or_else(|e| e.into_inner()));
+        report
+            .kept
+            .append(&mut self.fetched.lock().unwrap_or_else(|e| e.into_inner()));
         for d in &self.cfg.dirs {
             let prefixes = self.keep_prefixes(&d.name);
             if prefixes.is_empty() {
@@ -1115,6 +1118,7 @@ impl Replicator {
         use notify::Watcher;
         let mut watchers = Vec::new();
         let may_push = Arc::new(may_push);
+        self.watch_postgres(may_push.clone());
         for d in self.cfg.dirs.iter().filter(|d| d.watch) {
             let root = self.path(&d.path);
             std::fs::create_dir_all(&root)?;
