@@ -1012,7 +1012,21 @@ impl Replicator {
         match job {
             Job::Sqlite(q) => {
                 let (from, to) = (incoming.to_owned(), self.path(&q.path));
-                tokio::task::spawn_blocking(move || sqlite::install(&from, &to)).await??;
+                let base_path = self.baseline_file(&q.name);
+                tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                    sqlite::install(&from, &to)?;
+                    // What the next failback report compares with.
+                    match sqlite::fingerprints(&to) {
+                        Ok(prints) => {
+                            changes::save(&base_path, &changes::Baseline::tables(prints))?
+                        }
+                        Err(e) => {
+                            tracing::warn!("replication: no fingerprint of {}: {e}", to.display())
+                        }
+                    }
+                    Ok(())
+                })
+                .await??;
             }
             Job::Postgres(p) => {
                 let pg = postgres::Pg::new(p, &self.base);
@@ -1063,9 +1077,15 @@ impl Replicator {
                         Err(_) => continue,
                     }
                 }
-                // A key-value store rewritten by the PBX itself: no cheap
-                // way to tell an admin's change from Asterisk's own.
-                Job::Sqlite(_) => continue,
+                // Per table, and per key family for Asterisk's astdb (the
+                // PBX writes some families itself: registrations show too).
+                Job::Sqlite(q) => {
+                    let path = self.path(&q.path);
+                    match tokio::task::spawn_blocking(move || sqlite::fingerprints(&path)).await {
+                        Ok(Ok(now)) => changes::diff_tables(&q.name, &base, &now),
+                        _ => continue,
+                    }
+                }
             };
             report.jobs.push(c);
         }
