@@ -274,3 +274,65 @@ fn a_row_committed_on_the_main_is_on_the_standby_within_seconds() {
         "excluded rows are never copied"
     );
 }
+
+#[test]
+fn failback_reports_what_changed_in_a_sqlite_job_on_the_standby() {
+    let _g = serial();
+    let mut p = replicating_pair("day2-sqlite", "policy = \"immediate\"", |_, name, p| {
+        format!(
+            "\n[[replication.sqlite]]\nname = \"astdb\"\npath = \"{}\"\n",
+            p.dir.path(&format!("{name}-astdb.sqlite3")).display()
+        )
+    });
+    let src = p.dir.path("pbx-main-astdb.sqlite3");
+    let dst = p.dir.path("pbx-standby-astdb.sqlite3");
+    rusqlite::Connection::open(&src)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE astdb(key TEXT PRIMARY KEY, value TEXT);
+             INSERT INTO astdb VALUES ('/CF/1001', '1002'), ('/DND/1001', 'YES');",
+        )
+        .unwrap();
+    p.start(MAIN);
+    p.start(STANDBY);
+    assert!(wait_until(secs(10), || p.running(MAIN)), "{}", p.logs());
+    let (code, out, err) = cli(&[
+        "replicate",
+        "--config",
+        p.config_path(MAIN).to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}\n{}", p.logs());
+    // Failover; the admin changes a call forwarding on the Standby.
+    p.kill(MAIN);
+    assert!(wait_until(secs(10), || p.running(STANDBY)), "{}", p.logs());
+    rusqlite::Connection::open(&dst)
+        .unwrap()
+        .execute("UPDATE astdb SET value = '1003' WHERE key = '/CF/1001'", [])
+        .unwrap();
+    p.start(MAIN);
+    assert!(
+        wait_until(secs(20), || p.running(MAIN)
+            && p.active(STANDBY) == Some(false)),
+        "{}",
+        p.logs()
+    );
+    let report = || p.status(STANDBY)["replication"]["local_changes_at_failback"].clone();
+    assert!(
+        wait_until(secs(10), || report().is_object()),
+        "{}",
+        p.logs()
+    );
+    let r = report();
+    let astdb = r["jobs"]
+        .as_array()
+        .and_then(|j| j.iter().find(|j| j["job"] == "astdb"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(astdb["changed"].as_u64(), Some(1), "{r:#}");
+    assert_eq!(
+        astdb["paths"],
+        serde_json::json!(["changed table astdb family CF"]),
+        "{r:#}"
+    );
+    assert!(events(&p, STANDBY).contains("astdb family CF"));
+}
