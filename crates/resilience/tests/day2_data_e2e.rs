@@ -177,8 +177,16 @@ fn a_failed_copy_holds_the_failback_with_the_reason_until_it_succeeds() {
     );
     let why = waiting();
     assert!(why.contains("keep_on_failback"), "{why}");
-    // Held: the Standby keeps serving, the Main does not ask or start.
-    std::thread::sleep(Duration::from_secs(2)); // a few retries' worth
+    // Held through several tries (each one a failed session in the
+    // Standby's log): the Standby keeps serving, the Main neither asks nor
+    // starts.
+    let tries = || {
+        std::fs::read_to_string(p.dir.path("pbx-standby.log"))
+            .unwrap_or_default()
+            .matches("session from")
+            .count()
+    };
+    assert!(wait_until(secs(20), || tries() >= 3), "{}", p.logs());
     assert_eq!(p.active(STANDBY), Some(true), "{}", p.logs());
     assert_eq!(p.active(MAIN), Some(false));
     assert_eq!(p.status(MAIN)["failback"]["requested"], false);
