@@ -152,8 +152,11 @@ pub struct ReplicationSection {
     #[serde(default, rename = "postgres")]
     pub postgres: Vec<PostgresJobSection>,
     /// Paths (under a replicated folder's `path`, written `JOB/relative`)
-    /// that the Standby copies back to the Main at failback before it hands
-    /// over: what it recorded while Active (voicemail, recordings) survives.
+    /// that the Main fetches from the Standby at failback before it asks
+    /// for the service (`failback.data_wait`, `failback.on_data_failure`),
+    /// and that the Standby copies back once stopped (what its drain
+    /// recorded): what it recorded while Active (voicemail, recordings)
+    /// survives.
     #[serde(default)]
     pub keep_on_failback: Vec<String>,
 }
