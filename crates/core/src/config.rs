@@ -152,8 +152,11 @@ pub struct ReplicationSection {
     #[serde(default, rename = "postgres")]
     pub postgres: Vec<PostgresJobSection>,
     /// Paths (under a replicated folder's `path`, written `JOB/relative`)
-    /// that the Standby copies back to the Main at failback before it hands
-    /// over: what it recorded while Active (voicemail, recordings) survives.
+    /// that the Main fetches from the Standby at failback before it asks
+    /// for the service (`failback.data_wait`, `failback.on_data_failure`),
+    /// and that the Standby copies back once stopped (what its drain
+    /// recorded): what it recorded while Active (voicemail, recordings)
+    /// survives.
     #[serde(default)]
     pub keep_on_failback: Vec<String>,
 }
@@ -200,6 +203,19 @@ pub struct PostgresJobSection {
     /// reports those that changed while it was Active.
     #[serde(default)]
     pub report_tables: Vec<String>,
+    /// Push soon after a commit writes to the database (its write counters
+    /// are read every `watch_poll`; pushed once quiet for
+    /// `replication.debounce`), not only every `replication.interval`.
+    /// Default: true
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// How often the write counters are read. Default: 1s
+    #[serde(with = "humantime_serde", default = "default_pg_watch_poll")]
+    pub watch_poll: Duration,
+}
+
+fn default_pg_watch_poll() -> Duration {
+    Duration::from_secs(1)
 }
 
 fn default_pg_host() -> String {
@@ -393,6 +409,28 @@ pub struct FailbackSection {
     /// that has it keeps loading after an upgrade.
     #[serde(default)]
     pub homeless_grace: Option<serde::de::IgnoredAny>,
+    /// How long the Main waits for the `keep_on_failback` paths to be
+    /// copied back from the Standby (and checked) before it asks for the
+    /// service. Default: 2m
+    #[serde(with = "humantime_serde", default = "default_data_wait")]
+    pub data_wait: Duration,
+    /// What the Main does when that copy fails or outlasts `data_wait`.
+    /// Default: hold
+    #[serde(default)]
+    pub on_data_failure: DataFailurePolicy,
+}
+
+/// `failback.on_data_failure`: kept data that did not come home.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFailurePolicy {
+    /// The Standby keeps serving, the reason is on the status and the
+    /// dashboard, and the copy is tried again (voicemail is never lost).
+    #[default]
+    Hold,
+    /// Fail back anyway with a loud event (service first; what was not
+    /// copied stays on the Standby until the next push overwrites it).
+    Proceed,
 }
 
 /// `[drain]`: how the Standby hands over without cutting calls.
@@ -524,6 +562,9 @@ fn default_stable_for() -> Duration {
 fn default_split_brain() -> SplitBrainPolicy {
     SplitBrainPolicy::Main
 }
+fn default_data_wait() -> Duration {
+    Duration::from_secs(120)
+}
 fn default_true() -> bool {
     true
 }
@@ -577,6 +618,8 @@ impl Default for FailbackSection {
             stable_for: default_stable_for(),
             split_brain: default_split_brain(),
             homeless_grace: None,
+            data_wait: default_data_wait(),
+            on_data_failure: DataFailurePolicy::default(),
         }
     }
 }
@@ -800,6 +843,13 @@ impl NodeConfig {
                 "expected a duration above zero (or policy = \"immediate\")".into(),
             );
         }
+        if self.failback.data_wait.is_zero() {
+            return bad(
+                "failback.data_wait",
+                "expected a duration above zero (the longest wait for keep_on_failback data)"
+                    .into(),
+            );
+        }
         if self.drain.poll.is_zero() {
             return bad("drain.poll", "expected a duration above zero".into());
         }
@@ -856,6 +906,12 @@ impl NodeConfig {
                     return bad(
                         &format!("replication.postgres[{i}].name"),
                         "expected a unique job name of letters, digits, `_` or `-`".into(),
+                    );
+                }
+                if j.watch_poll < Duration::from_millis(100) {
+                    return bad(
+                        &format!("replication.postgres[{i}].watch_poll"),
+                        "expected at least 100ms".into(),
                     );
                 }
                 // Quoted as an identifier on the Standby; keep it plain.
@@ -1153,6 +1209,30 @@ stop = "systemctl stop xivo-ctid"
     }
 
     #[test]
+    fn failback_data_settings_name_line_and_key() {
+        let c = NodeConfig::parse("main.toml", MAIN).unwrap();
+        assert_eq!(c.failback.data_wait, Duration::from_secs(120));
+        assert_eq!(c.failback.on_data_failure, DataFailurePolicy::Hold);
+        let good =
+            format!("{MAIN}\n[failback]\ndata_wait = \"30s\"\non_data_failure = \"proceed\"\n");
+        let c = NodeConfig::parse("main.toml", &good).unwrap();
+        assert_eq!(c.failback.data_wait, Duration::from_secs(30));
+        assert_eq!(c.failback.on_data_failure, DataFailurePolicy::Proceed);
+        let bad = good.replace("\"proceed\"", "\"wait\"");
+        let e = NodeConfig::parse("main.toml", &bad).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("failback.on_data_failure"), "{e}");
+        assert_eq!(e.line, Some(25), "{e}");
+        let bad = good.replace("\"30s\"", "\"0s\"");
+        let e = NodeConfig::parse("main.toml", &bad).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("failback.data_wait"), "{e}");
+        assert_eq!(e.line, Some(24), "{e}");
+        let bad = good.replace("\"30s\"", "\"soon\"");
+        let e = NodeConfig::parse("main.toml", &bad).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("failback.data_wait"), "{e}");
+        assert_eq!(e.line, Some(24), "{e}");
+    }
+
+    #[test]
     fn replication_jobs_are_checked() {
         let repl = "\n[replication]\nlisten = \"127.0.0.1:7490\"\npeer = \"127.0.0.1:7491\"\n\
                     ca = \"ca.pem\"\ncert = \"a.crt\"\nkey = \"a.key\"\nkeep_on_failback = [KEEP]\n\
@@ -1165,6 +1245,15 @@ stop = "systemctl stop xivo-ctid"
         let r = cfg.replication.unwrap();
         assert_eq!(r.postgres[0].port, 5432);
         assert_eq!(r.postgres[0].exclude_tables, vec!["cel".to_string()]);
+        assert!(r.postgres[0].watch);
+        assert_eq!(r.postgres[0].watch_poll, Duration::from_secs(1));
+        let bad = good.replace("exclude_tables", "watch_poll = \"10ms\"\nexclude_tables");
+        let e = NodeConfig::parse("main.toml", &bad).unwrap_err();
+        assert_eq!(
+            e.key.as_deref(),
+            Some("replication.postgres[0].watch_poll"),
+            "{e}"
+        );
 
         let bad = good.replace("\"asterisk\"\nexclude", "\"aster;drop\"\nexclude");
         let e = NodeConfig::parse("main.toml", &bad).unwrap_err();

@@ -15,7 +15,7 @@ mod sim;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use resilience_core::config::SplitBrainPolicy;
-use resilience_core::node::{DrainPolicy, FailbackPolicy};
+use resilience_core::node::{DataFailurePolicy, DataGate, DrainPolicy, FailbackPolicy};
 use resilience_core::Command;
 use sim::{Cluster, Stats, Timers, MAIN, STANDBY};
 use std::time::{Duration, Instant};
@@ -59,13 +59,29 @@ fn random_timers(rng: &mut ChaCha8Rng) -> Timers {
 /// One seed: a simulated `hours` of trouble. Returns the stats or the violation.
 fn run_seed(seed: u64, hours: f64, log: bool) -> Result<Stats, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let timers = random_timers(&mut rng);
+    let mut timers = random_timers(&mut rng);
+    // The failback data gate, drawn apart so the other draws of a seed
+    // stay what they were.
+    let mut data_rng = ChaCha8Rng::seed_from_u64(seed ^ 0xda7a_da7a);
+    let gated = data_rng.random_bool(0.4);
+    timers.failback_data = gated.then(|| DataGate {
+        wait: secs_f(&mut data_rng, 2.0, 120.0),
+        on_failure: if data_rng.random_bool(0.5) {
+            DataFailurePolicy::Hold
+        } else {
+            DataFailurePolicy::Proceed
+        },
+    });
     let manual_failback = timers.failback == FailbackPolicy::Manual;
     let mut c = Cluster::new(seed, timers.clone());
     c.log_all = log;
     for i in 0..2 {
         c.hosts[i].start_latency = secs_f(&mut rng, 0.05, 2.0);
         c.hosts[i].stop_latency = secs_f(&mut rng, 0.05, 2.0);
+    }
+    if gated {
+        c.hosts[MAIN].fetch_latency = secs_f(&mut data_rng, 0.05, 150.0);
+        c.hosts[MAIN].fail_fetches = data_rng.random_range(0..4);
     }
     for from in 0..2 {
         let l = &mut c.links[from][1 - from];

@@ -356,9 +356,10 @@ fn a_malicious_stream_and_a_foreign_ca_are_refused() {
     });
 }
 
+/// Pushed only by `replicate` (no push on commit): each push is the test's.
 fn pg_job(pg: &Postgres) -> String {
     format!(
-        "\n[[replication.postgres]]\nname = \"asterisk\"\ndatabase = \"asterisk\"\nport = {}\nexclude_tables = [\"cel\"]\nreport_tables = [\"users\"]\n",
+        "\n[[replication.postgres]]\nname = \"asterisk\"\ndatabase = \"asterisk\"\nport = {}\nexclude_tables = [\"cel\"]\nreport_tables = [\"users\"]\nwatch = false\n",
         pg.port
     )
 }

@@ -49,6 +49,10 @@ pub enum EventKind {
     FailbackPending,
     /// The Main asks the Standby to hand over.
     FailbackRequested,
+    /// The Main has its `keep_on_failback` data back from the Standby.
+    FailbackDataReady,
+    /// Copying it back failed or timed out: held, or failing back without it.
+    FailbackDataFailed,
     DrainStarted,
     DrainCancelled,
     ServiceStartFailed {
@@ -102,6 +106,8 @@ impl EventKind {
             PeerMismatch => "peer_mismatch",
             FailbackPending => "failback_pending",
             FailbackRequested => "failback_requested",
+            FailbackDataReady => "failback_data_ready",
+            FailbackDataFailed => "failback_data_failed",
             DrainStarted => "drain_started",
             DrainCancelled => "drain_cancelled",
             ServiceStartFailed { .. } => "start_failed",
@@ -144,6 +150,8 @@ impl fmt::Display for Event {
             PeerMismatch => f.write_str("peer configuration mismatch")?,
             FailbackPending => f.write_str("failback pending")?,
             FailbackRequested => f.write_str("failback requested")?,
+            FailbackDataReady => f.write_str("failback data copied back")?,
+            FailbackDataFailed => f.write_str("FAILBACK DATA NOT COPIED BACK")?,
             DrainStarted => f.write_str("drain started")?,
             DrainCancelled => f.write_str("drain cancelled")?,
             ServiceStartFailed { attempt, of } => {

@@ -1,6 +1,7 @@
 //! What goes into and comes out of a [`Node`](super::Node).
 
 use super::event::Event;
+pub use crate::config::DataFailurePolicy;
 use crate::config::{FailbackPolicyKind, NodeConfig, SplitBrainPolicy};
 use crate::heartbeat::ClusterKey;
 use crate::types::{Mode, NodeType, PbxHealth};
@@ -120,6 +121,10 @@ pub enum ActionKind {
     /// failover or the heartbeats (losing the newest facts to a crash is
     /// safe: see `begin_start`). A failed write is an event.
     Persist(Persisted),
+    /// Main, before it asks for the service back: copy the Standby's
+    /// `keep_on_failback` paths here and check them, within the gate's
+    /// `wait`. Done, or the reason it failed.
+    FetchFailbackData,
 }
 
 /// A successful action's result.
@@ -215,7 +220,17 @@ pub struct Settings {
     pub start_attempts: u32,
     pub retry_delay: Duration,
     pub fault_hold: Duration,
+    /// Main: data to bring home before failback (`keep_on_failback`).
+    pub failback_data: Option<DataGate>,
     pub key: ClusterKey,
+}
+
+/// How the Main waits for its `keep_on_failback` data at failback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataGate {
+    /// Longest wait for the copy (`failback.data_wait`).
+    pub wait: Duration,
+    pub on_failure: DataFailurePolicy,
 }
 
 impl Settings {
@@ -251,6 +266,14 @@ impl Settings {
             start_attempts: c.service_policy.start_attempts,
             retry_delay: c.service_policy.retry_delay,
             fault_hold: c.service_policy.fault_hold,
+            failback_data: c
+                .replication
+                .as_ref()
+                .filter(|r| !r.keep_on_failback.is_empty() && c.node.node_type == NodeType::Main)
+                .map(|_| DataGate {
+                    wait: c.failback.data_wait,
+                    on_failure: c.failback.on_data_failure,
+                }),
             key,
         }
     }

@@ -25,6 +25,7 @@
 //! - **Disabled nodes** (`guard.rs`): serve alone, but not while a Main or
 //!   Standby of their cluster is heard.
 
+mod data;
 mod event;
 mod guard;
 mod io;
@@ -33,8 +34,9 @@ mod switchover;
 
 pub use event::{Event, EventKind};
 pub use io::{
-    Action, ActionError, ActionId, ActionKind, ActionOutcome, AdminChoice, Command, DrainPolicy,
-    FailbackPolicy, Input, InputError, Output, Persisted, Settings, Transmit,
+    Action, ActionError, ActionId, ActionKind, ActionOutcome, AdminChoice, Command,
+    DataFailurePolicy, DataGate, DrainPolicy, FailbackPolicy, Input, InputError, Output, Persisted,
+    Settings, Transmit,
 };
 
 use crate::config::SplitBrainPolicy;
@@ -61,13 +63,23 @@ struct Fault {
 enum FailbackWait {
     Manual,
     Stable(Duration),
+    /// The `keep_on_failback` copy runs (up to this long): `data.rs`.
+    Data(Duration),
+    /// It failed and `on_data_failure = "hold"`.
+    DataHeld,
 }
 
 impl FailbackWait {
     /// Constant while waiting, so it is logged once; the snapshot gives the
     /// time left.
-    fn text(self) -> String {
+    fn text(self, node: &Node) -> String {
         match self {
+            FailbackWait::Data(d) => format!(
+                "copying the keep_on_failback paths back from standby {} before asking for the service (up to {})",
+                node.peer_label(),
+                human(d)
+            ),
+            FailbackWait::DataHeld => node.data_held_text(),
             FailbackWait::Manual => {
                 "failback policy is manual: waiting for an admin (resilience failback)".into()
             }
@@ -166,6 +178,11 @@ pub struct Node {
     failback_now: bool,
     want_active: bool,
     failback_wait: Option<String>,
+    /// What `failback_wait` says, to log a change once.
+    failback_wait_kind: Option<FailbackWait>,
+    /// The copy of the kept data for this failback (`data.rs`).
+    data: data::DataFetch,
+    data_id: Option<ActionId>,
     replication: u64,
     calls: Option<u32>,
     next_id: u64,
@@ -228,6 +245,9 @@ impl Node {
             failback_now: false,
             want_active: false,
             failback_wait: None,
+            failback_wait_kind: None,
+            data: data::DataFetch::Idle,
+            data_id: None,
             replication: 0,
             calls: None,
             next_id: 0,
@@ -362,8 +382,8 @@ impl Node {
             arbiter_ok: self.arbiter_ok,
             reason: self.reason.clone(),
             failback_wait: self.failback_wait.clone(),
-            failback_due_in: match (self.s.failback, &self.failback_wait) {
-                (FailbackPolicy::Stable(d), Some(_)) => {
+            failback_due_in: match (self.s.failback, self.failback_wait_kind) {
+                (FailbackPolicy::Stable(d), Some(FailbackWait::Stable(_))) => {
                     Some((self.stable_since() + d).saturating_duration_since(now))
                 }
                 _ => None,
@@ -433,6 +453,9 @@ impl Node {
         id: ActionId,
         result: Result<ActionOutcome, ActionError>,
     ) -> Result<(), InputError> {
+        if self.data_done(id, &result) {
+            return Ok(());
+        }
         if let Some(i) = self.persist_ids.iter().position(|&p| p == id) {
             self.persist_ids.swap_remove(i);
             if let Err(e) = result {
@@ -621,6 +644,7 @@ impl Node {
                         self.persist();
                     }
                     self.failback_now = true;
+                    self.data_retry_now();
                     self.clear_fault();
                     match self.s.node_type {
                         NodeType::Main => format!("asking {peer_name} to hand over now"),
@@ -962,7 +986,13 @@ impl Node {
 
     /// The Main's failback request flag, per policy.
     fn update_failback_request(&mut self) {
-        let (want, wait) = self.failback_decision();
+        let (mut want, mut wait) = self.failback_decision();
+        if want {
+            (want, wait) = self.data_gate();
+        } else if wait.is_none() {
+            // No failback under way (or it is done).
+            self.data_reset();
+        }
         if want != self.want_active {
             self.want_active = want;
             if want {
@@ -971,10 +1001,11 @@ impl Node {
                 self.send_heartbeat();
             }
         }
-        // The wait's text depends only on the policy, which never changes
-        // for a node: compare presence, and format only on a change.
-        if wait.is_some() != self.failback_wait.is_some() {
-            let wait = wait.map(|w| w.text());
+        // The wait's text depends only on its kind (and the policy, which
+        // never changes for a node): compare kinds, format only on a change.
+        if wait != self.failback_wait_kind {
+            self.failback_wait_kind = wait;
+            let wait = wait.map(|w| w.text(self));
             if let Some(w) = &wait {
                 self.event(EventKind::FailbackPending, w.clone());
             }
@@ -1278,7 +1309,9 @@ impl Node {
             .max(self.started_at);
         // Called after every input: no allocation.
         let stable = match self.s.failback {
-            FailbackPolicy::Stable(d) if self.failback_wait.is_some() => {
+            FailbackPolicy::Stable(d)
+                if matches!(self.failback_wait_kind, Some(FailbackWait::Stable(_))) =>
+            {
                 Some(self.stable_since() + d)
             }
             _ => None,
@@ -1298,6 +1331,7 @@ impl Node {
             stable,
             self.switchover_deadline(),
             self.guard_deadline(),
+            self.data_deadline(),
         ]
         .into_iter()
         .flatten()

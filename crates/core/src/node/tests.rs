@@ -1,7 +1,7 @@
 //! Unit tests of single rules; whole scenarios live in `tests/` (the simulator).
 use super::*;
 
-fn settings(name: &str, peer: &str, node_type: NodeType, mode: Mode) -> Settings {
+pub(super) fn settings(name: &str, peer: &str, node_type: NodeType, mode: Mode) -> Settings {
     Settings {
         name: name.into(),
         node_type,
@@ -18,11 +18,12 @@ fn settings(name: &str, peer: &str, node_type: NodeType, mode: Mode) -> Settings
         start_attempts: 3,
         retry_delay: Duration::from_secs(1),
         fault_hold: Duration::from_secs(60),
+        failback_data: None,
         key: crate::ClusterKey::new(&[1; 32]).unwrap(),
     }
 }
 
-fn drain(node: &mut Node) -> Vec<Output> {
+pub(super) fn drain(node: &mut Node) -> Vec<Output> {
     let mut v = Vec::new();
     loop {
         match node.poll_output() {

@@ -13,7 +13,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use resilience_core::config::SplitBrainPolicy;
-use resilience_core::node::{AdminChoice, DrainPolicy, FailbackPolicy};
+use resilience_core::node::{AdminChoice, DataGate, DrainPolicy, FailbackPolicy};
 use resilience_core::{
     Action, ActionId, ActionKind, ActionOutcome, ClusterKey, Command, EventKind, Input, InputError,
     Mode, Node, NodeType, Output, PbxHealth, Persisted, Settings, Status,
@@ -40,6 +40,8 @@ pub struct Timers {
     pub retry_delay: Duration,
     pub fault_hold: Duration,
     pub mode: Mode,
+    /// The Main copies its kept data home before failback (`data.rs`).
+    pub failback_data: Option<DataGate>,
 }
 
 impl Default for Timers {
@@ -61,6 +63,7 @@ impl Default for Timers {
             retry_delay: Duration::from_secs(2),
             fault_hold: Duration::from_secs(60),
             mode: Mode::Automatic,
+            failback_data: None,
         }
     }
 }
@@ -92,6 +95,7 @@ pub fn settings(i: usize, t: &Timers) -> Settings {
         start_attempts: t.start_attempts,
         retry_delay: t.retry_delay,
         fault_hold: t.fault_hold,
+        failback_data: t.failback_data.filter(|_| i == MAIN),
         key: ClusterKey::new(b"simulated cluster key, 32 bytes!").expect("key"),
     }
 }
@@ -136,6 +140,9 @@ pub struct Host {
     pub stop_latency: Duration,
     /// The next N starts fail.
     pub fail_starts: u32,
+    /// The next N copies of the kept data fail; each takes this long.
+    pub fail_fetches: u32,
+    pub fetch_latency: Duration,
     /// The PBX answers its probe when running.
     pub pbx_ok: bool,
     pub calls: u32,
@@ -285,6 +292,8 @@ impl Cluster {
                 start_latency: Duration::from_millis(500),
                 stop_latency: Duration::from_millis(300),
                 fail_starts: 0,
+                fail_fetches: 0,
+                fetch_latency: Duration::from_millis(300),
                 pbx_ok: true,
                 calls: 0,
                 calls_end: true,
@@ -605,6 +614,16 @@ impl Cluster {
                         h.disk = p;
                         Ok(ActionOutcome::Done)
                     }
+                    ActionKind::FetchFailbackData => {
+                        if h.fail_fetches > 0 {
+                            h.fail_fetches -= 1;
+                            Err(resilience_core::ActionError(
+                                "connect: connection refused".into(),
+                            ))
+                        } else {
+                            Ok(ActionOutcome::Done)
+                        }
+                    }
                 };
                 let now = self.now;
                 if let Some(n) = self.hosts[host].node.as_mut() {
@@ -705,6 +724,7 @@ impl Cluster {
                         ActionKind::StopServices => h.stop_latency,
                         ActionKind::CountActiveCalls => Duration::from_millis(20),
                         ActionKind::Persist(_) => Duration::from_millis(1),
+                        ActionKind::FetchFailbackData => h.fetch_latency,
                     };
                     let generation = h.generation;
                     let at = self.now + latency;

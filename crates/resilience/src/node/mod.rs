@@ -405,6 +405,20 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                             let _ = tx.send(Msg::ActionDone(id, r)).await;
                         });
                     }
+                    ActionKind::FetchFailbackData => {
+                        let fetch = crate::replication::failback::fetch(
+                            replicator.clone(),
+                            cfg.failback.data_wait,
+                        );
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            let r = fetch
+                                .await
+                                .map(|_| ActionOutcome::Done)
+                                .map_err(ActionError);
+                            let _ = tx.send(Msg::ActionDone(id, r)).await;
+                        });
+                    }
                     ActionKind::CountActiveCalls => {
                         let tx = tx.clone();
                         let cmd = calls_cmd.clone();
@@ -552,7 +566,9 @@ fn record_event(
 ) {
     let text = e.to_string();
     // What an admin must act on stands out in the journal.
-    if matches!(
+    if e.kind == EventKind::FailbackDataFailed {
+        tracing::error!(target: "resilience", "{text}");
+    } else if matches!(
         e.kind,
         EventKind::DisabledGuard { holding: true } | EventKind::SwitchoverCancelled
     ) {

@@ -216,6 +216,12 @@ pub fn diff_tables(job: &str, base: &Baseline, now: &[(String, String)]) -> JobC
             }
         }
     }
+    for t in base.tables.keys() {
+        if !now.iter().any(|(n, _)| n == t) {
+            c.deleted += 1;
+            c.paths.push(format!("deleted table {t}"));
+        }
+    }
     c
 }
 

@@ -21,7 +21,9 @@ pub mod apply;
 pub mod cert;
 pub mod changes;
 pub mod confine;
+pub mod failback;
 pub mod manifest;
+pub mod pg_watch;
 pub mod pipe;
 pub mod postgres;
 pub mod sqlite;
@@ -174,6 +176,9 @@ pub struct Replicator {
     /// What changed on this Standby while it was Active, found when it
     /// handed the service back (shown until the next one).
     pub local_changes: Mutex<Option<changes::Report>>,
+    /// Standby: kept paths the Main fetched before it asked for the service
+    /// (`JOB/path`), for the failback report.
+    fetched: Mutex<Vec<String>>,
     /// Where the replication events go (the node's event history).
     notes: Option<tokio::sync::mpsc::UnboundedSender<(&'static str, String)>>,
     /// Connections refused before a session (strangers), counted and
@@ -281,6 +286,7 @@ impl Replicator {
             busy: tokio::sync::Mutex::new(()),
             standby,
             local_changes: Mutex::new(None),
+            fetched: Mutex::new(Vec::new()),
             notes,
             refused: Arc::new(RateLog::new(
                 "replication",
@@ -741,7 +747,7 @@ impl Replicator {
             ))
         } else if self.find(&hello.job).is_none() {
             Some(format!("no replication job named {:?} here", hello.job))
-        } else if hello.keep && (self.standby || self.keep_prefixes(&hello.job).is_empty()) {
+        } else if hello.keep && self.keep_prefixes(&hello.job).is_empty() {
             Some(format!(
                 "no keep_on_failback paths of job {:?} are taken here",
                 hello.job
@@ -767,6 +773,25 @@ impl Replicator {
         };
         let started = Instant::now();
         let name = job.name().to_owned();
+        if hello.keep && self.standby {
+            // The Main fetches what this Standby recorded while it served,
+            // before it asks for the service back.
+            let Job::Dir(d) = &job else {
+                anyhow::bail!("{name}: keep_on_failback applies to folders only")
+            };
+            let prefixes = self.keep_prefixes(&name);
+            let sent = self.send_kept(&mut s, d, &prefixes).await;
+            drop(guard);
+            let sent = sent?;
+            let mut f = self.fetched.lock().unwrap_or_else(|e| e.into_inner());
+            for p in sent {
+                let p = format!("{name}/{p}");
+                if !f.contains(&p) {
+                    f.push(p);
+                }
+            }
+            return Ok(());
+        }
         self.mark_running(&name, "receive");
         let keep = hello.keep.then(|| self.keep_prefixes(&name));
         let r = match &job {
@@ -878,6 +903,10 @@ impl Replicator {
                         a.op(op)?
                     }
                     Kind::Done => break,
+                    Kind::Error => {
+                        let why: String = wire::parse(kind, &buf).unwrap_or_default();
+                        anyhow::bail!("the peer refused: {why}")
+                    }
                     other => anyhow::bail!("unexpected {other:?} frame"),
                 }
                 rx.recycle(buf);
@@ -983,7 +1012,21 @@ impl Replicator {
         match job {
             Job::Sqlite(q) => {
                 let (from, to) = (incoming.to_owned(), self.path(&q.path));
-                tokio::task::spawn_blocking(move || sqlite::install(&from, &to)).await??;
+                let base_path = self.baseline_file(&q.name);
+                tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                    sqlite::install(&from, &to)?;
+                    // What the next failback report compares with.
+                    match sqlite::fingerprints(&to) {
+                        Ok(prints) => {
+                            changes::save(&base_path, &changes::Baseline::tables(prints))?
+                        }
+                        Err(e) => {
+                            tracing::warn!("replication: no fingerprint of {}: {e}", to.display())
+                        }
+                    }
+                    Ok(())
+                })
+                .await??;
             }
             Job::Postgres(p) => {
                 let pg = postgres::Pg::new(p, &self.base);
@@ -1034,25 +1077,37 @@ impl Replicator {
                         Err(_) => continue,
                     }
                 }
-                // A key-value store rewritten by the PBX itself: no cheap
-                // way to tell an admin's change from Asterisk's own.
-                Job::Sqlite(_) => continue,
+                // Per table, and per key family for Asterisk's astdb (the
+                // PBX writes some families itself: registrations show too).
+                Job::Sqlite(q) => {
+                    let path = self.path(&q.path);
+                    match tokio::task::spawn_blocking(move || sqlite::fingerprints(&path)).await {
+                        Ok(Ok(now)) => changes::diff_tables(&q.name, &base, &now),
+                        _ => continue,
+                    }
+                }
             };
             report.jobs.push(c);
         }
+        report
+            .kept
+            .append(&mut self.fetched.lock().unwrap_or_else(|e| e.into_inner()));
         for d in &self.cfg.dirs {
             let prefixes = self.keep_prefixes(&d.name);
             if prefixes.is_empty() {
                 continue;
             }
+            // What was recorded during the drain, after the Main's fetch.
             // The Main has just started; a push of its own may hold it busy.
             let mut last = None;
             for _ in 0..5 {
                 match self.keep_back(d, &prefixes).await {
                     Ok(sent) => {
-                        report
-                            .kept
-                            .extend(sent.into_iter().map(|p| format!("{}/{p}", d.name)));
+                        for p in sent.into_iter().map(|p| format!("{}/{p}", d.name)) {
+                            if !report.kept.contains(&p) {
+                                report.kept.push(p);
+                            }
+                        }
                         last = None;
                         break;
                     }
@@ -1083,6 +1138,7 @@ impl Replicator {
         use notify::Watcher;
         let mut watchers = Vec::new();
         let may_push = Arc::new(may_push);
+        self.watch_postgres(may_push.clone());
         for d in self.cfg.dirs.iter().filter(|d| d.watch) {
             let root = self.path(&d.path);
             std::fs::create_dir_all(&root)?;
@@ -1125,7 +1181,53 @@ impl Replicator {
         prefixes: &[String],
     ) -> anyhow::Result<Vec<String>> {
         let mut s = self.open_session(&d.name, true).await?;
-        let theirs: Manifest = wire::expect(&mut s, Kind::Manifest).await?;
+        let sent = self.send_kept(&mut s, d, prefixes).await?;
+        let _ = s.shutdown().await;
+        Ok(sent)
+    }
+
+    /// Main, before it asks for the service back: fetch the Standby's
+    /// `keep_on_failback` files that this node lacks or holds older, each
+    /// checked against its hash before it is renamed into place. The number
+    /// of files copied.
+    pub async fn fetch_kept(&self) -> anyhow::Result<u64> {
+        let _one = self.busy.lock().await;
+        let mut files = 0;
+        for d in &self.cfg.dirs {
+            let prefixes = self.keep_prefixes(&d.name);
+            if prefixes.is_empty() {
+                continue;
+            }
+            let mut s = self.open_session(&d.name, true).await?;
+            match self.receive_job(&mut s, d, Some(prefixes)).await {
+                Ok(a) => {
+                    wire::write_json(&mut s, Kind::Applied, &a).await?;
+                    s.flush().await?;
+                    let _ = s.shutdown().await;
+                    files += a.files;
+                }
+                Err(e) => {
+                    let _ = wire::write_json(&mut s, Kind::Error, &format!("{e:#}")).await;
+                    let _ = s.flush().await;
+                    return Err(e.context(format!("{}: keep_on_failback", d.name)));
+                }
+            }
+        }
+        Ok(files)
+    }
+
+    /// Send the files under `prefixes` that the receiver (its manifest
+    /// first) lacks or holds older, then wait for its `Applied`.
+    async fn send_kept<S>(
+        &self,
+        s: &mut S,
+        d: &DirJobSection,
+        prefixes: &[String],
+    ) -> anyhow::Result<Vec<String>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let theirs: Manifest = wire::expect(s, Kind::Manifest).await?;
         let root = self.path(&d.path);
         let excludes = globs(&d.exclude);
         let ours = {
@@ -1134,7 +1236,7 @@ impl Replicator {
                 .await??
         };
         let prefixes = prefixes.to_vec();
-        let sent = pipe::produce(&mut s, move |out| {
+        let sent = pipe::produce(s, move |out| {
             let mut sent = Vec::new();
             for (path, e) in ours
                 .iter()
@@ -1162,10 +1264,9 @@ impl Replicator {
             Ok(sent)
         })
         .await?;
-        wire::write_frame(&mut s, Kind::Done, b"{}").await?;
+        wire::write_frame(s, Kind::Done, b"{}").await?;
         s.flush().await?;
-        wait_applied(&mut s).await?;
-        let _ = s.shutdown().await;
+        let _: Applied = wire::expect(s, Kind::Applied).await?;
         Ok(sent)
     }
 }

@@ -253,6 +253,32 @@ impl Pg {
         Ok(())
     }
 
+    /// Rows written so far to the tables whose rows are replicated (the
+    /// server's own counters, `pg_stat_user_tables`; excluded tables left
+    /// out, so call logs written at every call do not trigger a push). A
+    /// change between two readings means something committed (or rolled
+    /// back) since: see `pg_watch`.
+    pub async fn writes(&self) -> Result<u64, PgError> {
+        let excluded: Vec<String> = self.job.exclude_tables.iter().map(|t| literal(t)).collect();
+        let filter = if excluded.is_empty() {
+            String::new()
+        } else {
+            let list = excluded.join(", ");
+            format!(
+                " WHERE relname NOT IN ({list}) AND schemaname || '.' || relname NOT IN ({list})"
+            )
+        };
+        let sql = format!(
+            "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables{filter}"
+        );
+        let out = self.psql(&self.job.database, &sql).await?;
+        out.trim().parse().map_err(|_| PgError::Failed {
+            tool: "psql".into(),
+            status: "unexpected answer".into(),
+            stderr: out.trim().chars().take(200).collect(),
+        })
+    }
+
     /// A fingerprint of each report table (md5 over its rows), to tell after
     /// a failover which of them changed. Missing tables are left out.
     pub async fn fingerprints(&self) -> Result<Vec<(String, String)>, PgError> {

@@ -132,6 +132,75 @@ pub fn install(incoming: &Path, target: &Path) -> Result<(), SqliteError> {
     Ok(())
 }
 
+/// A fingerprint of each table (BLAKE3 over its rows, in any order), for
+/// the failback report: which of them changed on the Standby while it
+/// served. Asterisk's `astdb` table (one key-value table for everything)
+/// is fingerprinted per key family (`/CF/1001` is family `CF`), so the
+/// report says "call forwarding changed", not just "astdb changed".
+pub fn fingerprints(path: &Path) -> Result<Vec<(String, String)>, SqliteError> {
+    use rusqlite::types::ValueRef;
+    use std::collections::BTreeMap;
+    let c = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(db(path))?;
+    c.busy_timeout(Duration::from_secs(10)).map_err(db(path))?;
+    let tables: Vec<String> = c
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+        .map_err(db(path))?;
+    // Row hashes per fingerprinted name, sorted before the final hash.
+    let mut rows: BTreeMap<String, Vec<[u8; 32]>> = BTreeMap::new();
+    for t in &tables {
+        let mut st = c
+            .prepare(&format!("SELECT * FROM \"{}\"", t.replace('"', "\"\"")))
+            .map_err(db(path))?;
+        let cols: Vec<String> = st.column_names().iter().map(|n| n.to_string()).collect();
+        let key_col = (t == "astdb")
+            .then(|| cols.iter().position(|n| n == "key"))
+            .flatten();
+        rows.entry(t.clone()).or_default();
+        let mut q = st.query([]).map_err(db(path))?;
+        while let Some(r) = q.next().map_err(db(path))? {
+            let mut h = blake3::Hasher::new();
+            let mut family = None;
+            for i in 0..cols.len() {
+                let v = r.get_ref(i).map_err(db(path))?;
+                let (tag, bytes): (u8, Vec<u8>) = match v {
+                    ValueRef::Null => (0, Vec::new()),
+                    ValueRef::Integer(n) => (1, n.to_le_bytes().to_vec()),
+                    ValueRef::Real(f) => (2, f.to_le_bytes().to_vec()),
+                    ValueRef::Text(b) => (3, b.to_vec()),
+                    ValueRef::Blob(b) => (4, b.to_vec()),
+                };
+                if Some(i) == key_col {
+                    family = std::str::from_utf8(&bytes)
+                        .ok()
+                        .and_then(|k| k.trim_start_matches('/').split('/').next())
+                        .map(|f| format!("{t} family {f}"));
+                }
+                h.update(&[tag]);
+                h.update(&(bytes.len() as u64).to_le_bytes());
+                h.update(&bytes);
+            }
+            let name = family.unwrap_or_else(|| t.clone());
+            rows.entry(name).or_default().push(*h.finalize().as_bytes());
+        }
+    }
+    Ok(rows
+        .into_iter()
+        .map(|(name, mut hs)| {
+            hs.sort_unstable();
+            let mut h = blake3::Hasher::new();
+            for r in &hs {
+                h.update(r);
+            }
+            (name, h.finalize().to_hex().to_string())
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,5 +250,40 @@ mod tests {
             .unwrap();
         assert_eq!(n, 1);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn fingerprints_tell_which_astdb_families_changed() {
+        let d = std::env::temp_dir().join(format!("res-sqlite-fp-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("astdb.sqlite3");
+        let _ = std::fs::remove_file(&p);
+        let c = Connection::open(&p).unwrap();
+        c.execute_batch(
+            "CREATE TABLE astdb(key VARCHAR(256) PRIMARY KEY, value VARCHAR(256));
+             INSERT INTO astdb VALUES ('/CF/1001', '1002'), ('/DND/1001', 'YES'), ('/DND/1002', 'YES');
+             CREATE TABLE other(x INTEGER);",
+        )
+        .unwrap();
+        let before = fingerprints(&p).unwrap();
+        let names: Vec<&str> = before.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["astdb", "astdb family CF", "astdb family DND", "other"]
+        );
+        // Row order does not matter; a change in one family shows in it alone.
+        c.execute_batch("DELETE FROM astdb WHERE key = '/DND/1001'; INSERT INTO astdb VALUES ('/DND/1001', 'YES');").unwrap();
+        assert_eq!(fingerprints(&p).unwrap(), before);
+        c.execute("UPDATE astdb SET value = '1003' WHERE key = '/CF/1001'", [])
+            .unwrap();
+        let after = fingerprints(&p).unwrap();
+        let changed: Vec<&str> = before
+            .iter()
+            .zip(&after)
+            .filter(|(a, b)| a != b)
+            .map(|(a, _)| a.0.as_str())
+            .collect();
+        assert_eq!(changed, ["astdb family CF"]);
+        let _ = std::fs::remove_dir_all(&d);
     }
 }
