@@ -78,6 +78,13 @@ pub enum EventKind {
     },
     /// An action the node does not depend on failed (persisting, counting calls).
     ActionFailed,
+    /// A restarted daemon found its services running and waits to hear its
+    /// peer before it adopts them.
+    Adopting,
+    /// The daemon is stopping: the node hands over and stops its services.
+    Leaving,
+    /// Services stopped and the peer told: the daemon may exit.
+    Left,
 }
 
 impl EventKind {
@@ -105,6 +112,9 @@ impl EventKind {
             CommandRefused => "command_refused",
             FrameRejected { .. } => "frame_rejected",
             ActionFailed => "action_failed",
+            Adopting => "adopting",
+            Leaving => "leaving",
+            Left => "left",
         }
     }
 }
@@ -150,6 +160,9 @@ impl fmt::Display for Event {
             CommandRefused => f.write_str("command refused")?,
             FrameRejected { reject, count } => write!(f, "heartbeat dropped ({count} so far): {reject}")?,
             ActionFailed => f.write_str("action failed")?,
+            Adopting => f.write_str("services found running")?,
+            Leaving => f.write_str("leaving")?,
+            Left => f.write_str("left")?,
         }
         if !self.reason.is_empty() {
             write!(f, " — {}", self.reason)?;

@@ -24,6 +24,13 @@ pub enum Input<'a> {
     Arbiter(Instant, bool),
     /// The replication generation this node holds (sent to the peer).
     Replication(Instant, u64),
+    /// The daemon is asked to stop (SIGTERM, `systemctl stop`, host
+    /// shutdown): the node tells its peer at once, drains per policy within
+    /// `stop_timeout`, stops its services, and then [`Node::is_done`] says the
+    /// runtime may exit. A stopped node never leaves a PBX running behind it.
+    ///
+    /// [`Node::is_done`]: super::Node::is_done
+    Shutdown(Instant),
 }
 
 impl Input<'_> {
@@ -36,7 +43,8 @@ impl Input<'_> {
             | Input::ActionDone(t, ..)
             | Input::PbxHealth(t, _)
             | Input::Arbiter(t, _)
-            | Input::Replication(t, _) => *t,
+            | Input::Replication(t, _)
+            | Input::Shutdown(t) => *t,
         }
     }
 }
@@ -163,6 +171,23 @@ pub struct Persisted {
     pub starts: u64,
     /// An admin's lasting choice, if any.
     pub admin: Option<AdminChoice>,
+    /// This node had started (or adopted) its services and not stopped them
+    /// since: with services found running at the next start, the node may
+    /// adopt them instead of stopping them (a daemon restart or upgrade).
+    pub serving: bool,
+}
+
+/// What the runtime saw of the services just before the node started (each
+/// service's status command or unit state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServicesAtBoot {
+    /// Every service says it is stopped.
+    Stopped,
+    /// Every service says it runs.
+    Running,
+    /// Some run and some do not, or a state is not clear (no status
+    /// command, a unit still activating): they may run.
+    Unclear,
 }
 
 /// When the returning Main takes the service back.
@@ -204,6 +229,9 @@ pub struct Settings {
     pub start_attempts: u32,
     pub retry_delay: Duration,
     pub fault_hold: Duration,
+    /// Longest drain when the daemon is stopped (kept below the unit's
+    /// `TimeoutStopSec` with room to stop the services).
+    pub stop_timeout: Duration,
     pub key: ClusterKey,
 }
 
@@ -240,6 +268,7 @@ impl Settings {
             start_attempts: c.service_policy.start_attempts,
             retry_delay: c.service_policy.retry_delay,
             fault_hold: c.service_policy.fault_hold,
+            stop_timeout: c.drain.stop_timeout,
             key,
         }
     }

@@ -19,15 +19,20 @@
 //!   per policy, then sets `WANT_ACTIVE`; the Standby drains (calls reach zero
 //!   or the drain times out), stops, and reports Inactive; the Main starts.
 //! - **Manual mode**: only commands start and stop services.
+//! - **Stop and restart** (`lifecycle.rs`): a stopping daemon hands over
+//!   (tells its peer, drains, stops its services); a restarted one adopts the
+//!   services it left running when its facts and its peer agree that it is
+//!   the one serving, and stops them otherwise.
 
 mod event;
 mod io;
+mod lifecycle;
 mod peer;
 
 pub use event::{Event, EventKind};
 pub use io::{
     Action, ActionError, ActionId, ActionKind, ActionOutcome, AdminChoice, Command, DrainPolicy,
-    FailbackPolicy, Input, InputError, Output, Persisted, Settings, Transmit,
+    FailbackPolicy, Input, InputError, Output, Persisted, ServicesAtBoot, Settings, Transmit,
 };
 
 use crate::config::SplitBrainPolicy;
@@ -161,6 +166,15 @@ pub struct Node {
     count_ids: Vec<ActionId>,
     out: VecDeque<Output>,
     rejected: [u64; Reject::ALL.len()],
+    /// Services started or adopted and not stopped since (persisted).
+    serving: bool,
+    /// The daemon is stopping: the drain may last until this time.
+    leaving: Option<Instant>,
+    /// Stopping is over: services stopped, the peer told; the runtime may exit.
+    left: bool,
+    /// Services found running at boot, to adopt unless the peer serves: the
+    /// wait for the peer ends at this time.
+    adopt_until: Option<Instant>,
 }
 
 impl Node {
@@ -170,6 +184,19 @@ impl Node {
     /// getrandom; the simulator's seeded generator). Nothing persisted is
     /// needed for the peer to accept the node again.
     pub fn new(settings: Settings, persisted: Persisted, boot_id: u64, now: Instant) -> Node {
+        Node::boot(settings, persisted, ServicesAtBoot::Stopped, boot_id, now)
+    }
+
+    /// [`Node::new`] with what the runtime saw of the services before the
+    /// start: the node adopts services left running, or stops them (see
+    /// `lifecycle.rs` for the rule).
+    pub fn boot(
+        settings: Settings,
+        persisted: Persisted,
+        services: ServicesAtBoot,
+        boot_id: u64,
+        now: Instant,
+    ) -> Node {
         let peer = Peer::new(boot_id);
         let mut node = Node {
             now,
@@ -219,6 +246,10 @@ impl Node {
             count_ids: Vec::new(),
             out: VecDeque::new(),
             rejected: [0; Reject::ALL.len()],
+            serving: persisted.serving,
+            leaving: None,
+            left: false,
+            adopt_until: None,
             s: settings,
         };
         // Automatic mode keeps only the admin's Stop; a Start there means
@@ -242,6 +273,7 @@ impl Node {
             },
             format!("restored from persisted facts{held}"),
         );
+        node.reconcile_at_boot(services);
         node.decide();
         node
     }
@@ -269,6 +301,10 @@ impl Node {
             }
             Input::Replication(_, generation) => {
                 self.replication = generation;
+                Ok(())
+            }
+            Input::Shutdown(_) => {
+                self.handle_shutdown();
                 Ok(())
             }
         };
@@ -305,7 +341,7 @@ impl Node {
 
     /// Whether the node is faulted or held inactive (it tells its peer to serve).
     pub fn is_yielding(&self) -> bool {
-        self.fault.is_some() || self.admin == Some(AdminChoice::Stop)
+        self.fault.is_some() || self.admin == Some(AdminChoice::Stop) || self.leaving.is_some()
     }
 
     /// A picture of the node for the API and the dashboard.
@@ -458,6 +494,7 @@ impl Node {
                     e.to_string(),
                 );
                 let aborted = self.stop_after_start.take().is_some();
+                self.set_serving(false);
                 self.set_status(Status::Inactive, format!("services failed to start: {e}"));
                 if aborted {
                     // It was to be stopped anyway.
@@ -475,6 +512,7 @@ impl Node {
             }
             (ServiceOp::Stop, Ok(_)) => {
                 self.calls = None;
+                self.set_serving(false);
                 let why = format!("services stopped ({})", self.reason);
                 self.set_status(Status::Inactive, why);
             }
@@ -644,6 +682,21 @@ impl Node {
                 self.event(EventKind::FaultCleared, "fault hold elapsed".into());
             }
         }
+        if self.leaving.is_some() {
+            self.decide_leaving();
+        } else if self.adopt_until.is_some() {
+            self.decide_adoption();
+        } else {
+            self.decide_by_mode();
+        }
+        self.update_failback_request();
+        self.retry_pending_stop();
+        if self.s.node_type != NodeType::Disabled && now >= self.next_heartbeat {
+            self.send_heartbeat();
+        }
+    }
+
+    fn decide_by_mode(&mut self) {
         match (self.s.node_type, self.s.mode) {
             (NodeType::Disabled, _) => {
                 self.decide_wanted(true, "high availability disabled: this node serves alone")
@@ -653,11 +706,6 @@ impl Node {
                 self.decide_wanted(want, "an admin started services (manual mode)");
             }
             (_, Mode::Automatic) => self.decide_automatic(),
-        }
-        self.update_failback_request();
-        self.retry_pending_stop();
-        if self.s.node_type != NodeType::Disabled && now >= self.next_heartbeat {
-            self.send_heartbeat();
         }
     }
 
@@ -760,15 +808,25 @@ impl Node {
                 .max(self.started_at);
         match (self.s.node_type, self.peer_frame()) {
             (NodeType::Main, Some(f)) => {
+                // A Standby adopting the services its restarted daemon left
+                // running reports Inactive but serves: never start on that.
+                let adopting = f.flags.has(Flags::ADOPTING);
                 let ready = f.status == Status::Inactive
+                    && !adopting
                     && f.flags.has(Flags::HEARS_PEER)
                     && (self.fault.is_none() || f.flags.has(Flags::YIELDING));
                 // A Standby that cannot hear us (one-way cut) would take over
                 // by itself if it could; when it has not, someone must serve.
                 let deaf_for = self.peer.deaf_since().map(|t| self.now - t);
                 let deaf = f.status == Status::Inactive
+                    && !adopting
                     && deaf_for.is_some_and(|d| d >= self.s.failover_after + self.s.startup_wait);
-                if ready {
+                if ready && f.flags.has(Flags::LEAVING) {
+                    Some(format!(
+                        "standby {} is leaving (its daemon is stopping) and has stopped its services",
+                        self.peer_label()
+                    ))
+                } else if ready {
                     Some(format!("standby {} is inactive", self.peer_label()))
                 } else if deaf {
                     Some(format!(
@@ -793,10 +851,17 @@ impl Node {
                     && f.flags.has(Flags::HEARS_PEER)
                     && self.fault.is_none();
                 yields.then(|| {
-                    format!(
-                        "main {} yields (stopped by an admin or faulted)",
-                        self.peer_label()
-                    )
+                    if f.flags.has(Flags::LEAVING) {
+                        format!(
+                            "main {} is leaving (its daemon is stopping) and has stopped its services",
+                            self.peer_label()
+                        )
+                    } else {
+                        format!(
+                            "main {} yields (stopped by an admin or faulted)",
+                            self.peer_label()
+                        )
+                    }
                 })
             }
             (_, None) => {
@@ -871,8 +936,12 @@ impl Node {
             self.begin_stop(format!("{why}; no drain configured"));
             return;
         };
+        let timeout = match self.leaving {
+            Some(until) => policy.timeout.min(until.saturating_duration_since(self.now)),
+            None => policy.timeout,
+        };
         self.drain = Some(Drain {
-            deadline: self.now + policy.timeout,
+            deadline: self.now + timeout,
             next_poll: self.now,
             query: None,
         });
@@ -881,7 +950,7 @@ impl Node {
             EventKind::DrainStarted,
             format!(
                 "{why}; waiting up to {} for active calls to end",
-                human(policy.timeout)
+                human(timeout)
             ),
         );
         self.set_status(Status::Draining, why);
@@ -889,7 +958,7 @@ impl Node {
     }
 
     fn continue_drain(&mut self) {
-        if self.handover_request().is_none() {
+        if self.leaving.is_none() && self.handover_request().is_none() {
             self.drain = None;
             self.event(
                 EventKind::DrainCancelled,
@@ -964,6 +1033,8 @@ impl Node {
             && self.status == Status::Inactive
             && self.admin != Some(AdminChoice::Stop)
             && self.fault.is_none()
+            && self.leaving.is_none()
+            && self.adopt_until.is_none()
             && self.peer_frame().is_some_and(|f| f.status.claims());
         if !eligible {
             return (false, None);
@@ -1016,6 +1087,7 @@ impl Node {
         // whatever may still run), and its next start takes an epoch above
         // its peer's. A failed write is an event.
         let id = self.action(ActionKind::StartServices);
+        self.serving = true;
         self.persist();
         self.service_op = Some((id, ServiceOp::Start));
         self.set_status(Status::Starting, why);
@@ -1169,6 +1241,12 @@ impl Node {
         if self.forced {
             flags |= Flags::FORCED;
         }
+        if self.leaving.is_some() {
+            flags |= Flags::LEAVING;
+        }
+        if self.adopt_until.is_some() {
+            flags |= Flags::ADOPTING;
+        }
         self.seq += 1;
         let f = &mut self.outgoing;
         f.node_type = self.s.node_type;
@@ -1207,6 +1285,7 @@ impl Node {
             epoch: self.epoch,
             starts: self.starts,
             admin: self.admin,
+            serving: self.serving,
         };
         let id = self.action(ActionKind::Persist(facts));
         self.persist_ids.push(id);
@@ -1247,6 +1326,7 @@ impl Node {
             self.pbx_down_since.map(|t| t + self.s.failover_after),
             self.drain.as_ref().map(|d| d.deadline),
             self.drain.as_ref().map(|d| d.next_poll),
+            self.adopt_until,
             stable,
         ]
         .into_iter()

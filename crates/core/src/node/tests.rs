@@ -18,6 +18,7 @@ fn settings(name: &str, peer: &str, node_type: NodeType, mode: Mode) -> Settings
         start_attempts: 3,
         retry_delay: Duration::from_secs(1),
         fault_hold: Duration::from_secs(60),
+        stop_timeout: Duration::from_secs(60),
         key: crate::ClusterKey::new(&[1; 32]).unwrap(),
     }
 }
@@ -39,6 +40,7 @@ fn boot_persists_a_new_boot_id_and_logs_it() {
         epoch: 7,
         starts: 4,
         admin: None,
+        serving: false,
     };
     let mut n = Node::new(
         settings("a", "b", NodeType::Standby, Mode::Automatic),

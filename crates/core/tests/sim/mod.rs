@@ -92,6 +92,7 @@ pub fn settings(i: usize, t: &Timers) -> Settings {
         start_attempts: t.start_attempts,
         retry_delay: t.retry_delay,
         fault_hold: t.fault_hold,
+        stop_timeout: Duration::from_secs(60),
         key: ClusterKey::new(b"simulated cluster key, 32 bytes!").expect("key"),
     }
 }
