@@ -38,7 +38,12 @@ fn settled(seed: u64, serving: usize) -> Cluster {
         c.boot(STANDBY);
     }
     c.run_for(Duration::from_secs(30)).unwrap();
-    assert_eq!(c.hosts[serving].status(), Some(Status::Active), "{}", c.dump_log());
+    assert_eq!(
+        c.hosts[serving].status(),
+        Some(Status::Active),
+        "{}",
+        c.dump_log()
+    );
     assert_eq!(c.hosts[1 - serving].status(), Some(Status::Inactive));
     c
 }
@@ -86,7 +91,11 @@ fn daemon_restart_after_a_takeover_stops_the_services_left_running() {
         // Gone long enough for the Standby to take over: both PBXs run
         // until the Main's daemon is back.
         c.run_for(Duration::from_secs(10)).unwrap();
-        assert!(c.hosts[STANDBY].is_active(), "seed {seed}\n{}", c.dump_log());
+        assert!(
+            c.hosts[STANDBY].is_active(),
+            "seed {seed}\n{}",
+            c.dump_log()
+        );
         c.boot(MAIN);
         let r = c.run_for(Duration::from_secs(30));
         let log = c.dump_log();

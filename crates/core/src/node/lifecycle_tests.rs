@@ -66,7 +66,13 @@ fn run(h: &mut [Host; 2], now: &mut Instant, d: Duration) {
     let until = *now + d;
     let key = crate::ClusterKey::new(&[1; 32]).unwrap();
     let from: SocketAddr = FROM.parse().unwrap();
-    type Pending = (Instant, usize, ActionId, bool, Result<ActionOutcome, ActionError>);
+    type Pending = (
+        Instant,
+        usize,
+        ActionId,
+        bool,
+        Result<ActionOutcome, ActionError>,
+    );
     let mut pending: Vec<Pending> = Vec::new();
     let mut steps = 0u32;
     loop {
@@ -114,7 +120,11 @@ fn run(h: &mut [Host; 2], now: &mut Instant, d: Duration) {
                 }
             }
         }
-        let next = pending.iter().map(|p| p.0).min().map_or(deadline, |t| t.min(deadline));
+        let next = pending
+            .iter()
+            .map(|p| p.0)
+            .min()
+            .map_or(deadline, |t| t.min(deadline));
         if next > until || (next == until && *now == until) {
             *now = until;
             return;
@@ -138,8 +148,18 @@ fn run(h: &mut [Host; 2], now: &mut Instant, d: Duration) {
 
 /// A connected pair, Main Active, Standby Inactive.
 fn serving_pair(now: &mut Instant) -> [Host; 2] {
-    let main = Node::new(settings("m", "s", NodeType::Main), Persisted::default(), 1, *now);
-    let standby = Node::new(settings("s", "m", NodeType::Standby), Persisted::default(), 2, *now);
+    let main = Node::new(
+        settings("m", "s", NodeType::Main),
+        Persisted::default(),
+        1,
+        *now,
+    );
+    let standby = Node::new(
+        settings("s", "m", NodeType::Standby),
+        Persisted::default(),
+        2,
+        *now,
+    );
     let mut h = [Host::new(main, false), Host::new(standby, false)];
     run(&mut h, now, Duration::from_secs(2));
     assert_eq!(h[0].node.status(), Status::Active, "{:?}", h[0].events);
@@ -178,13 +198,21 @@ fn shutdown_drains_calls_within_the_stop_timeout() {
     h[0].calls = 2;
     h[0].node.handle_input(Input::Shutdown(now)).unwrap();
     run(&mut h, &mut now, Duration::from_secs(10));
-    assert_eq!(h[0].node.status(), Status::Draining, "calls keep it draining");
+    assert_eq!(
+        h[0].node.status(),
+        Status::Draining,
+        "calls keep it draining"
+    );
     assert_eq!(h[1].node.status(), Status::Inactive, "never two serving");
     assert!(h[0].services);
     // The drain ends at stop_timeout (20 s), not the drain policy's 300 s.
     run(&mut h, &mut now, Duration::from_secs(12));
     assert!(h[0].node.is_done(), "{:?}", h[0].events);
-    assert!(h[0].has("drain timed out with 2 active calls"), "{:?}", h[0].events);
+    assert!(
+        h[0].has("drain timed out with 2 active calls"),
+        "{:?}",
+        h[0].events
+    );
     assert_eq!(h[1].node.status(), Status::Active);
 }
 
@@ -220,7 +248,11 @@ fn shutdown_of_the_active_standby_gives_the_service_to_the_main() {
     let mut h = [Host::new(main, false), Host::new(standby, true)];
     run(&mut h, &mut now, Duration::from_secs(2));
     assert_eq!(h[1].node.status(), Status::Active, "{:?}", h[1].events);
-    assert_eq!(h[0].node.status(), Status::Inactive, "manual failback: waits");
+    assert_eq!(
+        h[0].node.status(),
+        Status::Inactive,
+        "manual failback: waits"
+    );
     h[1].node.handle_input(Input::Shutdown(now)).unwrap();
     run(&mut h, &mut now, Duration::from_secs(2));
     assert!(h[1].node.is_done());
@@ -337,7 +369,11 @@ fn restarted_node_adopts_after_the_boot_wait_when_the_peer_is_silent() {
 fn boot_stops_services_when_not_serving_held_or_unclear() {
     let now = Instant::now();
     let cases = [
-        (Persisted::default(), ServicesAtBoot::Running, "was not serving"),
+        (
+            Persisted::default(),
+            ServicesAtBoot::Running,
+            "was not serving",
+        ),
         (
             Persisted {
                 serving: true,
@@ -364,7 +400,13 @@ fn boot_stops_services_when_not_serving_held_or_unclear() {
             match n.poll_output() {
                 Output::Timeout(_) => break,
                 Output::Action(a) if a.kind == ActionKind::StopServices => stopped = true,
-                Output::Event(e) if e.kind == EventKind::StatusChanged { from: Status::Inactive, to: Status::Stopping } => {
+                Output::Event(e)
+                    if e.kind
+                        == EventKind::StatusChanged {
+                            from: Status::Inactive,
+                            to: Status::Stopping,
+                        } =>
+                {
                     reason = e.reason
                 }
                 _ => {}
@@ -428,5 +470,8 @@ fn serving_is_kept_while_services_run() {
         .unwrap();
     run(&mut h, &mut now, Duration::from_secs(1));
     assert!(!h[0].services);
-    assert!(!h[0].node.serving, "stopped: nothing to adopt at the next start");
+    assert!(
+        !h[0].node.serving,
+        "stopped: nothing to adopt at the next start"
+    );
 }

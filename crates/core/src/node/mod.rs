@@ -937,7 +937,9 @@ impl Node {
             return;
         };
         let timeout = match self.leaving {
-            Some(until) => policy.timeout.min(until.saturating_duration_since(self.now)),
+            Some(until) => policy
+                .timeout
+                .min(until.saturating_duration_since(self.now)),
             None => policy.timeout,
         };
         self.drain = Some(Drain {
