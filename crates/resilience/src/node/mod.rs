@@ -44,6 +44,8 @@ pub enum Msg {
     ServiceStates(Vec<ServiceState>),
     /// An event of the runtime's own (replication), for the history.
     Note(&'static str, String),
+    /// The new binary's check of the config before a re-exec (SIGHUP).
+    RestartChecked(Result<(), String>),
 }
 
 /// Resolve a path from the config against the config file's folder.
@@ -362,6 +364,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
     let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     // SIGHUP asked for a re-exec, done once no service action is under way.
     let mut restart_pending = false;
+    let mut restart_checking = false;
     let mut alarm = alarm::Alarm::spawn().context("timer thread")?;
 
     loop {
@@ -445,27 +448,18 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
         }
         if restart_pending && now_inputs.is_empty() && node.is_quiescent() {
             restart_pending = false;
-            let at_ms = unix_ms(SystemTime::now());
-            match restart_check(&exe, config).await {
-                Ok(()) => {
-                    let text = format!(
-                        "restarting the daemon ({}): services left running, adopted by the new process",
-                        exe.display()
-                    );
-                    tracing::info!("{text}");
-                    store.event(at_ms, "restart", &text);
-                    store.flush(Duration::from_secs(2));
-                    let e = reexec(&exe);
-                    let text = format!("restart failed, carrying on: {e}");
-                    tracing::error!("{text}");
-                    store.event(unix_ms(SystemTime::now()), "restart", &text);
-                }
-                Err(e) => {
-                    let text = format!("restart refused, carrying on: {e}");
-                    tracing::error!("{text}");
-                    store.event(at_ms, "restart", &text);
-                }
-            }
+            let text = format!(
+                "restarting the daemon ({}): services left running, adopted by the new process",
+                exe.display()
+            );
+            tracing::info!("{text}");
+            store.event(unix_ms(SystemTime::now()), "restart", &text);
+            // Short: the heartbeats wait meanwhile.
+            store.flush(Duration::from_millis(500));
+            let e = reexec(&exe);
+            let text = format!("restart failed, carrying on: {e}");
+            tracing::error!("{text}");
+            store.event(unix_ms(SystemTime::now()), "restart", &text);
         }
         if !now_inputs.is_empty() {
             for (id, r) in now_inputs {
@@ -542,6 +536,18 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                         let _ = node.handle_input(Input::Arbiter(now, ok));
                     }
                     Msg::ServiceStates(s) => service_states = s,
+                    Msg::RestartChecked(r) => {
+                        restart_checking = false;
+                        match r {
+                            Ok(()) if node.is_leaving() => {}
+                            Ok(()) => restart_pending = true,
+                            Err(e) => {
+                                let text = format!("restart refused, carrying on: {e}");
+                                tracing::error!("{text}");
+                                store.event(unix_ms(SystemTime::now()), "restart", &text);
+                            }
+                        }
+                    }
                     Msg::Note(kind, text) => {
                         let at_ms = unix_ms(SystemTime::now());
                         store.event(at_ms, kind, &text);
@@ -554,9 +560,15 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
             _ = sighup.recv() => {
                 if node.is_leaving() {
                     tracing::warn!("SIGHUP ignored: the daemon is stopping");
-                } else {
-                    tracing::info!("SIGHUP: restarting the daemon once no service action is under way");
-                    restart_pending = true;
+                } else if !restart_checking {
+                    tracing::info!("SIGHUP: checking the binary, then restarting the daemon once no service action is under way");
+                    restart_checking = true;
+                    // Off the loop: the heartbeats go on meanwhile.
+                    let (tx, exe, config) = (tx.clone(), exe.clone(), config.to_owned());
+                    tokio::spawn(async move {
+                        let r = restart_check(&exe, &config).await;
+                        let _ = tx.send(Msg::RestartChecked(r)).await;
+                    });
                 }
             }
             r = &mut api_task => {
