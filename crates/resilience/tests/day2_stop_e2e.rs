@@ -355,3 +355,58 @@ fn sigkill_then_start_within_failover_after_adopts_the_services() {
     assert!(pid_alive(service));
     assert_eq!(starts(&p, MAIN), 1, "the service was restarted");
 }
+
+#[test]
+fn reload_with_a_broken_new_binary_is_refused_and_changes_nothing() {
+    let _serial = serial();
+    let mut p = pair("upgrade-refused");
+    let _services = services_guard(&p);
+    let bin_dir = p.dir.path("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let installed = bin_dir.join("resilience");
+    std::fs::copy(bin(), &installed).unwrap();
+    p.start(STANDBY);
+    let cfg = p.config_path(MAIN);
+    let log = append_log(&p.dir.path("pbx-main.log"));
+    let child = Command::new(&installed)
+        .args(["node", "--config", cfg.to_str().unwrap()])
+        .current_dir(&p.dir.0)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    p.nodes[MAIN] = Some(Proc::from_child("pbx-main", child));
+    assert!(
+        wait_until(Duration::from_secs(10), || p.running(MAIN)),
+        "{}",
+        p.logs()
+    );
+    let service = service_pid(&p, MAIN).unwrap();
+    let daemon = p.nodes[MAIN].as_ref().unwrap().pid();
+    // A "new binary" that cannot start.
+    let staged = bin_dir.join("resilience.new");
+    std::fs::write(&staged, "#!/bin/sh\necho 'cannot start' >&2\nexit 2\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&staged, &installed).unwrap();
+    signal(daemon, "HUP");
+    let main_log = p.dir.path("pbx-main.log");
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(
+            &main_log
+        )
+        .unwrap_or_default()
+        .contains("restart refused")),
+        "{}",
+        p.logs()
+    );
+    let text = std::fs::read_to_string(&main_log).unwrap();
+    assert!(text.contains("cannot start"), "the reason is logged: {text}");
+    assert!(p.nodes[MAIN].as_mut().unwrap().alive());
+    assert_eq!(p.active(MAIN), Some(true));
+    assert_eq!(service_pid(&p, MAIN), Some(service));
+    assert!(pid_alive(service));
+    assert_eq!(starts(&p, MAIN), 1);
+    assert_eq!(p.active(STANDBY), Some(false));
+}
