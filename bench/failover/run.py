@@ -16,6 +16,12 @@ and hides a few milliseconds of real difference; paired phases leave only
 each system's own overhead: the time from "window elapsed since the last
 heartbeat heard" to its services started.
 
+A second table times a graceful stop of the active side: SIGTERM, what
+`systemctl stop` sends. keepalived's master then sends a priority-0 advert
+and the backup takes over after its skew time; a Resilience node sends a
+"leaving" heartbeat, stops its services and says so, and its peer starts.
+Same namespaces, same window, same run order alternating.
+
 Needs root, iproute2 and keepalived (installed with apt-get when missing).
 Usage: python3 bench/failover/run.py [--runs 20]
 """
@@ -172,6 +178,33 @@ def timing(k, t1):
     return (t1 - k["kill"]) * 1000, (t1 - k["last"]) * 1000 - WINDOW_MS, k["late"]
 
 
+def keepalived_stop_run(work, run, log):
+    """SIGTERM to the master (systemctl stop): ms until the backup's notify_master ran."""
+    tag = f"stop{run}"
+    procs = []
+    for me in (0, 1):
+        conf = keepalived_conf(work, me, me, tag)
+        procs.append(spawn(NS[me], ["keepalived", "--dont-fork", "--log-console", "--vrrp", "-f", str(conf),
+                                    "-p", str(work / f"ka-{me}-{tag}.pid"), "-r", str(work / f"ka-{me}-{tag}-vrrp.pid"),
+                                    "-c", str(work / f"ka-{me}-{tag}-chk.pid")], log))
+    if not wait_file(work / f"ka-master-0-{tag}", 10):
+        raise RuntimeError("keepalived master never became master")
+    time.sleep(1.0)
+    t0 = time.time()
+    os.kill(procs[0].pid, signal.SIGTERM)  # `ip netns exec` execs keepalived: same pid
+    ok = wait_file(work / f"ka-master-1-{tag}", 10)
+    try:
+        procs[0].wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        kill_tree(procs[0])
+    kill_tree(procs[1])
+    sh("ip", "-n", NS[1], "addr", "flush", "dev", "rbB", "to", "192.0.2.100/32", check=False)
+    sh("ip", "-n", NS[0], "addr", "flush", "dev", "rbA", "to", "192.0.2.100/32", check=False)
+    if not ok:
+        raise RuntimeError("keepalived backup never took over after the master's stop")
+    return (float((work / f"ka-master-1-{tag}").read_text()) - t0) * 1000
+
+
 # ---- resilience ----------------------------------------------------------
 
 def node_conf(work, me, run):
@@ -228,6 +261,31 @@ def resilience_run(binary, work, run, phase, log):
     return timing(k, t1), rss, detect
 
 
+def resilience_stop_run(binary, work, run, log):
+    """SIGTERM to the active node: ms until the standby's services started,
+    and whether the stopped node exited by itself."""
+    tag = f"stop{run}"
+    procs = []
+    for me in (0, 1):
+        conf = node_conf(work, me, tag)
+        procs.append(spawn(NS[me], [str(binary), "node", "--config", str(conf)], log))
+    if not wait_file(work / f"res-up-main-{tag}", 10):
+        raise RuntimeError("resilience main never became active")
+    time.sleep(1.0)
+    t0 = time.time()
+    os.kill(procs[0].pid, signal.SIGTERM)  # `ip netns exec` execs the node: same pid
+    ok = wait_file(work / f"res-up-standby-{tag}", 10)
+    try:
+        exited = procs[0].wait(timeout=15) == 0
+    except subprocess.TimeoutExpired:
+        kill_tree(procs[0])
+        exited = False
+    kill_tree(procs[1])
+    if not ok:
+        raise RuntimeError("resilience standby never took over after the main's stop")
+    return (float((work / f"res-up-standby-{tag}").read_text()) - t0) * 1000, exited
+
+
 def detection_to_start(binary, work, run):
     """From the standby's own history: the silence verdict to the services up."""
     out = subprocess.run(["ip", "netns", "exec", NS[1], str(binary), "events", "--json", "--limit", "50",
@@ -274,13 +332,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs) and print its path")
+    ap.add_argument("--stop-runs", type=int, default=None, help="graceful-stop runs (default: --runs)")
+    ap.add_argument("--only-stop", action="store_true", help="only the graceful-stop table")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/failover needs root (network namespaces)")
     need("keepalived", "keepalived")
     need("ip", "iproute2")
     sh("cargo", "build", "-q", "--release", "-p", "resilience", cwd=ROOT)
-    binary = ROOT / "target" / "release" / "resilience"
+    binary = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "resilience"
     work = Path(tempfile.mkdtemp(prefix="resbench-"))
     # The node refuses secrets group or others may read, and tokens under 32 characters.
     for name, text in (("cluster.key", "ab" * 32), ("api.token", "bench-token-" + "0" * 32)):
@@ -288,9 +348,21 @@ def main():
         (work / name).chmod(0o600)
     log = open(work / "bench.log", "w")
     ka, res, rss, detect = [], [], None, []  # ka/res: (kill->up, overhead, late) per run
+    ka_stop, res_stop, res_exited = [], [], 0
+    stop_runs = args.runs if args.stop_runs is None else args.stop_runs
     try:
         netns_setup()
-        for run in range(args.runs):
+        for run in range(stop_runs):
+            for first in ((0, 1) if run % 2 == 0 else (1, 0)):
+                if first == 0:
+                    ka_stop.append(keepalived_stop_run(work, run, log))
+                else:
+                    t, exited = resilience_stop_run(binary, work, run, log)
+                    res_stop.append(t)
+                    res_exited += exited
+            print(f"stop run {run + 1:2}/{stop_runs}: keepalived {ka_stop[-1]:6.1f} ms   "
+                  f"resilience {res_stop[-1]:6.1f} ms", flush=True)
+        for run in range(0 if args.only_stop else args.runs):
             phase = random.random() * PHASE_MAX_MS
             # Same phase for both; the order alternates so both see the same load.
             for first in ((0, 1) if run % 2 == 0 else (1, 0)):
@@ -308,6 +380,22 @@ def main():
     finally:
         cleanup()
         log.close()
+    if ka_stop:
+        print()
+        print(f"graceful stop (SIGTERM, as systemctl stop) of the active node -> peer serving, "
+              f"{stop_runs} runs each, same namespaces and window ({WINDOW_MS:.0f} ms)\n")
+        print("| system | what the stopping side does | median ms | p95 ms | max ms |")
+        print("|---|---|---|---|---|")
+        for name, what, xs in (
+                ("keepalived 2.2.7 (VRRPv3)", "priority-0 advert; backup waits its skew time", ka_stop),
+                ("resilience node", "leaving heartbeat, stops its services, Inactive heartbeat", res_stop)):
+            print(f"| {name} | {what} | {statistics.median(xs):.1f} | {pct(xs, 0.95):.1f} | {max(xs):.1f} |")
+        print(f"\nratio resilience / keepalived: median {statistics.median(res_stop) / statistics.median(ka_stop):.3f}; "
+              f"stopped resilience node exited by itself, status 0: {res_exited} of {stop_runs}")
+    if not ka:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     print()
     print(f"SIGKILL of the active node -> standby services started, {args.runs} runs each, "
           f"same window {WINDOW_MS:.0f} ms (heartbeat/advert {INTERVAL_MS} ms), the kill {PHASE_MAX_MS / 2:.0f} ms "

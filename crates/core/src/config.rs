@@ -448,6 +448,11 @@ pub struct DrainSection {
     /// Command that prints the number of active calls.
     #[serde(default)]
     pub active_calls_command: Option<String>,
+    /// Longest drain when the daemon itself is stopped (`systemctl stop`):
+    /// the unit's `TimeoutStopSec` must leave room for it and for stopping
+    /// the services.
+    #[serde(with = "humantime_serde", default = "default_stop_timeout")]
+    pub stop_timeout: Duration,
 }
 
 /// `[arbiters]`: witnesses the Standby must reach before it takes over.
@@ -571,6 +576,9 @@ fn default_true() -> bool {
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(300)
 }
+fn default_stop_timeout() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_drain_poll() -> Duration {
     Duration::from_secs(2)
 }
@@ -630,6 +638,7 @@ impl Default for DrainSection {
             timeout: default_drain_timeout(),
             poll: default_drain_poll(),
             active_calls_command: None,
+            stop_timeout: default_stop_timeout(),
         }
     }
 }

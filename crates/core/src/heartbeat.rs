@@ -12,7 +12,7 @@
 //!  6  mode                   1   0 automatic, 1 manual
 //!  7  status                 1   0 inactive .. 4 stopping
 //!  8  PBX health             1   0 unknown, 1 up, 2 down
-//!  9  flags                  1   see [`Flags`]
+//!  9  flags                  1   see [`Flags`] (want-active, yielding, hears-peer, forced, leaving, adopting)
 //! 10  reserved, zero         2
 //! 12  boot id                8   random, drawn at every start of the sender
 //! 20  sequence               8   grows at every frame within one boot
@@ -147,7 +147,16 @@ impl Flags {
     pub const HEARS_PEER: u8 = 4;
     /// The sender was started by force in manual mode.
     pub const FORCED: u8 = 8;
-    const KNOWN: u8 = 0x0f;
+    /// The sender's daemon is stopping (SIGTERM, `systemctl stop`): it drains,
+    /// stops its services and exits, so its peer need not wait for
+    /// `failover_after` of silence. Sent with [`Flags::YIELDING`].
+    pub const LEAVING: u8 = 16;
+    /// The sender's daemon has just restarted with its services left running
+    /// and will adopt them unless its peer serves: though it reports
+    /// Inactive, its peer must not start on that (a Main would otherwise
+    /// take the service from a Standby whose daemon was only upgraded).
+    pub const ADOPTING: u8 = 32;
+    const KNOWN: u8 = 0x3f;
 
     /// Whether a flag is set.
     pub fn has(self, bit: u8) -> bool {

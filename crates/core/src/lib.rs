@@ -26,6 +26,6 @@ pub mod web_upstreams;
 pub use heartbeat::{ClusterKey, Frame, Reject};
 pub use node::{
     Action, ActionError, ActionId, ActionKind, ActionOutcome, Command, Event, EventKind, Input,
-    InputError, Node, Output, Persisted, Settings, Transmit,
+    InputError, Node, Output, Persisted, ServicesAtBoot, Settings, Transmit,
 };
 pub use types::{Mode, NodeType, PbxHealth, Status};

@@ -1,5 +1,6 @@
 //! Randomized runs: many seeds, each a simulated hour of crashes, reboots
 //! (some with the node's state lost or rolled back to an older backup),
+//! daemon restarts with the services left running, daemon stops (handover),
 //! partitions (one way and both), duplicating/delayed links losing 20% of
 //! frames each way (even seeds) or less (odd seeds), failing services, sick PBXs, silent arbiters and admin
 //! commands, with the invariants checked after every step (and no false
@@ -138,7 +139,7 @@ fn run_seed(seed: u64, hours: f64, log: bool) -> Result<Stats, String> {
                     1 => c.restore_backup(i),
                     _ => {}
                 };
-            match rng.random_range(0..8) {
+            match rng.random_range(0..10) {
                 0 => {
                     c.crash(MAIN);
                     lose_state(&mut c, &mut rng, MAIN);
@@ -174,6 +175,28 @@ fn run_seed(seed: u64, hours: f64, log: bool) -> Result<Stats, String> {
                     let i = rng.random_range(0..2);
                     let n = rng.random_range(1..6);
                     c.fail_starts(i, n);
+                }
+                8 => {
+                    // The daemon alone dies (SIGKILL, a crash, an upgrade's
+                    // re-exec); its services keep running. Back soon (an
+                    // upgrade, systemd's restart) or much later.
+                    let i = rng.random_range(0..2);
+                    c.crash_daemon(i);
+                    let back = if rng.random_bool(0.7) {
+                        secs_f(&mut rng, 0.01, 1.5)
+                    } else {
+                        lasting
+                    };
+                    c.run_for(back)?;
+                    c.boot(i);
+                }
+                9 => {
+                    // systemctl stop: the daemon hands over and exits.
+                    let i = rng.random_range(0..2);
+                    c.stop_daemon(i);
+                    c.run_until(Duration::from_secs(300), |c| !c.hosts[i].alive())?;
+                    c.run_for(lasting)?;
+                    c.boot(i);
                 }
                 6 if timers.arbiters => {
                     c.set_arbiter(STANDBY, false);

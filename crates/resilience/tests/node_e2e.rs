@@ -38,6 +38,18 @@ fn boot_pair(p: &mut Pair) {
     assert!(!p.marker(STANDBY), "standby started services\n{}", p.logs());
 }
 
+/// Start the Main again after a SIGKILL and a failover: the services its
+/// killed daemon left running (as a PBX would keep running) are stopped as
+/// soon as it hears the Standby serving, before anything else happens.
+fn restart_killed_main(p: &mut Pair) {
+    p.start(MAIN);
+    assert!(
+        wait_until(secs(5), || !p.marker(MAIN)),
+        "the main kept the services its killed daemon left running\n{}",
+        p.logs()
+    );
+}
+
 /// SIGKILL the Main; the time until the Standby's services run.
 fn kill_main_and_fail_over(p: &mut Pair) -> Duration {
     let t0 = Instant::now();
@@ -93,7 +105,7 @@ fn sigkill_of_the_main_fails_over_then_immediate_failback() {
     );
     // The Main comes back: the marker it left behind is reconciled away,
     // it waits for the handover, and the two never run together.
-    p.start(MAIN);
+    restart_killed_main(&mut p);
     let ok = never_both(&p, secs(15), |p| {
         p.marker(MAIN) && !p.marker(STANDBY) && p.active(MAIN) == Some(true)
     });
@@ -181,7 +193,7 @@ fn failback_after_the_stable_time() {
     // start returns, the Main may already have heard the Standby for a poll
     // interval.)
     let back = Instant::now();
-    p.start(MAIN);
+    restart_killed_main(&mut p);
     // Waits: still on the Standby after 2 s, and the wait is explained.
     assert!(
         !never_both(&p, secs(2), |p| p.marker(MAIN)),
@@ -214,7 +226,7 @@ fn manual_failback_waits_for_the_admin_and_drains_calls() {
     boot_pair(&mut p);
     kill_main_and_fail_over(&mut p);
     std::fs::write(p.dir.path("pbx-standby.calls"), "2 active calls\n").unwrap();
-    p.start(MAIN);
+    restart_killed_main(&mut p);
     assert!(
         !never_both(&p, secs(3), |p| p.marker(MAIN)),
         "failback without the admin\n{}",

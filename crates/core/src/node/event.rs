@@ -91,6 +91,13 @@ pub enum EventKind {
     DisabledGuard {
         holding: bool,
     },
+    /// A restarted daemon found its services running and waits to hear its
+    /// peer before it adopts them.
+    Adopting,
+    /// The daemon is stopping: the node hands over and stops its services.
+    Leaving,
+    /// Services stopped and the peer told: the daemon may exit.
+    Left,
 }
 
 impl EventKind {
@@ -123,6 +130,9 @@ impl EventKind {
             Switchover => "switchover",
             SwitchoverCancelled => "switchover_cancelled",
             DisabledGuard { .. } => "disabled_guard",
+            Adopting => "adopting",
+            Leaving => "leaving",
+            Left => "left",
         }
     }
 }
@@ -176,6 +186,9 @@ impl fmt::Display for Event {
                 f.write_str("disabled node keeps its services stopped")?
             }
             DisabledGuard { holding: false } => f.write_str("disabled node guard lifted")?,
+            Adopting => f.write_str("services found running")?,
+            Leaving => f.write_str("leaving")?,
+            Left => f.write_str("left")?,
         }
         if !self.reason.is_empty() {
             write!(f, " — {}", self.reason)?;

@@ -25,6 +25,13 @@ pub enum Input<'a> {
     Arbiter(Instant, bool),
     /// The replication generation this node holds (sent to the peer).
     Replication(Instant, u64),
+    /// The daemon is asked to stop (SIGTERM, `systemctl stop`, host
+    /// shutdown): the node tells its peer at once, drains per policy within
+    /// `stop_timeout`, stops its services, and then [`Node::is_done`] says the
+    /// runtime may exit. A stopped node never leaves a PBX running behind it.
+    ///
+    /// [`Node::is_done`]: super::Node::is_done
+    Shutdown(Instant),
 }
 
 impl Input<'_> {
@@ -37,7 +44,8 @@ impl Input<'_> {
             | Input::ActionDone(t, ..)
             | Input::PbxHealth(t, _)
             | Input::Arbiter(t, _)
-            | Input::Replication(t, _) => *t,
+            | Input::Replication(t, _)
+            | Input::Shutdown(t) => *t,
         }
     }
 }
@@ -179,6 +187,23 @@ pub struct Persisted {
     pub starts: u64,
     /// An admin's lasting choice, if any.
     pub admin: Option<AdminChoice>,
+    /// This node had started (or adopted) its services and not stopped them
+    /// since: with services found running at the next start, the node may
+    /// adopt them instead of stopping them (a daemon restart or upgrade).
+    pub serving: bool,
+}
+
+/// What the runtime saw of the services just before the node started (each
+/// service's status command or unit state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServicesAtBoot {
+    /// Every service says it is stopped.
+    Stopped,
+    /// Every service says it runs.
+    Running,
+    /// Some run and some do not, or a state is not clear (no status
+    /// command, a unit still activating): they may run.
+    Unclear,
 }
 
 /// When the returning Main takes the service back.
@@ -222,6 +247,9 @@ pub struct Settings {
     pub fault_hold: Duration,
     /// Main: data to bring home before failback (`keep_on_failback`).
     pub failback_data: Option<DataGate>,
+    /// Longest drain when the daemon is stopped (kept below the unit's
+    /// `TimeoutStopSec` with room to stop the services).
+    pub stop_timeout: Duration,
     pub key: ClusterKey,
 }
 
@@ -274,6 +302,7 @@ impl Settings {
                     wait: c.failback.data_wait,
                     on_failure: c.failback.on_data_failure,
                 }),
+            stop_timeout: c.drain.stop_timeout,
             key,
         }
     }

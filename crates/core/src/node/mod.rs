@@ -24,11 +24,16 @@
 //!   that hands over so yields until the next switchover.
 //! - **Disabled nodes** (`guard.rs`): serve alone, but not while a Main or
 //!   Standby of their cluster is heard.
+//! - **Stop and restart** (`lifecycle.rs`): a stopping daemon hands over
+//!   (tells its peer, drains, stops its services); a restarted one adopts the
+//!   services it left running when its facts and its peer agree that it is
+//!   the one serving, and stops them otherwise.
 
 mod data;
 mod event;
 mod guard;
 mod io;
+mod lifecycle;
 mod peer;
 mod switchover;
 
@@ -36,7 +41,7 @@ pub use event::{Event, EventKind};
 pub use io::{
     Action, ActionError, ActionId, ActionKind, ActionOutcome, AdminChoice, Command,
     DataFailurePolicy, DataGate, DrainPolicy, FailbackPolicy, Input, InputError, Output, Persisted,
-    Settings, Transmit,
+    ServicesAtBoot, Settings, Transmit,
 };
 
 use crate::config::SplitBrainPolicy;
@@ -194,6 +199,15 @@ pub struct Node {
     switch: switchover::Switch,
     /// A disabled node's watch for pair members (see `guard.rs`).
     guard: guard::Guard,
+    /// Services started or adopted and not stopped since (persisted).
+    serving: bool,
+    /// The daemon is stopping: the drain may last until this time.
+    leaving: Option<Instant>,
+    /// Stopping is over: services stopped, the peer told; the runtime may exit.
+    left: bool,
+    /// Services found running at boot, to adopt unless the peer serves: the
+    /// wait for the peer ends at this time.
+    adopt_until: Option<Instant>,
 }
 
 impl Node {
@@ -203,6 +217,19 @@ impl Node {
     /// getrandom; the simulator's seeded generator). Nothing persisted is
     /// needed for the peer to accept the node again.
     pub fn new(settings: Settings, persisted: Persisted, boot_id: u64, now: Instant) -> Node {
+        Node::boot(settings, persisted, ServicesAtBoot::Stopped, boot_id, now)
+    }
+
+    /// [`Node::new`] with what the runtime saw of the services before the
+    /// start: the node adopts services left running, or stops them (see
+    /// `lifecycle.rs` for the rule).
+    pub fn boot(
+        settings: Settings,
+        persisted: Persisted,
+        services: ServicesAtBoot,
+        boot_id: u64,
+        now: Instant,
+    ) -> Node {
         let peer = Peer::new(boot_id);
         let mut node = Node {
             now,
@@ -257,6 +284,10 @@ impl Node {
             rejected: [0; Reject::ALL.len()],
             switch: Default::default(),
             guard: Default::default(),
+            serving: persisted.serving,
+            leaving: None,
+            left: false,
+            adopt_until: None,
             s: settings,
         };
         // Automatic mode keeps only the admin's Stop; a Start there means
@@ -281,6 +312,7 @@ impl Node {
             },
             format!("restored from persisted facts{held}"),
         );
+        node.reconcile_at_boot(services);
         node.decide();
         node
     }
@@ -308,6 +340,10 @@ impl Node {
             }
             Input::Replication(_, generation) => {
                 self.replication = generation;
+                Ok(())
+            }
+            Input::Shutdown(_) => {
+                self.handle_shutdown();
                 Ok(())
             }
         };
@@ -349,6 +385,7 @@ impl Node {
                 self.admin,
                 Some(AdminChoice::Stop | AdminChoice::SwitchedAway)
             )
+            || self.leaving.is_some()
     }
 
     /// A picture of the node for the API and the dashboard.
@@ -509,6 +546,7 @@ impl Node {
                     e.to_string(),
                 );
                 let aborted = self.stop_after_start.take().is_some();
+                self.set_serving(false);
                 self.set_status(Status::Inactive, format!("services failed to start: {e}"));
                 if aborted {
                     // It was to be stopped anyway.
@@ -526,6 +564,7 @@ impl Node {
             }
             (ServiceOp::Stop, Ok(_)) => {
                 self.calls = None;
+                self.set_serving(false);
                 let why = format!("services stopped ({})", self.reason);
                 self.set_status(Status::Inactive, why);
             }
@@ -704,7 +743,22 @@ impl Node {
                 self.event(EventKind::FaultCleared, "fault hold elapsed".into());
             }
         }
-        self.switchover_tick();
+        if self.leaving.is_some() {
+            self.decide_leaving();
+        } else if self.adopt_until.is_some() {
+            self.decide_adoption();
+        } else {
+            self.switchover_tick();
+            self.decide_by_mode();
+        }
+        self.update_failback_request();
+        self.retry_pending_stop();
+        if self.s.node_type != NodeType::Disabled && now >= self.next_heartbeat {
+            self.send_heartbeat();
+        }
+    }
+
+    fn decide_by_mode(&mut self) {
         match (self.s.node_type, self.s.mode) {
             (NodeType::Disabled, _) => self.decide_disabled(),
             (_, Mode::Manual) => {
@@ -712,11 +766,6 @@ impl Node {
                 self.decide_wanted(want, "an admin started services (manual mode)");
             }
             (_, Mode::Automatic) => self.decide_automatic(),
-        }
-        self.update_failback_request();
-        self.retry_pending_stop();
-        if self.s.node_type != NodeType::Disabled && now >= self.next_heartbeat {
-            self.send_heartbeat();
         }
     }
 
@@ -824,7 +873,11 @@ impl Node {
             (NodeType::Main, Some(f)) => {
                 // Switched away, the Main leaves the service to a Standby
                 // that does not yield (it takes it on the "main yields" rule).
+                // A Standby adopting the services its restarted daemon left
+                // running reports Inactive but serves: never start on that.
+                let adopting = f.flags.has(Flags::ADOPTING);
                 let ready = f.status == Status::Inactive
+                    && !adopting
                     && f.flags.has(Flags::HEARS_PEER)
                     && ((self.fault.is_none() && !self.switched_away())
                         || f.flags.has(Flags::YIELDING));
@@ -832,8 +885,14 @@ impl Node {
                 // by itself if it could; when it has not, someone must serve.
                 let deaf_for = self.peer.deaf_since().map(|t| self.now - t);
                 let deaf = f.status == Status::Inactive
+                    && !adopting
                     && deaf_for.is_some_and(|d| d >= self.s.failover_after + self.s.startup_wait);
-                if ready {
+                if ready && f.flags.has(Flags::LEAVING) {
+                    Some(format!(
+                        "standby {} is leaving (its daemon is stopping) and has stopped its services",
+                        self.peer_label()
+                    ))
+                } else if ready {
                     Some(format!("standby {} is inactive", self.peer_label()))
                 } else if deaf {
                     Some(format!(
@@ -858,10 +917,17 @@ impl Node {
                     && f.flags.has(Flags::HEARS_PEER)
                     && self.fault.is_none();
                 yields.then(|| {
-                    format!(
-                        "main {} yields (stopped or switched over by an admin, or faulted)",
-                        self.peer_label()
-                    )
+                    if f.flags.has(Flags::LEAVING) {
+                        format!(
+                            "main {} is leaving (its daemon is stopping) and has stopped its services",
+                            self.peer_label()
+                        )
+                    } else {
+                        format!(
+                            "main {} yields (stopped or switched over by an admin, or faulted)",
+                            self.peer_label()
+                        )
+                    }
                 })
             }
             (_, None) => {
@@ -936,8 +1002,14 @@ impl Node {
             self.begin_stop(format!("{why}; no drain configured"));
             return;
         };
+        let timeout = match self.leaving {
+            Some(until) => policy
+                .timeout
+                .min(until.saturating_duration_since(self.now)),
+            None => policy.timeout,
+        };
         self.drain = Some(Drain {
-            deadline: self.now + policy.timeout,
+            deadline: self.now + timeout,
             next_poll: self.now,
             query: None,
         });
@@ -946,7 +1018,7 @@ impl Node {
             EventKind::DrainStarted,
             format!(
                 "{why}; waiting up to {} for active calls to end",
-                human(policy.timeout)
+                human(timeout)
             ),
         );
         self.set_status(Status::Draining, why);
@@ -954,7 +1026,7 @@ impl Node {
     }
 
     fn continue_drain(&mut self) {
-        if self.handover_request().is_none() {
+        if self.leaving.is_none() && self.handover_request().is_none() {
             self.drain = None;
             self.event(
                 EventKind::DrainCancelled,
@@ -1036,6 +1108,8 @@ impl Node {
             && self.status == Status::Inactive
             && self.admin.is_none_or(|a| a == AdminChoice::Start)
             && self.fault.is_none()
+            && self.leaving.is_none()
+            && self.adopt_until.is_none()
             && self.peer_frame().is_some_and(|f| f.status.claims());
         if !eligible {
             return (false, None);
@@ -1094,6 +1168,7 @@ impl Node {
         // whatever may still run), and its next start takes an epoch above
         // its peer's. A failed write is an event.
         let id = self.action(ActionKind::StartServices);
+        self.serving = true;
         self.persist();
         self.service_op = Some((id, ServiceOp::Start));
         self.set_status(Status::Starting, why);
@@ -1248,6 +1323,12 @@ impl Node {
         if self.forced {
             flags |= Flags::FORCED;
         }
+        if self.leaving.is_some() {
+            flags |= Flags::LEAVING;
+        }
+        if self.adopt_until.is_some() {
+            flags |= Flags::ADOPTING;
+        }
         self.seq += 1;
         let f = &mut self.outgoing;
         f.node_type = self.s.node_type;
@@ -1286,6 +1367,7 @@ impl Node {
             epoch: self.epoch,
             starts: self.starts,
             admin: self.admin,
+            serving: self.serving,
         };
         let id = self.action(ActionKind::Persist(facts));
         self.persist_ids.push(id);
@@ -1328,6 +1410,7 @@ impl Node {
             self.pbx_down_since.map(|t| t + self.s.failover_after),
             self.drain.as_ref().map(|d| d.deadline),
             self.drain.as_ref().map(|d| d.next_poll),
+            self.adopt_until,
             stable,
             self.switchover_deadline(),
             self.guard_deadline(),

@@ -19,6 +19,7 @@ pub(super) fn settings(name: &str, peer: &str, node_type: NodeType, mode: Mode) 
         retry_delay: Duration::from_secs(1),
         fault_hold: Duration::from_secs(60),
         failback_data: None,
+        stop_timeout: Duration::from_secs(60),
         key: crate::ClusterKey::new(&[1; 32]).unwrap(),
     }
 }
@@ -40,6 +41,7 @@ fn boot_persists_a_new_boot_id_and_logs_it() {
         epoch: 7,
         starts: 4,
         admin: None,
+        serving: false,
     };
     let mut n = Node::new(
         settings("a", "b", NodeType::Standby, Mode::Automatic),

@@ -16,7 +16,7 @@ use resilience_core::config::SplitBrainPolicy;
 use resilience_core::node::{AdminChoice, DataGate, DrainPolicy, FailbackPolicy};
 use resilience_core::{
     Action, ActionId, ActionKind, ActionOutcome, ClusterKey, Command, EventKind, Input, InputError,
-    Mode, Node, NodeType, Output, PbxHealth, Persisted, Settings, Status,
+    Mode, Node, NodeType, Output, PbxHealth, Persisted, ServicesAtBoot, Settings, Status,
 };
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -96,6 +96,7 @@ pub fn settings(i: usize, t: &Timers) -> Settings {
         retry_delay: t.retry_delay,
         fault_hold: t.fault_hold,
         failback_data: t.failback_data.filter(|_| i == MAIN),
+        stop_timeout: Duration::from_secs(60),
         key: ClusterKey::new(b"simulated cluster key, 32 bytes!").expect("key"),
     }
 }
@@ -160,6 +161,10 @@ pub struct Host {
     pub starts: u32,
     /// The last status seen by the checker, and since when.
     seen: Option<(Status, Instant)>,
+    /// Service starts ordered (since the simulation began).
+    pub service_starts: u32,
+    /// Service stops ordered (since the simulation began).
+    pub service_stops: u32,
 }
 
 impl Host {
@@ -254,6 +259,8 @@ pub struct Cluster {
     /// When the last outage of the Main ended (a decision taken just after
     /// a heal may still be the outage's).
     outage_ended: Option<Instant>,
+    /// A violation seen while handing out outputs, reported by the next check.
+    violation: Option<String>,
 }
 
 const LOG_KEEP: usize = 400;
@@ -279,6 +286,7 @@ impl Cluster {
             none_active_since: None,
             outage_activations: 0,
             outage_ended: None,
+            violation: None,
             timers: timers.clone(),
         };
         for i in 0..2 {
@@ -306,6 +314,8 @@ impl Cluster {
                 activations: 0,
                 starts: 0,
                 seen: None,
+                service_starts: 0,
+                service_stops: 0,
             });
         }
         c
@@ -347,7 +357,19 @@ impl Cluster {
         }
         h.generation += 1;
         h.boot_id = self.rng.random();
-        h.node = Some(Node::new(h.settings.clone(), h.disk, h.boot_id, self.now));
+        // The runtime reports what runs: services a daemon crash left behind.
+        let seen = if h.services {
+            ServicesAtBoot::Running
+        } else {
+            ServicesAtBoot::Stopped
+        };
+        h.node = Some(Node::boot(
+            h.settings.clone(),
+            h.disk,
+            seen,
+            h.boot_id,
+            self.now,
+        ));
         h.deadline = None;
         h.reported_pbx = None;
         h.reported_arbiter = None;
@@ -394,6 +416,56 @@ impl Cluster {
         h.deadline = None;
         self.disturbed_at = self.now;
         self.note(format!("== crash {}", NAMES[i]));
+        self.update_outage();
+    }
+
+    /// The daemon dies (SIGKILL, a crash) and its services keep running;
+    /// an action it had under way never reports.
+    pub fn crash_daemon(&mut self, i: usize) {
+        let h = &mut self.hosts[i];
+        if h.node.take().is_none() {
+            return;
+        }
+        h.deadline = None;
+        self.disturbed_at = self.now;
+        let services = h.services;
+        self.note(format!(
+            "== daemon of {} killed (services {})",
+            NAMES[i],
+            if services { "left running" } else { "stopped" }
+        ));
+        self.update_outage();
+    }
+
+    /// The daemon is asked to stop (SIGTERM): it hands over and exits once
+    /// the core says it is done (see `step`).
+    pub fn stop_daemon(&mut self, i: usize) {
+        let now = self.now;
+        let Some(n) = self.hosts[i].node.as_mut() else {
+            return;
+        };
+        let _ = n.handle_input(Input::Shutdown(now));
+        self.note(format!("== SIGTERM to the daemon of {}", NAMES[i]));
+        self.drain_outputs(i);
+        self.reap(i);
+    }
+
+    /// A stopped daemon that is done exits; it must leave no services.
+    fn reap(&mut self, i: usize) {
+        let h = &mut self.hosts[i];
+        if !h.node.as_ref().is_some_and(|n| n.is_done()) {
+            return;
+        }
+        h.node = None;
+        h.deadline = None;
+        if h.services && self.violation.is_none() {
+            self.violation = Some(format!(
+                "the daemon of {} exited with its services running",
+                NAMES[i]
+            ));
+        }
+        self.disturbed_at = self.now;
+        self.note(format!("== daemon of {} exited", NAMES[i]));
         self.update_outage();
     }
 
@@ -530,6 +602,7 @@ impl Cluster {
         }
         for i in 0..2 {
             self.sync_probes(i);
+            self.reap(i);
         }
         self.check_invariants()
     }
@@ -718,10 +791,22 @@ impl Cluster {
                     let h = &mut self.hosts[i];
                     let latency = match kind {
                         ActionKind::StartServices => {
+                            // A restarted daemon adopts what runs; it never
+                            // starts services again over running ones.
+                            if h.services && self.violation.is_none() {
+                                self.violation = Some(format!(
+                                    "{} started its services while they were running",
+                                    NAMES[i]
+                                ));
+                            }
                             h.services = true;
+                            h.service_starts += 1;
                             h.start_latency
                         }
-                        ActionKind::StopServices => h.stop_latency,
+                        ActionKind::StopServices => {
+                            h.service_stops += 1;
+                            h.stop_latency
+                        }
                         ActionKind::CountActiveCalls => Duration::from_millis(20),
                         ActionKind::Persist(_) => Duration::from_millis(1),
                         ActionKind::FetchFailbackData => h.fetch_latency,
@@ -805,6 +890,9 @@ impl Cluster {
     fn check_invariants(&mut self) -> Result<(), String> {
         if !self.check {
             return Ok(());
+        }
+        if let Some(v) = self.violation.take() {
+            return Err(v);
         }
         let now = self.now;
         // Never Active without services.

@@ -18,7 +18,7 @@ use resilience_core::config::NodeConfig;
 use resilience_core::node::{AdminChoice, EventKind, Snapshot};
 use resilience_core::{
     Action, ActionError, ActionId, ActionKind, ActionOutcome, ClusterKey, Command, Event, Input,
-    InputError, Mode, Node, NodeType, Output, PbxHealth, Settings, Status,
+    InputError, Node, NodeType, Output, PbxHealth, ServicesAtBoot, Settings, Status,
 };
 use serde_json::json;
 use std::net::SocketAddr;
@@ -44,6 +44,8 @@ pub enum Msg {
     ServiceStates(Vec<ServiceState>),
     /// An event of the runtime's own (replication), for the history.
     Note(&'static str, String),
+    /// The new binary's check of the config before a re-exec (SIGHUP).
+    RestartChecked(Result<(), String>),
 }
 
 /// Resolve a path from the config against the config file's folder.
@@ -227,29 +229,31 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
     }
     let pbx_settings = Arc::new(serde_json::to_value(&pbx_settings).unwrap_or_default());
 
-    // Reconcile: what runs must match what is decided. The core starts
-    // Inactive; unless it will start at once, services that run, or may run
-    // (no status command, a unit still activating), are stopped: a Standby
-    // that rebooted while Inactive keeps its PBX stopped, and a daemon that
-    // died just after starting services leaves none running behind it.
-    let starts_at_once = cfg.node.node_type == NodeType::Disabled
-        || (cfg.node.mode == Mode::Manual && persisted.admin == Some(AdminChoice::Start));
-    if !starts_at_once {
-        let states = services.states().await;
-        let running: Vec<_> = states
-            .iter()
-            .filter(|s| s.running != Some(false))
-            .map(|s| s.name.clone())
-            .collect();
-        if !running.is_empty() {
-            tracing::warn!(
-                "reconcile: services {running:?} run or may run (no clear state) while this node starts inactive; stopping them"
-            );
-            if let Err(e) = services.stop_all().await {
-                tracing::error!("reconcile: {e}");
-            }
-        }
+    // What runs now: the core decides whether to adopt it (a restart or an
+    // upgrade of this daemon while it served) or to stop it (see the core's
+    // `node/lifecycle.rs`).
+    let (seen_at_boot, states) = services.observe().await;
+    if seen_at_boot != ServicesAtBoot::Stopped {
+        tracing::info!(
+            "services at start: {}",
+            states
+                .iter()
+                .map(|s| format!(
+                    "{} {}",
+                    s.name,
+                    match s.running {
+                        Some(true) => "running",
+                        Some(false) => "stopped",
+                        None => "unclear",
+                    }
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
+    // The binary to run again on SIGHUP: its path now, before an upgrade
+    // replaces the file (/proc/self/exe would then name the old, deleted one).
+    let exe = std::env::current_exe().context("path of this binary")?;
 
     spawn_probes(&cfg, &base, tx.clone());
 
@@ -350,14 +354,20 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
     // A random boot id per start: the peer confirms it by a challenge echo,
     // so nothing on this node's disk is needed for it to be heard again.
     let boot_id = getrandom::u64().map_err(|e| anyhow::anyhow!("random boot id: {e}"))?;
-    let mut node = Node::new(settings, persisted, boot_id, Instant::now());
+    let mut node = Node::boot(settings, persisted, seen_at_boot, boot_id, Instant::now());
     let mut counters = Counters::default();
     let mut service_states: Vec<ServiceState> = Vec::new();
     let peer_addrs = node.settings().peer_addrs.clone();
     let calls_cmd = cfg.drain.active_calls_command.clone();
     let mut last_peer: Option<&'static str> = None;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    let mut shutdown = std::pin::pin!(shutdown_signal());
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    // SIGHUP asked for a re-exec, done once no service action is under way.
+    let mut restart_pending = false;
+    let mut restart_checking = false;
     let mut alarm = alarm::Alarm::spawn().context("timer thread")?;
 
     loop {
@@ -445,6 +455,29 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
         for e in &events {
             record_event(e, &store, &events_tx, &wall);
         }
+        if node.is_done() {
+            // Services stopped and the peer told (the frames went above).
+            if !store.flush(Duration::from_secs(2)) {
+                tracing::warn!("the state database did not confirm its last writes");
+            }
+            tracing::info!("daemon stopped");
+            break;
+        }
+        if restart_pending && now_inputs.is_empty() && node.is_quiescent() {
+            restart_pending = false;
+            let text = format!(
+                "restarting the daemon ({}): services left running, adopted by the new process",
+                exe.display()
+            );
+            tracing::info!("{text}");
+            store.event(unix_ms(SystemTime::now()), "restart", &text);
+            // Short: the heartbeats wait meanwhile.
+            store.flush(Duration::from_millis(500));
+            let e = reexec(&exe);
+            let text = format!("restart failed, carrying on: {e}");
+            tracing::error!("{text}");
+            store.event(unix_ms(SystemTime::now()), "restart", &text);
+        }
         if !now_inputs.is_empty() {
             for (id, r) in now_inputs {
                 let _ = node.handle_input(Input::ActionDone(Instant::now(), id, r));
@@ -520,6 +553,18 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                         let _ = node.handle_input(Input::Arbiter(now, ok));
                     }
                     Msg::ServiceStates(s) => service_states = s,
+                    Msg::RestartChecked(r) => {
+                        restart_checking = false;
+                        match r {
+                            Ok(()) if node.is_leaving() => {}
+                            Ok(()) => restart_pending = true,
+                            Err(e) => {
+                                let text = format!("restart refused, carrying on: {e}");
+                                tracing::error!("{text}");
+                                store.event(unix_ms(SystemTime::now()), "restart", &text);
+                            }
+                        }
+                    }
                     Msg::Note(kind, text) => {
                         let at_ms = unix_ms(SystemTime::now());
                         store.event(at_ms, kind, &text);
@@ -527,9 +572,21 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                     }
                 }
             }
-            _ = &mut shutdown => {
-                tracing::info!("stopping the daemon (services are left as they are)");
-                break;
+            _ = sigterm.recv() => stop_signal(&mut node, "SIGTERM")?,
+            _ = sigint.recv() => stop_signal(&mut node, "SIGINT")?,
+            _ = sighup.recv() => {
+                if node.is_leaving() {
+                    tracing::warn!("SIGHUP ignored: the daemon is stopping");
+                } else if !restart_checking {
+                    tracing::info!("SIGHUP: checking the binary, then restarting the daemon once no service action is under way");
+                    restart_checking = true;
+                    // Off the loop: the heartbeats go on meanwhile.
+                    let (tx, exe, config) = (tx.clone(), exe.clone(), config.to_owned());
+                    tokio::spawn(async move {
+                        let r = restart_check(&exe, &config).await;
+                        let _ = tx.send(Msg::RestartChecked(r)).await;
+                    });
+                }
             }
             r = &mut api_task => {
                 // The API is how admins and followers see the node: without
@@ -546,6 +603,56 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
     api_task.abort();
     drop(watchers);
     Ok(())
+}
+
+/// SIGTERM/SIGINT: hand over, stop services, then exit (the loop breaks
+/// once the core is done). A second one exits at once.
+fn stop_signal(node: &mut Node, name: &str) -> anyhow::Result<()> {
+    if node.is_leaving() {
+        anyhow::bail!("{name} again while stopping: exiting now; services may be left running");
+    }
+    tracing::info!("{name}: stopping the daemon: handing over, then stopping services");
+    let _ = node.handle_input(Input::Shutdown(Instant::now()));
+    Ok(())
+}
+
+/// The new binary must accept the config before this process becomes it:
+/// a binary that cannot start would leave the services without a daemon.
+async fn restart_check(exe: &Path, config: &Path) -> Result<(), String> {
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(exe)
+            .arg("check-config")
+            .arg(config)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| format!("`{} check-config` did not answer within 20s", exe.display()))?
+    .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let out_text = String::from_utf8_lossy(&out.stdout);
+        Err(format!(
+            "`{} check-config {}` failed: {}",
+            exe.display(),
+            config.display(),
+            format!("{} {}", out_text.trim(), err.trim()).trim()
+        ))
+    }
+}
+
+/// Become the binary at `exe` (the new one after an upgrade), same PID and
+/// arguments, as nginx upgrades itself. Descriptors are close-on-exec, so
+/// the new process binds its sockets again. Returns only on failure.
+fn reexec(exe: &Path) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .exec()
 }
 
 fn accepted_message(node: &Node, cmd: Command) -> String {

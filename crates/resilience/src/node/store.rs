@@ -165,6 +165,7 @@ impl Store {
             epoch: num("epoch")?,
             starts: num("boot")?,
             admin,
+            serving: self.fact("serving")?.as_deref() == Some("1"),
         })
     }
 
@@ -183,6 +184,7 @@ impl Store {
             ("epoch", p.epoch.to_string()),
             ("boot", p.starts.to_string()),
             ("admin", admin.to_string()),
+            ("serving", if p.serving { "1" } else { "0" }.to_string()),
         ] {
             tx.execute(
                 "INSERT INTO facts (key, value) VALUES (?1, ?2)
@@ -278,6 +280,7 @@ mod tests {
             epoch: 9,
             starts: 3,
             admin: Some(AdminChoice::Stop),
+            serving: true,
         };
         s.save_facts(&p).unwrap();
         drop(s);

@@ -29,6 +29,8 @@ enum Job {
     Facts(ActionId, Persisted),
     Events(EventsPage, oneshot::Sender<Vec<StoredEvent>>),
     StateEvents(i64, oneshot::Sender<Vec<StoredEvent>>),
+    /// Answered once every job before it is done.
+    Flush(mpsc::Sender<()>),
 }
 
 /// The loop's handle on the store's thread; the thread ends when this is
@@ -67,6 +69,9 @@ impl StoreThread {
                         }
                         Job::StateEvents(since, reply) => {
                             let _ = reply.send(store.state_events(since).unwrap_or_default());
+                        }
+                        Job::Flush(reply) => {
+                            let _ = reply.send(());
                         }
                     }
                 }
@@ -112,6 +117,17 @@ impl StoreThread {
         let _ = self.jobs.try_send(Job::StateEvents(since_ms, reply));
     }
 
+    /// Wait (at most `timeout`) until what was queued before is on disk: the
+    /// daemon calls it before it exits or re-executes itself. Whether it
+    /// finished in time.
+    pub fn flush(&self, timeout: std::time::Duration) -> bool {
+        let (tx, rx) = mpsc::channel();
+        if self.jobs.try_send(Job::Flush(tx)).is_err() {
+            return false;
+        }
+        rx.recv_timeout(timeout).is_ok()
+    }
+
     /// History lines dropped because the disk was behind.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -136,6 +152,7 @@ mod tests {
             epoch: 7,
             starts: 3,
             admin: None,
+            serving: false,
         };
         st.facts(ActionId(9), facts).unwrap();
         match rx.recv().await {

@@ -160,6 +160,28 @@ impl Services {
         (lines, r)
     }
 
+    /// What runs, for the core's boot rule: every service clearly running,
+    /// every one clearly stopped, or anything else (a unit activating, a
+    /// service without a status command: it may run).
+    pub async fn observe(&self) -> (resilience_core::ServicesAtBoot, Vec<ServiceState>) {
+        use resilience_core::ServicesAtBoot;
+        let mut states = Vec::with_capacity(self.list.len());
+        for s in &self.list {
+            states.push(ServiceState {
+                name: s.name.clone(),
+                running: running(&self.dir, s).await,
+            });
+        }
+        let seen = if states.iter().all(|s| s.running == Some(false)) {
+            ServicesAtBoot::Stopped
+        } else if states.iter().all(|s| s.running == Some(true)) {
+            ServicesAtBoot::Running
+        } else {
+            ServicesAtBoot::Unclear
+        };
+        (seen, states)
+    }
+
     /// Ask each service whether it runs.
     pub async fn states(&self) -> Vec<ServiceState> {
         let mut out = Vec::with_capacity(self.list.len());

@@ -1,0 +1,231 @@
+//! The daemon's own life: what a node does when its daemon stops, and what
+//! a restarted daemon does with the services it finds running.
+//!
+//! - **Stop = handover.** On [`Input::Shutdown`] the node sets `LEAVING`
+//!   (with `YIELDING`) in a heartbeat sent at once, drains per policy (at
+//!   most `stop_timeout`), stops its services, reports Inactive in a few
+//!   frames and is then [done](Node::is_done). Its peer starts on that frame
+//!   by the "peer yields" rules (a Standby: Main Inactive and yielding; a
+//!   Main: Standby Inactive), not after `failover_after` of silence. Every
+//!   mode stops its services: a stopped daemon never leaves a PBX running.
+//! - **Restart = nothing happens.** At boot the runtime reports what runs
+//!   ([`ServicesAtBoot`]). Services that all run, on a node whose persisted
+//!   facts say it was serving, are adopted, not restarted, once the peer is
+//!   heard not claiming the service or is not heard within the boot wait
+//!   (a quarter of `failover_after`, so the peer, which hears a new boot
+//!   after one heartbeat each way, never sees this node silent long enough
+//!   to fail over). Meanwhile the node reports Inactive with `ADOPTING`, on
+//!   which a Main never starts. A claiming peer, an admin's hold, facts that
+//!   say the node was not serving, or services in an unclear state: the
+//!   services are stopped, as at any boot. The same rule covers an upgrade
+//!   (re-exec of the new binary) and a daemon crash.
+
+use super::*;
+
+impl Node {
+    /// The runtime may exit: the daemon was asked to stop, the services are
+    /// stopped and the peer was told.
+    pub fn is_done(&self) -> bool {
+        self.left
+    }
+
+    /// Whether the daemon is stopping (after [`Input::Shutdown`]).
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.is_some()
+    }
+
+    /// No service action in flight and no transition under way: the daemon
+    /// may re-exec itself (an upgrade) without leaving anything half done.
+    pub fn is_quiescent(&self) -> bool {
+        self.service_op.is_none()
+            && self.leaving.is_none()
+            && self.adopt_until.is_none()
+            && matches!(self.status, Status::Inactive | Status::Active)
+    }
+
+    /// How long a restarted node waits to hear its peer before it adopts
+    /// services left running: well below the peer's `failover_after`.
+    pub fn boot_wait(&self) -> Duration {
+        self.s.failover_after / 4
+    }
+
+    pub(super) fn set_serving(&mut self, serving: bool) {
+        if self.serving != serving {
+            self.serving = serving;
+            self.persist();
+        }
+    }
+
+    /// The boot rule: adopt, stop, or leave to the usual rules.
+    pub(super) fn reconcile_at_boot(&mut self, services: ServicesAtBoot) {
+        // Nodes that start at once whatever the peer does.
+        let wanted_now = self.s.node_type == NodeType::Disabled
+            || (self.s.mode == Mode::Manual && self.admin == Some(AdminChoice::Start));
+        match services {
+            ServicesAtBoot::Stopped => {
+                if self.serving {
+                    // Was serving, nothing runs now: a host reboot, or the
+                    // services died with the daemon.
+                    self.set_serving(false);
+                }
+            }
+            ServicesAtBoot::Running if wanted_now => {
+                self.adopt("services found running".into());
+            }
+            // Starts at once anyway (as before: the start runs again).
+            ServicesAtBoot::Unclear if wanted_now => {}
+            ServicesAtBoot::Running
+                if self.s.mode == Mode::Automatic
+                    && self.serving
+                    && self.admin != Some(AdminChoice::Stop) =>
+            {
+                let wait = self.boot_wait();
+                self.adopt_until = Some(self.now + wait);
+                self.event(
+                    EventKind::Adopting,
+                    format!(
+                        "services left running by this node's last run, which was serving: adopting them unless {} serves (waiting up to {} to hear it)",
+                        self.peer_label(),
+                        human(wait)
+                    ),
+                );
+            }
+            ServicesAtBoot::Running | ServicesAtBoot::Unclear => {
+                let what = if services == ServicesAtBoot::Running {
+                    "services run"
+                } else {
+                    "services run or may run (no clear state)"
+                };
+                let why = if self.admin == Some(AdminChoice::Stop) {
+                    "an admin had stopped services"
+                } else if !self.serving {
+                    "this node was not serving when its daemon last ran"
+                } else {
+                    "this node starts inactive"
+                };
+                self.stop_left_running(format!("{what} while {why}: stopping them"));
+            }
+        }
+    }
+
+    /// While adopting: adopt when the peer is heard not claiming the service
+    /// or the boot wait ends; stop when the peer claims it.
+    pub(super) fn decide_adoption(&mut self) {
+        let Some(until) = self.adopt_until else {
+            return;
+        };
+        let peer = self.peer_label().to_owned();
+        match self.peer_frame() {
+            Some(f) if f.status.occupies() => {
+                let why = format!(
+                    "{peer} is {} (epoch {}): stopping the services this node left running",
+                    f.status, f.epoch
+                );
+                self.adopt_until = None;
+                self.stop_left_running(why);
+            }
+            Some(f) => {
+                let why = format!("{peer} is {}", f.status);
+                self.adopt_until = None;
+                self.adopt(why);
+            }
+            None if self.now >= until => {
+                let why = format!("{peer} not heard within {}", human(self.boot_wait()));
+                self.adopt_until = None;
+                self.adopt(why);
+            }
+            None => {}
+        }
+    }
+
+    /// Take services that run as this node's own, without touching them.
+    fn adopt(&mut self, why: String) {
+        let peer_epoch = self.peer.frame().map_or(0, |f| f.epoch);
+        if peer_epoch >= self.epoch {
+            self.epoch = peer_epoch + 1;
+        }
+        self.serving = true;
+        self.persist();
+        self.set_status(
+            Status::Active,
+            format!("adopted the services left running, not restarted ({why})"),
+        );
+    }
+
+    /// Stop services that run while the node is Inactive.
+    fn stop_left_running(&mut self, why: String) {
+        self.retry_at = None;
+        let id = self.action(ActionKind::StopServices);
+        self.service_op = Some((id, ServiceOp::Stop));
+        self.set_status(Status::Stopping, why);
+    }
+
+    pub(super) fn handle_shutdown(&mut self) {
+        if self.leaving.is_some() {
+            return;
+        }
+        let until = self.now + self.s.stop_timeout;
+        self.leaving = Some(until);
+        self.want_active = false;
+        self.failback_now = false;
+        if let Some(d) = self.drain.as_mut() {
+            d.deadline = d.deadline.min(until);
+        }
+        let peer = self.peer_label().to_owned();
+        let mut why = match self.status {
+            Status::Inactive if self.adopt_until.is_none() => {
+                "the daemon is stopping; services are not running".to_string()
+            }
+            _ => format!(
+                "the daemon is stopping: handing over to {peer} (drain at most {}), then stopping services",
+                human(self.s.stop_timeout)
+            ),
+        };
+        if self.s.peer_name.is_some() && self.status != Status::Inactive {
+            match self.peer_frame() {
+                None => why.push_str(&format!(
+                    "; {peer} is not heard: no node will serve until it is"
+                )),
+                Some(f) if f.flags.has(Flags::YIELDING) => why.push_str(&format!(
+                    "; {peer} yields (held or faulted): no node will serve"
+                )),
+                Some(_) => {}
+            }
+        }
+        self.event(EventKind::Leaving, why);
+        if self.adopt_until.take().is_some() {
+            self.stop_left_running("the daemon is stopping before it adopted the services".into());
+        }
+        self.retry_at = None;
+        // Tell the peer now, not at the next tick.
+        self.send_heartbeat();
+    }
+
+    /// The stopping daemon: drain, stop, then done.
+    pub(super) fn decide_leaving(&mut self) {
+        match self.status {
+            Status::Inactive if self.service_op.is_none() && !self.left => {
+                self.left = true;
+                self.set_serving(false);
+                self.event(
+                    EventKind::Left,
+                    "services stopped and the peer told: the daemon exits".into(),
+                );
+                // The last word, sent a few times: a lost datagram would
+                // leave the peer waiting for failover_after.
+                for _ in 0..3 {
+                    self.send_heartbeat();
+                }
+            }
+            Status::Inactive => {}
+            Status::Starting => self.begin_stop("the daemon is stopping".into()),
+            Status::Active => self.begin_drain("the daemon is stopping".into()),
+            Status::Draining => self.continue_drain(),
+            Status::Stopping => {}
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "lifecycle_tests.rs"]
+mod tests;
