@@ -402,7 +402,10 @@ fn reload_with_a_broken_new_binary_is_refused_and_changes_nothing() {
         p.logs()
     );
     let text = std::fs::read_to_string(&main_log).unwrap();
-    assert!(text.contains("cannot start"), "the reason is logged: {text}");
+    assert!(
+        text.contains("cannot start"),
+        "the reason is logged: {text}"
+    );
     assert!(p.nodes[MAIN].as_mut().unwrap().alive());
     assert_eq!(p.active(MAIN), Some(true));
     assert_eq!(service_pid(&p, MAIN), Some(service));
