@@ -484,19 +484,34 @@ def paired_rtt(direct, proxied, seconds, out):
     s.close()
 
 
-def max_rate(target, work, tag, steps, seconds):
-    best = 0
-    for rate in steps:
-        ok, failed, elapsed = sipp_calls(target, rate, seconds, work, f"{tag}-{rate}")
-        total = ok + failed
-        bad = failed / total if total else 1
-        print(f"  {tag}: {rate} calls/s asked -> {ok} ok, {failed} failed in {elapsed:.2f} s "
-              f"({ok / elapsed:.0f} calls/s)", flush=True)
-        # Sustained: under 0.1% failed, and the calls did not take much
-        # longer than the step (sipp falling behind is not a pass).
-        if bad > 0.001 or elapsed > seconds * 1.25 + 1:
+def rate_step(target, work, tag, rate, seconds):
+    """Whether `target` sustains `rate` calls/s for `seconds`."""
+    ok, failed, elapsed = sipp_calls(target, rate, seconds, work, f"{tag}-{rate}")
+    total = ok + failed
+    bad = failed / total if total else 1
+    print(f"  {tag}: {rate} calls/s asked -> {ok} ok, {failed} failed in {elapsed:.2f} s "
+          f"({ok / elapsed:.0f} calls/s)", flush=True)
+    # Sustained: under 0.1% failed, and the calls did not take much
+    # longer than the step (sipp falling behind is not a pass).
+    return bad <= 0.001 and elapsed <= seconds * 1.25 + 1
+
+
+def max_rates(targets, work, steps, seconds):
+    """The highest passing step of each target, the ladders interleaved:
+    each step is run by every target still passing, one after the other,
+    the first of them rotating, so a change in the machine's load falls on
+    all of them alike."""
+    best = {n: 0 for n in targets}
+    going = list(targets)
+    for i, rate in enumerate(steps):
+        if not going:
             break
-        best = rate
+        k = i % len(going)
+        for name in going[k:] + going[:k]:
+            if rate_step(targets[name], work, name, rate, seconds):
+                best[name] = rate
+            else:
+                going.remove(name)
     return best
 
 
@@ -535,11 +550,11 @@ def scenario_rate(args, edge, work):
 
     steps = [200, 400, 600, 800, 1000, 1200, 1400, 1600, 2000, 2400, 2800, 3200, 4000]
     everyone = lambda: kamailio_pids(kam) + [p.pid for p in procs] + [backend_proc.pid]
-    best = {}
-    for name, t in targets.items():
-        others = wait_quiet(everyone, args.quiet_below, args.quiet_wait)
-        print(f"  (others used {others:.2f} cores before the {name} steps)", flush=True)
-        best[name] = max_rate(t, work, name, steps, args.step_seconds)
+    others = wait_quiet(everyone, args.quiet_below, args.quiet_wait)
+    fg = Foreign(everyone)
+    print(f"  (others used {others:.2f} cores before the steps)", flush=True)
+    best = max_rates(targets, work, steps, args.step_seconds)
+    print(f"  (others used {fg.cores():.2f} cores during the steps)", flush=True)
 
     # CPU and added latency at a fixed rate, in rounds alternating which
     # proxy goes first; each round's probe pairs a direct and a proxied

@@ -17,8 +17,8 @@
 pub mod flood;
 pub mod http;
 pub mod key;
-pub mod pagerate;
 pub mod probe;
+pub mod rowrate;
 pub mod table;
 pub mod tcp;
 pub mod tls;
@@ -70,7 +70,7 @@ struct ApiState {
     conns: tcp::Conns,
     names: Arc<Vec<String>>,
     metrics: PrometheusHandle,
-    pages: Arc<pagerate::PageRate>,
+    rows: Arc<rowrate::RowRate>,
 }
 
 fn reason_label(d: &Dropped) -> &'static str {
@@ -214,7 +214,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         conns: conns.clone(),
         names: names.clone(),
         metrics,
-        pages: Arc::new(pagerate::PageRate::new(cfg.edge.api_pages_per_second)),
+        rows: Arc::new(rowrate::RowRate::new(cfg.edge.api_rows_per_second)),
     };
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -741,13 +741,13 @@ async fn phones(
             )
         }
     }
-    // The token's holder, at the configured pace (pagerate).
-    if let Err(wait) = s.pages.take(peer.ip(), Instant::now()) {
+    // The token's holder, at the configured pace (rowrate).
+    if let Err(wait) = s.rows.admit(peer.ip(), Instant::now()) {
         metrics::counter!("resilience_edge_api_pages_refused_total").increment(1);
         let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
         let mut r = refuse(
             StatusCode::TOO_MANY_REQUESTS,
-            "over [edge] api_pages_per_second for this address: try again after Retry-After",
+            "over [edge] api_rows_per_second for this address: try again after Retry-After",
         );
         r.headers_mut()
             .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
@@ -755,6 +755,7 @@ async fn phones(
     }
     let limit = q.limit.unwrap_or(table::PAGE_MAX);
     let (rows, more) = s.table.page(q.after.as_deref(), limit);
+    s.rows.charge(peer.ip(), rows.len());
     let now = Instant::now();
     let next = more
         .then(|| rows.last().map(|(a, _)| a.to_string()))
