@@ -61,7 +61,8 @@ pub struct EdgeSection {
     /// Without it, the list is refused to everyone.
     pub token_file: Option<std::path::PathBuf>,
     /// Phones (rows) of `/api/v1/phones` one client address may read per
-    /// second, a second's worth at once: past it, 429 with Retry-After. A
+    /// second (half a second's worth, at least a page, at once):
+    /// past it, 429 with Retry-After. A
     /// client walking a large table without pause would otherwise take a
     /// core from the machine the relay runs on. 0: no limit.
     #[serde(default = "default_api_rows_per_second")]
