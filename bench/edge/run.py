@@ -484,19 +484,34 @@ def paired_rtt(direct, proxied, seconds, out):
     s.close()
 
 
-def max_rate(target, work, tag, steps, seconds):
-    best = 0
-    for rate in steps:
-        ok, failed, elapsed = sipp_calls(target, rate, seconds, work, f"{tag}-{rate}")
-        total = ok + failed
-        bad = failed / total if total else 1
-        print(f"  {tag}: {rate} calls/s asked -> {ok} ok, {failed} failed in {elapsed:.2f} s "
-              f"({ok / elapsed:.0f} calls/s)", flush=True)
-        # Sustained: under 0.1% failed, and the calls did not take much
-        # longer than the step (sipp falling behind is not a pass).
-        if bad > 0.001 or elapsed > seconds * 1.25 + 1:
+def rate_step(target, work, tag, rate, seconds):
+    """Whether `target` sustains `rate` calls/s for `seconds`."""
+    ok, failed, elapsed = sipp_calls(target, rate, seconds, work, f"{tag}-{rate}")
+    total = ok + failed
+    bad = failed / total if total else 1
+    print(f"  {tag}: {rate} calls/s asked -> {ok} ok, {failed} failed in {elapsed:.2f} s "
+          f"({ok / elapsed:.0f} calls/s)", flush=True)
+    # Sustained: under 0.1% failed, and the calls did not take much
+    # longer than the step (sipp falling behind is not a pass).
+    return bad <= 0.001 and elapsed <= seconds * 1.25 + 1
+
+
+def max_rates(targets, work, steps, seconds):
+    """The highest passing step of each target, the ladders interleaved:
+    each step is run by every target still passing, one after the other,
+    the first of them rotating, so a change in the machine's load falls on
+    all of them alike."""
+    best = {n: 0 for n in targets}
+    going = list(targets)
+    for i, rate in enumerate(steps):
+        if not going:
             break
-        best = rate
+        k = i % len(going)
+        for name in going[k:] + going[:k]:
+            if rate_step(targets[name], work, name, rate, seconds):
+                best[name] = rate
+            else:
+                going.remove(name)
     return best
 
 
@@ -508,22 +523,38 @@ def scenario_rate(args, edge, work):
     kport = free_port()
     kam = kamailio(HERE / "kamailio-forward.cfg", kport, work, "anchor",
                    [f'BACKEND="sip:127.0.0.1:{backend}"'])
-    eport, eapi = free_port(), free_port(socket.SOCK_STREAM)
     pbxs = [("main", backend)]
-    cfg = edge.unlimited(edge.base(eport, eapi), pbxs)
-    proc = edge.run(edge.write(cfg, pbxs, "rate"), "edge-rate")
-    wait(lambda: edge.get(eapi, "/api/v1/status")["pbxs"][0]["up"], 10, "the edge to see the backend")
+    targets = {"kamailio": f"127.0.0.1:{kport}"}
+    pids = {"kamailio": lambda: kamailio_pids(kam)}
+    procs = []
+    # The build under test, and with --compare another build beside it in
+    # the same run (same backend, same Kamailio, rounds interleaved).
+    edges = [("resilience", edge)]
+    if args.compare:
+        cwork = work / "compare"
+        cwork.mkdir(exist_ok=True)
+        other = Edge(str(Path(args.compare).resolve()), cwork, [], "", args.limits_section)
+        print(f"  compared build ({args.compare_label}): {other.binary}", flush=True)
+        other.detect()
+        edges.append((args.compare_label, other))
+    for name, e in edges:
+        eport, eapi = free_port(), free_port(socket.SOCK_STREAM)
+        cfg = e.unlimited(e.base(eport, eapi), pbxs)
+        proc = e.run(e.write(cfg, pbxs, f"rate-{name}"), f"edge-rate-{name}")
+        procs.append(proc)
+        wait(lambda: e.get(eapi, "/api/v1/status")["pbxs"][0]["up"], 10, f"{name} to see the backend")
+        targets[name] = f"127.0.0.1:{eport}"
+        pids[name] = (lambda p: lambda: [p.pid])(proc)
     time.sleep(0.5)
-    targets = {"kamailio": f"127.0.0.1:{kport}", "resilience": f"127.0.0.1:{eport}"}
-    pids = {"kamailio": lambda: kamailio_pids(kam), "resilience": lambda: [proc.pid]}
+    edge_names = [n for n, _ in edges]
 
     steps = [200, 400, 600, 800, 1000, 1200, 1400, 1600, 2000, 2400, 2800, 3200, 4000]
-    everyone = lambda: kamailio_pids(kam) + [proc.pid, backend_proc.pid]
-    best = {}
-    for name, t in targets.items():
-        others = wait_quiet(everyone, args.quiet_below, args.quiet_wait)
-        print(f"  (others used {others:.2f} cores before the {name} steps)", flush=True)
-        best[name] = max_rate(t, work, name, steps, args.step_seconds)
+    everyone = lambda: kamailio_pids(kam) + [p.pid for p in procs] + [backend_proc.pid]
+    others = wait_quiet(everyone, args.quiet_below, args.quiet_wait)
+    fg = Foreign(everyone)
+    print(f"  (others used {others:.2f} cores before the steps)", flush=True)
+    best = max_rates(targets, work, steps, args.step_seconds)
+    print(f"  (others used {fg.cores():.2f} cores during the steps)", flush=True)
 
     # CPU and added latency at a fixed rate, in rounds alternating which
     # proxy goes first; each round's probe pairs a direct and a proxied
@@ -534,7 +565,12 @@ def scenario_rate(args, edge, work):
     # rounds when none did), and says which.
     runs = {n: [] for n in targets}   # (cpu per 10k, pairs, failed, foreign cores) per round
     for r in range(args.rounds):
-        order = list(targets) if r % 2 == 0 else list(reversed(targets))
+        # Each proxy goes first in turn, the order reversed every other
+        # round.
+        names = list(targets)
+        order = names[r % len(names):] + names[:r % len(names)]
+        if (r // len(names)) % 2:
+            order.reverse()
         waited = wait_quiet(everyone, args.quiet_below, args.quiet_wait)
         for name in order:
             ps = pids[name]()
@@ -551,7 +587,8 @@ def scenario_rate(args, edge, work):
             print(f"  round {r + 1} {name}: CPU {runs[name][-1][0]:.2f} s/10k calls, {failed} failed, "
                   f"{len(got)} pairs, p99 of differences {p99(diffs):.3f} ms; others used "
                   f"{runs[name][-1][3]:.2f} cores (before the round: {waited:.2f})", flush=True)
-    stop(proc)
+    for p in procs:
+        stop(p)
     stop(kam)
     quiet = [r for r in range(args.rounds)
              if all(runs[n][r][3] < args.quiet_below for n in targets)]
@@ -577,12 +614,25 @@ def scenario_rate(args, edge, work):
         print(f"| {name} | {best[name]} | {med_cpu[name]:.2f} | {p99(diffs):.3f} | "
               f"{statistics.median(diffs) if diffs else float('nan'):.3f} | {p99(p) - p99(d):.3f} | "
               f"{len(diffs)} | {fails[name]} |")
-    print(f"| ratio resilience / kamailio | {best['resilience'] / max(best['kamailio'], 1):.2f} "
-          f"| {med_cpu['resilience'] / max(med_cpu['kamailio'], 1e-9):.2f} | | | | | |")
-    ratios = [a / max(b, 1e-9) for a, b in zip(cpu["resilience"], cpu["kamailio"])]
-    print(f"CPU ratio per round: {' / '.join(f'{x:.2f}' for x in ratios)} "
-          f"(median {statistics.median(ratios):.2f}); load average {os.getloadavg()[0]:.1f}")
+    for en in edge_names:
+        print(f"| ratio {en} / kamailio | {best[en] / max(best['kamailio'], 1):.2f} "
+              f"| {med_cpu[en] / max(med_cpu['kamailio'], 1e-9):.2f} | | | | | |")
+    if len(edge_names) > 1:
+        a, b = edge_names
+        print(f"| ratio {a} / {b} | {best[a] / max(best[b], 1):.2f} "
+              f"| {med_cpu[a] / max(med_cpu[b], 1e-9):.2f} | | | | | |")
+    for en in edge_names:
+        ratios = [x / max(y, 1e-9) for x, y in zip(cpu[en], cpu["kamailio"])]
+        print(f"CPU ratio {en} / kamailio per round: {' / '.join(f'{x:.2f}' for x in ratios)} "
+              f"(median {statistics.median(ratios):.2f})")
+    print(f"load average {os.getloadavg()[0]:.1f}")
     print("CPU per round: " + "; ".join(f"{n} " + " / ".join(f"{c:.2f}" for c in cpu[n]) for n in targets))
+    # The edges' own CPU per fixed-rate run, in clock ticks (utime+stime
+    # from /proc), for a direct A/B of two builds.
+    tick = os.sysconf("SC_CLK_TCK")
+    for en in edge_names:
+        print(f"{en}: CPU ticks per {rate * secs:,}-call run (all rounds): "
+              + " / ".join(f"{runs[en][r][0] * rate * secs / 10_000 * tick:.0f}" for r in range(args.rounds)))
     for name in targets:
         d = [x for x, _ in pairs[name]]
         print(f"(straight to the backend during the {name} runs: p99 {p99(d):.3f} ms, "
@@ -918,7 +968,7 @@ class RegisterProbe:
         self.s.close()
 
 
-def list_walker(api, token, polling, quit_, pages, walks, rows, errors, busy):
+def list_walker(api, token, polling, quit_, pages, walks, rows, errors, busy, throttled):
     """A client of the edge's phones list (its own process, so its JSON
     work does not hold the probe's interpreter): while `polling` is set,
     walks /api/v1/phones?limit=500 page by page over one keep-alive
@@ -946,6 +996,16 @@ def list_walker(api, token, polling, quit_, pages, walks, rows, errors, busy):
             conn.request("GET", path, headers=hdrs)
             r = conn.getresponse()
             body = r.read()
+            if r.status == 429:
+                # Over the edge's page rate: wait as told, count it.
+                with throttled.get_lock():
+                    throttled.value += 1
+                try:
+                    wait_s = float(r.getheader("Retry-After") or 1)
+                except ValueError:
+                    wait_s = 1.0
+                quit_.wait(min(wait_s, 5.0))
+                continue
             if r.status != 200:
                 raise RuntimeError(f"HTTP {r.status}: {body[:200]!r}")
             page = json.loads(body)
@@ -1008,9 +1068,10 @@ def scenario_poll(args, edge, work):
 
     ctx = mp.get_context("fork")
     polling, quit_ = ctx.Event(), ctx.Event()
-    pages, walks, rows, errors, busy = (ctx.Value("q", 0) for _ in range(5))
+    pages, walks, rows, errors, busy, throttled = (ctx.Value("q", 0) for _ in range(6))
     walkers = [ctx.Process(target=list_walker, args=(api, edge.token, polling, quit_,
-                                                     pages, walks, rows, errors, busy), daemon=True)
+                                                     pages, walks, rows, errors, busy, throttled),
+                           daemon=True)
                for _ in range(args.poll_clients)]
     for w in walkers:
         w.start()
@@ -1061,7 +1122,8 @@ def scenario_poll(args, edge, work):
     stop(reg)
     print(f"  edge RSS {rss_empty:.1f} MB empty, {rss_before:.1f} before polling, {rss_after:.1f} after "
           f"(highest seen {rss_peak:.1f}); list: {walks.value} full walks, {pages.value} pages, "
-          f"{rows.value} rows, {errors.value} errors; phones held after {held_after}", flush=True)
+          f"{rows.value} rows, {errors.value} errors, {throttled.value} answered 429 (over the edge's "
+          f"page rate); phones held after {held_after}", flush=True)
     print()
     print(f"| phase ({held} phones held; {args.poll_rounds} rounds of {args.poll_phase} s each, "
           f"order alternating) | REGISTER ok / sent | p50 ms | p99 ms | max ms "
@@ -1071,7 +1133,8 @@ def scenario_poll(args, edge, work):
     for phase, label, walks_col, rss_col in [
             ("quiet", "quiet (no poller)", "–", f"{rss_before:.1f} (before polling)"),
             ("polled", f"polled ({args.poll_clients} clients walking the list)",
-             f"{walks.value} / {pages.value}" + (f" ({errors.value} errors)" if errors.value else ""),
+             f"{walks.value} / {pages.value}" + (f" ({errors.value} errors)" if errors.value else "")
+             + (f" ({throttled.value} × 429)" if throttled.value else ""),
              f"{rss_after:.1f} (after polling)")]:
         got = samples[phase]
         lat = [ms for o, ms in got if o]
@@ -1292,6 +1355,9 @@ def main():
     g.add_argument("--step-seconds", type=int, default=5)
     g.add_argument("--fixed-rate", type=int, default=300)
     g.add_argument("--rounds", type=int, default=5, help="fixed-rate rounds per proxy, order alternating")
+    g.add_argument("--compare", metavar="BINARY",
+                   help="another resilience build measured beside the first in the same run")
+    g.add_argument("--compare-label", default="resilience-compared", help="its name in the tables")
     g.add_argument("--quiet-below", type=float, default=0.3,
                    help="a round counts when other users kept under this many cores busy")
     g.add_argument("--quiet-wait", type=float, default=60,

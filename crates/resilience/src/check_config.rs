@@ -76,6 +76,12 @@ fn edge(shown: &str, text: &str, base: &Path) -> ExitCode {
                 "  edge {} on {} (SIP) and {} (API)",
                 c.edge.name, c.edge.sip_listen, c.edge.api_listen
             );
+            match c.edge.api_rows_per_second {
+                0 => println!("  phones list: no pace per client (api_rows_per_second = 0)"),
+                n => println!(
+                    "  phones list: at most {n} phones a second per client address, then 429"
+                ),
+            }
             if let (Some(addr), Some(cert)) = (c.edge.sip_tls_listen, &c.edge.tls_cert) {
                 println!(
                     "  SIP over TLS on {addr}, certificate {} (read again when it changes)",

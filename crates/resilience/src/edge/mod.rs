@@ -4,21 +4,27 @@
 //! One task owns the relay ([`resilience_sip::Relay`], sans-IO) and the
 //! per-phone router ([`resilience_core::phones::Router`], sans-IO); it reads
 //! the SIP socket, the probes' reports and the router's deadline, and does
-//! what they decide. Probes run beside it ([`probe`]); the HTTP API reads a
-//! copy of the phones table ([`table`]) that the relay task feeds with each
-//! phone's changes, and counts the router keeps: nothing the API does walks
-//! the relay's table or holds its lock.
+//! what they decide. It runs on a thread of its own (a current-thread
+//! runtime that owns the UDP socket): a datagram is received, relayed and
+//! sent by the thread the kernel wakes, with no hand-over to another
+//! thread. Probes, the TCP/TLS intake and the web proxy run beside it on
+//! the main runtime ([`probe`], [`tcp`], [`http`]); the HTTP API runs on a
+//! third thread at a lower scheduling priority and reads a copy of the
+//! phones table ([`table`]) that the relay task feeds with each phone's
+//! changes, and counts the router keeps: nothing the API does walks the
+//! relay's table, holds its lock, or takes its CPU first.
 
 pub mod flood;
 pub mod http;
 pub mod key;
 pub mod probe;
+pub mod rowrate;
 pub mod table;
 pub mod tcp;
 pub mod tls;
 
 use anyhow::Context;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -64,6 +70,7 @@ struct ApiState {
     conns: tcp::Conns,
     names: Arc<Vec<String>>,
     metrics: PrometheusHandle,
+    rows: Arc<rowrate::RowRate>,
 }
 
 fn reason_label(d: &Dropped) -> &'static str {
@@ -110,6 +117,10 @@ struct Ctx<'a> {
     conns: &'a tcp::Conns,
     view: &'a Mutex<View>,
     changes: &'a tokio::sync::mpsc::UnboundedSender<table::Changes>,
+    /// The per-message counters, looked up once (a lookup by labels per
+    /// message is a hash and a lock in the recorder).
+    relayed: metrics::Counter,
+    generated: metrics::Counter,
     /// When the API's copy of the table was last fed ([`TABLE_FLUSH`]).
     flushed: std::cell::Cell<Instant>,
     /// The current window of [`TABLE_FLUSH`] and the events in it.
@@ -137,16 +148,16 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         None => None,
     };
     let metrics = crate::api::install_metrics();
-    let sock = Arc::new(
-        UdpSocket::bind(cfg.edge.sip_listen)
-            .await
-            .with_context(|| format!("SIP socket {}", cfg.edge.sip_listen))?,
-    );
+    // Bound here (errors at start), registered with the relay thread's
+    // runtime there.
+    let sock = std::net::UdpSocket::bind(cfg.edge.sip_listen)
+        .and_then(|s| s.set_nonblocking(true).map(|_| s))
+        .with_context(|| format!("SIP socket {}", cfg.edge.sip_listen))?;
     let tcp_listener = tokio::net::TcpListener::bind(cfg.edge.sip_listen)
         .await
         .with_context(|| format!("SIP TCP socket {}", cfg.edge.sip_listen))?;
-    let (tcp_tx, mut tcp_rx) = mpsc::channel::<(Flow, Vec<u8>)>(1024);
-    let (tcp_drop_tx, mut tcp_drop_rx) = mpsc::channel::<&'static str>(64);
+    let (tcp_tx, tcp_rx) = mpsc::channel::<(Flow, Vec<u8>)>(1024);
+    let (tcp_drop_tx, tcp_drop_rx) = mpsc::channel::<&'static str>(64);
     let intake = intake(&cfg, tcp_tx, tcp_drop_tx)?;
     let conns = intake.conns.clone();
     if let Some(addr) = cfg.edge.sip_tls_listen {
@@ -175,13 +186,12 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     getrandom::fill(&mut secret_id).map_err(|e| anyhow::anyhow!("random: {e}"))?;
     let start = Instant::now();
     // Owned by the relay task alone; the API reads the copy it feeds.
-    let mut router = Router::new(cfg.phones.policy(), cfg.pbxs.len(), cfg.home_rules(), start)
+    let router = Router::new(cfg.phones.policy(), cfg.pbxs.len(), cfg.home_rules(), start)
         .with_id_prefix(format!("rs-{}-", hex::encode(secret_id)));
     let phones_table = table::Table::default();
     let (changes_tx, changes_rx) = mpsc::unbounded_channel::<table::Changes>();
-    phones_table.spawn_applier(changes_rx);
 
-    let (health_tx, mut health_rx) = mpsc::channel(16);
+    let (health_tx, health_rx) = mpsc::channel(16);
     for (i, p) in cfg.pbxs.iter().enumerate() {
         tokio::spawn(probe::run(
             i,
@@ -199,11 +209,12 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     let api = ApiState {
         view: view.clone(),
         pbx_up: pbx_up.clone(),
-        table: phones_table,
+        table: phones_table.clone(),
         token,
         conns: conns.clone(),
         names: names.clone(),
         metrics,
+        rows: Arc::new(rowrate::RowRate::new(cfg.edge.api_rows_per_second)),
     };
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -211,8 +222,8 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         .route("/api/v1/phones", get(phones))
         .route("/api/v1/status", get(status))
         .with_state(api);
-    let listener = tokio::net::TcpListener::bind(cfg.edge.api_listen)
-        .await
+    let listener = std::net::TcpListener::bind(cfg.edge.api_listen)
+        .and_then(|l| l.set_nonblocking(true).map(|_| l))
         .with_context(|| format!("API socket {}", cfg.edge.api_listen))?;
     // The edge's own API, bounded like the node's (connection cap, header
     // and idle deadlines, Host check).
@@ -221,9 +232,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         EDGE_API_CONNECTIONS,
         crate::api::server::nofile_limit(),
     );
-    tokio::spawn(async move {
-        let _ = crate::api::server::serve(listener, app, None, cap).await;
-    });
+    spawn_api(listener, app, cap, phones_table, changes_rx)?;
     // The web proxy (HTTP, HTTPS/WSS), on the same bounded listener.
     http::spawn(&cfg, pbx_up.clone()).await?;
     tracing::info!(
@@ -238,71 +247,222 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
             .join(", ")
     );
 
-    let (paced_tx, paced_rx) = mpsc::unbounded_channel();
-    tokio::spawn(send_paced(sock.clone(), paced_rx));
-    let ctx = Ctx {
-        paced: &paced_tx,
-        relay: &relay,
-        pbx_addrs: &pbx_addrs,
-        sock: &sock,
-        conns: &conns,
-        view: &view,
-        changes: &changes_tx,
-        flushed: std::cell::Cell::new(Instant::now()),
-        window: std::cell::Cell::new((Instant::now(), 0)),
-        names: &names,
+    let flood = flood::Flood::new(&cfg.limits, pbx_addrs.clone(), Instant::now());
+    let relay_task = RelayTask {
+        sock,
+        relay,
+        router,
+        flood,
+        pbx_addrs,
+        conns,
+        view,
+        changes: changes_tx,
+        names,
+        pbx_up,
+        tcp_rx,
+        tcp_drop_rx,
+        health_rx,
     };
-    let mut flush_tick = tokio::time::interval(TABLE_FLUSH);
-    flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut buf = vec![0u8; 65_536];
-    let mut flood = flood::Flood::new(&cfg.limits, pbx_addrs.clone(), Instant::now());
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+    std::thread::Builder::new()
+        .name("edge-relay".into())
+        .spawn(move || {
+            let r = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("the relay's runtime")
+                .and_then(|rt| rt.block_on(relay_task.run()));
+            let _ = ended_tx.send(r);
+        })
+        .context("the relay's thread")?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
-        let deadline = router
-            .poll_timeout()
-            .map(tokio::time::Instant::from_std)
-            .unwrap_or_else(|| tokio::time::Instant::now() + std::time::Duration::from_secs(3600));
-        tokio::select! {
-            r = sock.recv_from(&mut buf) => {
-                match r {
-                    Ok((_, from)) if !flood.admit(Instant::now(), from) => {
-                        count_drop(&view, "over_rate");
-                    }
-                    Ok((len, from)) => {
-                        let msg = buf[..len].to_vec();
-                        relay_one(&ctx, &mut router, Flow::udp(from), &msg).await;
-                    }
-                    Err(e) => tracing::debug!("recv: {e}"),
-                }
-            }
-            Some((from, msg)) = tcp_rx.recv() => {
-                if !flood.admit(Instant::now(), from.addr) {
-                    count_drop(&view, "over_rate");
-                    continue;
-                }
-                relay_one(&ctx, &mut router, from, &msg).await;
-            }
-            Some(label) = tcp_drop_rx.recv() => {
-                count_drop(&view, label);
-                drop_log().event(label, || format!("dropped a SIP TCP connection or message: {label}"));
-            }
-            Some((i, up)) = health_rx.recv() => {
-                router.handle_health(Instant::now(), i, up);
-                metrics::gauge!("resilience_edge_pbx_up", "pbx" => names[i].clone()).set(if up { 1.0 } else { 0.0 });
-                pbx_up.lock().expect("up lock")[i] = up;
-            }
-            _ = tokio::time::sleep_until(deadline) => {
-                router.handle_timeout(Instant::now());
-            }
-            // Feeds the API's copy when no message does (after_event).
-            _ = flush_tick.tick() => {}
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
-        }
-        after_event(&ctx, &mut router).await;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        r = ended_rx => r.unwrap_or_else(|_| Err(anyhow::anyhow!("the relay's thread ended")))?,
     }
     tracing::info!("edge stopping");
     Ok(())
+}
+
+/// Scheduling priority ("nice") of the API's thread: the relay's threads
+/// stay at 0, so a listing waits for SIP, never the reverse.
+const API_NICE: i32 = 10;
+
+/// The edge's API on a thread of its own, a current-thread runtime at a
+/// lower priority ([`API_NICE`]), with the applier of the phones table's
+/// copy: what the API does runs when the relay leaves a core free.
+fn spawn_api(
+    listener: std::net::TcpListener,
+    app: axum::Router,
+    cap: usize,
+    table: table::Table,
+    changes: mpsc::UnboundedReceiver<table::Changes>,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("the API's runtime")?;
+    std::thread::Builder::new()
+        .name("edge-api".into())
+        .spawn(move || {
+            lower_priority(API_NICE);
+            rt.block_on(async move {
+                table.spawn_applier(changes);
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => {
+                        let _ = crate::api::server::serve(l, app, None, cap).await;
+                    }
+                    Err(e) => tracing::error!("edge API: {e}"),
+                }
+            });
+        })
+        .context("the API's thread")?;
+    Ok(())
+}
+
+/// Lower the calling thread's scheduling priority (Linux: `setpriority`
+/// on the thread's id applies to that thread alone).
+fn lower_priority(nice: i32) {
+    // SAFETY: gettid and setpriority take plain integers and touch no
+    // memory of ours.
+    let r = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+    };
+    if r != 0 {
+        tracing::warn!(
+            "edge API: could not lower its thread's priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Datagrams read in a row while the socket has them, before the other
+/// sources (TCP, probes, timers) get a turn.
+const RECV_BATCH: usize = 64;
+
+/// What the relay's thread owns.
+struct RelayTask {
+    sock: std::net::UdpSocket,
+    relay: Relay,
+    router: Router,
+    flood: flood::Flood,
+    pbx_addrs: Vec<SocketAddr>,
+    conns: tcp::Conns,
+    view: Arc<Mutex<View>>,
+    changes: mpsc::UnboundedSender<table::Changes>,
+    names: Arc<Vec<String>>,
+    pbx_up: Arc<Mutex<Vec<bool>>>,
+    tcp_rx: mpsc::Receiver<(Flow, Vec<u8>)>,
+    tcp_drop_rx: mpsc::Receiver<&'static str>,
+    health_rx: mpsc::Receiver<(usize, bool)>,
+}
+
+impl RelayTask {
+    async fn run(self) -> anyhow::Result<()> {
+        let RelayTask {
+            sock,
+            relay,
+            mut router,
+            mut flood,
+            pbx_addrs,
+            conns,
+            view,
+            changes,
+            names,
+            pbx_up,
+            mut tcp_rx,
+            mut tcp_drop_rx,
+            mut health_rx,
+        } = self;
+        let sock = Arc::new(UdpSocket::from_std(sock).context("SIP socket")?);
+        let (paced_tx, paced_rx) = mpsc::unbounded_channel();
+        tokio::spawn(send_paced(sock.clone(), paced_rx));
+        let ctx = Ctx {
+            paced: &paced_tx,
+            relay: &relay,
+            pbx_addrs: &pbx_addrs,
+            sock: &sock,
+            conns: &conns,
+            view: &view,
+            changes: &changes,
+            relayed: metrics::counter!("resilience_edge_messages_total", "kind" => "relayed"),
+            generated: metrics::counter!("resilience_edge_messages_total", "kind" => "generated"),
+            flushed: std::cell::Cell::new(Instant::now()),
+            window: std::cell::Cell::new((Instant::now(), 0)),
+            names: &names,
+        };
+        let mut flush_tick = tokio::time::interval(TABLE_FLUSH);
+        flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut buf = vec![0u8; 65_536];
+        let far = || tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
+        // One timer, moved when the router's deadline moves (not a new
+        // one per message).
+        let mut armed = far();
+        let timer = tokio::time::sleep_until(armed);
+        tokio::pin!(timer);
+        loop {
+            let deadline = router
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std)
+                .unwrap_or_else(far);
+            if deadline != armed || timer.is_elapsed() {
+                armed = deadline;
+                timer.as_mut().reset(deadline);
+            }
+            tokio::select! {
+                r = sock.readable() => {
+                    if let Err(e) = r {
+                        tracing::debug!("recv: {e}");
+                        continue;
+                    }
+                    // Whatever the socket holds, up to a batch, without
+                    // going back to wait for readiness.
+                    for _ in 0..RECV_BATCH {
+                        match sock.try_recv_from(&mut buf) {
+                            Ok((_, from)) if !flood.admit(Instant::now(), from) => {
+                                count_drop(&view, "over_rate");
+                            }
+                            Ok((len, from)) => {
+                                relay_one(&ctx, &mut router, Flow::udp(from), &buf[..len]).await;
+                                after_event(&ctx, &mut router).await;
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                            Err(e) => {
+                                tracing::debug!("recv: {e}");
+                                break;
+                            }
+                        }
+                    }
+                    continue;
+                }
+                Some((from, msg)) = tcp_rx.recv() => {
+                    if !flood.admit(Instant::now(), from.addr) {
+                        count_drop(&view, "over_rate");
+                        continue;
+                    }
+                    relay_one(&ctx, &mut router, from, &msg).await;
+                }
+                Some(label) = tcp_drop_rx.recv() => {
+                    count_drop(&view, label);
+                    drop_log().event(label, || format!("dropped a SIP TCP connection or message: {label}"));
+                }
+                Some((i, up)) = health_rx.recv() => {
+                    router.handle_health(Instant::now(), i, up);
+                    metrics::gauge!("resilience_edge_pbx_up", "pbx" => names[i].clone()).set(if up { 1.0 } else { 0.0 });
+                    pbx_up.lock().expect("up lock")[i] = up;
+                }
+                _ = &mut timer => {
+                    router.handle_timeout(Instant::now());
+                }
+                // Feeds the API's copy when no message does (after_event).
+                _ = flush_tick.tick() => {}
+                else => anyhow::bail!("the edge's channels closed"),
+            }
+            after_event(&ctx, &mut router).await;
+        }
+    }
 }
 
 /// One log line per drop reason and interval, whoever floods the edge.
@@ -451,12 +611,11 @@ async fn relay_one(ctx: &Ctx<'_>, router: &mut Router, from: Flow, msg: &[u8]) {
                 count_drop(ctx.view, "unreachable");
                 drop_log().event("unreachable", || format!("could not send to {:?}", send.to));
             }
-            let kind = if send.generated {
-                "generated"
+            if send.generated {
+                ctx.generated.increment(1);
             } else {
-                "relayed"
-            };
-            metrics::counter!("resilience_edge_messages_total", "kind" => kind).increment(1);
+                ctx.relayed.increment(1);
+            }
             ctx.view.lock().expect("view lock").relayed += 1;
         }
         Err(d) => {
@@ -556,6 +715,7 @@ fn refuse(code: StatusCode, msg: &str) -> Response {
 /// list names every user.
 async fn phones(
     State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<PageQuery>,
 ) -> Response {
@@ -581,8 +741,21 @@ async fn phones(
             )
         }
     }
+    // The token's holder, at the configured pace (rowrate).
+    if let Err(wait) = s.rows.admit(peer.ip(), Instant::now()) {
+        metrics::counter!("resilience_edge_api_pages_refused_total").increment(1);
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let mut r = refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "over [edge] api_rows_per_second for this address: try again after Retry-After",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        return r;
+    }
     let limit = q.limit.unwrap_or(table::PAGE_MAX);
     let (rows, more) = s.table.page(q.after.as_deref(), limit);
+    s.rows.charge(peer.ip(), rows.len());
     let now = Instant::now();
     let next = more
         .then(|| rows.last().map(|(a, _)| a.to_string()))
