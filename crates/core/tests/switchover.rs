@@ -258,6 +258,36 @@ fn a_switched_away_main_still_takes_over_a_dead_standby() {
     });
 }
 
+/// The hold suppresses failback, never failover: a Standby whose PBX fails
+/// after a switchover hands the service back (the Main stops yielding once
+/// the Standby serves, so the Standby's release rule finds it ready).
+#[test]
+fn a_switched_away_main_takes_over_when_the_standbys_pbx_fails() {
+    play(112, Timers::default(), |c| {
+        settled(c)?;
+        c.command(MAIN, Command::Switchover)
+            .map_err(|e| e.to_string())?;
+        ensure!(
+            c.run_until(secs(60), |c| c.hosts[STANDBY].is_active())?,
+            "standby never active"
+        );
+        c.run_for(secs(5))?;
+        c.hosts[STANDBY].pbx_ok = false;
+        let ok = c.run_until(secs(60), |c| c.hosts[MAIN].is_active())?;
+        ensure!(
+            ok,
+            "no one serves: main {:?}, standby {:?}",
+            c.hosts[MAIN].status(),
+            c.hosts[STANDBY].status()
+        );
+        ensure!(
+            !c.hosts[STANDBY].is_active(),
+            "standby still active beside the main"
+        );
+        Ok(())
+    });
+}
+
 #[test]
 fn standby_handing_back_to_a_main_held_by_an_admin_gives_up_and_keeps_serving() {
     play(109, Timers::default(), |c| {

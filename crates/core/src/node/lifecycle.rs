@@ -196,7 +196,11 @@ impl Node {
         if self.adopt_until.take().is_some() {
             self.stop_left_running("the daemon is stopping before it adopted the services".into());
         }
-        self.retry_at = None;
+        // A failed stop waiting for its retry keeps it: the daemon exits
+        // only once its services are stopped.
+        if self.status != Status::Stopping {
+            self.retry_at = None;
+        }
         // Tell the peer now, not at the next tick.
         self.send_heartbeat();
     }

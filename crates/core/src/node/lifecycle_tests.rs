@@ -40,6 +40,8 @@ struct Host {
     calls: u32,
     starts: u32,
     stops: u32,
+    /// Stop actions still to fail (a stuck service).
+    stop_fails: u32,
     events: Vec<String>,
     frames: Vec<Frame>,
 }
@@ -52,6 +54,7 @@ impl Host {
             calls: 0,
             starts: 0,
             stops: 0,
+            stop_fails: 0,
             events: Vec::new(),
             frames: Vec::new(),
         }
@@ -105,6 +108,10 @@ fn run(h: &mut [Host; 2], now: &mut Instant, d: Duration) {
                                     h[i].starts += 1;
                                     Ok(ActionOutcome::Done)
                                 }
+                                ActionKind::StopServices if h[i].stop_fails > 0 => {
+                                    h[i].stop_fails -= 1;
+                                    Err(ActionError("the unit did not stop".into()))
+                                }
                                 ActionKind::StopServices => {
                                     h[i].stops += 1;
                                     Ok(ActionOutcome::Done)
@@ -116,7 +123,7 @@ fn run(h: &mut [Host; 2], now: &mut Instant, d: Duration) {
                                     Ok(ActionOutcome::Done)
                                 }
                             };
-                            let stop = a.kind == ActionKind::StopServices;
+                            let stop = a.kind == ActionKind::StopServices && r.is_ok();
                             pending.push((*now + Duration::from_millis(100), i, a.id, stop, r));
                         }
                     }
@@ -477,4 +484,25 @@ fn serving_is_kept_while_services_run() {
         !h[0].node.serving,
         "stopped: nothing to adopt at the next start"
     );
+}
+
+/// A stop that failed and waits for its retry when the daemon is told to
+/// stop: the retry still runs, and the daemon is done only once the
+/// services are stopped (it never exits with its PBX running).
+#[test]
+fn shutdown_while_a_failed_stop_waits_for_its_retry_still_stops_the_services() {
+    let mut now = Instant::now();
+    let mut h = serving_pair(&mut now);
+    h[0].stop_fails = 1;
+    h[0].node
+        .handle_input(Input::Command(now, Command::StopServices))
+        .unwrap();
+    // The stop fails after 100 ms; the retry waits `retry_delay` (1 s).
+    run(&mut h, &mut now, Duration::from_millis(300));
+    assert_eq!(h[0].node.status(), Status::Stopping, "{:?}", h[0].events);
+    assert!(h[0].services);
+    h[0].node.handle_input(Input::Shutdown(now)).unwrap();
+    run(&mut h, &mut now, Duration::from_secs(5));
+    assert!(!h[0].services, "{:?}", h[0].events);
+    assert!(h[0].node.is_done(), "{:?}", h[0].events);
 }

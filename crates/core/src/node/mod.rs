@@ -380,11 +380,17 @@ impl Node {
 
     /// Whether the node is faulted or held inactive (it tells its peer to serve).
     pub fn is_yielding(&self) -> bool {
+        // A switched-away Main yields so that its Standby takes the service;
+        // once the Standby serves, yielding would stop it from handing over
+        // when its own PBX fails (a yielding peer is not ready), leaving no
+        // one to serve. The hold itself (no failback) is the Main's own rule.
+        let switched_away = self.admin == Some(AdminChoice::SwitchedAway)
+            && !self
+                .peer_frame()
+                .is_some_and(|f| f.status == Status::Active);
         self.fault.is_some()
-            || matches!(
-                self.admin,
-                Some(AdminChoice::Stop | AdminChoice::SwitchedAway)
-            )
+            || self.admin == Some(AdminChoice::Stop)
+            || switched_away
             || self.leaving.is_some()
     }
 

@@ -9,10 +9,11 @@
 //! - **The Active node hands over**: it drains (status Draining, calls
 //!   counted as for failback) while the peer stays ready, then stops. A Main
 //!   that hands over keeps a persisted hold ([`AdminChoice::SwitchedAway`])
-//!   and yields, so the Standby starts on its "main yields" rule and the
-//!   Main's failback policy does not take the service back; the Main still
-//!   starts if the Standby goes silent or yields (the hold only suppresses
-//!   failback, never failover).
+//!   and yields until the Standby serves, so the Standby starts on its "main
+//!   yields" rule and the Main's failback policy does not take the service
+//!   back; the Main still starts if the Standby goes silent or yields (the
+//!   hold only suppresses failback, never failover: once the Standby serves
+//!   the Main stops yielding, so a Standby whose PBX fails finds it ready).
 //! - **The Inactive node asks**: a Main by its failback request
 //!   (`WANT_ACTIVE`: the Standby drains as for failback); a Standby by
 //!   setting `WANT_ACTIVE` too, which a Main of this version reads as "hand

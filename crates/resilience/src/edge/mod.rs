@@ -188,8 +188,8 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     // Owned by the relay task alone; the API reads the copy it feeds.
     let router = Router::new(cfg.phones.policy(), cfg.pbxs.len(), cfg.home_rules(), start)
         .with_id_prefix(format!("rs-{}-", hex::encode(secret_id)));
-    let phones_table = table::Table::default();
     let (changes_tx, changes_rx) = mpsc::unbounded_channel::<table::Changes>();
+    let phones_table = table::Table::new(changes_rx);
 
     let (health_tx, health_rx) = mpsc::channel(16);
     for (i, p) in cfg.pbxs.iter().enumerate() {
@@ -232,7 +232,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         EDGE_API_CONNECTIONS,
         crate::api::server::nofile_limit(),
     );
-    spawn_api(listener, app, cap, phones_table, changes_rx)?;
+    spawn_api(listener, app, cap, phones_table)?;
     // The web proxy (HTTP, HTTPS/WSS), on the same bounded listener.
     http::spawn(&cfg, pbx_up.clone()).await?;
     tracing::info!(
@@ -290,14 +290,14 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
 const API_NICE: i32 = 10;
 
 /// The edge's API on a thread of its own, a current-thread runtime at a
-/// lower priority ([`API_NICE`]), with the applier of the phones table's
-/// copy: what the API does runs when the relay leaves a core free.
+/// lower priority ([`API_NICE`]), with the tick that applies the relay's
+/// changes to the phones table's copy (a read applies them first): what
+/// the API does runs when the relay leaves a core free.
 fn spawn_api(
     listener: std::net::TcpListener,
     app: axum::Router,
     cap: usize,
     table: table::Table,
-    changes: mpsc::UnboundedReceiver<table::Changes>,
 ) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -308,7 +308,7 @@ fn spawn_api(
         .spawn(move || {
             lower_priority(API_NICE);
             rt.block_on(async move {
-                table.spawn_applier(changes);
+                table.spawn_ticker();
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => {
                         let _ = crate::api::server::serve(l, app, None, cap).await;

@@ -2,6 +2,12 @@
 //! sends each phone's change here over a channel; `/api/v1/phones` reads
 //! pages of this copy, so a listing never waits on, nor holds up, the relay
 //! (one `GET` over 155k phones once stalled SIP for two seconds).
+//!
+//! The API's thread runs at a lower priority than the relay, so a task that
+//! waited on the channel could lag far behind on a busy machine. Instead a
+//! read first applies whatever the relay has sent (what is read right after
+//! a REGISTER is current), and a slow tick applies the rest when nobody
+//! reads. Nobody waits on the channel, so a send never wakes another thread.
 
 use resilience_core::phones::{Aor, PhoneRow};
 use std::collections::BTreeMap;
@@ -15,23 +21,49 @@ pub const PAGE_MAX: usize = 500;
 /// One batch of changes: per phone, its new row or None (gone).
 pub type Changes = Vec<(Aor, Option<PhoneRow>)>;
 
-/// Phones by AOR, in order, for paging.
-#[derive(Clone, Default)]
-pub struct Table(Arc<Mutex<BTreeMap<Aor, PhoneRow>>>);
+/// Phones by AOR, in order, for paging, and the relay's changes not yet
+/// applied.
+#[derive(Clone)]
+pub struct Table {
+    rows: Arc<Mutex<BTreeMap<Aor, PhoneRow>>>,
+    pending: Arc<Mutex<mpsc::UnboundedReceiver<Changes>>>,
+}
+
+/// How often changes are applied when nobody reads (bounds the channel).
+const TICK: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Table {
-    /// Apply the relay's batches as they come, for as long as it runs.
-    pub fn spawn_applier(&self, mut rx: mpsc::UnboundedReceiver<Changes>) {
+    /// A table fed by the relay through `rx`.
+    pub fn new(rx: mpsc::UnboundedReceiver<Changes>) -> Table {
+        Table {
+            rows: Arc::default(),
+            pending: Arc::new(Mutex::new(rx)),
+        }
+    }
+
+    /// Apply pending changes every [`TICK`], for as long as the runtime runs.
+    pub fn spawn_ticker(&self) {
         let table = self.clone();
         tokio::spawn(async move {
-            while let Some(batch) = rx.recv().await {
-                table.apply(batch);
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                table.catch_up();
             }
         });
     }
 
+    /// Apply everything the relay has sent so far.
+    pub fn catch_up(&self) {
+        let mut rx = self.pending.lock().expect("table channel lock");
+        while let Ok(batch) = rx.try_recv() {
+            self.apply(batch);
+        }
+    }
+
     pub fn apply(&self, batch: Changes) {
-        let mut t = self.0.lock().expect("table lock");
+        let mut t = self.rows.lock().expect("table lock");
         for (aor, row) in batch {
             match row {
                 Some(r) => {
@@ -49,7 +81,8 @@ impl Table {
     /// page, never for the JSON.
     pub fn page(&self, after: Option<&str>, limit: usize) -> (Vec<(Aor, PhoneRow)>, bool) {
         let limit = limit.clamp(1, PAGE_MAX);
-        let t = self.0.lock().expect("table lock");
+        self.catch_up();
+        let t = self.rows.lock().expect("table lock");
         let start: Bound<&str> = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut it = t
             .range::<str, _>((start, Bound::Unbounded))
@@ -80,13 +113,15 @@ mod tests {
 
     #[test]
     fn pages_follow_the_aor_order_and_say_when_more_follow() {
-        let t = Table::default();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let t = Table::new(rx);
         t.apply(
             (0..7)
                 .map(|i| (Aor::from(format!("sip:{i}@x")), Some(row())))
                 .collect(),
         );
-        t.apply(vec![(Aor::from("sip:3@x"), None)]);
+        // Sent, not yet applied: a read applies it first.
+        tx.send(vec![(Aor::from("sip:3@x"), None)]).unwrap();
         let (p, more) = t.page(None, 4);
         let aors: Vec<&str> = p.iter().map(|(a, _)| &**a).collect();
         assert_eq!(aors, ["sip:0@x", "sip:1@x", "sip:2@x", "sip:4@x"]);
