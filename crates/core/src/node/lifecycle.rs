@@ -44,9 +44,15 @@ impl Node {
     }
 
     /// How long a restarted node waits to hear its peer before it adopts
-    /// services left running: well below the peer's `failover_after`.
+    /// services left running: long enough for a living peer to be heard (a
+    /// challenge and its echo take a round or two of heartbeats, so at least
+    /// three intervals, even with `failover_after` at its minimum of three
+    /// intervals), and at most half the peer's `failover_after` (an older
+    /// peer drops the ADOPTING frames and hears silence meanwhile).
     pub fn boot_wait(&self) -> Duration {
-        self.s.failover_after / 4
+        (self.s.failover_after / 4)
+            .max(self.s.interval * 3)
+            .min(self.s.failover_after / 2)
     }
 
     pub(super) fn set_serving(&mut self, serving: bool) {
