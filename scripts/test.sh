@@ -48,4 +48,4 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # --nocapture shows the simulator's figures (seed count, simulated hours,
 # false-failover table); the end-to-end tests run one at a time.
-cargo test --workspace -- --nocapture --test-threads=2
+cargo test --workspace --no-fail-fast -- --nocapture --test-threads=2

@@ -371,14 +371,9 @@ pub fn enc(s: &str) -> String {
 
 /// A port free for both UDP and TCP (the edge's SIP listens on both): a
 /// free UDP port may be a busy TCP one.
+/// A SIP port (UDP and TCP): see [`super::free_port`].
 pub fn free_sip() -> u16 {
-    loop {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+    super::free_port()
 }
 
 pub fn sipp_output(mut c: Command) -> (i32, String) {
