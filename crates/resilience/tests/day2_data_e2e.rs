@@ -275,7 +275,13 @@ fn a_row_committed_on_the_main_is_on_the_standby_within_seconds() {
         "{}",
         p.logs()
     );
-    assert!(pushes() > before);
+    // The Main records the push once the Standby's answer is back, a
+    // moment after the row is visible there.
+    assert!(
+        wait_until(secs(10), || pushes() > before),
+        "the marker's push was not recorded\n{}",
+        p.logs()
+    );
     assert_eq!(
         pgs[STANDBY].sql("asterisk", "SELECT count(*) FROM cel"),
         "0",
