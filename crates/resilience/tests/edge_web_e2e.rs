@@ -248,9 +248,14 @@ fn slow_headers_and_idle_keepalives_are_cut_an_open_websocket_is_not() {
         "closed after {:?}, before its 3 s idle limit",
         quiet.elapsed()
     );
-    let metrics = get_text(&format!("http://127.0.0.1:{}/metrics", lab.api));
+    // Counted once the proxy's task has closed it, a moment after the
+    // client sees the close.
+    let mut metrics = String::new();
     assert!(
-        metrics.contains("resilience_edge_websockets_idle_closed_total 1"),
+        wait_until(secs(5), || {
+            metrics = get_text(&format!("http://127.0.0.1:{}/metrics", lab.api));
+            metrics.contains("resilience_edge_websockets_idle_closed_total 1")
+        }),
         "{metrics}"
     );
 }
