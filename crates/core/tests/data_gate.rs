@@ -6,12 +6,8 @@
 mod sim;
 
 use resilience_core::node::{DataFailurePolicy, DataGate, FailbackPolicy};
-use sim::{Cluster, Timers, MAIN, STANDBY};
+use sim::{secs, Cluster, Timers, MAIN, STANDBY};
 use std::time::Duration;
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
 
 fn timers(on_failure: DataFailurePolicy) -> Timers {
     Timers {

@@ -7,30 +7,8 @@ use resilience_core::config::SplitBrainPolicy;
 use resilience_core::heartbeat::{self, Flags, Frame};
 use resilience_core::node::{AdminChoice, FailbackPolicy};
 use resilience_core::{ClusterKey, Command, InputError, Mode, NodeType, PbxHealth, Reject, Status};
-use sim::{Cluster, Timers, MAIN, STANDBY};
+use sim::{play, secs, Cluster, Timers, MAIN, STANDBY};
 use std::time::Duration;
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
-
-/// Run `f`, and on failure print the simulator's log before panicking.
-fn play(seed: u64, timers: Timers, f: impl FnOnce(&mut Cluster) -> Result<(), String>) -> Cluster {
-    let mut c = Cluster::started(seed, timers);
-    c.log_all = std::env::var_os("SIM_LOG").is_some();
-    if let Err(e) = f(&mut c) {
-        panic!("{e}\n--- last simulator log lines ---\n{}", c.dump_log());
-    }
-    c
-}
-
-macro_rules! ensure {
-    ($cond:expr, $($msg:tt)+) => {
-        if !$cond {
-            return Err(format!($($msg)+));
-        }
-    };
-}
 
 fn status(c: &Cluster, i: usize) -> Option<Status> {
     c.hosts[i].status()

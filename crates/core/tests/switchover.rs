@@ -5,29 +5,7 @@ mod sim;
 
 use resilience_core::node::{AdminChoice, FailbackPolicy};
 use resilience_core::{Command, InputError, Mode, NodeType, Status};
-use sim::{Cluster, Timers, MAIN, STANDBY};
-use std::time::Duration;
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
-
-fn play(seed: u64, timers: Timers, f: impl FnOnce(&mut Cluster) -> Result<(), String>) -> Cluster {
-    let mut c = Cluster::started(seed, timers);
-    c.log_all = std::env::var_os("SIM_LOG").is_some();
-    if let Err(e) = f(&mut c) {
-        panic!("{e}\n--- last simulator log lines ---\n{}", c.dump_log());
-    }
-    c
-}
-
-macro_rules! ensure {
-    ($cond:expr, $($msg:tt)+) => {
-        if !$cond {
-            return Err(format!($($msg)+));
-        }
-    };
-}
+use sim::{play, secs, Cluster, Timers, MAIN, STANDBY};
 
 fn refused(r: Result<(), InputError>) -> Result<String, String> {
     match r {

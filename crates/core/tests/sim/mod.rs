@@ -980,3 +980,33 @@ impl Cluster {
         Ok(())
     }
 }
+
+/// A duration of `s` seconds (the scenarios' unit).
+pub fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// Run `f` on a started cluster, and on failure print the simulator's log
+/// before panicking.
+pub fn play(
+    seed: u64,
+    timers: Timers,
+    f: impl FnOnce(&mut Cluster) -> Result<(), String>,
+) -> Cluster {
+    let mut c = Cluster::started(seed, timers);
+    c.log_all = std::env::var_os("SIM_LOG").is_some();
+    if let Err(e) = f(&mut c) {
+        panic!("{e}\n--- last simulator log lines ---\n{}", c.dump_log());
+    }
+    c
+}
+
+/// `return Err(message)` from a scenario when `cond` does not hold.
+#[macro_export]
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
