@@ -41,11 +41,27 @@ fn boot_pair(p: &mut Pair) {
 /// Start the Main again after a SIGKILL and a failover: the services its
 /// killed daemon left running (as a PBX would keep running) are stopped as
 /// soon as it hears the Standby serving, before anything else happens.
+///
+/// With an immediate failback the stop and the next start can be a few
+/// milliseconds apart, shorter than a poll of the marker: the Main's own
+/// event "stopping -> inactive … left running" is the proof, the marker's
+/// absence only a shortcut.
 fn restart_killed_main(p: &mut Pair) {
     p.start(MAIN);
+    let stopped = |p: &Pair| {
+        event_texts(p, MAIN).iter().any(|t| {
+            t.contains("status stopping -> inactive")
+                && t.contains("stopping the services this node left running")
+        })
+    };
     assert!(
-        wait_until(secs(5), || !p.marker(MAIN)),
+        wait_until(secs(5), || !p.marker(MAIN) || stopped(p)),
         "the main kept the services its killed daemon left running\n{}",
+        p.logs()
+    );
+    assert!(
+        wait_until(secs(5), || stopped(p)),
+        "the main's services went away without its stop being recorded\n{}",
         p.logs()
     );
 }
