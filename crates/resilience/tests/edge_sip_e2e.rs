@@ -10,7 +10,7 @@ use common::edge::*;
 use common::*;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn dropped(lab: &Lab, reason: &str) -> u64 {
     lab.get("/api/v1/status")["dropped"][reason]
@@ -204,13 +204,15 @@ fn a_call_survives_an_edge_restart_with_a_key_file() {
         "callee never registered\n{}",
         lab.logs()
     );
-    // The caller holds the call 6 s, then hangs up.
+    // The caller holds the call 15 s, then hangs up: long enough that on a
+    // loaded machine the edge is back before the BYE leaves (a BYE sent
+    // while no edge listens is a different test: it meets a closed port).
     let mut caller = Proc::from_child(
         "caller",
         lab.sipp_command(
             "phone_call.xml",
             "1001",
-            &["-key", "callee", "2001", "-cid_str", "call-r", "-d", "6000"],
+            &["-key", "callee", "2001", "-cid_str", "call-r", "-d", "15000"],
         )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -223,6 +225,7 @@ fn a_call_survives_an_edge_restart_with_a_key_file() {
         "the call never came up\n{}",
         lab.logs()
     );
+    let held_from = Instant::now();
     let pid = lab.edge.pid();
     lab.edge.kill();
     let cfg = lab.dir.path("edge.toml");
@@ -237,6 +240,10 @@ fn a_call_survives_an_edge_restart_with_a_key_file() {
         wait_until(secs(10), || lab.pbx_up() == [true, true]),
         "the edge did not come back\n{}",
         lab.logs()
+    );
+    eprintln!(
+        "edge killed, restarted and both PBXs up again in {:?} (the call lasts 15 s)",
+        held_from.elapsed()
     );
     // The BYE (the caller's, through the edge's Record-Route and the PBX
     // to the callee) and its 200 cross the restarted edge.
