@@ -73,6 +73,10 @@ fn run_seed(seed: u64, hours: f64, log: bool) -> Result<Stats, String> {
             DataFailurePolicy::Proceed
         },
     });
+    // Faults added later (failed stops, admin holds, an arbiter silent during
+    // an outage of the Main), drawn apart so the other draws of a seed stay
+    // what they were.
+    let mut more = ChaCha8Rng::seed_from_u64(seed ^ 0x0f00_57a1);
     let manual_failback = timers.failback == FailbackPolicy::Manual;
     let mut c = Cluster::new(seed, timers.clone());
     c.log_all = log;
@@ -131,6 +135,38 @@ fn run_seed(seed: u64, hours: f64, log: bool) -> Result<Stats, String> {
                 }
             }
             let lasting = secs_f(&mut rng, 1.0, 240.0);
+            match more.random_range(0..12) {
+                0 => {
+                    let i = more.random_range(0..2);
+                    let n = more.random_range(1..4);
+                    c.fail_stops(i, n);
+                }
+                1 => {
+                    // An admin holds a node (systemctl-like "stop services"
+                    // in automatic mode), then releases it.
+                    let i = more.random_range(0..2);
+                    let hold = secs_f(&mut more, 1.0, 120.0);
+                    if c.hosts[i].alive() {
+                        let _ = c.command(i, Command::StopServices);
+                        c.run_for(hold)?;
+                        if c.hosts[i].alive() {
+                            let _ = c.command(i, Command::StartServices { force: false });
+                        }
+                    }
+                }
+                2 if timers.arbiters => {
+                    // The arbiter is silent for the Standby while the Main
+                    // is down: no takeover until it answers again.
+                    let down = secs_f(&mut more, 1.0, 60.0);
+                    c.set_arbiter(STANDBY, false);
+                    c.crash(MAIN);
+                    c.run_for(down)?;
+                    c.set_arbiter(STANDBY, true);
+                    c.run_for(down)?;
+                    c.boot(MAIN);
+                }
+                _ => {}
+            }
             // A crash that also costs the node its state, sometimes: the
             // disk is lost (first-boot facts) or restored from a backup.
             let lose_state =
@@ -305,6 +341,15 @@ fn random_seeds_keep_the_invariants() {
         total.frames_sent,
         total.frames_rejected,
     );
+    // The runs must exercise what they claim to: failovers and failbacks.
+    if failed.is_empty() && n >= 100 {
+        assert!(
+            u64::from(total.failovers) >= n && u64::from(total.failbacks) >= n / 2,
+            "too few transitions to mean anything: {} failovers, {} failbacks over {n} seeds",
+            total.failovers,
+            total.failbacks
+        );
+    }
     if let Some((seed, e)) = failed.first() {
         let seeds: Vec<u64> = failed.iter().map(|(s, _)| *s).collect();
         panic!(

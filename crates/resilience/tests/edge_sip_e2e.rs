@@ -212,7 +212,9 @@ fn a_call_survives_an_edge_restart_with_a_key_file() {
         lab.sipp_command(
             "phone_call.xml",
             "1001",
-            &["-key", "callee", "2001", "-cid_str", "call-r", "-d", "15000"],
+            &[
+                "-key", "callee", "2001", "-cid_str", "call-r", "-d", "15000",
+            ],
         )
         .stdout(Stdio::null())
         .stderr(Stdio::null())

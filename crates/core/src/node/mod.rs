@@ -373,6 +373,18 @@ impl Node {
         self.epoch
     }
 
+    /// The facts the node means to keep across restarts now; equal to what
+    /// its last completed [`ActionKind::Persist`] wrote once that is done
+    /// (the simulator checks it after every step).
+    pub fn facts(&self) -> Persisted {
+        Persisted {
+            epoch: self.epoch,
+            starts: self.starts,
+            admin: self.admin,
+            serving: self.serving,
+        }
+    }
+
     /// The settings the node runs with.
     pub fn settings(&self) -> &Settings {
         &self.s
@@ -1369,12 +1381,7 @@ impl Node {
     }
 
     fn persist(&mut self) {
-        let facts = Persisted {
-            epoch: self.epoch,
-            starts: self.starts,
-            admin: self.admin,
-            serving: self.serving,
-        };
+        let facts = self.facts();
         let id = self.action(ActionKind::Persist(facts));
         self.persist_ids.push(id);
     }

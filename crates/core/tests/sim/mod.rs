@@ -10,13 +10,17 @@
 
 #![allow(dead_code)]
 
+mod rules;
+
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use resilience_core::config::SplitBrainPolicy;
+use resilience_core::heartbeat::{self, Flags, Frame};
 use resilience_core::node::{AdminChoice, DataGate, DrainPolicy, FailbackPolicy};
 use resilience_core::{
-    Action, ActionId, ActionKind, ActionOutcome, ClusterKey, Command, EventKind, Input, InputError,
-    Mode, Node, NodeType, Output, PbxHealth, Persisted, ServicesAtBoot, Settings, Status,
+    Action, ActionId, ActionKind, ActionOutcome, ClusterKey, Command, Event, EventKind, Input,
+    InputError, Mode, Node, NodeType, Output, PbxHealth, Persisted, ServicesAtBoot, Settings,
+    Status,
 };
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -165,6 +169,31 @@ pub struct Host {
     pub service_starts: u32,
     /// Service stops ordered (since the simulation began).
     pub service_stops: u32,
+    /// The next N stops fail (the services keep running).
+    pub fail_stops: u32,
+    /// The last stop failed: the services run against the node's will.
+    stop_failed: bool,
+    /// Booted with services running and no service action ordered since:
+    /// the node is deciding whether to adopt them (it reports Inactive).
+    left_at_boot: bool,
+    /// Persist actions ordered and not completed.
+    persists_in_flight: u32,
+    /// What this node accepted from its peer since it booted: the last
+    /// frame, when, and the start of the current unbroken run of hearing
+    /// (a gap of `failover_after` breaks it, as the node's own rule).
+    heard: Option<Heard>,
+    /// When this node last stepped down in a split brain.
+    split_step_down: Option<Instant>,
+    /// When this node last decided to start (status -> Starting).
+    starting_at: Option<Instant>,
+}
+
+/// The last frame a node accepted from its peer, as the checker saw it.
+#[derive(Debug, Clone)]
+pub struct Heard {
+    pub frame: Frame,
+    pub at: Instant,
+    pub since: Instant,
 }
 
 impl Host {
@@ -255,6 +284,8 @@ pub struct Cluster {
     pub exempt_until: Instant,
     /// Since when no node has been active.
     none_active_since: Option<Instant>,
+    /// Since when some node could serve (alive and not held by an admin).
+    can_serve_since: Option<Instant>,
     outage_activations: u32,
     /// When the last outage of the Main ended (a decision taken just after
     /// a heal may still be the outage's).
@@ -284,6 +315,7 @@ impl Cluster {
             outage_since: None,
             exempt_until: base,
             none_active_since: None,
+            can_serve_since: None,
             outage_activations: 0,
             outage_ended: None,
             violation: None,
@@ -316,6 +348,13 @@ impl Cluster {
                 seen: None,
                 service_starts: 0,
                 service_stops: 0,
+                fail_stops: 0,
+                stop_failed: false,
+                left_at_boot: false,
+                persists_in_flight: 0,
+                heard: None,
+                split_step_down: None,
+                starting_at: None,
             });
         }
         c
@@ -376,6 +415,11 @@ impl Cluster {
         h.booted_at = self.now;
         h.activations = 0;
         h.starts = 0;
+        h.left_at_boot = h.services;
+        h.stop_failed = false;
+        h.persists_in_flight = 0;
+        h.heard = None;
+        h.split_step_down = None;
         self.disturbed_at = self.now;
         if i == STANDBY {
             self.outage_activations = 0;
@@ -519,6 +563,16 @@ impl Cluster {
         self.note(format!("== next {n} starts fail on {}", NAMES[i]));
     }
 
+    /// The next `n` service stops on host `i` fail: the services keep
+    /// running and the node retries. Liveness allows for the retries.
+    pub fn fail_stops(&mut self, i: usize, n: u32) {
+        let h = &mut self.hosts[i];
+        h.fail_stops = n;
+        let per_try = h.stop_latency + self.timers.retry_delay;
+        self.exempt_until = self.exempt_until.max(self.now + per_try * n);
+        self.note(format!("== next {n} stops fail on {}", NAMES[i]));
+    }
+
     pub fn set_loss(&mut self, loss: f64) {
         for l in self.links.iter_mut().flatten() {
             l.loss = loss;
@@ -638,10 +692,28 @@ impl Cluster {
                 let Some(n) = self.hosts[to].node.as_mut() else {
                     return;
                 };
-                if let Err(e) = n.handle_input(Input::Datagram(now, addr(1 - to), &bytes)) {
-                    self.stats.frames_rejected += 1;
-                    if !matches!(e, InputError::Rejected(resilience_core::Reject::Replayed)) {
-                        self.note(format!("{} dropped a frame: {e}", NAMES[to]));
+                match n.handle_input(Input::Datagram(now, addr(1 - to), &bytes)) {
+                    Err(e) => {
+                        self.stats.frames_rejected += 1;
+                        if !matches!(e, InputError::Rejected(resilience_core::Reject::Replayed)) {
+                            self.note(format!("{} dropped a frame: {e}", NAMES[to]));
+                        }
+                    }
+                    Ok(()) => {
+                        let key = &self.hosts[to].settings.key;
+                        if let Ok(frame) = heartbeat::decode(&bytes, key) {
+                            let gap = self.timers.failover_after;
+                            let h = &mut self.hosts[to];
+                            let since = match &h.heard {
+                                Some(p) if now - p.at < gap => p.since,
+                                _ => now,
+                            };
+                            h.heard = Some(Heard {
+                                frame,
+                                at: now,
+                                since,
+                            });
+                        }
                     }
                 }
                 self.drain_outputs(to);
@@ -672,8 +744,22 @@ impl Cluster {
                         }
                     }
                     ActionKind::StopServices => {
-                        h.services = false;
-                        Ok(ActionOutcome::Done)
+                        if h.fail_stops > 0 {
+                            h.fail_stops -= 1;
+                            // The retry is a new try: "stuck" counts from here.
+                            h.seen = Some((Status::Stopping, self.now));
+                            h.stop_failed = true;
+                            // Liveness allows for the retry this failure causes.
+                            let retry = self.timers.retry_delay + h.stop_latency + self.settle();
+                            self.exempt_until = self.exempt_until.max(self.now + retry);
+                            Err(resilience_core::ActionError(
+                                "asterisk: stop timed out".into(),
+                            ))
+                        } else {
+                            h.services = false;
+                            h.stop_failed = false;
+                            Ok(ActionOutcome::Done)
+                        }
                     }
                     ActionKind::CountActiveCalls => {
                         let n = h.calls;
@@ -685,6 +771,7 @@ impl Cluster {
                     }
                     ActionKind::Persist(p) => {
                         h.disk = p;
+                        h.persists_in_flight = h.persists_in_flight.saturating_sub(1);
                         Ok(ActionOutcome::Done)
                     }
                     ActionKind::FetchFailbackData => {
@@ -801,14 +888,19 @@ impl Cluster {
                             }
                             h.services = true;
                             h.service_starts += 1;
+                            h.left_at_boot = false;
                             h.start_latency
                         }
                         ActionKind::StopServices => {
                             h.service_stops += 1;
+                            h.left_at_boot = false;
                             h.stop_latency
                         }
                         ActionKind::CountActiveCalls => Duration::from_millis(20),
-                        ActionKind::Persist(_) => Duration::from_millis(1),
+                        ActionKind::Persist(_) => {
+                            h.persists_in_flight += 1;
+                            Duration::from_millis(1)
+                        }
                         ActionKind::FetchFailbackData => h.fetch_latency,
                     };
                     let generation = h.generation;
@@ -824,10 +916,16 @@ impl Cluster {
                     );
                 }
                 Output::Event(e) => {
+                    self.check_decision(i, &e);
                     match e.kind {
                         EventKind::ActiveChanged { to: true, .. } => {
                             self.hosts[i].activations += 1;
-                            if i == STANDBY && self.outage_since.is_some() {
+                            // A start decided before the outage began is not
+                            // the outage's failover.
+                            let started_in_outage = self
+                                .outage_since
+                                .is_some_and(|o| self.hosts[i].starting_at.is_none_or(|s| s >= o));
+                            if i == STANDBY && started_in_outage {
                                 self.outage_activations += 1;
                                 self.stats.failovers += 1;
                             }
@@ -837,6 +935,7 @@ impl Cluster {
                             ..
                         } => {
                             self.hosts[i].starts += 1;
+                            self.hosts[i].starting_at = Some(self.now);
                             let after_outage = self
                                 .outage_ended
                                 .is_some_and(|e| self.now - e < self.timers.failover_after);
@@ -894,6 +993,7 @@ impl Cluster {
         if let Some(v) = self.violation.take() {
             return Err(v);
         }
+        self.check_state()?;
         let now = self.now;
         // Never Active without services.
         for (i, h) in self.hosts.iter().enumerate() {
@@ -918,8 +1018,12 @@ impl Cluster {
             }
         }
         let settled = self.connected() && now - self.disturbed_at >= self.settle();
-        // At most one node runs services while the two hear each other.
-        if settled && !self.forced_or_manual() && self.hosts.iter().all(|h| h.services) {
+        // At most one node runs services while the two hear each other
+        // (services whose stop fails run whatever the node does).
+        if settled
+            && !self.forced_or_manual()
+            && self.hosts.iter().all(|h| h.services && !h.stop_failed)
+        {
             return Err("both nodes run services while connected".into());
         }
         if self.forced_or_manual() {
@@ -957,15 +1061,29 @@ impl Cluster {
         }
         // Someone serves: not both inactive for long while one could serve.
         let any_active = self.hosts.iter().any(|h| h.is_active());
+        // A faulted Standby beside a yielding Main (held, switched away,
+        // leaving) waits out its fault hold: the Main decides in a tie.
+        let yielding = |i: usize| self.hosts[i].node.as_ref().is_some_and(|n| n.is_yielding());
+        let can_serve = (0..2).any(|i| {
+            self.hosts[i].alive()
+                && !self.held(i)
+                && !(i == STANDBY && yielding(STANDBY) && yielding(MAIN))
+        });
+        if !can_serve {
+            self.can_serve_since = None;
+        } else if self.can_serve_since.is_none() {
+            self.can_serve_since = Some(now);
+        }
         if any_active {
             self.none_active_since = None;
         } else {
             let since = *self.none_active_since.get_or_insert(now);
-            let can_serve = (0..2).any(|i| self.hosts[i].alive() && !self.held(i));
             let bound = self.timers.startup_wait.max(self.timers.failover_after)
                 + self.settle()
                 + self.timers.retry_delay;
-            let from = since.max(self.exempt_until);
+            let from = since
+                .max(self.exempt_until)
+                .max(self.can_serve_since.unwrap_or(now));
             let arbiter_blocked =
                 self.timers.arbiters && !self.hosts[MAIN].alive() && !self.hosts[STANDBY].arbiter;
             if can_serve && !arbiter_blocked && now > from && now - from > bound {

@@ -1,0 +1,156 @@
+//! Checks of the rules themselves, from what the checker saw on the wire
+//! rather than from the nodes' own reasoning: every decision is checked
+//! against the frames its node had accepted when it took it.
+//!
+//! Each check here was written against a bug injected into the core that
+//! every other test let through (a takeover after half of `failover_after`,
+//! a failed stop reported as Inactive, a handover to a yielding peer, a
+//! stable timer not reset by a silence, both nodes stepping down in one split
+//! brain, an epoch not persisted).
+
+use super::*;
+
+impl Cluster {
+    /// State that must hold after every step.
+    pub(super) fn check_state(&self) -> Result<(), String> {
+        for (i, h) in self.hosts.iter().enumerate() {
+            let Some(n) = h.node.as_ref() else { continue };
+            // The peer starts when this node says Inactive: it must be true.
+            if n.status() == Status::Inactive && h.services && !h.left_at_boot {
+                return Err(format!(
+                    "{} reports Inactive while its services may run",
+                    NAMES[i]
+                ));
+            }
+            // What the node would boot from is what it means to keep.
+            if h.persists_in_flight == 0 && h.disk != n.facts() {
+                return Err(format!(
+                    "{} persisted {:?} but holds {:?}",
+                    NAMES[i],
+                    h.disk,
+                    n.facts()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A decision (an event of node `i`), checked against the frames node
+    /// `i` had accepted when it took it. A violation is reported by the
+    /// next invariant check.
+    pub(super) fn check_decision(&mut self, i: usize, e: &Event) {
+        if self.violation.is_some() || !self.check {
+            return;
+        }
+        if let Some(v) = self.decision_violation(i, e) {
+            self.violation = Some(v);
+        }
+    }
+
+    fn decision_violation(&mut self, i: usize, e: &Event) -> Option<String> {
+        let now = self.now;
+        let t = self.timers.clone();
+        let h = &self.hosts[i];
+        let automatic = t.mode == Mode::Automatic;
+        // The frame the node acts on: accepted within failover_after.
+        let alive = h.heard.as_ref().filter(|p| now - p.at < t.failover_after);
+        let silent_for = now
+            - h.heard
+                .as_ref()
+                .map_or(h.booted_at, |p| p.at.max(h.booted_at));
+        let since_boot = now - h.booted_at;
+        match &e.kind {
+            EventKind::StatusChanged {
+                from: Status::Inactive,
+                to: Status::Starting,
+            } if automatic => {
+                if i == STANDBY {
+                    match alive {
+                        // Only a Main that says it yields hands over early.
+                        Some(p) => {
+                            let f = &p.frame;
+                            (f.status != Status::Inactive || !f.flags.has(Flags::YIELDING)).then(
+                                || {
+                                    format!(
+                                        "standby started while hearing the main {} without yielding ({:?})",
+                                        f.status, f.flags
+                                    )
+                                },
+                            )
+                        }
+                        // No takeover before failover_after of silence.
+                        None => (silent_for < t.failover_after || since_boot < t.failover_after)
+                            .then(|| {
+                                format!(
+                                    "standby took over after {:.3}s of silence (failover_after {:?})",
+                                    silent_for.as_secs_f64(),
+                                    t.failover_after
+                                )
+                            }),
+                    }
+                } else {
+                    match alive {
+                        Some(p) => {
+                            let f = &p.frame;
+                            (f.status != Status::Inactive || f.flags.has(Flags::ADOPTING)).then(
+                                || {
+                                    format!(
+                                        "main started while hearing the standby {} ({:?})",
+                                        f.status, f.flags
+                                    )
+                                },
+                            )
+                        }
+                        None => (silent_for < t.startup_wait).then(|| {
+                            format!(
+                                "main started after {:.3}s of silence (startup_wait {:?})",
+                                silent_for.as_secs_f64(),
+                                t.startup_wait
+                            )
+                        }),
+                    }
+                }
+            }
+            // No failback before the stable time of unbroken hearing.
+            EventKind::FailbackRequested if i == MAIN => {
+                let FailbackPolicy::Stable(d) = t.failback else {
+                    return None;
+                };
+                let heard_for = alive.map_or(Duration::ZERO, |p| now - p.since.max(h.booted_at));
+                // An admin's failback skips the stable time: only the
+                // policy's own request is bound by it.
+                let by_policy = e.reason.starts_with("failback policy");
+                (by_policy && heard_for < d).then(|| {
+                    format!(
+                        "failback asked after {:.3}s of unbroken hearing (stable time {d:?})",
+                        heard_for.as_secs_f64()
+                    )
+                })
+            }
+            // A node whose PBX is down hands over only to a ready peer.
+            EventKind::Faulted { .. } if !h.pbx_ok && h.services => {
+                let ready = alive.is_some_and(|p| {
+                    p.frame.status == Status::Inactive
+                        && p.frame.flags.has(Flags::HEARS_PEER)
+                        && !p.frame.flags.has(Flags::YIELDING)
+                });
+                (!ready).then(|| {
+                    format!(
+                        "{} handed its service over to a peer that cannot serve ({:?})",
+                        NAMES[i],
+                        alive.map(|p| (p.frame.status, p.frame.flags))
+                    )
+                })
+            }
+            // One split brain: exactly one of the two steps down.
+            EventKind::SplitBrain { winner: false, .. } => {
+                let other = self.hosts[1 - i].split_step_down;
+                self.hosts[i].split_step_down = Some(now);
+                other
+                    .is_some_and(|o| now - o < t.failover_after)
+                    .then(|| "both nodes stepped down in one split brain".to_string())
+            }
+            _ => None,
+        }
+    }
+}
