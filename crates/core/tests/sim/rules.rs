@@ -142,6 +142,16 @@ impl Cluster {
                     )
                 })
             }
+            // A peer is silent after failover_after without a frame, not
+            // before: every rule that starts or hands over builds on it.
+            EventKind::PeerSilent { .. } => (silent_for < t.failover_after).then(|| {
+                format!(
+                    "{} called its peer silent after {:.3}s without a frame (failover_after {:?})",
+                    NAMES[i],
+                    silent_for.as_secs_f64(),
+                    t.failover_after
+                )
+            }),
             // One split brain: exactly one of the two steps down.
             EventKind::SplitBrain { winner: false, .. } => {
                 let other = self.hosts[1 - i].split_step_down;
