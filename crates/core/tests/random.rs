@@ -165,6 +165,32 @@ fn run_seed(seed: u64, hours: f64, log: bool) -> Result<Stats, String> {
                     c.run_for(down)?;
                     c.boot(MAIN);
                 }
+                3 => {
+                    // A frame of a node's earlier boot, replayed once the
+                    // peer hears the new boot: refused.
+                    let i = more.random_range(0..2);
+                    let old = c.hosts[i].last_sent.clone();
+                    if c.hosts[i].alive() && !old.is_empty() {
+                        c.crash_daemon(i);
+                        c.run_for(secs_f(&mut more, 0.01, 1.0))?;
+                        c.boot(i);
+                        let boot = c.hosts[i].boot_id;
+                        // Both sides confirmed: the rebooted node has
+                        // accepted its peer's frames too (the next fault must
+                        // not land inside the handshake; a one-way cut
+                        // inside it is a known gap, see ARCHITECTURE.md).
+                        let heard = c.run_until(Duration::from_secs(10), |c| {
+                            c.hosts[1 - i].heard().is_some_and(|h| h.frame.boot == boot)
+                                && c.hosts[i].heard().is_some()
+                        })?;
+                        if heard && c.inject(1 - i, &old).is_ok() {
+                            return Err(format!(
+                                "{} accepted a frame of an earlier boot of its peer",
+                                sim::NAMES[1 - i]
+                            ));
+                        }
+                    }
+                }
                 _ => {}
             }
             // A crash that also costs the node its state, sometimes: the

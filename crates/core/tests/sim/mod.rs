@@ -186,6 +186,13 @@ pub struct Host {
     split_step_down: Option<Instant>,
     /// When this node last decided to start (status -> Starting).
     starting_at: Option<Instant>,
+    /// Services up: a start reported done (or left running), no stop done
+    /// since. `services` is wider: from the start order on.
+    up: bool,
+    /// The node's epoch at the last check of this boot (never goes down).
+    last_epoch: u64,
+    /// The last frame this host sent, kept to be replayed later.
+    pub last_sent: Vec<u8>,
 }
 
 /// The last frame a node accepted from its peer, as the checker saw it.
@@ -197,6 +204,10 @@ pub struct Heard {
 }
 
 impl Host {
+    /// The last frame this node accepted from its peer since it booted.
+    pub fn heard(&self) -> Option<&Heard> {
+        self.heard.as_ref()
+    }
     pub fn alive(&self) -> bool {
         self.node.is_some()
     }
@@ -355,6 +366,9 @@ impl Cluster {
                 heard: None,
                 split_step_down: None,
                 starting_at: None,
+                up: false,
+                last_epoch: 0,
+                last_sent: Vec::new(),
             });
         }
         c
@@ -397,8 +411,12 @@ impl Cluster {
         h.generation += 1;
         h.boot_id = self.rng.random();
         // The runtime reports what runs: services a daemon crash left behind.
-        let seen = if h.services {
+        // A start ordered and not confirmed (its daemon died meanwhile)
+        // may or may not have brought the services up.
+        let seen = if h.up {
             ServicesAtBoot::Running
+        } else if h.services {
+            ServicesAtBoot::Unclear
         } else {
             ServicesAtBoot::Stopped
         };
@@ -417,6 +435,7 @@ impl Cluster {
         h.starts = 0;
         h.left_at_boot = h.services;
         h.stop_failed = false;
+        h.last_epoch = 0;
         h.persists_in_flight = 0;
         h.heard = None;
         h.split_step_down = None;
@@ -457,6 +476,7 @@ impl Cluster {
             return;
         }
         h.services = false;
+        h.up = false;
         h.deadline = None;
         self.disturbed_at = self.now;
         self.note(format!("== crash {}", NAMES[i]));
@@ -740,6 +760,7 @@ impl Cluster {
                                 "asterisk: exit status 1".into(),
                             ))
                         } else {
+                            h.up = true;
                             Ok(ActionOutcome::Done)
                         }
                     }
@@ -757,6 +778,7 @@ impl Cluster {
                             ))
                         } else {
                             h.services = false;
+                            h.up = false;
                             h.stop_failed = false;
                             Ok(ActionOutcome::Done)
                         }
@@ -854,6 +876,7 @@ impl Cluster {
                 }
                 Output::Transmit(t) => {
                     self.stats.frames_sent += 1;
+                    self.hosts[i].last_sent.clone_from(&t.bytes);
                     let to = if t.to == addr(MAIN) { MAIN } else { STANDBY };
                     let link = self.links[i][to].clone();
                     if !link.up || (link.loss > 0.0 && self.rng.random_bool(link.loss)) {
@@ -995,9 +1018,9 @@ impl Cluster {
         }
         self.check_state()?;
         let now = self.now;
-        // Never Active without services.
+        // Never Active without services up (a start ordered is not enough).
         for (i, h) in self.hosts.iter().enumerate() {
-            if h.is_active() && !h.services {
+            if h.is_active() && !h.up {
                 return Err(format!("{} is active without its services", NAMES[i]));
             }
         }
@@ -1042,10 +1065,6 @@ impl Cluster {
             + self.timers.interval * 2
             + self.links[MAIN][STANDBY].delay_max
             + Duration::from_millis(100);
-        // Injected start failures still to come make liveness moot.
-        if self.hosts.iter().any(|h| h.fail_starts > 0) {
-            self.exempt_until = self.exempt_until.max(now);
-        }
         // The Standby takes over a dead Main.
         if let Some(since) = self.outage_since {
             let s = &self.hosts[STANDBY];

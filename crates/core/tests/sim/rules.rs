@@ -12,9 +12,39 @@ use super::*;
 
 impl Cluster {
     /// State that must hold after every step.
-    pub(super) fn check_state(&self) -> Result<(), String> {
-        for (i, h) in self.hosts.iter().enumerate() {
+    pub(super) fn check_state(&mut self) -> Result<(), String> {
+        let now = self.now;
+        // A switchover may wait failover_after more for a switched-away
+        // Main to drop its hold, or for a silent receiver to be called so.
+        let drain_bound = self
+            .timers
+            .drain
+            .map_or(Duration::ZERO, |d| d.timeout + d.poll)
+            + self.timers.failover_after
+            + Duration::from_secs(1);
+        for (i, h) in self.hosts.iter_mut().enumerate() {
             let Some(n) = h.node.as_ref() else { continue };
+            // Epochs only go up within a boot.
+            if n.epoch() < h.last_epoch {
+                return Err(format!(
+                    "{}'s epoch went down from {} to {}",
+                    NAMES[i],
+                    h.last_epoch,
+                    n.epoch()
+                ));
+            }
+            h.last_epoch = n.epoch();
+            // A drain ends by its timeout (the stop that follows is bounded
+            // by the "stuck" check).
+            if let Some((Status::Draining, since)) = h.seen {
+                if now - since > drain_bound {
+                    return Err(format!(
+                        "{} drained for {:.1}s (bound {drain_bound:?})",
+                        NAMES[i],
+                        (now - since).as_secs_f64()
+                    ));
+                }
+            }
             // The peer starts when this node says Inactive: it must be true.
             if n.status() == Status::Inactive && h.services && !h.left_at_boot {
                 return Err(format!(
@@ -51,7 +81,8 @@ impl Cluster {
         let now = self.now;
         let t = self.timers.clone();
         let h = &self.hosts[i];
-        let automatic = t.mode == Mode::Automatic;
+        // A disabled node has its own rule (the guard), tested apart.
+        let automatic = t.mode == Mode::Automatic && h.settings.node_type != NodeType::Disabled;
         // The frame the node acts on: accepted within failover_after.
         let alive = h.heard.as_ref().filter(|p| now - p.at < t.failover_after);
         let silent_for = now
@@ -64,6 +95,18 @@ impl Cluster {
                 from: Status::Inactive,
                 to: Status::Starting,
             } if automatic => {
+                let own = h.node.as_ref().map_or(0, |n| n.epoch());
+                if let Some(p) = h.heard.as_ref().filter(|p| own <= p.frame.epoch) {
+                    return Some(format!(
+                        "{} started with epoch {own}, not above its peer's {}",
+                        NAMES[i], p.frame.epoch
+                    ));
+                }
+                if i == STANDBY && alive.is_none() && t.arbiters && !h.arbiter {
+                    return Some(
+                        "standby took over a silent main with no arbiter answering".into(),
+                    );
+                }
                 if i == STANDBY {
                     match alive {
                         // Only a Main that says it yields hands over early.
@@ -152,8 +195,27 @@ impl Cluster {
                     t.failover_after
                 )
             }),
-            // One split brain: exactly one of the two steps down.
+            // One split brain: exactly one of the two steps down, the one
+            // the policy names.
             EventKind::SplitBrain { winner: false, .. } => {
+                if let Some(p) = alive {
+                    let own = h.node.as_ref().map_or(0, |n| n.epoch());
+                    let theirs = p.frame.epoch;
+                    let me_main = i == MAIN;
+                    let by_type = t.split_brain == SplitBrainPolicy::Main
+                        && p.frame.node_type != h.settings.node_type;
+                    let should_lose = if by_type {
+                        !me_main
+                    } else {
+                        (own, me_main) < (theirs, !me_main)
+                    };
+                    if !should_lose {
+                        return Some(format!(
+                            "{} stepped down in a split brain it wins ({:?}: epoch {own} here, {theirs} on the peer)",
+                            NAMES[i], t.split_brain
+                        ));
+                    }
+                }
                 let other = self.hosts[1 - i].split_step_down;
                 self.hosts[i].split_step_down = Some(now);
                 other
