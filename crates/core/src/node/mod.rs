@@ -795,28 +795,8 @@ impl Node {
     }
 
     fn decide_automatic(&mut self) {
-        // Split brain: both claim the service and hear each other.
-        if self.status.claims() {
-            if let Some(f) = self
-                .peer_frame()
-                .filter(|f| f.status.claims() && f.mode == Mode::Automatic)
-            {
-                let (own, theirs) = (self.epoch, f.epoch);
-                let already = self.status == Status::Starting && self.stop_after_start.is_some();
-                if !already && !self.wins_against(f) {
-                    let peer = f.name.clone();
-                    self.event(
-                        EventKind::SplitBrain {
-                            own_epoch: own,
-                            peer_epoch: theirs,
-                            winner: false,
-                        },
-                        format!("{peer} keeps the service ({})", self.split_brain_rule()),
-                    );
-                    self.begin_stop(format!("split brain resolved in favour of {peer}"));
-                    return;
-                }
-            }
+        if self.resolve_split_brain() {
+            return;
         }
         match self.status {
             Status::Inactive => {
@@ -840,6 +820,39 @@ impl Node {
             Status::Draining => self.continue_drain(),
             Status::Starting | Status::Stopping => {}
         }
+    }
+
+    /// Split brain: both claim the service and hear each other; the loser
+    /// steps down. Applies to a leaving (draining) node too: its drain may
+    /// last `stop_timeout`, two PBXs must not serve meanwhile. True when
+    /// this node steps down.
+    pub(super) fn resolve_split_brain(&mut self) -> bool {
+        if self.s.mode != Mode::Automatic || self.s.node_type == NodeType::Disabled {
+            return false;
+        }
+        if self.status.claims() {
+            if let Some(f) = self
+                .peer_frame()
+                .filter(|f| f.status.claims() && f.mode == Mode::Automatic)
+            {
+                let (own, theirs) = (self.epoch, f.epoch);
+                let already = self.status == Status::Starting && self.stop_after_start.is_some();
+                if !already && !self.wins_against(f) {
+                    let peer = f.name.clone();
+                    self.event(
+                        EventKind::SplitBrain {
+                            own_epoch: own,
+                            peer_epoch: theirs,
+                            winner: false,
+                        },
+                        format!("{peer} keeps the service ({})", self.split_brain_rule()),
+                    );
+                    self.begin_stop(format!("split brain resolved in favour of {peer}"));
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     fn split_brain_rule(&self) -> &'static str {
