@@ -78,8 +78,10 @@ impl Node {
             ServicesAtBoot::Running if wanted_now => {
                 self.adopt("services found running".into());
             }
-            // Starts at once anyway (as before: the start runs again).
-            ServicesAtBoot::Unclear if wanted_now => {}
+            // Starts at once anyway (as before: the start runs again); a
+            // disabled node waits `startup_wait` first, and a stop meanwhile
+            // must not leave what may run behind (`handle_shutdown`).
+            ServicesAtBoot::Unclear if wanted_now => self.maybe_running = true,
             ServicesAtBoot::Running
                 if self.s.mode == Mode::Automatic
                     && self.serving
@@ -156,6 +158,7 @@ impl Node {
             Status::Active,
             format!("adopted the services left running, not restarted ({why})"),
         );
+        self.resume_after_restart();
     }
 
     /// Stop services that run while the node is Inactive.
@@ -172,6 +175,7 @@ impl Node {
         }
         let until = self.now + self.s.stop_timeout;
         self.leaving = Some(until);
+        self.leave_wait = self.status.claims();
         self.want_active = false;
         self.failback_now = false;
         if let Some(d) = self.drain.as_mut() {
@@ -201,6 +205,13 @@ impl Node {
         self.event(EventKind::Leaving, why);
         if self.adopt_until.take().is_some() {
             self.stop_left_running("the daemon is stopping before it adopted the services".into());
+        } else if self.maybe_running && self.status == Status::Inactive {
+            // Never exit leaving a PBX running behind (only a restart that
+            // adopts may).
+            self.stop_left_running(
+                "the daemon is stopping; services found in an unclear state at boot may run: stopping them"
+                    .into(),
+            );
         }
         // A failed stop waiting for its retry keeps it: the daemon exits
         // only once its services are stopped.
@@ -211,9 +222,27 @@ impl Node {
         self.send_heartbeat();
     }
 
+    /// A node that served when told to stop stays (sending heartbeats) until
+    /// its peer takes the service, at most until the stop timeout: the
+    /// peer, a Main, first fetches the `keep_on_failback` data from it, as
+    /// at failback (`data.rs`), which needs this daemon to answer. A peer
+    /// not heard, yielding or not hearing this node will not take it: no
+    /// wait then.
+    fn awaits_taker(&self) -> bool {
+        if !self.leave_wait || self.leaving.is_none_or(|t| self.now >= t) {
+            return false;
+        }
+        self.peer_frame().is_some_and(|f| {
+            f.status == Status::Inactive
+                && !f.flags.has(Flags::YIELDING)
+                && f.flags.has(Flags::HEARS_PEER)
+        })
+    }
+
     /// The stopping daemon: drain, stop, then done.
     pub(super) fn decide_leaving(&mut self) {
         match self.status {
+            Status::Inactive if self.service_op.is_none() && !self.left && self.awaits_taker() => {}
             Status::Inactive if self.service_op.is_none() && !self.left => {
                 self.left = true;
                 self.set_serving(false);

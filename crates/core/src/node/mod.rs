@@ -101,6 +101,11 @@ struct Drain {
     deadline: Instant,
     next_poll: Instant,
     query: Option<ActionId>,
+    /// The receiver's boot when it last was ready (`switchover.rs`:
+    /// a receiver's restart does not cancel the drain).
+    peer_boot: Option<u64>,
+    /// Since when a restarted receiver has not been ready again.
+    grace: Option<Instant>,
 }
 
 /// A read-only picture of the node, for the API and the dashboard.
@@ -208,6 +213,13 @@ pub struct Node {
     /// Services found running at boot, to adopt unless the peer serves: the
     /// wait for the peer ends at this time.
     adopt_until: Option<Instant>,
+    /// Services were found in an unclear state at boot and no service
+    /// action has run since: they may run, so a stop stops them.
+    maybe_running: bool,
+    /// The daemon was told to stop while serving: it stays until the peer
+    /// takes the service (or the stop timeout ends), so the peer can fetch
+    /// the kept data from it first (`data.rs`).
+    leave_wait: bool,
 }
 
 impl Node {
@@ -288,6 +300,8 @@ impl Node {
             leaving: None,
             left: false,
             adopt_until: None,
+            maybe_running: false,
+            leave_wait: false,
             s: settings,
         };
         // Automatic mode keeps only the admin's Stop; a Start there means
@@ -750,7 +764,9 @@ impl Node {
             }
         }
         if self.leaving.is_some() {
-            self.decide_leaving();
+            if !self.resolve_split_brain() {
+                self.decide_leaving();
+            }
         } else if self.adopt_until.is_some() {
             self.decide_adoption();
         } else {
@@ -807,6 +823,9 @@ impl Node {
                 }
             }
             Status::Active => {
+                if self.resume_tick() {
+                    return;
+                }
                 if let Some(why) = self.should_release() {
                     self.enter_fault(why.clone());
                     self.begin_stop(why);
@@ -1031,6 +1050,8 @@ impl Node {
             deadline: self.now + timeout,
             next_poll: self.now,
             query: None,
+            peer_boot: self.peer_frame().map(|f| f.boot),
+            grace: None,
         });
         self.calls = None;
         self.event(
@@ -1045,7 +1066,12 @@ impl Node {
     }
 
     fn continue_drain(&mut self) {
-        if self.leaving.is_none() && self.handover_request().is_none() {
+        let asked = self.leaving.is_some() || self.handover_request().is_some();
+        if asked {
+            self.receiver_ready();
+        } else if self.receiver_restarting() {
+            return;
+        } else {
             self.drain = None;
             self.event(
                 EventKind::DrainCancelled,
@@ -1375,6 +1401,9 @@ impl Node {
     }
 
     fn action(&mut self, kind: ActionKind) -> ActionId {
+        if matches!(kind, ActionKind::StartServices | ActionKind::StopServices) {
+            self.maybe_running = false;
+        }
         self.next_id += 1;
         let id = ActionId(self.next_id);
         self.out.push_back(Output::Action(Action { id, kind }));
@@ -1429,6 +1458,11 @@ impl Node {
             self.pbx_down_since.map(|t| t + self.s.failover_after),
             self.drain.as_ref().map(|d| d.deadline),
             self.drain.as_ref().map(|d| d.next_poll),
+            self.drain
+                .as_ref()
+                .and_then(|d| d.grace)
+                .map(|t| t + self.s.failover_after),
+            self.leaving,
             self.adopt_until,
             stable,
             self.switchover_deadline(),
