@@ -40,6 +40,13 @@ pub(super) enum DataFetch {
 const MIN_RETRY: Duration = Duration::from_secs(1);
 
 impl Node {
+    /// A leaving Standby hands the service over: the copy has answered (or
+    /// failed, or timed out: the Standby goes anyway, someone must serve).
+    pub(super) fn data_settled(&self) -> bool {
+        self.s.failback_data.is_none()
+            || matches!(self.data, DataFetch::Ready | DataFetch::Failed { .. })
+    }
+
     /// The failback policy says ask: may the Main, as far as its data goes?
     /// (ask now, why it waits). Starts the copy when none was asked yet.
     pub(super) fn data_gate(&mut self) -> (bool, Option<FailbackWait>) {
@@ -98,7 +105,9 @@ impl Node {
             return;
         };
         let peer = self.peer_label().to_owned();
-        let proceeded = g.on_failure == DataFailurePolicy::Proceed;
+        // A leaving Standby cannot keep serving: hold would leave no one.
+        let leaving = self.peer_leaving();
+        let proceeded = g.on_failure == DataFailurePolicy::Proceed || leaving;
         let retry = self.s.retry_delay.max(MIN_RETRY);
         let same = matches!(&self.data, DataFetch::Failed { reason, .. } if *reason == why);
         self.data = DataFetch::Failed {
@@ -109,7 +118,11 @@ impl Node {
         if same {
             return; // told once per reason, not at every retry
         }
-        let text = if proceeded {
+        let text = if leaving {
+            format!(
+                "keep_on_failback paths not copied back from standby {peer}: {why}; {peer} is leaving (its daemon is stopping): this node serves without them; what was not copied stays on {peer}"
+            )
+        } else if proceeded {
             format!(
                 "keep_on_failback paths not copied back from standby {peer}: {why}; failing back without them (on_data_failure = proceed): what was not copied stays on {peer} until the next replication overwrites it"
             )

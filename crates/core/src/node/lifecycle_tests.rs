@@ -766,3 +766,41 @@ fn a_receiver_that_does_not_come_back_cancels_the_drain() {
     assert!(h[0].has("cancelled"), "{:?}", h[0].events);
     assert_eq!(h[0].node.status(), Status::Active);
 }
+
+/// The serving Standby's daemon is stopped while its Main waits (manual
+/// failback): the Main's data gate applies as at failback, so the kept
+/// data is copied home before the Main starts; the Standby stays until the
+/// Main has taken the service.
+#[test]
+fn a_leaving_standby_hands_over_through_the_mains_data_gate() {
+    let mut now = Instant::now();
+    let mut s = settings("m", "s", NodeType::Main);
+    s.failback = FailbackPolicy::Manual;
+    s.failback_data = Some(DataGate {
+        wait: Duration::from_secs(10),
+        on_failure: DataFailurePolicy::Hold,
+    });
+    let main = Node::new(s, Persisted::default(), 1, now);
+    let standby = Node::boot(
+        settings("s", "m", NodeType::Standby),
+        Persisted {
+            serving: true,
+            ..Persisted::default()
+        },
+        ServicesAtBoot::Running,
+        2,
+        now,
+    );
+    let mut h = [Host::new(main, false), Host::new(standby, true)];
+    run(&mut h, &mut now, Duration::from_secs(2));
+    assert_eq!(h[1].node.status(), Status::Active, "{:?}", h[1].events);
+    assert!(!h[0].has("failback data copied back"), "manual: no copy yet");
+    h[1].node.handle_input(Input::Shutdown(now)).unwrap();
+    run(&mut h, &mut now, Duration::from_secs(3));
+    assert!(h[1].node.is_done(), "{:?}", h[1].events);
+    assert_eq!(h[0].node.status(), Status::Active, "{:?}", h[0].events);
+    let at = |text: &str| h[0].events.iter().position(|e| e.contains(text));
+    let copied = at("failback data copied back").expect("the kept data is copied");
+    let started = at("status inactive -> starting").expect("the main starts");
+    assert!(copied < started, "{:?}", h[0].events);
+}

@@ -926,10 +926,14 @@ impl Node {
                     && !adopting
                     && deaf_for.is_some_and(|d| d >= self.s.failover_after + self.s.startup_wait);
                 if ready && f.flags.has(Flags::LEAVING) {
-                    Some(format!(
-                        "standby {} is leaving (its daemon is stopping) and has stopped its services",
-                        self.peer_label()
-                    ))
+                    // The kept data first: the leaving Standby waits for
+                    // this node to start (at most its stop timeout).
+                    self.data_settled().then(|| {
+                        format!(
+                            "standby {} is leaving (its daemon is stopping) and has stopped its services",
+                            self.peer_label()
+                        )
+                    })
                 } else if ready {
                     Some(format!("standby {} is inactive", self.peer_label()))
                 } else if deaf {
@@ -1136,6 +1140,12 @@ impl Node {
     }
 
     fn failback_reason(&self) -> String {
+        if self.peer_leaving() {
+            return format!(
+                "standby {} is leaving (its daemon is stopping)",
+                self.peer_label()
+            );
+        }
         if self.failback_now {
             return "an admin asked for failback".into();
         }
@@ -1148,18 +1158,22 @@ impl Node {
 
     /// (ask now, why we wait).
     fn failback_decision(&self) -> (bool, Option<FailbackWait>) {
+        let peer_leaving = self.peer_leaving();
         let eligible = self.s.node_type == NodeType::Main
             && self.s.mode == Mode::Automatic
             && self.status == Status::Inactive
-            && self.admin.is_none_or(|a| a == AdminChoice::Start)
-            && self.fault.is_none()
             && self.leaving.is_none()
             && self.adopt_until.is_none()
-            && self.peer_frame().is_some_and(|f| f.status.claims());
+            && (peer_leaving
+                || (self.admin.is_none_or(|a| a == AdminChoice::Start)
+                    && self.fault.is_none()
+                    && self.peer_frame().is_some_and(|f| f.status.claims())));
         if !eligible {
             return (false, None);
         }
-        if self.failback_now {
+        // A Standby whose daemon stops hands the service back whatever
+        // the policy: its kept data comes home first, as at failback.
+        if self.failback_now || peer_leaving {
             return (true, None);
         }
         match self.s.failback {
@@ -1173,6 +1187,17 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// The Standby's daemon is stopping (`LEAVING`): it hands the service
+    /// to this Main, which applies its data gate first (`data.rs`). Not
+    /// while this Main is held by an admin's stop.
+    fn peer_leaving(&self) -> bool {
+        self.s.node_type == NodeType::Main
+            && self.admin != Some(AdminChoice::Stop)
+            && self.peer_frame().is_some_and(|f| {
+                f.node_type == NodeType::Standby && f.flags.has(Flags::LEAVING)
+            })
     }
 
     fn stable_since(&self) -> Instant {
