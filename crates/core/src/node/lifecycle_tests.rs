@@ -628,7 +628,9 @@ fn a_main_restarted_mid_switchover_without_its_peer_cancels_it() {
     }
     assert_eq!(n.status(), Status::Active);
     assert!(
-        events.iter().any(|e| e.kind == EventKind::SwitchoverCancelled),
+        events
+            .iter()
+            .any(|e| e.kind == EventKind::SwitchoverCancelled),
         "{events:?}"
     );
     assert!(!n.is_yielding());
@@ -794,7 +796,10 @@ fn a_leaving_standby_hands_over_through_the_mains_data_gate() {
     let mut h = [Host::new(main, false), Host::new(standby, true)];
     run(&mut h, &mut now, Duration::from_secs(2));
     assert_eq!(h[1].node.status(), Status::Active, "{:?}", h[1].events);
-    assert!(!h[0].has("failback data copied back"), "manual: no copy yet");
+    assert!(
+        !h[0].has("failback data copied back"),
+        "manual: no copy yet"
+    );
     h[1].node.handle_input(Input::Shutdown(now)).unwrap();
     run(&mut h, &mut now, Duration::from_secs(3));
     assert!(h[1].node.is_done(), "{:?}", h[1].events);

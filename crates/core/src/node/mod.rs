@@ -1195,9 +1195,9 @@ impl Node {
     fn peer_leaving(&self) -> bool {
         self.s.node_type == NodeType::Main
             && self.admin != Some(AdminChoice::Stop)
-            && self.peer_frame().is_some_and(|f| {
-                f.node_type == NodeType::Standby && f.flags.has(Flags::LEAVING)
-            })
+            && self
+                .peer_frame()
+                .is_some_and(|f| f.node_type == NodeType::Standby && f.flags.has(Flags::LEAVING))
     }
 
     fn stable_since(&self) -> Instant {

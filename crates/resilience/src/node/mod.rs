@@ -463,7 +463,9 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
             // within the stop timeout.
             if let Some(r) = replicator.as_ref().filter(|r| r.copying_back()) {
                 let left = stop_deadline
-                    .map_or(Duration::ZERO, |t| t.saturating_duration_since(Instant::now()))
+                    .map_or(Duration::ZERO, |t| {
+                        t.saturating_duration_since(Instant::now())
+                    })
                     .max(Duration::from_secs(1));
                 tracing::info!("waiting for the kept data's copy-back to the main");
                 if !r.copy_back_finished(left).await {
