@@ -239,6 +239,25 @@ impl Node {
         })
     }
 
+    /// A serving Standby told to stop hands back as at failback: it keeps
+    /// serving until its Main asks (`WANT_ACTIVE`), which the Main does once
+    /// its data gate has brought the kept data home (`data.rs`), so the
+    /// copy never runs with no one serving. At most until the stop timeout;
+    /// no wait for a Main that cannot take the service.
+    fn awaits_ask(&self) -> bool {
+        if self.s.node_type != NodeType::Standby || self.leaving.is_none_or(|t| self.now >= t) {
+            return false;
+        }
+        self.peer_frame().is_some_and(|f| {
+            f.node_type == NodeType::Main
+                && f.mode == Mode::Automatic
+                && f.status == Status::Inactive
+                && f.flags.has(Flags::HEARS_PEER)
+                && !f.flags.has(Flags::YIELDING)
+                && !f.flags.has(Flags::WANT_ACTIVE)
+        })
+    }
+
     /// The stopping daemon: drain, stop, then done.
     pub(super) fn decide_leaving(&mut self) {
         match self.status {
@@ -258,6 +277,7 @@ impl Node {
             }
             Status::Inactive => {}
             Status::Starting => self.begin_stop("the daemon is stopping".into()),
+            Status::Active if self.awaits_ask() => {}
             Status::Active => self.begin_drain("the daemon is stopping".into()),
             Status::Draining => self.continue_drain(),
             Status::Stopping => {}
