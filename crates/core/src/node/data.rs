@@ -40,13 +40,6 @@ pub(super) enum DataFetch {
 const MIN_RETRY: Duration = Duration::from_secs(1);
 
 impl Node {
-    /// A leaving Standby hands the service over: the copy has answered (or
-    /// failed, or timed out: the Standby goes anyway, someone must serve).
-    pub(super) fn data_settled(&self) -> bool {
-        self.s.failback_data.is_none()
-            || matches!(self.data, DataFetch::Ready | DataFetch::Failed { .. })
-    }
-
     /// The failback policy says ask: may the Main, as far as its data goes?
     /// (ask now, why it waits). Starts the copy when none was asked yet.
     pub(super) fn data_gate(&mut self) -> (bool, Option<FailbackWait>) {

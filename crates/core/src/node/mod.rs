@@ -926,14 +926,14 @@ impl Node {
                     && !adopting
                     && deaf_for.is_some_and(|d| d >= self.s.failover_after + self.s.startup_wait);
                 if ready && f.flags.has(Flags::LEAVING) {
-                    // The kept data first: the leaving Standby waits for
-                    // this node to start (at most its stop timeout).
-                    self.data_settled().then(|| {
-                        format!(
-                            "standby {} is leaving (its daemon is stopping) and has stopped its services",
-                            self.peer_label()
-                        )
-                    })
+                    // Not held for the kept data: the data gate holds the
+                    // request, which the leaving Standby waits for while it
+                    // serves (`lifecycle.rs`); once it has stopped, someone
+                    // must serve.
+                    Some(format!(
+                        "standby {} is leaving (its daemon is stopping) and has stopped its services",
+                        self.peer_label()
+                    ))
                 } else if ready {
                     Some(format!("standby {} is inactive", self.peer_label()))
                 } else if deaf {
