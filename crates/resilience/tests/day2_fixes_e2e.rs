@@ -145,3 +145,92 @@ fn stopping_the_serving_standby_brings_its_kept_voicemail_home_first() {
         "the stopped Standby's daemon exits"
     );
 }
+
+/// The texts of node `i`'s newest events.
+fn event_texts(p: &Pair, i: usize) -> Vec<String> {
+    get(&p.url(i, "/api/v1/events?limit=200")).map_or_else(Vec::new, |ev| {
+        ev["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["text"].as_str().map(str::to_owned))
+            .collect()
+    })
+}
+
+fn set_calls(p: &Pair, i: usize, n: u32) {
+    let f = p.dir.path(&format!("{}.calls", p.specs[i].name));
+    std::fs::write(f, format!("{n}\n")).unwrap();
+}
+
+fn log_of(p: &Pair, i: usize) -> String {
+    std::fs::read_to_string(p.dir.path(&format!("{}.log", p.specs[i].name))).unwrap_or_default()
+}
+
+/// The Main hands over by a switchover and drains its calls; meanwhile the
+/// Standby's daemon is upgraded in place (`systemctl reload`, SIGHUP). The
+/// new process's first frames do not hear the Main yet: the drain goes on,
+/// and the Standby serves once the calls have ended.
+#[test]
+fn a_reload_of_the_receiving_standby_does_not_cancel_a_switchover() {
+    let _g = serial();
+    let mut p = Pair::new(
+        "day2-fix-reload-rx",
+        "automatic",
+        "policy = \"immediate\"",
+        false,
+    );
+    p.start(STANDBY);
+    p.start(MAIN);
+    assert!(
+        wait_until(secs(10), || p.running(MAIN)
+            && p.status(STANDBY)["peer"]["heard"] == true),
+        "{}",
+        p.logs()
+    );
+    set_calls(&p, MAIN, 2);
+    let cfg = p.config_path(MAIN);
+    let (code, out, err) = cli(&["switchover", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        wait_until(secs(10), || p.status(MAIN)["drain"]["active_calls"]
+            .as_u64()
+            == Some(2)),
+        "{}",
+        p.logs()
+    );
+    let daemon = p.nodes[STANDBY].as_ref().unwrap().pid();
+    signal(daemon, "HUP");
+    // The new process runs and hears the Main again.
+    assert!(
+        wait_until(secs(20), || log_of(&p, STANDBY)
+            .contains("restarting the daemon")),
+        "{}",
+        p.logs()
+    );
+    assert!(
+        wait_until(secs(20), || p.status(STANDBY)["peer"]["heard"] == true
+            && p.status(MAIN)["peer"]["heard"] == true
+            && event_texts(&p, STANDBY)
+                .iter()
+                .any(|t| t.contains("node started") && t.contains("start 2"))),
+        "{}",
+        p.logs()
+    );
+    assert!(p.nodes[STANDBY].as_mut().unwrap().alive());
+    assert_eq!(p.nodes[STANDBY].as_ref().unwrap().pid(), daemon);
+    let cancelled = || {
+        event_texts(&p, MAIN)
+            .iter()
+            .any(|t| t.contains("cancelled"))
+    };
+    assert!(!cancelled(), "{:?}", event_texts(&p, MAIN));
+    assert_eq!(p.status(MAIN)["node"]["status"], "draining", "{}", p.logs());
+    set_calls(&p, MAIN, 0);
+    assert!(
+        wait_until(secs(20), || p.running(STANDBY) && !p.marker(MAIN)),
+        "{}",
+        p.logs()
+    );
+    assert!(!cancelled(), "{:?}", event_texts(&p, MAIN));
+}
