@@ -1,6 +1,7 @@
 //! Day-2 fixes, end to end: a Standby whose daemon is stopped while it
-//! serves brings its kept data home before the Main starts. Real nodes,
-//! real TLS replication.
+//! serves brings its kept data home before the Main starts; a reload of
+//! the receiving node does not cancel a switchover. Real nodes, real TLS
+//! replication.
 
 mod common;
 
@@ -169,8 +170,11 @@ fn log_of(p: &Pair, i: usize) -> String {
 
 /// The Main hands over by a switchover and drains its calls; meanwhile the
 /// Standby's daemon is upgraded in place (`systemctl reload`, SIGHUP). The
-/// new process's first frames do not hear the Main yet: the drain goes on,
-/// and the Standby serves once the calls have ended.
+/// new process's first frames may not hear the Main yet (when a frame of
+/// the Main reaches it before its own first one goes out: a race this
+/// test does not force; the core test
+/// `a_receivers_upgrade_does_not_cancel_a_switchover_drain` does): the
+/// drain goes on, and the Standby serves once the calls have ended.
 #[test]
 fn a_reload_of_the_receiving_standby_does_not_cancel_a_switchover() {
     let _g = serial();

@@ -7,7 +7,13 @@
 //!   frames and is then [done](Node::is_done). Its peer starts on that frame
 //!   by the "peer yields" rules (a Standby: Main Inactive and yielding; a
 //!   Main: Standby Inactive), not after `failover_after` of silence. Every
-//!   mode stops its services: a stopped daemon never leaves a PBX running.
+//!   mode stops its services: a stopped daemon never leaves a PBX running
+//!   (services found in an unclear state at boot included). A serving
+//!   Standby hands back as at failback: it serves until its Main asks,
+//!   which the Main does once its data gate has brought the kept data home
+//!   (`data.rs`); a node that served stays until its peer has taken the
+//!   service. Both waits end at `stop_timeout`. The split-brain rule still
+//!   applies while leaving.
 //! - **Restart = nothing happens.** At boot the runtime reports what runs
 //!   ([`ServicesAtBoot`]). Services that all run, on a node whose persisted
 //!   facts say it was serving, are adopted, not restarted, once the peer is
