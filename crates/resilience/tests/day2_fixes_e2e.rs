@@ -238,3 +238,70 @@ fn a_reload_of_the_receiving_standby_does_not_cancel_a_switchover() {
     );
     assert!(!cancelled(), "{:?}", event_texts(&p, MAIN));
 }
+
+/// The Main hands over by a switchover; its daemon is killed (SIGKILL)
+/// during the drain and started again well within `failover_after`: it
+/// adopts its services and resumes the switchover the admin asked for,
+/// rather than serve on, stuck with the switchover hold.
+#[test]
+fn a_main_killed_mid_switchover_resumes_it_after_its_restart() {
+    let _g = serial();
+    let mut p = Pair::new(
+        "day2-fix-kill-switch",
+        "automatic",
+        "policy = \"immediate\"",
+        false,
+    );
+    // Long enough that the Standby never fails over while the Main restarts.
+    for i in [MAIN, STANDBY] {
+        let path = p.config_path(i);
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            &format!("failover_after = \"{FAILOVER_MS}ms\""),
+            "failover_after = \"30s\"",
+        );
+        assert!(text.contains("\"30s\""));
+        std::fs::write(&path, text).unwrap();
+    }
+    p.start(STANDBY);
+    p.start(MAIN);
+    assert!(
+        wait_until(secs(10), || p.running(MAIN)
+            && p.status(STANDBY)["peer"]["heard"] == true),
+        "{}",
+        p.logs()
+    );
+    set_calls(&p, MAIN, 2);
+    let cfg = p.config_path(MAIN);
+    let (code, out, err) = cli(&["switchover", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        wait_until(secs(10), || p.status(MAIN)["drain"]["active_calls"]
+            .as_u64()
+            == Some(2)),
+        "{}",
+        p.logs()
+    );
+    p.kill(MAIN);
+    assert!(p.marker(MAIN), "the services outlive the daemon");
+    p.start(MAIN);
+    assert!(
+        wait_until(secs(20), || event_texts(&p, MAIN)
+            .iter()
+            .any(|t| t.contains("resuming the switchover to pbx-standby"))),
+        "{}",
+        p.logs()
+    );
+    assert!(!p.marker(STANDBY), "the Standby waits for the drain");
+    set_calls(&p, MAIN, 0);
+    assert!(
+        wait_until(secs(20), || p.running(STANDBY) && !p.marker(MAIN)),
+        "{}",
+        p.logs()
+    );
+    // The Main keeps the switchover's hold: no failback by policy.
+    assert!(
+        wait_until(secs(5), || p.status(MAIN)["node"]["switched_away"] == true),
+        "{}",
+        p.status(MAIN)
+    );
+}

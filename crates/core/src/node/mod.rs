@@ -398,7 +398,10 @@ impl Node {
         // once the Standby serves, yielding would stop it from handing over
         // when its own PBX fails (a yielding peer is not ready), leaving no
         // one to serve. The hold itself (no failback) is the Main's own rule.
+        // Nor while adopting after a restart: the services run here, and a
+        // Standby would start on "main yields" beside them.
         let switched_away = self.admin == Some(AdminChoice::SwitchedAway)
+            && self.adopt_until.is_none()
             && !self
                 .peer_frame()
                 .is_some_and(|f| f.status == Status::Active);
@@ -954,7 +957,10 @@ impl Node {
                 )
             }),
             (_, Some(f)) => {
+                // A Main adopting the services its restarted daemon left
+                // running reports Inactive but serves: never start on that.
                 let yields = f.status == Status::Inactive
+                    && !f.flags.has(Flags::ADOPTING)
                     && f.flags.has(Flags::YIELDING)
                     && f.flags.has(Flags::HEARS_PEER)
                     && self.fault.is_none();
