@@ -590,6 +590,11 @@ fn a_main_restarted_mid_switchover_resumes_it() {
     h[0].events.clear();
     run(&mut h, &mut now, Duration::from_secs(3));
     assert!(h[0].has("resum"), "{:?}", h[0].events);
+    assert_eq!(
+        h[1].starts, 0,
+        "not beside the adopting Main: {:?}",
+        h[1].events
+    );
     h[0].calls = 0;
     run(&mut h, &mut now, Duration::from_secs(3));
     assert_eq!(h[1].node.status(), Status::Active, "{:?}", h[0].events);
