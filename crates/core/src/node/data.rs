@@ -98,7 +98,9 @@ impl Node {
             return;
         };
         let peer = self.peer_label().to_owned();
-        let proceeded = g.on_failure == DataFailurePolicy::Proceed;
+        // A leaving Standby cannot keep serving: hold would leave no one.
+        let leaving = self.peer_leaving();
+        let proceeded = g.on_failure == DataFailurePolicy::Proceed || leaving;
         let retry = self.s.retry_delay.max(MIN_RETRY);
         let same = matches!(&self.data, DataFetch::Failed { reason, .. } if *reason == why);
         self.data = DataFetch::Failed {
@@ -109,7 +111,11 @@ impl Node {
         if same {
             return; // told once per reason, not at every retry
         }
-        let text = if proceeded {
+        let text = if leaving {
+            format!(
+                "keep_on_failback paths not copied back from standby {peer}: {why}; {peer} is leaving (its daemon is stopping): this node serves without them; what was not copied stays on {peer}"
+            )
+        } else if proceeded {
             format!(
                 "keep_on_failback paths not copied back from standby {peer}: {why}; failing back without them (on_data_failure = proceed): what was not copied stays on {peer} until the next replication overwrites it"
             )

@@ -7,7 +7,13 @@
 //!   frames and is then [done](Node::is_done). Its peer starts on that frame
 //!   by the "peer yields" rules (a Standby: Main Inactive and yielding; a
 //!   Main: Standby Inactive), not after `failover_after` of silence. Every
-//!   mode stops its services: a stopped daemon never leaves a PBX running.
+//!   mode stops its services: a stopped daemon never leaves a PBX running
+//!   (services found in an unclear state at boot included). A serving
+//!   Standby hands back as at failback: it serves until its Main asks,
+//!   which the Main does once its data gate has brought the kept data home
+//!   (`data.rs`); a node that served stays until its peer has taken the
+//!   service. Both waits end at `stop_timeout`. The split-brain rule still
+//!   applies while leaving.
 //! - **Restart = nothing happens.** At boot the runtime reports what runs
 //!   ([`ServicesAtBoot`]). Services that all run, on a node whose persisted
 //!   facts say it was serving, are adopted, not restarted, once the peer is
@@ -78,8 +84,10 @@ impl Node {
             ServicesAtBoot::Running if wanted_now => {
                 self.adopt("services found running".into());
             }
-            // Starts at once anyway (as before: the start runs again).
-            ServicesAtBoot::Unclear if wanted_now => {}
+            // Starts at once anyway (as before: the start runs again); a
+            // disabled node waits `startup_wait` first, and a stop meanwhile
+            // must not leave what may run behind (`handle_shutdown`).
+            ServicesAtBoot::Unclear if wanted_now => self.maybe_running = true,
             ServicesAtBoot::Running
                 if self.s.mode == Mode::Automatic
                     && self.serving
@@ -156,6 +164,7 @@ impl Node {
             Status::Active,
             format!("adopted the services left running, not restarted ({why})"),
         );
+        self.resume_after_restart();
     }
 
     /// Stop services that run while the node is Inactive.
@@ -172,6 +181,7 @@ impl Node {
         }
         let until = self.now + self.s.stop_timeout;
         self.leaving = Some(until);
+        self.leave_wait = self.status.claims();
         self.want_active = false;
         self.failback_now = false;
         if let Some(d) = self.drain.as_mut() {
@@ -201,6 +211,13 @@ impl Node {
         self.event(EventKind::Leaving, why);
         if self.adopt_until.take().is_some() {
             self.stop_left_running("the daemon is stopping before it adopted the services".into());
+        } else if self.maybe_running && self.status == Status::Inactive {
+            // Never exit leaving a PBX running behind (only a restart that
+            // adopts may).
+            self.stop_left_running(
+                "the daemon is stopping; services found in an unclear state at boot may run: stopping them"
+                    .into(),
+            );
         }
         // A failed stop waiting for its retry keeps it: the daemon exits
         // only once its services are stopped.
@@ -211,9 +228,46 @@ impl Node {
         self.send_heartbeat();
     }
 
+    /// A node that served when told to stop stays (sending heartbeats) until
+    /// its peer takes the service, at most until the stop timeout: the
+    /// peer, a Main, first fetches the `keep_on_failback` data from it, as
+    /// at failback (`data.rs`), which needs this daemon to answer. A peer
+    /// not heard, yielding or not hearing this node will not take it: no
+    /// wait then.
+    fn awaits_taker(&self) -> bool {
+        if !self.leave_wait || self.leaving.is_none_or(|t| self.now >= t) {
+            return false;
+        }
+        self.peer_frame().is_some_and(|f| {
+            f.status == Status::Inactive
+                && !f.flags.has(Flags::YIELDING)
+                && f.flags.has(Flags::HEARS_PEER)
+        })
+    }
+
+    /// A serving Standby told to stop hands back as at failback: it keeps
+    /// serving until its Main asks (`WANT_ACTIVE`), which the Main does once
+    /// its data gate has brought the kept data home (`data.rs`), so the
+    /// copy never runs with no one serving. At most until the stop timeout;
+    /// no wait for a Main that cannot take the service.
+    fn awaits_ask(&self) -> bool {
+        if self.s.node_type != NodeType::Standby || self.leaving.is_none_or(|t| self.now >= t) {
+            return false;
+        }
+        self.peer_frame().is_some_and(|f| {
+            f.node_type == NodeType::Main
+                && f.mode == Mode::Automatic
+                && f.status == Status::Inactive
+                && f.flags.has(Flags::HEARS_PEER)
+                && !f.flags.has(Flags::YIELDING)
+                && !f.flags.has(Flags::WANT_ACTIVE)
+        })
+    }
+
     /// The stopping daemon: drain, stop, then done.
     pub(super) fn decide_leaving(&mut self) {
         match self.status {
+            Status::Inactive if self.service_op.is_none() && !self.left && self.awaits_taker() => {}
             Status::Inactive if self.service_op.is_none() && !self.left => {
                 self.left = true;
                 self.set_serving(false);
@@ -229,6 +283,7 @@ impl Node {
             }
             Status::Inactive => {}
             Status::Starting => self.begin_stop("the daemon is stopping".into()),
+            Status::Active if self.awaits_ask() => {}
             Status::Active => self.begin_drain("the daemon is stopping".into()),
             Status::Draining => self.continue_drain(),
             Status::Stopping => {}

@@ -506,3 +506,311 @@ fn shutdown_while_a_failed_stop_waits_for_its_retry_still_stops_the_services() {
     assert!(!h[0].services, "{:?}", h[0].events);
     assert!(h[0].node.is_done(), "{:?}", h[0].events);
 }
+
+/// A Main Active, a Standby Active and draining because its daemon was told
+/// to stop: the split-brain rule still makes the loser step down, rather
+/// than two PBXs serving for the whole drain.
+#[test]
+fn a_leaving_node_still_applies_the_split_brain_rule() {
+    let mut now = Instant::now();
+    let mut s = settings("m", "s", NodeType::Main);
+    s.failback = FailbackPolicy::Manual;
+    let main = Node::new(s.clone(), Persisted::default(), 1, now);
+    let facts = Persisted {
+        serving: true,
+        ..Persisted::default()
+    };
+    let standby = Node::boot(
+        settings("s", "m", NodeType::Standby),
+        facts,
+        ServicesAtBoot::Running,
+        2,
+        now,
+    );
+    let mut h = [Host::new(main, false), Host::new(standby, true)];
+    run(&mut h, &mut now, Duration::from_secs(2));
+    assert_eq!(h[1].node.status(), Status::Active, "{:?}", h[1].events);
+    h[1].calls = 2;
+    h[1].node.handle_input(Input::Shutdown(now)).unwrap();
+    run(&mut h, &mut now, Duration::from_secs(1));
+    assert_eq!(h[1].node.status(), Status::Draining, "{:?}", h[1].events);
+    // The Main's daemon restarts with services it left running and adopts
+    // them without hearing its peer (a cut during its boot wait).
+    let mut m = Node::boot(
+        s,
+        Persisted {
+            serving: true,
+            epoch: 9,
+            ..Persisted::default()
+        },
+        ServicesAtBoot::Running,
+        3,
+        now,
+    );
+    let wait = m.boot_wait();
+    while !matches!(m.poll_output(), Output::Timeout(_)) {}
+    m.handle_input(Input::Timeout(now + wait)).unwrap();
+    while !matches!(m.poll_output(), Output::Timeout(_)) {}
+    assert_eq!(m.status(), Status::Active);
+    now += wait;
+    h[0] = Host::new(m, true);
+    run(&mut h, &mut now, Duration::from_secs(2));
+    assert!(h[1].has("split brain resolved"), "{:?}", h[1].events);
+    assert!(!h[1].services, "{:?}", h[1].events);
+    assert_eq!(h[0].node.status(), Status::Active);
+}
+
+/// The Main hands over by an admin's switchover, its daemon crashes during
+/// the drain and restarts at once, adopting its services: the switchover
+/// the admin asked for resumes (the hold does not leave it stuck Active
+/// and yielding).
+#[test]
+fn a_main_restarted_mid_switchover_resumes_it() {
+    let mut now = Instant::now();
+    let mut h = serving_pair(&mut now);
+    h[0].calls = 2;
+    h[0].node
+        .handle_input(Input::Command(now, Command::Switchover))
+        .unwrap();
+    run(&mut h, &mut now, Duration::from_secs(1));
+    assert_eq!(h[0].node.status(), Status::Draining, "{:?}", h[0].events);
+    let facts = Persisted {
+        epoch: h[0].node.epoch(),
+        starts: 1,
+        admin: Some(AdminChoice::SwitchedAway),
+        serving: true,
+    };
+    h[0].node = Node::boot(
+        settings("m", "s", NodeType::Main),
+        facts,
+        ServicesAtBoot::Running,
+        3,
+        now,
+    );
+    h[0].events.clear();
+    run(&mut h, &mut now, Duration::from_secs(3));
+    assert!(h[0].has("resum"), "{:?}", h[0].events);
+    assert_eq!(
+        h[1].starts, 0,
+        "not beside the adopting Main: {:?}",
+        h[1].events
+    );
+    h[0].calls = 0;
+    run(&mut h, &mut now, Duration::from_secs(3));
+    assert_eq!(h[1].node.status(), Status::Active, "{:?}", h[0].events);
+    assert_eq!(h[0].node.status(), Status::Inactive, "{:?}", h[0].events);
+    assert!(!h[0].services);
+}
+
+/// Same crash, but the Standby is not heard when the restarted Main adopts:
+/// the switchover cannot go on, it is cancelled with an event and the hold
+/// is dropped (the Main serves and does not yield).
+#[test]
+fn a_main_restarted_mid_switchover_without_its_peer_cancels_it() {
+    let now = Instant::now();
+    let facts = Persisted {
+        epoch: 3,
+        starts: 1,
+        admin: Some(AdminChoice::SwitchedAway),
+        serving: true,
+    };
+    let mut n = Node::boot(
+        settings("m", "s", NodeType::Main),
+        facts,
+        ServicesAtBoot::Running,
+        3,
+        now,
+    );
+    let wait = n.boot_wait();
+    let mut events = Vec::new();
+    n.handle_input(Input::Timeout(now + wait)).unwrap();
+    loop {
+        match n.poll_output() {
+            Output::Timeout(_) => break,
+            Output::Event(e) => events.push(e),
+            _ => {}
+        }
+    }
+    assert_eq!(n.status(), Status::Active);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == EventKind::SwitchoverCancelled),
+        "{events:?}"
+    );
+    assert!(!n.is_yielding());
+    assert_eq!(n.snapshot(now + wait).admin, None);
+}
+
+/// A disabled node that found its services in an unclear state is stopped
+/// during its startup_wait: it stops them before it is done.
+#[test]
+fn a_disabled_node_stopped_during_startup_wait_stops_unclear_services() {
+    let now = Instant::now();
+    let mut s = settings("m", "s", NodeType::Disabled);
+    s.peer_name = None;
+    s.peer_addrs.clear();
+    let mut n = Node::boot(s, Persisted::default(), ServicesAtBoot::Unclear, 3, now);
+    while !matches!(n.poll_output(), Output::Timeout(_)) {}
+    let at = now + Duration::from_secs(1);
+    n.handle_input(Input::Shutdown(at)).unwrap();
+    let mut stop = None;
+    loop {
+        match n.poll_output() {
+            Output::Timeout(_) => break,
+            Output::Action(a) if a.kind == ActionKind::StopServices => stop = Some(a.id),
+            _ => {}
+        }
+    }
+    let id = stop.expect("the services that may run are stopped");
+    assert!(!n.is_done(), "not done before they are stopped");
+    n.handle_input(Input::ActionDone(at, id, Ok(ActionOutcome::Done)))
+        .unwrap();
+    assert!(n.is_done());
+}
+
+/// A Standby drains toward its Main (failback), and the Main's daemon is
+/// re-executed (an upgrade): its first frames do not hear the Standby yet.
+/// The drain goes on, and the failback completes.
+#[test]
+fn a_receivers_upgrade_does_not_cancel_a_failback_drain() {
+    let mut now = Instant::now();
+    let main = Node::new(
+        settings("m", "s", NodeType::Main),
+        Persisted::default(),
+        1,
+        now,
+    );
+    let standby = Node::boot(
+        settings("s", "m", NodeType::Standby),
+        Persisted {
+            serving: true,
+            epoch: 4,
+            ..Persisted::default()
+        },
+        ServicesAtBoot::Running,
+        2,
+        now,
+    );
+    let mut h = [Host::new(main, false), Host::new(standby, true)];
+    h[1].calls = 2;
+    run(&mut h, &mut now, Duration::from_secs(3));
+    assert_eq!(h[1].node.status(), Status::Draining, "{:?}", h[1].events);
+    // The Main re-executes: services stopped, nothing to adopt.
+    h[0].node = Node::boot(
+        settings("m", "s", NodeType::Main),
+        Persisted {
+            epoch: 4,
+            starts: 1,
+            ..Persisted::default()
+        },
+        ServicesAtBoot::Stopped,
+        5,
+        now,
+    );
+    run(&mut h, &mut now, Duration::from_secs(3));
+    assert!(!h[1].has("cancelled"), "{:?}", h[1].events);
+    h[1].calls = 0;
+    run(&mut h, &mut now, Duration::from_secs(3));
+    assert_eq!(h[0].node.status(), Status::Active, "{:?}", h[1].events);
+    assert!(!h[1].services);
+}
+
+/// The same for a switchover: the Main hands over to its Standby, whose
+/// daemon is re-executed during the drain.
+#[test]
+fn a_receivers_upgrade_does_not_cancel_a_switchover_drain() {
+    let mut now = Instant::now();
+    let mut h = serving_pair(&mut now);
+    h[0].calls = 2;
+    h[0].node
+        .handle_input(Input::Command(now, Command::Switchover))
+        .unwrap();
+    // (Not at a whole second: a count of calls is not left in flight.)
+    run(&mut h, &mut now, Duration::from_millis(1500));
+    assert_eq!(h[0].node.status(), Status::Draining, "{:?}", h[0].events);
+    // Its first frame is lost: it learns the Main's challenge from the
+    // Main's next frame, and its next frame, which the Main accepts, does
+    // not hear the Main yet (as after a re-exec).
+    let mut n = Node::boot(
+        settings("s", "m", NodeType::Standby),
+        Persisted::default(),
+        ServicesAtBoot::Stopped,
+        6,
+        now,
+    );
+    while !matches!(n.poll_output(), Output::Timeout(_)) {}
+    h[1].node = n;
+    run(&mut h, &mut now, Duration::from_secs(3));
+    assert!(!h[0].has("cancelled"), "{:?}", h[0].events);
+    h[0].calls = 0;
+    run(&mut h, &mut now, Duration::from_secs(3));
+    assert_eq!(h[1].node.status(), Status::Active, "{:?}", h[0].events);
+    assert!(!h[0].services);
+}
+
+/// The receiver does not come back within failover_after: the drain is
+/// cancelled as before and the draining node keeps serving.
+#[test]
+fn a_receiver_that_does_not_come_back_cancels_the_drain() {
+    let mut now = Instant::now();
+    let mut h = serving_pair(&mut now);
+    h[0].calls = 2;
+    h[0].node
+        .handle_input(Input::Command(now, Command::Switchover))
+        .unwrap();
+    run(&mut h, &mut now, Duration::from_secs(1));
+    // The Standby comes back but never hears the Main (a one-way cut).
+    // (It expects a peer of another name: the Main's frames are dropped.)
+    h[1].node = Node::boot(
+        settings("s", "x", NodeType::Standby),
+        Persisted::default(),
+        ServicesAtBoot::Stopped,
+        6,
+        now,
+    );
+    run(&mut h, &mut now, Duration::from_secs(40));
+    assert!(h[0].has("cancelled"), "{:?}", h[0].events);
+    assert_eq!(h[0].node.status(), Status::Active);
+}
+
+/// The serving Standby's daemon is stopped while its Main waits (manual
+/// failback): the Main's data gate applies as at failback, so the kept
+/// data is copied home before the Main starts; the Standby stays until the
+/// Main has taken the service.
+#[test]
+fn a_leaving_standby_hands_over_through_the_mains_data_gate() {
+    let mut now = Instant::now();
+    let mut s = settings("m", "s", NodeType::Main);
+    s.failback = FailbackPolicy::Manual;
+    s.failback_data = Some(DataGate {
+        wait: Duration::from_secs(10),
+        on_failure: DataFailurePolicy::Hold,
+    });
+    let main = Node::new(s, Persisted::default(), 1, now);
+    let standby = Node::boot(
+        settings("s", "m", NodeType::Standby),
+        Persisted {
+            serving: true,
+            ..Persisted::default()
+        },
+        ServicesAtBoot::Running,
+        2,
+        now,
+    );
+    let mut h = [Host::new(main, false), Host::new(standby, true)];
+    run(&mut h, &mut now, Duration::from_secs(2));
+    assert_eq!(h[1].node.status(), Status::Active, "{:?}", h[1].events);
+    assert!(
+        !h[0].has("failback data copied back"),
+        "manual: no copy yet"
+    );
+    h[1].node.handle_input(Input::Shutdown(now)).unwrap();
+    run(&mut h, &mut now, Duration::from_secs(3));
+    assert!(h[1].node.is_done(), "{:?}", h[1].events);
+    assert_eq!(h[0].node.status(), Status::Active, "{:?}", h[0].events);
+    let at = |text: &str| h[0].events.iter().position(|e| e.contains(text));
+    let copied = at("failback data copied back").expect("the kept data is copied");
+    let started = at("status inactive -> starting").expect("the main starts");
+    assert!(copied < started, "{:?}", h[0].events);
+}

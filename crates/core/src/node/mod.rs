@@ -101,6 +101,11 @@ struct Drain {
     deadline: Instant,
     next_poll: Instant,
     query: Option<ActionId>,
+    /// The receiver's boot when it last was ready (`switchover.rs`:
+    /// a receiver's restart does not cancel the drain).
+    peer_boot: Option<u64>,
+    /// Since when a restarted receiver has not been ready again.
+    grace: Option<Instant>,
 }
 
 /// A read-only picture of the node, for the API and the dashboard.
@@ -208,6 +213,13 @@ pub struct Node {
     /// Services found running at boot, to adopt unless the peer serves: the
     /// wait for the peer ends at this time.
     adopt_until: Option<Instant>,
+    /// Services were found in an unclear state at boot and no service
+    /// action has run since: they may run, so a stop stops them.
+    maybe_running: bool,
+    /// The daemon was told to stop while serving: it stays until the peer
+    /// takes the service (or the stop timeout ends), so the peer can fetch
+    /// the kept data from it first (`data.rs`).
+    leave_wait: bool,
 }
 
 impl Node {
@@ -288,6 +300,8 @@ impl Node {
             leaving: None,
             left: false,
             adopt_until: None,
+            maybe_running: false,
+            leave_wait: false,
             s: settings,
         };
         // Automatic mode keeps only the admin's Stop; a Start there means
@@ -396,7 +410,10 @@ impl Node {
         // once the Standby serves, yielding would stop it from handing over
         // when its own PBX fails (a yielding peer is not ready), leaving no
         // one to serve. The hold itself (no failback) is the Main's own rule.
+        // Nor while adopting after a restart: the services run here, and a
+        // Standby would start on "main yields" beside them.
         let switched_away = self.admin == Some(AdminChoice::SwitchedAway)
+            && self.adopt_until.is_none()
             && !self
                 .peer_frame()
                 .is_some_and(|f| f.status == Status::Active);
@@ -762,7 +779,9 @@ impl Node {
             }
         }
         if self.leaving.is_some() {
-            self.decide_leaving();
+            if !self.resolve_split_brain() {
+                self.decide_leaving();
+            }
         } else if self.adopt_until.is_some() {
             self.decide_adoption();
         } else {
@@ -807,7 +826,44 @@ impl Node {
     }
 
     fn decide_automatic(&mut self) {
-        // Split brain: both claim the service and hear each other.
+        if self.resolve_split_brain() {
+            return;
+        }
+        match self.status {
+            Status::Inactive => {
+                if self.service_op.is_none() {
+                    if let Some(why) = self.may_start() {
+                        self.begin_start(why);
+                    }
+                }
+            }
+            Status::Active => {
+                if self.resume_tick() {
+                    return;
+                }
+                if let Some(why) = self.should_release() {
+                    self.enter_fault(why.clone());
+                    self.begin_stop(why);
+                } else if let Some(why) = self.handover_request() {
+                    self.begin_drain(why);
+                } else if let Some(why) = self.handover_asked() {
+                    self.begin_handover(why);
+                }
+            }
+            Status::Draining if self.handing_over() => self.continue_handover(),
+            Status::Draining => self.continue_drain(),
+            Status::Starting | Status::Stopping => {}
+        }
+    }
+
+    /// Split brain: both claim the service and hear each other; the loser
+    /// steps down. Applies to a leaving (draining) node too: its drain may
+    /// last `stop_timeout`, two PBXs must not serve meanwhile. True when
+    /// this node steps down.
+    pub(super) fn resolve_split_brain(&mut self) -> bool {
+        if self.s.mode != Mode::Automatic || self.s.node_type == NodeType::Disabled {
+            return false;
+        }
         if self.status.claims() {
             if let Some(f) = self
                 .peer_frame()
@@ -826,32 +882,11 @@ impl Node {
                         format!("{peer} keeps the service ({})", self.split_brain_rule()),
                     );
                     self.begin_stop(format!("split brain resolved in favour of {peer}"));
-                    return;
+                    return true;
                 }
             }
         }
-        match self.status {
-            Status::Inactive => {
-                if self.service_op.is_none() {
-                    if let Some(why) = self.may_start() {
-                        self.begin_start(why);
-                    }
-                }
-            }
-            Status::Active => {
-                if let Some(why) = self.should_release() {
-                    self.enter_fault(why.clone());
-                    self.begin_stop(why);
-                } else if let Some(why) = self.handover_request() {
-                    self.begin_drain(why);
-                } else if let Some(why) = self.handover_asked() {
-                    self.begin_handover(why);
-                }
-            }
-            Status::Draining if self.handing_over() => self.continue_handover(),
-            Status::Draining => self.continue_drain(),
-            Status::Starting | Status::Stopping => {}
-        }
+        false
     }
 
     fn split_brain_rule(&self) -> &'static str {
@@ -906,6 +941,10 @@ impl Node {
                     && !adopting
                     && deaf_for.is_some_and(|d| d >= self.s.failover_after + self.s.startup_wait);
                 if ready && f.flags.has(Flags::LEAVING) {
+                    // Not held for the kept data: the data gate holds the
+                    // request, which the leaving Standby waits for while it
+                    // serves (`lifecycle.rs`); once it has stopped, someone
+                    // must serve.
                     Some(format!(
                         "standby {} is leaving (its daemon is stopping) and has stopped its services",
                         self.peer_label()
@@ -930,7 +969,10 @@ impl Node {
                 )
             }),
             (_, Some(f)) => {
+                // A Main adopting the services its restarted daemon left
+                // running reports Inactive but serves: never start on that.
                 let yields = f.status == Status::Inactive
+                    && !f.flags.has(Flags::ADOPTING)
                     && f.flags.has(Flags::YIELDING)
                     && f.flags.has(Flags::HEARS_PEER)
                     && self.fault.is_none();
@@ -1030,6 +1072,8 @@ impl Node {
             deadline: self.now + timeout,
             next_poll: self.now,
             query: None,
+            peer_boot: self.peer_frame().map(|f| f.boot),
+            grace: None,
         });
         self.calls = None;
         self.event(
@@ -1044,7 +1088,12 @@ impl Node {
     }
 
     fn continue_drain(&mut self) {
-        if self.leaving.is_none() && self.handover_request().is_none() {
+        let asked = self.leaving.is_some() || self.handover_request().is_some();
+        if asked {
+            self.receiver_ready();
+        } else if self.receiver_restarting() {
+            return;
+        } else {
             self.drain = None;
             self.event(
                 EventKind::DrainCancelled,
@@ -1109,6 +1158,12 @@ impl Node {
     }
 
     fn failback_reason(&self) -> String {
+        if self.peer_leaving() {
+            return format!(
+                "standby {} is leaving (its daemon is stopping)",
+                self.peer_label()
+            );
+        }
         if self.failback_now {
             return "an admin asked for failback".into();
         }
@@ -1121,18 +1176,22 @@ impl Node {
 
     /// (ask now, why we wait).
     fn failback_decision(&self) -> (bool, Option<FailbackWait>) {
+        let peer_leaving = self.peer_leaving();
         let eligible = self.s.node_type == NodeType::Main
             && self.s.mode == Mode::Automatic
             && self.status == Status::Inactive
-            && self.admin.is_none_or(|a| a == AdminChoice::Start)
-            && self.fault.is_none()
             && self.leaving.is_none()
             && self.adopt_until.is_none()
-            && self.peer_frame().is_some_and(|f| f.status.claims());
+            && (peer_leaving
+                || (self.admin.is_none_or(|a| a == AdminChoice::Start)
+                    && self.fault.is_none()
+                    && self.peer_frame().is_some_and(|f| f.status.claims())));
         if !eligible {
             return (false, None);
         }
-        if self.failback_now {
+        // A Standby whose daemon stops hands the service back whatever
+        // the policy: its kept data comes home first, as at failback.
+        if self.failback_now || peer_leaving {
             return (true, None);
         }
         match self.s.failback {
@@ -1146,6 +1205,17 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// The Standby's daemon is stopping (`LEAVING`): it hands the service
+    /// to this Main, which applies its data gate first (`data.rs`). Not
+    /// while this Main is held by an admin's stop.
+    fn peer_leaving(&self) -> bool {
+        self.s.node_type == NodeType::Main
+            && self.admin != Some(AdminChoice::Stop)
+            && self
+                .peer_frame()
+                .is_some_and(|f| f.node_type == NodeType::Standby && f.flags.has(Flags::LEAVING))
     }
 
     fn stable_since(&self) -> Instant {
@@ -1374,6 +1444,9 @@ impl Node {
     }
 
     fn action(&mut self, kind: ActionKind) -> ActionId {
+        if matches!(kind, ActionKind::StartServices | ActionKind::StopServices) {
+            self.maybe_running = false;
+        }
         self.next_id += 1;
         let id = ActionId(self.next_id);
         self.out.push_back(Output::Action(Action { id, kind }));
@@ -1423,6 +1496,11 @@ impl Node {
             self.pbx_down_since.map(|t| t + self.s.failover_after),
             self.drain.as_ref().map(|d| d.deadline),
             self.drain.as_ref().map(|d| d.next_poll),
+            self.drain
+                .as_ref()
+                .and_then(|d| d.grace)
+                .map(|t| t + self.s.failover_after),
+            self.leaving,
             self.adopt_until,
             stable,
             self.switchover_deadline(),

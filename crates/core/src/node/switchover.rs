@@ -36,6 +36,10 @@ pub(super) struct Switch {
     /// This Inactive Standby asks its Main to hand over (since the last
     /// sign of progress).
     asking: Option<Instant>,
+    /// This Main adopted its services after a restart during its own
+    /// switchover's drain: it resumes the switchover once the Standby is
+    /// ready (since the adoption).
+    resume: Option<Instant>,
 }
 
 impl Switch {
@@ -175,6 +179,8 @@ impl Node {
             deadline,
             next_poll: self.now,
             query: None,
+            peer_boot: self.peer_frame().map(|f| f.boot),
+            grace: None,
         });
         self.calls = None;
         self.event(EventKind::DrainStarted, format!("{why}; {wait}"));
@@ -195,9 +201,12 @@ impl Node {
         };
         let peer = self.peer_label().to_string();
         if let Some(why) = self.peer_unready(true) {
-            self.cancel_handover(why);
+            if !self.receiver_restarting() {
+                self.cancel_handover(why);
+            }
             return;
         }
+        self.receiver_ready();
         let peer_yields = self
             .peer_frame()
             .is_some_and(|f| f.flags.has(Flags::YIELDING));
@@ -263,6 +272,97 @@ impl Node {
             Status::Active,
             "switchover cancelled; this node keeps the service".into(),
         );
+    }
+
+    /// The receiver is ready: remember its boot, end any grace.
+    pub(super) fn receiver_ready(&mut self) {
+        let boot = self.peer_frame().map(|f| f.boot);
+        if let Some(d) = self.drain.as_mut() {
+            d.peer_boot = boot;
+            d.grace = None;
+        }
+    }
+
+    /// The receiver of a drain (the Main in failback, the peer in a
+    /// switchover) restarted during it, as a `SIGHUP` upgrade does: its
+    /// new boot's first frames neither hear this node nor ask again yet, and
+    /// reading them as "no longer ready" would cancel the handover the admin
+    /// or the policy asked for. The drain holds (it does not stop: the
+    /// receiver may not start yet) for up to `failover_after`, then is
+    /// cancelled as before.
+    pub(super) fn receiver_restarting(&mut self) -> bool {
+        let Some((boot, occupies)) = self.peer_frame().map(|f| (f.boot, f.status.occupies()))
+        else {
+            return false;
+        };
+        let (now, limit) = (self.now, self.s.failover_after);
+        let Some(d) = self.drain.as_mut() else {
+            return false;
+        };
+        if occupies || d.peer_boot.is_none_or(|b| b == boot) {
+            return false;
+        }
+        let since = *d.grace.get_or_insert(now);
+        now - since < limit
+    }
+
+    /// A Main restarted mid-switchover adopted its services with the
+    /// switchover hold persisted: resume the switchover (the admin asked for
+    /// it) when the Standby can take the service, else drop the hold with
+    /// an event, rather than serve while yielding.
+    pub(super) fn resume_after_restart(&mut self) {
+        if !self.switched_away() {
+            return;
+        }
+        if self.peer_frame().is_none() {
+            self.drop_switch_hold(format!(
+                "{} is not heard after this node's daemon restarted",
+                self.peer_label()
+            ));
+        } else {
+            self.switch.resume = Some(self.now);
+        }
+    }
+
+    /// While Active after such a restart: hand over once the peer is ready,
+    /// give up after `failover_after`. True when it acted.
+    pub(super) fn resume_tick(&mut self) -> bool {
+        let Some(since) = self.switch.resume else {
+            return false;
+        };
+        if self.status != Status::Active || !self.switched_away() {
+            self.switch.resume = None;
+            return false;
+        }
+        match self.peer_unready(true) {
+            None => {
+                self.switch.resume = None;
+                let peer = self.peer_label().to_string();
+                self.begin_handover(format!(
+                    "resuming the switchover to {peer} an admin asked for before this node's daemon restarted"
+                ));
+                true
+            }
+            Some(why) if self.now - since >= self.s.failover_after => {
+                self.switch.resume = None;
+                self.drop_switch_hold(why);
+                false
+            }
+            Some(_) => false,
+        }
+    }
+
+    fn drop_switch_hold(&mut self, why: String) {
+        let peer = self.peer_label().to_string();
+        self.admin = None;
+        self.persist();
+        self.event(
+            EventKind::SwitchoverCancelled,
+            format!(
+                "switchover to {peer} cancelled: {why}; this node keeps the services it adopted"
+            ),
+        );
+        self.send_heartbeat();
     }
 
     /// Called when services stop or start: a handover is over either way.
@@ -345,9 +445,10 @@ impl Node {
 
     /// The next time a switchover rule may change its answer.
     pub(super) fn switchover_deadline(&self) -> Option<Instant> {
-        match (self.switch.handing, self.switch.asking) {
-            (Some(t), _) => Some(t + self.s.failover_after),
-            (_, Some(t)) => Some(t + self.s.failover_after * 2),
+        match (self.switch.handing, self.switch.asking, self.switch.resume) {
+            (Some(t), _, _) => Some(t + self.s.failover_after),
+            (_, Some(t), _) => Some(t + self.s.failover_after * 2),
+            (_, _, Some(t)) => Some(t + self.s.failover_after),
             _ => None,
         }
     }

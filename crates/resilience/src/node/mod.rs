@@ -367,6 +367,8 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
     let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     // SIGHUP asked for a re-exec, done once no service action is under way.
     let mut restart_pending = false;
+    // When the daemon was told to stop, plus the stop timeout.
+    let mut stop_deadline: Option<Instant> = None;
     let mut restart_checking = false;
     let mut alarm = alarm::Alarm::spawn().context("timer thread")?;
 
@@ -457,13 +459,28 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
         }
         if node.is_done() {
             // Services stopped and the peer told (the frames went above).
+            // The kept data's copy-back to the Main runs to its end first,
+            // within the stop timeout.
+            if let Some(r) = replicator.as_ref().filter(|r| r.copying_back()) {
+                let left = stop_deadline
+                    .map_or(Duration::ZERO, |t| {
+                        t.saturating_duration_since(Instant::now())
+                    })
+                    .max(Duration::from_secs(1));
+                tracing::info!("waiting for the kept data's copy-back to the main");
+                if !r.copy_back_finished(left).await {
+                    tracing::warn!("the kept data's copy-back to the main did not finish within the stop timeout");
+                }
+            }
             if !store.flush(Duration::from_secs(2)) {
                 tracing::warn!("the state database did not confirm its last writes");
             }
             tracing::info!("daemon stopped");
             break;
         }
-        if restart_pending && now_inputs.is_empty() && node.is_quiescent() {
+        // Nor does a re-exec cut a copy-back.
+        let copying = replicator.as_ref().is_some_and(|r| r.copying_back());
+        if restart_pending && now_inputs.is_empty() && node.is_quiescent() && !copying {
             restart_pending = false;
             let text = format!(
                 "restarting the daemon ({}): services left running, adopted by the new process",
@@ -486,7 +503,13 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
         }
         counters.history_dropped = store.dropped();
         let heard = publish(&node, &cfg, &counters, &service_states, &status_tx, &ha_tx);
+        let was_active = *active_tx.borrow();
         active_tx.send_if_modified(|a| std::mem::replace(a, node.is_active()) != node.is_active());
+        if was_active != node.is_active() {
+            if let Some(r) = &replicator {
+                r.expect_copy_back(was_active);
+            }
+        }
         // The peer's state as heard, for the dashboard's timeline.
         if let Some((name, word)) = heard {
             if last_peer != Some(word) {
@@ -572,8 +595,14 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                     }
                 }
             }
-            _ = sigterm.recv() => stop_signal(&mut node, "SIGTERM")?,
-            _ = sigint.recv() => stop_signal(&mut node, "SIGINT")?,
+            _ = sigterm.recv() => {
+                stop_signal(&mut node, "SIGTERM")?;
+                stop_deadline.get_or_insert(Instant::now() + node.settings().stop_timeout);
+            }
+            _ = sigint.recv() => {
+                stop_signal(&mut node, "SIGINT")?;
+                stop_deadline.get_or_insert(Instant::now() + node.settings().stop_timeout);
+            }
             _ = sighup.recv() => {
                 if node.is_leaving() {
                     tracing::warn!("SIGHUP ignored: the daemon is stopping");

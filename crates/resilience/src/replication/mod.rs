@@ -184,6 +184,10 @@ pub struct Replicator {
     /// Connections refused before a session (strangers), counted and
     /// logged at a bounded rate.
     refused: Arc<RateLog>,
+    /// Standby: the copy-back of kept data after it stopped serving is due
+    /// or under way; the daemon waits for it before it exits or re-executes
+    /// (cutting it would leave voicemail on this node).
+    copy_back: watch::Sender<bool>,
 }
 
 fn globs(patterns: &[String]) -> globset::GlobSet {
@@ -293,6 +297,7 @@ impl Replicator {
                 "connections refused",
                 Duration::from_secs(10),
             )),
+            copy_back: watch::channel(false).0,
         }
     }
 
@@ -644,7 +649,9 @@ impl Replicator {
                 while active.changed().await.is_ok() {
                     let now = *active.borrow_and_update();
                     if was && !now {
+                        me.copy_back.send_replace(true);
                         me.report_local_changes().await;
+                        me.copy_back.send_replace(false);
                     }
                     was = now;
                 }
@@ -718,6 +725,29 @@ impl Replicator {
                 }
             });
         }
+    }
+
+    /// Standby: it has just stopped serving, so the copy-back of kept data
+    /// is due (said at once by the node's loop: the replication task that
+    /// runs it may not have woken yet). `false`: it serves again.
+    pub fn expect_copy_back(&self, due: bool) {
+        if self.standby {
+            self.copy_back.send_replace(due);
+        }
+    }
+
+    /// Whether a copy-back is due or under way.
+    pub fn copying_back(&self) -> bool {
+        *self.copy_back.borrow()
+    }
+
+    /// Wait for the copy-back to end, at most `within`; false if it did not.
+    pub async fn copy_back_finished(&self, within: Duration) -> bool {
+        let mut rx = self.copy_back.subscribe();
+        let done = tokio::time::timeout(within, rx.wait_for(|due| !*due))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        done
     }
 
     /// Whether the client's certificate names this node's peer.
