@@ -16,7 +16,9 @@ mod sim;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use resilience_core::config::SplitBrainPolicy;
-use resilience_core::node::{DataFailurePolicy, DataGate, DrainPolicy, FailbackPolicy};
+use resilience_core::node::{
+    DataFailurePolicy, DataGate, DrainPolicy, FailbackPolicy, NewCallsPolicy,
+};
 use resilience_core::Command;
 use sim::{Cluster, Stats, Timers, MAIN, STANDBY};
 use std::time::{Duration, Instant};
@@ -65,6 +67,11 @@ fn run_seed(seed: u64, hours: f64, log: bool) -> Result<Stats, String> {
     // stay what they were.
     let mut data_rng = ChaCha8Rng::seed_from_u64(seed ^ 0xda7a_da7a);
     let gated = data_rng.random_bool(0.4);
+    // Where new calls go during the failback drain, drawn apart too.
+    let mut calls_rng = ChaCha8Rng::seed_from_u64(seed ^ 0xca11_ca11);
+    if calls_rng.random_bool(0.5) {
+        timers.new_calls = NewCallsPolicy::Main;
+    }
     timers.failback_data = gated.then(|| DataGate {
         wait: secs_f(&mut data_rng, 2.0, 120.0),
         on_failure: if data_rng.random_bool(0.5) {

@@ -34,14 +34,15 @@ mod event;
 mod guard;
 mod io;
 mod lifecycle;
+mod new_calls;
 mod peer;
 mod switchover;
 
 pub use event::{Event, EventKind};
 pub use io::{
     Action, ActionError, ActionId, ActionKind, ActionOutcome, AdminChoice, Command,
-    DataFailurePolicy, DataGate, DrainPolicy, FailbackPolicy, Input, InputError, Output, Persisted,
-    ServicesAtBoot, Settings, Transmit,
+    DataFailurePolicy, DataGate, DrainPolicy, FailbackPolicy, Input, InputError, NewCallsPolicy,
+    Output, Persisted, ServicesAtBoot, Settings, Transmit,
 };
 
 use crate::config::SplitBrainPolicy;
@@ -111,6 +112,9 @@ pub struct Snapshot {
     pub mode: Mode,
     pub status: Status,
     pub active: bool,
+    /// Takes new calls (differs from `active` only during the hand-off of
+    /// `failback.new_calls = "main"`: `new_calls.rs`).
+    pub takes_new_calls: bool,
     pub epoch: u64,
     pub pbx: PbxHealth,
     pub admin: Option<AdminChoice>,
@@ -208,6 +212,8 @@ pub struct Node {
     /// Services found running at boot, to adopt unless the peer serves: the
     /// wait for the peer ends at this time.
     adopt_until: Option<Instant>,
+    /// Standby: the new calls are released to the Main (`new_calls.rs`).
+    released: bool,
 }
 
 impl Node {
@@ -288,6 +294,7 @@ impl Node {
             leaving: None,
             left: false,
             adopt_until: None,
+            released: false,
             s: settings,
         };
         // Automatic mode keeps only the admin's Stop; a Start there means
@@ -418,6 +425,7 @@ impl Node {
             mode: self.s.mode,
             status: self.status,
             active: self.status.is_active(),
+            takes_new_calls: self.takes_new_calls(),
             epoch: self.epoch,
             pbx: self.pbx,
             admin: self.admin,
@@ -758,6 +766,7 @@ impl Node {
             self.decide_by_mode();
         }
         self.update_failback_request();
+        self.update_new_calls();
         self.retry_pending_stop();
         if self.s.node_type != NodeType::Disabled && now >= self.next_heartbeat {
             self.send_heartbeat();
@@ -800,6 +809,7 @@ impl Node {
             if let Some(f) = self
                 .peer_frame()
                 .filter(|f| f.status.claims() && f.mode == Mode::Automatic)
+                .filter(|f| !self.planned_overlap(f))
             {
                 let (own, theirs) = (self.epoch, f.epoch);
                 let already = self.status == Status::Starting && self.stop_after_start.is_some();
@@ -893,7 +903,9 @@ impl Node {
                 let deaf = f.status == Status::Inactive
                     && !adopting
                     && deaf_for.is_some_and(|d| d >= self.s.failover_after + self.s.startup_wait);
-                if ready && f.flags.has(Flags::LEAVING) {
+                if let Some(why) = self.may_start_alongside(f) {
+                    Some(why)
+                } else if ready && f.flags.has(Flags::LEAVING) {
                     Some(format!(
                         "standby {} is leaving (its daemon is stopping) and has stopped its services",
                         self.peer_label()
@@ -1032,7 +1044,10 @@ impl Node {
     }
 
     fn continue_drain(&mut self) {
-        if self.leaving.is_none() && self.handover_request().is_none() {
+        if self.leaving.is_none()
+            && self.handover_request().is_none()
+            && !self.main_runs_alongside()
+        {
             self.drain = None;
             self.event(
                 EventKind::DrainCancelled,
@@ -1335,6 +1350,7 @@ impl Node {
         if self.adopt_until.is_some() {
             flags |= Flags::ADOPTING;
         }
+        flags |= self.new_calls_flags();
         self.seq += 1;
         let f = &mut self.outgoing;
         f.node_type = self.s.node_type;

@@ -13,7 +13,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use resilience_core::config::SplitBrainPolicy;
-use resilience_core::node::{AdminChoice, DataGate, DrainPolicy, FailbackPolicy};
+use resilience_core::node::{AdminChoice, DataGate, DrainPolicy, FailbackPolicy, NewCallsPolicy};
 use resilience_core::{
     Action, ActionId, ActionKind, ActionOutcome, ClusterKey, Command, EventKind, Input, InputError,
     Mode, Node, NodeType, Output, PbxHealth, Persisted, ServicesAtBoot, Settings, Status,
@@ -42,6 +42,8 @@ pub struct Timers {
     pub mode: Mode,
     /// The Main copies its kept data home before failback (`data.rs`).
     pub failback_data: Option<DataGate>,
+    /// Who takes new calls while the Standby drains (`new_calls.rs`).
+    pub new_calls: NewCallsPolicy,
 }
 
 impl Default for Timers {
@@ -64,6 +66,7 @@ impl Default for Timers {
             fault_hold: Duration::from_secs(60),
             mode: Mode::Automatic,
             failback_data: None,
+            new_calls: NewCallsPolicy::Standby,
         }
     }
 }
@@ -97,6 +100,7 @@ pub fn settings(i: usize, t: &Timers) -> Settings {
         fault_hold: t.fault_hold,
         failback_data: t.failback_data.filter(|_| i == MAIN),
         stop_timeout: Duration::from_secs(60),
+        new_calls: t.new_calls,
         key: ClusterKey::new(b"simulated cluster key, 32 bytes!").expect("key"),
     }
 }
@@ -177,6 +181,10 @@ impl Host {
     pub fn is_active(&self) -> bool {
         self.node.as_ref().is_some_and(|n| n.is_active())
     }
+    pub fn takes_new_calls(&self) -> bool {
+        self.node.as_ref().is_some_and(|n| n.takes_new_calls())
+    }
+
     pub fn node(&self) -> &Node {
         self.node.as_ref().expect("node is up")
     }
@@ -261,6 +269,9 @@ pub struct Cluster {
     outage_ended: Option<Instant>,
     /// A violation seen while handing out outputs, reported by the next check.
     violation: Option<String>,
+    /// The Standby offered the new calls in this drain and its services
+    /// still run: the planned overlap with the Main (`new_calls.rs`).
+    pub overlap: bool,
 }
 
 const LOG_KEEP: usize = 400;
@@ -287,6 +298,7 @@ impl Cluster {
             outage_activations: 0,
             outage_ended: None,
             violation: None,
+            overlap: false,
             timers: timers.clone(),
         };
         for i in 0..2 {
@@ -918,9 +930,34 @@ impl Cluster {
             }
         }
         let settled = self.connected() && now - self.disturbed_at >= self.settle();
-        // At most one node runs services while the two hear each other.
-        if settled && !self.forced_or_manual() && self.hosts.iter().all(|h| h.services) {
+        // The planned overlap of `failback.new_calls = "main"`: from the
+        // Standby's offer until its services stop (or its drain is cancelled).
+        let s = &self.hosts[STANDBY];
+        if s.node.as_ref().is_some_and(|n| n.offers_new_calls()) {
+            self.overlap = true;
+        } else if !s.services || !matches!(s.status(), Some(Status::Draining | Status::Stopping)) {
+            self.overlap = false;
+        }
+        // At most one node runs services while the two hear each other,
+        // but for that overlap.
+        if settled
+            && !self.overlap
+            && !self.forced_or_manual()
+            && self.hosts.iter().all(|h| h.services)
+        {
             return Err("both nodes run services while connected".into());
+        }
+        // Never two nodes taking new calls while they hear each other:
+        // settled, or at any instant of the ordered hand-off.
+        if (settled || (self.overlap && self.connected()))
+            && !self.forced_or_manual()
+            && self.hosts.iter().all(|h| h.takes_new_calls())
+        {
+            return Err(format!(
+                "both nodes take new calls while connected (main {:?}, standby {:?})",
+                self.hosts[MAIN].status(),
+                self.hosts[STANDBY].status()
+            ));
         }
         if self.forced_or_manual() {
             return Ok(());

@@ -802,7 +802,11 @@ fn publish(
     let ha = json!({
         "node_type": s.node_type.to_string(),
         "mode": s.mode.to_string(),
-        "active": s.active,
+        // `active`: takes new calls (the edge and the followers route by
+        // it); `services`: they run; `draining`: calls in progress end here.
+        "active": s.takes_new_calls,
+        "services": s.status.occupies(),
+        "draining": s.status == Status::Draining,
         "remote_address": remote,
     });
     ha_tx.send_if_modified(|old| {
