@@ -296,6 +296,7 @@ fn random_seeds_keep_the_invariants() {
     let total: Stats = stats.iter().fold(Stats::default(), |mut a, s| {
         a.failovers += s.failovers;
         a.failbacks += s.failbacks;
+        a.new_calls_handoffs += s.new_calls_handoffs;
         a.false_failovers += s.false_failovers;
         a.frames_sent += s.frames_sent;
         a.frames_rejected += s.frames_rejected;
@@ -303,14 +304,20 @@ fn random_seeds_keep_the_invariants() {
     });
     eprintln!(
         "simulator: {n} seeds x {hours} simulated hour(s) = {} simulated hours, links losing 20% (even seeds) or less, in {:.1}s wall; \
-         {} failovers, {} failbacks, {} false failovers, {} frames sent, {} dropped by the receiver",
+         {} failovers, {} failbacks ({} with new calls handed to the main during the drain), {} false failovers, {} frames sent, {} dropped by the receiver",
         n as f64 * hours,
         started.elapsed().as_secs_f64(),
         total.failovers,
         total.failbacks,
+        total.new_calls_handoffs,
         total.false_failovers,
         total.frames_sent,
         total.frames_rejected,
+    );
+    // The hand-off of new calls is played, not only configured.
+    assert!(
+        n < 100 || total.new_calls_handoffs > 0,
+        "no seed handed new calls to the main"
     );
     if let Some((seed, e)) = failed.first() {
         let seeds: Vec<u64> = failed.iter().map(|(s, _)| *s).collect();

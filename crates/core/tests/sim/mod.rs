@@ -236,6 +236,8 @@ pub struct Stats {
     pub failovers: u32,
     /// Handovers from the Standby back to the Main.
     pub failbacks: u32,
+    /// New calls released by a draining Standby to its Main (`new_calls.rs`).
+    pub new_calls_handoffs: u32,
     pub frames_sent: u64,
     pub frames_rejected: u64,
 }
@@ -861,6 +863,9 @@ impl Cluster {
                                     self.stats.false_failovers += 1;
                                 }
                             }
+                        }
+                        EventKind::NewCallsReleased { released: true } => {
+                            self.stats.new_calls_handoffs += 1;
                         }
                         EventKind::StatusChanged {
                             from: Status::Stopping,
