@@ -120,7 +120,11 @@ fn a_long_drain_is_bounded_by_the_drain_timeout() {
             c.dump_log().contains("drain timed out with 3 active calls"),
             "reason missing"
         );
-        ensure!(c.hosts[MAIN].takes_new_calls(), "main {:?}", status(c, MAIN));
+        ensure!(
+            c.hosts[MAIN].takes_new_calls(),
+            "main {:?}",
+            status(c, MAIN)
+        );
         Ok(())
     });
 }

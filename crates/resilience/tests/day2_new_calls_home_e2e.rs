@@ -112,9 +112,16 @@ fn new_call(pair: &Pair, lab: &Lab) {
     let (code, out) = lab.sipp(
         "phone_call.xml",
         "1002",
-        &["-key", "callee", "2002", "-cid_str", "new-call", "-d", "200"],
+        &[
+            "-key", "callee", "2002", "-cid_str", "new-call", "-d", "200",
+        ],
     );
-    assert_eq!(code, 0, "the new call failed: {out}\n{}", all_logs(pair, lab));
+    assert_eq!(
+        code,
+        0,
+        "the new call failed: {out}\n{}",
+        all_logs(pair, lab)
+    );
     drop(callee);
 }
 

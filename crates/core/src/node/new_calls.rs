@@ -118,10 +118,7 @@ impl Node {
         } else {
             "drain over".into()
         };
-        self.event(
-            super::EventKind::NewCallsReleased { released },
-            why,
-        );
+        self.event(super::EventKind::NewCallsReleased { released }, why);
         self.send_heartbeat();
     }
 
