@@ -163,7 +163,16 @@ impl Flags {
     /// The sender drains with [`Flags::OFFERS_NEW_CALLS`], has heard the
     /// Main Active, and no longer takes new calls: the Main takes them.
     pub const RELEASED_NEW_CALLS: u8 = 128;
-    const KNOWN: u8 = 0xff;
+    /// The bits this version knows: all eight, so a new one-bit fact needs
+    /// a new version (or the reserved bytes).
+    pub const KNOWN: u8 = Flags::WANT_ACTIVE
+        | Flags::YIELDING
+        | Flags::HEARS_PEER
+        | Flags::FORCED
+        | Flags::LEAVING
+        | Flags::ADOPTING
+        | Flags::OFFERS_NEW_CALLS
+        | Flags::RELEASED_NEW_CALLS;
 
     /// Whether a flag is set.
     pub fn has(self, bit: u8) -> bool {
@@ -343,9 +352,9 @@ pub fn decode(bytes: &[u8], key: &ClusterKey) -> Result<Frame, Reject> {
     let mode = Mode::from_wire(body[6]).ok_or(Reject::Malformed("mode"))?;
     let status = Status::from_wire(body[7]).ok_or(Reject::Malformed("status"))?;
     let pbx = PbxHealth::from_wire(body[8]).ok_or(Reject::Malformed("PBX health"))?;
-    if body[9] & !Flags::KNOWN != 0 {
-        return Err(Reject::Malformed("unknown flags"));
-    }
+    // Every flag bit is assigned ([`Flags::KNOWN`]): none is unknown to
+    // this version. The previous one refuses the two new-calls bits, which
+    // are sent only with `failback.new_calls = "main"`.
     if body[10] != 0 || body[11] != 0 {
         return Err(Reject::Malformed("reserved bytes"));
     }
@@ -579,9 +588,13 @@ mod tests {
         }
         // Every flag bit is assigned: a frame with all of them decodes (a
         // new one-bit fact needs a new version).
+        assert_eq!(Flags::KNOWN, u8::MAX);
         let mut b = encode(&frame(), &k);
-        b[9] = 0xff;
-        assert_eq!(decode(&resign(b), &k).map(|f| f.flags), Ok(Flags(0xff)));
+        b[9] = Flags::KNOWN;
+        assert_eq!(
+            decode(&resign(b), &k).map(|f| f.flags),
+            Ok(Flags(Flags::KNOWN))
+        );
         let mut b = encode(&frame(), &k);
         b[10] = 1;
         assert_eq!(
