@@ -163,6 +163,10 @@ fn with_new_calls_main_a_new_call_reaches_the_main_while_the_old_one_ends_on_the
         all_logs(&pair, &lab)
     );
     assert!(pair.marker(MAIN) && pair.marker(STANDBY), "both PBXs run");
+    let st = pair.status(STANDBY);
+    assert_eq!(st["node"]["active"], true, "{st}");
+    assert_eq!(st["node"]["takes_new_calls"], false, "{st}");
+    assert_eq!(st["failback"]["new_calls"], "main", "{st}");
     assert!(
         wait_until(secs(5), || lab.pbx_up() == [true, false]),
         "the edge: {:?}\n{}",

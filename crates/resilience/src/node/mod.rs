@@ -844,6 +844,7 @@ fn publish(
             "status": s.status.to_string(),
             "state": status_word(s.status),
             "active": s.active,
+            "takes_new_calls": s.takes_new_calls,
             "epoch": s.epoch,
             "reason": s.reason,
             "held": s.admin == Some(AdminChoice::Stop),
@@ -860,6 +861,7 @@ fn publish(
         "services": services,
         "failback": {
             "policy": format!("{:?}", cfg.failback.policy).to_lowercase(),
+            "new_calls": format!("{:?}", cfg.failback.new_calls).to_lowercase(),
             "pending": s.failback_wait.is_some() || s.want_active,
             "requested": s.want_active,
             "waiting_because": s.failback_wait,
