@@ -229,9 +229,11 @@ fn without_the_setting_on_both_nodes_the_main_waits_for_the_stop() {
         ..timers()
     };
     for (seed, main_policy, timers) in [
-        (7, NewCallsPolicy::Standby, default),
+        (7, NewCallsPolicy::Standby, default.clone()),
         // The Standby offers, the Main (default) does not take the offer.
         (8, NewCallsPolicy::Standby, timers()),
+        // The Main would take it, the Standby (default) does not offer.
+        (9, NewCallsPolicy::Main, default.clone()),
     ] {
         play(seed, timers, |c| {
             c.run_for(secs(10))?;
@@ -249,6 +251,13 @@ fn without_the_setting_on_both_nodes_the_main_waits_for_the_stop() {
                 "standby {:?}, main {:?}",
                 status(c, STANDBY),
                 status(c, MAIN)
+            );
+            let told = c
+                .dump_log()
+                .contains("drains without offering the new calls");
+            ensure!(
+                told == (main_policy == NewCallsPolicy::Main),
+                "mismatch told: {told}"
             );
             c.hosts[STANDBY].calls_end = true;
             let ok = c.run_until(secs(40), |c| c.hosts[MAIN].takes_new_calls())?;

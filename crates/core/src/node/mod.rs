@@ -18,6 +18,8 @@
 //! - **Failback**: the Main, Inactive and hearing the Standby Active, waits
 //!   per policy, then sets `WANT_ACTIVE`; the Standby drains (calls reach zero
 //!   or the drain times out), stops, and reports Inactive; the Main starts.
+//!   With `failback.new_calls = "main"` (`new_calls.rs`) the Main starts
+//!   alongside the draining Standby and takes the new calls once released.
 //! - **Manual mode**: only commands start and stop services.
 //! - **Planned switchover** (`switchover.rs`): an admin's command moves the
 //!   service to a ready peer after a drain, with no failover timer; a Main
@@ -212,8 +214,8 @@ pub struct Node {
     /// Services found running at boot, to adopt unless the peer serves: the
     /// wait for the peer ends at this time.
     adopt_until: Option<Instant>,
-    /// Standby: the new calls are released to the Main (`new_calls.rs`).
-    released: bool,
+    /// The hand-off of new calls during the drain (`new_calls.rs`).
+    handoff: new_calls::Handoff,
 }
 
 impl Node {
@@ -294,7 +296,7 @@ impl Node {
             leaving: None,
             left: false,
             adopt_until: None,
-            released: false,
+            handoff: Default::default(),
             s: settings,
         };
         // Automatic mode keeps only the admin's Stop; a Start there means

@@ -28,6 +28,15 @@ use crate::config::NewCallsPolicy;
 use crate::heartbeat::{Flags, Frame};
 use crate::types::{NodeType, Status};
 
+/// What a node remembers of the hand-off.
+#[derive(Debug, Default)]
+pub(super) struct Handoff {
+    /// Standby: the new calls are released to the Main.
+    pub released: bool,
+    /// Main: a Standby draining without the offer was reported.
+    pub mismatch_told: bool,
+}
+
 impl Node {
     /// This Standby drains for a failback and offers the new calls to the Main.
     pub fn offers_new_calls(&self) -> bool {
@@ -45,7 +54,7 @@ impl Node {
             return false;
         }
         match self.s.node_type {
-            NodeType::Standby => !self.released,
+            NodeType::Standby => !self.handoff.released,
             _ => !self.peer_frame().is_some_and(holds_new_calls),
         }
     }
@@ -101,25 +110,57 @@ impl Node {
             && self
                 .peer_frame()
                 .is_some_and(|f| f.status == Status::Active);
-        if released == self.released {
+        self.tell_mismatch();
+        if released == self.handoff.released {
             return;
         }
-        self.released = released;
+        self.handoff.released = released;
+        if !released && !self.status.is_active() {
+            // The drain is over (services stopping): nothing to take back.
+            return;
+        }
         let why = if released {
             format!(
                 "main {} is active: new calls go to it, calls in progress end here",
                 self.peer_label()
             )
-        } else if self.status.is_active() {
+        } else {
             format!(
                 "main {} no longer runs alongside: this node takes new calls again",
                 self.peer_label()
             )
-        } else {
-            "drain over".into()
         };
         self.event(super::EventKind::NewCallsReleased { released }, why);
         self.send_heartbeat();
+    }
+
+    /// A Main set to `main` whose Standby drains for it without offering
+    /// the new calls (set to `standby`): said once per drain, as the drain
+    /// then runs as with `standby`.
+    fn tell_mismatch(&mut self) {
+        if self.s.node_type != NodeType::Main || self.s.new_calls != NewCallsPolicy::Main {
+            return;
+        }
+        let plain_drain = self.want_active
+            && self.peer_frame().is_some_and(|f| {
+                f.status == Status::Draining
+                    && !f.flags.has(Flags::OFFERS_NEW_CALLS)
+                    && !f.flags.has(Flags::YIELDING)
+            });
+        if !plain_drain {
+            if self.status == Status::Active || self.peer_frame().is_none() {
+                self.handoff.mismatch_told = false;
+            }
+            return;
+        }
+        if !self.handoff.mismatch_told {
+            self.handoff.mismatch_told = true;
+            let why = format!(
+                "standby {} drains without offering the new calls (set failback.new_calls = \"main\" on it too, unless this drain is a switchover): this main starts once it has stopped",
+                self.peer_label()
+            );
+            self.event(super::EventKind::PeerMismatch, why);
+        }
     }
 
     /// The flags this node adds to its heartbeat.
@@ -128,7 +169,7 @@ impl Node {
         if self.offers_new_calls() {
             flags |= Flags::OFFERS_NEW_CALLS;
         }
-        if self.released {
+        if self.handoff.released {
             flags |= Flags::RELEASED_NEW_CALLS;
         }
         flags
