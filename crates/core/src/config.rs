@@ -418,6 +418,29 @@ pub struct FailbackSection {
     /// Default: hold
     #[serde(default)]
     pub on_data_failure: DataFailurePolicy,
+    /// Where new calls go while the Standby drains at failback.
+    /// Default: standby
+    #[serde(default)]
+    pub new_calls: NewCallsPolicy,
+}
+
+/// `failback.new_calls`: who takes new calls while the Standby drains.
+///
+/// XiVO's high availability documentation has new conferences start on the
+/// primary while existing ones continue on the secondary; that needs
+/// something in front of the PBXs that routes new calls apart from the
+/// dialogs in progress: the edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NewCallsPolicy {
+    /// The Standby keeps taking new calls until its drain ends; the Main
+    /// starts after it stops (one PBX runs at a time).
+    #[default]
+    Standby,
+    /// The Main starts while the Standby drains and takes the new calls
+    /// once the Standby has released them; calls in progress end on the
+    /// Standby. Only with the edge in front (phones cannot follow alone).
+    Main,
 }
 
 /// `failback.on_data_failure`: kept data that did not come home.
@@ -628,6 +651,7 @@ impl Default for FailbackSection {
             homeless_grace: None,
             data_wait: default_data_wait(),
             on_data_failure: DataFailurePolicy::default(),
+            new_calls: NewCallsPolicy::default(),
         }
     }
 }
@@ -1215,6 +1239,19 @@ stop = "systemctl stop xivo-ctid"
         let e = NodeConfig::parse("main.toml", &src).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("peer.name"), "{e}");
         assert_eq!(e.line, Some(7), "{e}");
+    }
+
+    #[test]
+    fn failback_new_calls_names_line_and_key() {
+        let c = NodeConfig::parse("main.toml", MAIN).unwrap();
+        assert_eq!(c.failback.new_calls, NewCallsPolicy::Standby);
+        let src = format!("{MAIN}\n[failback]\nnew_calls = \"main\"\n");
+        let c = NodeConfig::parse("main.toml", &src).unwrap();
+        assert_eq!(c.failback.new_calls, NewCallsPolicy::Main);
+        let src = format!("{MAIN}\n[failback]\nnew_calls = \"edge\"\n");
+        let e = NodeConfig::parse("main.toml", &src).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("failback.new_calls"), "{e}");
+        assert_eq!(e.line, Some(MAIN.lines().count() + 3), "{e}");
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //!  6  mode                   1   0 automatic, 1 manual
 //!  7  status                 1   0 inactive .. 4 stopping
 //!  8  PBX health             1   0 unknown, 1 up, 2 down
-//!  9  flags                  1   see [`Flags`] (want-active, yielding, hears-peer, forced, leaving, adopting)
+//!  9  flags                  1   see [`Flags`] (want-active, yielding, hears-peer, forced, leaving, adopting, offers-new-calls, released-new-calls)
 //! 10  reserved, zero         2
 //! 12  boot id                8   random, drawn at every start of the sender
 //! 20  sequence               8   grows at every frame within one boot
@@ -156,7 +156,23 @@ impl Flags {
     /// Inactive, its peer must not start on that (a Main would otherwise
     /// take the service from a Standby whose daemon was only upgraded).
     pub const ADOPTING: u8 = 32;
-    const KNOWN: u8 = 0x3f;
+    /// The sender (a Standby with `failback.new_calls = "main"`) drains for
+    /// a failback and offers the new calls to the Main: the Main may start
+    /// its services alongside, while the calls in progress end here.
+    pub const OFFERS_NEW_CALLS: u8 = 64;
+    /// The sender drains with [`Flags::OFFERS_NEW_CALLS`], has heard the
+    /// Main Active, and no longer takes new calls: the Main takes them.
+    pub const RELEASED_NEW_CALLS: u8 = 128;
+    /// The bits this version knows: all eight, so a new one-bit fact needs
+    /// a new version (or the reserved bytes).
+    pub const KNOWN: u8 = Flags::WANT_ACTIVE
+        | Flags::YIELDING
+        | Flags::HEARS_PEER
+        | Flags::FORCED
+        | Flags::LEAVING
+        | Flags::ADOPTING
+        | Flags::OFFERS_NEW_CALLS
+        | Flags::RELEASED_NEW_CALLS;
 
     /// Whether a flag is set.
     pub fn has(self, bit: u8) -> bool {
@@ -336,9 +352,9 @@ pub fn decode(bytes: &[u8], key: &ClusterKey) -> Result<Frame, Reject> {
     let mode = Mode::from_wire(body[6]).ok_or(Reject::Malformed("mode"))?;
     let status = Status::from_wire(body[7]).ok_or(Reject::Malformed("status"))?;
     let pbx = PbxHealth::from_wire(body[8]).ok_or(Reject::Malformed("PBX health"))?;
-    if body[9] & !Flags::KNOWN != 0 {
-        return Err(Reject::Malformed("unknown flags"));
-    }
+    // Every flag bit is assigned ([`Flags::KNOWN`]): none is unknown to
+    // this version. The previous one refuses the two new-calls bits, which
+    // are sent only with `failback.new_calls = "main"`.
     if body[10] != 0 || body[11] != 0 {
         return Err(Reject::Malformed("reserved bytes"));
     }
@@ -570,11 +586,14 @@ mod tests {
             b[at] = 0xee;
             assert_eq!(decode(&resign(b), &k), Err(Reject::Malformed(what)));
         }
+        // Every flag bit is assigned: a frame with all of them decodes (a
+        // new one-bit fact needs a new version).
+        assert_eq!(Flags::KNOWN, u8::MAX);
         let mut b = encode(&frame(), &k);
-        b[9] = 0x80;
+        b[9] = Flags::KNOWN;
         assert_eq!(
-            decode(&resign(b), &k),
-            Err(Reject::Malformed("unknown flags"))
+            decode(&resign(b), &k).map(|f| f.flags),
+            Ok(Flags(Flags::KNOWN))
         );
         let mut b = encode(&frame(), &k);
         b[10] = 1;

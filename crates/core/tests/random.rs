@@ -16,7 +16,9 @@ mod sim;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use resilience_core::config::SplitBrainPolicy;
-use resilience_core::node::{DataFailurePolicy, DataGate, DrainPolicy, FailbackPolicy};
+use resilience_core::node::{
+    DataFailurePolicy, DataGate, DrainPolicy, FailbackPolicy, NewCallsPolicy,
+};
 use resilience_core::Command;
 use sim::{Cluster, Stats, Timers, MAIN, STANDBY};
 use std::time::{Duration, Instant};
@@ -65,6 +67,11 @@ fn run_seed(seed: u64, hours: f64, log: bool) -> Result<Stats, String> {
     // stay what they were.
     let mut data_rng = ChaCha8Rng::seed_from_u64(seed ^ 0xda7a_da7a);
     let gated = data_rng.random_bool(0.4);
+    // Where new calls go during the failback drain, drawn apart too.
+    let mut calls_rng = ChaCha8Rng::seed_from_u64(seed ^ 0xca11_ca11);
+    if calls_rng.random_bool(0.5) {
+        timers.new_calls = NewCallsPolicy::Main;
+    }
     timers.failback_data = gated.then(|| DataGate {
         wait: secs_f(&mut data_rng, 2.0, 120.0),
         on_failure: if data_rng.random_bool(0.5) {
@@ -351,6 +358,7 @@ fn random_seeds_keep_the_invariants() {
     let total: Stats = stats.iter().fold(Stats::default(), |mut a, s| {
         a.failovers += s.failovers;
         a.failbacks += s.failbacks;
+        a.new_calls_handoffs += s.new_calls_handoffs;
         a.false_failovers += s.false_failovers;
         a.frames_sent += s.frames_sent;
         a.frames_rejected += s.frames_rejected;
@@ -358,22 +366,28 @@ fn random_seeds_keep_the_invariants() {
     });
     eprintln!(
         "simulator: {n} seeds x {hours} simulated hour(s) = {} simulated hours, links losing 20% (even seeds) or less, in {:.1}s wall; \
-         {} failovers, {} failbacks, {} false failovers, {} frames sent, {} dropped by the receiver",
+         {} failovers, {} failbacks ({} with new calls handed to the main during the drain), {} false failovers, {} frames sent, {} dropped by the receiver",
         n as f64 * hours,
         started.elapsed().as_secs_f64(),
         total.failovers,
         total.failbacks,
+        total.new_calls_handoffs,
         total.false_failovers,
         total.frames_sent,
         total.frames_rejected,
     );
-    // The runs must exercise what they claim to: failovers and failbacks.
+    // The runs must exercise what they claim to: failovers and failbacks,
+    // and the hand-off of new calls, played, not only configured.
     if failed.is_empty() && n >= 100 {
         assert!(
             u64::from(total.failovers) >= n && u64::from(total.failbacks) >= n / 2,
             "too few transitions to mean anything: {} failovers, {} failbacks over {n} seeds",
             total.failovers,
             total.failbacks
+        );
+        assert!(
+            total.new_calls_handoffs > 0,
+            "no seed handed new calls to the main"
         );
     }
     if let Some((seed, e)) = failed.first() {

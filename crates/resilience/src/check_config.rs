@@ -269,6 +269,11 @@ pub fn run(file: &Path) -> ExitCode {
         },
         cfg.failback.split_brain,
     );
+    if cfg.failback.new_calls == resilience_core::config::NewCallsPolicy::Main {
+        println!(
+            "  failback.new_calls = main: during the failback drain the Main takes new calls (only with the SIP edge in front; set it on both nodes)"
+        );
+    }
     println!(
         "  {} service(s), {} arbiter(s), API on {}",
         cfg.services.len(),

@@ -55,6 +55,11 @@ pub enum EventKind {
     FailbackDataFailed,
     DrainStarted,
     DrainCancelled,
+    /// A Standby draining with `failback.new_calls = "main"` released the
+    /// new calls to the Main (true) or took them back (false).
+    NewCallsReleased {
+        released: bool,
+    },
     ServiceStartFailed {
         attempt: u32,
         of: u32,
@@ -117,6 +122,7 @@ impl EventKind {
             FailbackDataFailed => "failback_data_failed",
             DrainStarted => "drain_started",
             DrainCancelled => "drain_cancelled",
+            NewCallsReleased { .. } => "new_calls_released",
             ServiceStartFailed { .. } => "start_failed",
             ServiceStopFailed => "stop_failed",
             Faulted { .. } => "faulted",
@@ -164,6 +170,10 @@ impl fmt::Display for Event {
             FailbackDataFailed => f.write_str("FAILBACK DATA NOT COPIED BACK")?,
             DrainStarted => f.write_str("drain started")?,
             DrainCancelled => f.write_str("drain cancelled")?,
+            NewCallsReleased { released: true } => {
+                f.write_str("new calls released to the main")?
+            }
+            NewCallsReleased { released: false } => f.write_str("new calls taken back")?,
             ServiceStartFailed { attempt, of } => {
                 write!(f, "services failed to start (attempt {attempt} of {of})")?
             }

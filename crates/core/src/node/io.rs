@@ -1,7 +1,7 @@
 //! What goes into and comes out of a [`Node`](super::Node).
 
 use super::event::Event;
-pub use crate::config::DataFailurePolicy;
+pub use crate::config::{DataFailurePolicy, NewCallsPolicy};
 use crate::config::{FailbackPolicyKind, NodeConfig, SplitBrainPolicy};
 use crate::heartbeat::ClusterKey;
 use crate::types::{Mode, NodeType, PbxHealth};
@@ -250,6 +250,9 @@ pub struct Settings {
     /// Longest drain when the daemon is stopped (kept below the unit's
     /// `TimeoutStopSec` with room to stop the services).
     pub stop_timeout: Duration,
+    /// Who takes new calls while the Standby drains at failback
+    /// (`failback.new_calls`; see `new_calls.rs`).
+    pub new_calls: NewCallsPolicy,
     pub key: ClusterKey,
 }
 
@@ -303,6 +306,7 @@ impl Settings {
                     on_failure: c.failback.on_data_failure,
                 }),
             stop_timeout: c.drain.stop_timeout,
+            new_calls: c.failback.new_calls,
             key,
         }
     }

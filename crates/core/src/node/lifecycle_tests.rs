@@ -25,6 +25,7 @@ fn settings(name: &str, peer: &str, node_type: NodeType) -> Settings {
         retry_delay: Duration::from_secs(1),
         fault_hold: Duration::from_secs(60),
         stop_timeout: Duration::from_secs(20),
+        new_calls: NewCallsPolicy::Standby,
         failback_data: None,
         key: crate::ClusterKey::new(&[1; 32]).unwrap(),
     }

@@ -18,6 +18,8 @@
 //! - **Failback**: the Main, Inactive and hearing the Standby Active, waits
 //!   per policy, then sets `WANT_ACTIVE`; the Standby drains (calls reach zero
 //!   or the drain times out), stops, and reports Inactive; the Main starts.
+//!   With `failback.new_calls = "main"` (`new_calls.rs`) the Main starts
+//!   alongside the draining Standby and takes the new calls once released.
 //! - **Manual mode**: only commands start and stop services.
 //! - **Planned switchover** (`switchover.rs`): an admin's command moves the
 //!   service to a ready peer after a drain, with no failover timer; a Main
@@ -34,14 +36,15 @@ mod event;
 mod guard;
 mod io;
 mod lifecycle;
+mod new_calls;
 mod peer;
 mod switchover;
 
 pub use event::{Event, EventKind};
 pub use io::{
     Action, ActionError, ActionId, ActionKind, ActionOutcome, AdminChoice, Command,
-    DataFailurePolicy, DataGate, DrainPolicy, FailbackPolicy, Input, InputError, Output, Persisted,
-    ServicesAtBoot, Settings, Transmit,
+    DataFailurePolicy, DataGate, DrainPolicy, FailbackPolicy, Input, InputError, NewCallsPolicy,
+    Output, Persisted, ServicesAtBoot, Settings, Transmit,
 };
 
 use crate::config::SplitBrainPolicy;
@@ -116,6 +119,9 @@ pub struct Snapshot {
     pub mode: Mode,
     pub status: Status,
     pub active: bool,
+    /// Takes new calls (differs from `active` only during the hand-off of
+    /// `failback.new_calls = "main"`: `new_calls.rs`).
+    pub takes_new_calls: bool,
     pub epoch: u64,
     pub pbx: PbxHealth,
     pub admin: Option<AdminChoice>,
@@ -220,6 +226,8 @@ pub struct Node {
     /// takes the service (or the stop timeout ends), so the peer can fetch
     /// the kept data from it first (`data.rs`).
     leave_wait: bool,
+    /// The hand-off of new calls during the drain (`new_calls.rs`).
+    handoff: new_calls::Handoff,
 }
 
 impl Node {
@@ -302,6 +310,7 @@ impl Node {
             adopt_until: None,
             maybe_running: false,
             leave_wait: false,
+            handoff: Default::default(),
             s: settings,
         };
         // Automatic mode keeps only the admin's Stop; a Start there means
@@ -447,6 +456,7 @@ impl Node {
             mode: self.s.mode,
             status: self.status,
             active: self.status.is_active(),
+            takes_new_calls: self.takes_new_calls(),
             epoch: self.epoch,
             pbx: self.pbx,
             admin: self.admin,
@@ -789,6 +799,7 @@ impl Node {
             self.decide_by_mode();
         }
         self.update_failback_request();
+        self.update_new_calls();
         self.retry_pending_stop();
         if self.s.node_type != NodeType::Disabled && now >= self.next_heartbeat {
             self.send_heartbeat();
@@ -868,6 +879,7 @@ impl Node {
             if let Some(f) = self
                 .peer_frame()
                 .filter(|f| f.status.claims() && f.mode == Mode::Automatic)
+                .filter(|f| !self.planned_overlap(f))
             {
                 let (own, theirs) = (self.epoch, f.epoch);
                 let already = self.status == Status::Starting && self.stop_after_start.is_some();
@@ -940,7 +952,9 @@ impl Node {
                 let deaf = f.status == Status::Inactive
                     && !adopting
                     && deaf_for.is_some_and(|d| d >= self.s.failover_after + self.s.startup_wait);
-                if ready && f.flags.has(Flags::LEAVING) {
+                if let Some(why) = self.may_start_alongside(f) {
+                    Some(why)
+                } else if ready && f.flags.has(Flags::LEAVING) {
                     // Not held for the kept data: the data gate holds the
                     // request, which the leaving Standby waits for while it
                     // serves (`lifecycle.rs`); once it has stopped, someone
@@ -1088,7 +1102,9 @@ impl Node {
     }
 
     fn continue_drain(&mut self) {
-        let asked = self.leaving.is_some() || self.handover_request().is_some();
+        let asked = self.leaving.is_some()
+            || self.handover_request().is_some()
+            || self.main_runs_alongside();
         if asked {
             self.receiver_ready();
         } else if self.receiver_restarting() {
@@ -1417,6 +1433,7 @@ impl Node {
         if self.adopt_until.is_some() {
             flags |= Flags::ADOPTING;
         }
+        flags |= self.new_calls_flags();
         self.seq += 1;
         let f = &mut self.outgoing;
         f.node_type = self.s.node_type;

@@ -20,6 +20,7 @@ pub(super) fn settings(name: &str, peer: &str, node_type: NodeType, mode: Mode) 
         fault_hold: Duration::from_secs(60),
         failback_data: None,
         stop_timeout: Duration::from_secs(60),
+        new_calls: NewCallsPolicy::Standby,
         key: crate::ClusterKey::new(&[1; 32]).unwrap(),
     }
 }

@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use resilience_core::config::SplitBrainPolicy;
 use resilience_core::heartbeat::{self, Flags, Frame};
-use resilience_core::node::{AdminChoice, DataGate, DrainPolicy, FailbackPolicy};
+use resilience_core::node::{AdminChoice, DataGate, DrainPolicy, FailbackPolicy, NewCallsPolicy};
 use resilience_core::{
     Action, ActionId, ActionKind, ActionOutcome, ClusterKey, Command, Event, EventKind, Input,
     InputError, Mode, Node, NodeType, Output, PbxHealth, Persisted, ServicesAtBoot, Settings,
@@ -46,6 +46,8 @@ pub struct Timers {
     pub mode: Mode,
     /// The Main copies its kept data home before failback (`data.rs`).
     pub failback_data: Option<DataGate>,
+    /// Who takes new calls while the Standby drains (`new_calls.rs`).
+    pub new_calls: NewCallsPolicy,
 }
 
 impl Default for Timers {
@@ -68,6 +70,7 @@ impl Default for Timers {
             fault_hold: Duration::from_secs(60),
             mode: Mode::Automatic,
             failback_data: None,
+            new_calls: NewCallsPolicy::Standby,
         }
     }
 }
@@ -101,6 +104,7 @@ pub fn settings(i: usize, t: &Timers) -> Settings {
         fault_hold: t.fault_hold,
         failback_data: t.failback_data.filter(|_| i == MAIN),
         stop_timeout: Duration::from_secs(60),
+        new_calls: t.new_calls,
         key: ClusterKey::new(b"simulated cluster key, 32 bytes!").expect("key"),
     }
 }
@@ -217,6 +221,10 @@ impl Host {
     pub fn is_active(&self) -> bool {
         self.node.as_ref().is_some_and(|n| n.is_active())
     }
+    pub fn takes_new_calls(&self) -> bool {
+        self.node.as_ref().is_some_and(|n| n.takes_new_calls())
+    }
+
     pub fn node(&self) -> &Node {
         self.node.as_ref().expect("node is up")
     }
@@ -268,6 +276,8 @@ pub struct Stats {
     pub failovers: u32,
     /// Handovers from the Standby back to the Main.
     pub failbacks: u32,
+    /// New calls released by a draining Standby to its Main (`new_calls.rs`).
+    pub new_calls_handoffs: u32,
     pub frames_sent: u64,
     pub frames_rejected: u64,
 }
@@ -303,6 +313,9 @@ pub struct Cluster {
     outage_ended: Option<Instant>,
     /// A violation seen while handing out outputs, reported by the next check.
     violation: Option<String>,
+    /// The Standby offered the new calls in this drain and its services
+    /// still run: the planned overlap with the Main (`new_calls.rs`).
+    pub overlap: bool,
 }
 
 const LOG_KEEP: usize = 400;
@@ -330,6 +343,7 @@ impl Cluster {
             outage_activations: 0,
             outage_ended: None,
             violation: None,
+            overlap: false,
             timers: timers.clone(),
         };
         for i in 0..2 {
@@ -972,6 +986,9 @@ impl Cluster {
                                 }
                             }
                         }
+                        EventKind::NewCallsReleased { released: true } => {
+                            self.stats.new_calls_handoffs += 1;
+                        }
                         EventKind::StatusChanged {
                             from: Status::Stopping,
                             to: Status::Inactive,
@@ -1041,13 +1058,35 @@ impl Cluster {
             }
         }
         let settled = self.connected() && now - self.disturbed_at >= self.settle();
-        // At most one node runs services while the two hear each other
-        // (services whose stop fails run whatever the node does).
+        // The planned overlap of `failback.new_calls = "main"`: from the
+        // Standby's offer until its services stop (or its drain is cancelled).
+        let s = &self.hosts[STANDBY];
+        if s.node.as_ref().is_some_and(|n| n.offers_new_calls()) {
+            self.overlap = true;
+        } else if !s.services || !matches!(s.status(), Some(Status::Draining | Status::Stopping)) {
+            self.overlap = false;
+        }
+        // At most one node runs services while the two hear each other,
+        // but for that overlap (and services whose stop fails run whatever
+        // the node does).
         if settled
+            && !self.overlap
             && !self.forced_or_manual()
             && self.hosts.iter().all(|h| h.services && !h.stop_failed)
         {
             return Err("both nodes run services while connected".into());
+        }
+        // Never two nodes taking new calls while they hear each other:
+        // settled, or at any instant of the ordered hand-off.
+        if (settled || (self.overlap && self.connected()))
+            && !self.forced_or_manual()
+            && self.hosts.iter().all(|h| h.takes_new_calls())
+        {
+            return Err(format!(
+                "both nodes take new calls while connected (main {:?}, standby {:?})",
+                self.hosts[MAIN].status(),
+                self.hosts[STANDBY].status()
+            ));
         }
         if self.forced_or_manual() {
             return Ok(());

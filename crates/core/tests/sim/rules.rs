@@ -135,14 +135,19 @@ impl Cluster {
                     match alive {
                         Some(p) => {
                             let f = &p.frame;
-                            (f.status != Status::Inactive || f.flags.has(Flags::ADOPTING)).then(
-                                || {
-                                    format!(
-                                        "main started while hearing the standby {} ({:?})",
-                                        f.status, f.flags
-                                    )
-                                },
-                            )
+                            // `new_calls = "main"`: the Main starts beside a
+                            // Standby that drains and offers it the new calls.
+                            let offered = f.status == Status::Draining
+                                && f.flags.has(Flags::OFFERS_NEW_CALLS)
+                                && t.new_calls == NewCallsPolicy::Main;
+                            let ready =
+                                f.status == Status::Inactive && !f.flags.has(Flags::ADOPTING);
+                            (!offered && !ready).then(|| {
+                                format!(
+                                    "main started while hearing the standby {} ({:?})",
+                                    f.status, f.flags
+                                )
+                            })
                         }
                         None => (silent_for < t.startup_wait).then(|| {
                             format!(

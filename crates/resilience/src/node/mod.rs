@@ -831,7 +831,11 @@ fn publish(
     let ha = json!({
         "node_type": s.node_type.to_string(),
         "mode": s.mode.to_string(),
-        "active": s.active,
+        // `active`: takes new calls (the edge and the followers route by
+        // it); `services`: they run; `draining`: calls in progress end here.
+        "active": s.takes_new_calls,
+        "services": s.status.occupies(),
+        "draining": s.status == Status::Draining,
         "remote_address": remote,
     });
     ha_tx.send_if_modified(|old| {
@@ -869,6 +873,7 @@ fn publish(
             "status": s.status.to_string(),
             "state": status_word(s.status),
             "active": s.active,
+            "takes_new_calls": s.takes_new_calls,
             "epoch": s.epoch,
             "reason": s.reason,
             "held": s.admin == Some(AdminChoice::Stop),
@@ -885,6 +890,7 @@ fn publish(
         "services": services,
         "failback": {
             "policy": format!("{:?}", cfg.failback.policy).to_lowercase(),
+            "new_calls": format!("{:?}", cfg.failback.new_calls).to_lowercase(),
             "pending": s.failback_wait.is_some() || s.want_active,
             "requested": s.want_active,
             "waiting_because": s.failback_wait,

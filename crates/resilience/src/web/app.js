@@ -73,6 +73,7 @@ function render(s) {
 
   fillDl($("this"), [
     ["status", `${n.status}${n.reason ? " — " + n.reason : ""}`],
+    ["takes new calls", n.takes_new_calls === undefined ? null : n.takes_new_calls ? "yes" : n.state === "active" ? "no (the peer takes them; calls in progress end here)" : "no"],
     ["PBX health", s.pbx ? s.pbx.health : null],
     ["held by an admin", n.held ? "yes (services stopped by hand)" : n.switched_away ? "yes (switched over to the peer)" : "no"],
     ["switchover", n.switchover || null],
@@ -110,6 +111,7 @@ function render(s) {
   }
   fillDl($("failback"), [
     ["policy", f.policy],
+    ["new calls during the drain", f.new_calls ? `on the ${f.new_calls}` : null],
     ["pending", f.pending ? "yes" : "no"],
     ["waiting because", why],
     ["due in", f.due_in_s !== null && f.due_in_s !== undefined ? `${f.due_in_s.toFixed(0)} s` : null],
