@@ -271,3 +271,50 @@ fn without_the_setting_on_both_nodes_the_main_waits_for_the_stop() {
         });
     }
 }
+
+/// An upgrade (re-exec) or crash of the Main's daemon during the overlap:
+/// the restarted daemon adopts its PBX with the calls it took, instead of
+/// stopping it because the Standby still runs.
+#[test]
+fn a_main_restarted_during_the_overlap_keeps_its_pbx() {
+    play(41, timers(), |c| {
+        fail_over_and_back_into_the_overlap(c)?;
+        let stops = c.hosts[MAIN].service_stops;
+        c.crash_daemon(MAIN);
+        c.run_for(Duration::from_millis(300))?;
+        c.boot(MAIN);
+        let ok = c.run_until(secs(15), |c| c.hosts[MAIN].takes_new_calls())?;
+        ensure!(ok, "the restarted main never took the new calls again");
+        ensure!(
+            c.hosts[MAIN].service_stops == stops,
+            "the restarted main stopped its PBX (and the calls it took)"
+        );
+        ensure!(
+            c.hosts[STANDBY].services && status(c, STANDBY) == Some(Status::Draining),
+            "the standby's calls in progress were cut: {:?}",
+            status(c, STANDBY)
+        );
+        Ok(())
+    });
+}
+
+/// The Main's PBX fails during the overlap: it hands the new calls back to
+/// the Standby, which still runs, rather than keep them with a dead PBX.
+#[test]
+fn a_main_whose_pbx_fails_during_the_overlap_hands_the_new_calls_back() {
+    play(43, timers(), |c| {
+        fail_over_and_back_into_the_overlap(c)?;
+        c.hosts[MAIN].pbx_ok = false;
+        let ok = c.run_until(secs(30), |c| c.hosts[STANDBY].takes_new_calls())?;
+        ensure!(
+            ok,
+            "main pbx down 30 s: main {:?} takes {}; standby {:?} takes {}",
+            status(c, MAIN),
+            c.hosts[MAIN].takes_new_calls(),
+            status(c, STANDBY),
+            c.hosts[STANDBY].takes_new_calls()
+        );
+        ensure!(!c.hosts[MAIN].takes_new_calls(), "both take new calls");
+        Ok(())
+    });
+}

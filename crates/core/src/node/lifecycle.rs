@@ -130,7 +130,13 @@ impl Node {
         };
         let peer = self.peer_label().to_owned();
         match self.peer_frame() {
-            Some(f) if f.status.occupies() => {
+            // A Main restarted (an upgrade, a crash) during the planned
+            // overlap of `failback.new_calls = "main"` keeps the calls it
+            // took: the draining Standby is no rival (`new_calls.rs`).
+            Some(f)
+                if f.status.occupies()
+                    && !(self.s.node_type == NodeType::Main && self.planned_overlap(f)) =>
+            {
                 let why = format!(
                     "{peer} is {} (epoch {}): stopping the services this node left running",
                     f.status, f.epoch

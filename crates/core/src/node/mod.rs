@@ -1037,7 +1037,9 @@ impl Node {
             return None;
         }
         let f = self.peer_frame()?;
-        let ready = f.status == Status::Inactive
+        // A Standby draining beside this Main (`failback.new_calls =
+        // "main"`) still runs: it takes the new calls back at once.
+        let ready = (f.status == Status::Inactive || self.planned_overlap(f))
             && f.flags.has(Flags::HEARS_PEER)
             && !f.flags.has(Flags::YIELDING);
         ready.then(|| {

@@ -106,10 +106,22 @@ impl Node {
     /// and takes them back when that stops being so. Logged and told to the
     /// peer at once.
     pub(super) fn update_new_calls(&mut self) {
-        let released = self.main_runs_alongside()
-            && self
-                .peer_frame()
-                .is_some_and(|f| f.status == Status::Active);
+        // A Main restarted during the overlap (an upgrade, a crash) reports
+        // Inactive while it decides to adopt its PBX: the new calls stay
+        // released meanwhile (none are taken for that moment), else the Main
+        // would take them again on the Standby's last frame while this node
+        // takes them back.
+        let adopting_main = self.handoff.released
+            && self.peer_frame().is_some_and(|f| {
+                f.node_type == NodeType::Main
+                    && f.status == Status::Inactive
+                    && f.flags.has(Flags::ADOPTING)
+            });
+        let released = adopting_main
+            || (self.main_runs_alongside()
+                && self
+                    .peer_frame()
+                    .is_some_and(|f| f.status == Status::Active));
         self.tell_mismatch();
         if released == self.handoff.released {
             return;

@@ -1063,7 +1063,14 @@ impl Cluster {
         let s = &self.hosts[STANDBY];
         if s.node.as_ref().is_some_and(|n| n.offers_new_calls()) {
             self.overlap = true;
-        } else if !s.services || !matches!(s.status(), Some(Status::Draining | Status::Stopping)) {
+        } else if !s.services
+            || !self
+                .hosts
+                .iter()
+                .any(|h| matches!(h.status(), Some(Status::Draining | Status::Stopping)))
+        {
+            // Over once the Standby's services are stopped, or when neither
+            // side is on its way out any more (then it is a split brain).
             self.overlap = false;
         }
         // At most one node runs services while the two hear each other,

@@ -178,7 +178,10 @@ impl Cluster {
             // A node whose PBX is down hands over only to a ready peer.
             EventKind::Faulted { .. } if !h.pbx_ok && h.services => {
                 let ready = alive.is_some_and(|p| {
-                    p.frame.status == Status::Inactive
+                    let overlap = t.new_calls == NewCallsPolicy::Main
+                        && p.frame.status == Status::Draining
+                        && p.frame.flags.has(Flags::OFFERS_NEW_CALLS);
+                    (p.frame.status == Status::Inactive || overlap)
                         && p.frame.flags.has(Flags::HEARS_PEER)
                         && !p.frame.flags.has(Flags::YIELDING)
                 });
