@@ -271,7 +271,7 @@ pub fn run(file: &Path) -> ExitCode {
     );
     if cfg.failback.new_calls == resilience_core::config::NewCallsPolicy::Main {
         println!(
-            "  failback.new_calls = main: during the failback drain the Main takes new calls (only with the SIP edge in front; set it on both nodes)"
+            "  failback.new_calls = main: during the failback drain the Main takes new calls (only with the SIP edge in front; set it on both nodes, once both run this version: an older node drops frames carrying its flags)"
         );
     }
     println!(
