@@ -93,7 +93,12 @@ fn old_call_then_failback(
         "the old call did not start\n{}",
         all_logs(pair, lab)
     );
-    assert!(lab.pbx[1].log().contains("INVITE sip:2001@"));
+    // Kamailio writes its log line a moment after relaying: wait for it.
+    assert!(
+        wait_until(secs(5), || lab.pbx[1].log().contains("INVITE sip:2001@")),
+        "the old call did not go through the standby's PBX\n{}",
+        all_logs(pair, lab)
+    );
     // The Standby's PBX counts it: the drain waits for it.
     set_calls(pair, STANDBY, 1);
     // The Main comes back and asks at once (failback policy immediate).
@@ -176,7 +181,7 @@ fn with_new_calls_main_a_new_call_reaches_the_main_while_the_old_one_ends_on_the
 
     new_call(&pair, &lab);
     assert!(
-        lab.pbx[0].log().contains("INVITE sip:2002@"),
+        wait_until(secs(5), || lab.pbx[0].log().contains("INVITE sip:2002@")),
         "the new call did not reach the Main's PBX\n{}",
         all_logs(&pair, &lab)
     );
@@ -260,7 +265,7 @@ fn without_the_setting_a_new_call_during_the_drain_stays_on_the_standby() {
 
     new_call(&pair, &lab);
     assert!(
-        lab.pbx[1].log().contains("INVITE sip:2002@"),
+        wait_until(secs(5), || lab.pbx[1].log().contains("INVITE sip:2002@")),
         "the new call did not reach the Standby's PBX\n{}",
         all_logs(&pair, &lab)
     );
