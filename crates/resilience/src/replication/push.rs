@@ -17,8 +17,15 @@ use tokio::io::AsyncWriteExt;
 /// Why a push failed, with every cause on one line: the status, the log and
 /// the API's answer show it as it reads.
 #[derive(Debug, thiserror::Error)]
-#[error("{0:#}")]
-pub struct PushError(#[from] anyhow::Error);
+pub enum PushError {
+    /// The SQLite backup or the `pg_dump` failed: nothing was sent.
+    #[error("snapshot: {0:#}")]
+    Snapshot(anyhow::Error),
+    /// The session (connection, TLS, stream, the Standby's answer) or the
+    /// work beside it failed.
+    #[error("{0:#}")]
+    Session(anyhow::Error),
+}
 
 /// Send the file at `full` as `path` (FileStart, Data…, FileEnd), on the
 /// sending thread of a [`pipe::produce`]; what the cache keeps of it, or
@@ -79,10 +86,9 @@ impl Replicator {
         let name = j.name().to_owned();
         self.mark_running(&name, "push");
         let r = match j {
-            Job::Dir(d) => self.push_dir(d).await,
+            Job::Dir(d) => self.push_dir(d).await.map_err(PushError::Session),
             other => self.push_snapshot(other).await,
-        }
-        .map_err(PushError);
+        };
         match &r {
             Ok(a) => tracing::info!(
                 "replication {name}: pushed {} files, {} bytes, {} deletions in {:?}",
@@ -162,7 +168,7 @@ impl Replicator {
     /// Main: take a snapshot (SQLite backup, `pg_dump`) into the state
     /// folder, then send it as one file; the Standby swaps it in only once
     /// it has all of it and its hash matches.
-    async fn push_snapshot(&self, j: &Job) -> anyhow::Result<Applied> {
+    async fn push_snapshot(&self, j: &Job) -> Result<Applied, PushError> {
         let _one = self.busy.lock().await;
         let snap = self
             .state_dir
@@ -171,18 +177,22 @@ impl Replicator {
             Job::Sqlite(q) => {
                 let (src, out) = (self.path(&q.path), snap.clone());
                 tokio::task::spawn_blocking(move || sqlite::snapshot(&src, &out))
-                    .await?
+                    .await
+                    .map_err(|e| PushError::Session(e.into()))?
                     .map_err(anyhow::Error::from)
             }
             Job::Postgres(p) => postgres::Pg::new(p, &self.base)
                 .dump(&snap)
                 .await
                 .map_err(anyhow::Error::from),
-            Job::Dir(_) => anyhow::bail!("not a snapshot job"),
+            Job::Dir(_) => return Err(PushError::Session(anyhow::anyhow!("not a snapshot job"))),
         };
         let r = match taken {
-            Ok(()) => self.send_snapshot(j, &snap).await,
-            Err(e) => Err(e.context("snapshot")),
+            Ok(()) => self
+                .send_snapshot(j, &snap)
+                .await
+                .map_err(PushError::Session),
+            Err(e) => Err(PushError::Snapshot(e)),
         };
         let _ = std::fs::remove_file(&snap);
         r
