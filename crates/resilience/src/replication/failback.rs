@@ -74,3 +74,26 @@ impl Replicator {
         Ok(files)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::FetchError;
+    use std::time::Duration;
+
+    /// The dashboard shows these words: every cause, and the limit.
+    #[test]
+    fn fetch_errors_say_why() {
+        let e = anyhow::anyhow!("refused").context("spool: keep_on_failback");
+        assert_eq!(
+            FetchError::Failed(e).to_string(),
+            "spool: keep_on_failback: refused"
+        );
+        assert!(FetchError::TimedOut(Duration::from_secs(30))
+            .to_string()
+            .starts_with("the copy took longer than failback.data_wait ("));
+        assert_eq!(
+            FetchError::NoReplication.to_string(),
+            "no [replication] table: nothing to fetch the kept paths with"
+        );
+    }
+}

@@ -215,3 +215,19 @@ impl Replicator {
         Ok(applied)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PushError;
+
+    /// Every cause on one line, the snapshot's prefixed as before.
+    #[test]
+    fn push_errors_show_every_cause() {
+        let e = || anyhow::anyhow!("disk full").context("write /x");
+        assert_eq!(
+            PushError::Snapshot(e()).to_string(),
+            "snapshot: write /x: disk full"
+        );
+        assert_eq!(PushError::Session(e()).to_string(), "write /x: disk full");
+    }
+}

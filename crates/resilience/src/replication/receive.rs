@@ -353,3 +353,32 @@ impl Replicator {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Refusal;
+
+    /// The Main shows these words in its status: they read as they did.
+    #[test]
+    fn refusals_read_as_before() {
+        let cases = [
+            (Refusal::Version { got: 2 }, "protocol version 2 is not 1"),
+            (
+                Refusal::NoJob("spool".into()),
+                "no replication job named \"spool\" here",
+            ),
+            (
+                Refusal::NoKeptPaths("spool".into()),
+                "no keep_on_failback paths of job \"spool\" are taken here",
+            ),
+            (
+                Refusal::Active,
+                "this node is active: it takes no push while it serves",
+            ),
+            (Refusal::Busy, "a replication session is already running"),
+        ];
+        for (r, words) in cases {
+            assert_eq!(r.to_string(), words);
+        }
+    }
+}
