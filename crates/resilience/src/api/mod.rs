@@ -253,7 +253,7 @@ async fn replicate(State(s): State<ApiState>, headers: HeaderMap) -> Response {
         .into_iter()
         .map(|(job, res)| match res {
             Ok(a) => json!({"job": job, "files": a.files, "bytes": a.bytes, "deleted": a.deleted}),
-            Err(e) => json!({"job": job, "error": e}),
+            Err(e) => json!({"job": job, "error": e.to_string()}),
         })
         .collect();
     Json(json!({ "jobs": jobs })).into_response()

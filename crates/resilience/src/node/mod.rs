@@ -427,7 +427,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                             let r = fetch
                                 .await
                                 .map(|_| ActionOutcome::Done)
-                                .map_err(ActionError);
+                                .map_err(|e| ActionError(e.to_string()));
                             let _ = tx.send(Msg::ActionDone(id, r)).await;
                         });
                     }

@@ -61,6 +61,8 @@ impl Pg {
         format!("{}__resilience_old", self.job.database)
     }
 
+    // TODO(layers): `resolve` comes from `node`, which depends on
+    // replication (a cycle); it moves to the leaf module `paths.rs`.
     fn command(&self, tool: &str) -> tokio::process::Command {
         let exe = match &self.job.bin_dir {
             Some(d) => crate::node::resolve(&self.base, d).join(tool),
@@ -200,29 +202,45 @@ impl Pg {
         self.run("pg_restore", &["--exit-on-error", "-d", &staging, &dump_s])
             .await?;
         if had_db && !self.job.exclude_tables.is_empty() {
-            let scratch_s = scratch.display().to_string();
-            let mut args = vec!["-F", "c", "--data-only", "-f", &scratch_s, "-d", db];
-            let tables: Vec<String> = self
-                .job
-                .exclude_tables
-                .iter()
-                .map(|t| format!("--table={t}"))
-                .collect();
-            args.extend(tables.iter().map(String::as_str));
-            self.run("pg_dump", &args).await?;
-            self.run(
-                "pg_restore",
-                &[
-                    "--exit-on-error",
-                    "--data-only",
-                    "--disable-triggers",
-                    "-d",
-                    &staging,
-                    &scratch_s,
-                ],
-            )
-            .await?;
+            self.keep_own_rows(&staging, scratch).await?;
         }
+        self.swap_in(had_db).await
+    }
+
+    /// Copy this node's own rows of the excluded tables (call logs, local
+    /// settings) into `staging`, through the dump file `scratch`: the push
+    /// brought their schema only.
+    async fn keep_own_rows(&self, staging: &str, scratch: &Path) -> Result<(), PgError> {
+        let db = &self.job.database;
+        let scratch_s = scratch.display().to_string();
+        let mut args = vec!["-F", "c", "--data-only", "-f", &scratch_s, "-d", db];
+        let tables: Vec<String> = self
+            .job
+            .exclude_tables
+            .iter()
+            .map(|t| format!("--table={t}"))
+            .collect();
+        args.extend(tables.iter().map(String::as_str));
+        self.run("pg_dump", &args).await?;
+        self.run(
+            "pg_restore",
+            &[
+                "--exit-on-error",
+                "--data-only",
+                "--disable-triggers",
+                "-d",
+                staging,
+                &scratch_s,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Put `staging` in the database's place, in one transaction when the
+    /// database existed, then drop the old copy.
+    async fn swap_in(&self, had_db: bool) -> Result<(), PgError> {
+        let (db, staging, old) = (&self.job.database, self.staging(), self.old());
         // The swap: both renames commit together or not at all.
         let swap = if had_db {
             format!(
