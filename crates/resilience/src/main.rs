@@ -5,16 +5,24 @@ mod cert_reload;
 mod check_config;
 mod cli;
 mod client;
+mod clock;
 mod edge;
 mod follow;
+mod http_client;
+mod http_server;
 mod keygen;
 mod lab;
+mod metrics_export;
 mod node;
+mod node_config;
+mod node_handle;
+mod paths;
 mod pbx_settings;
 mod ratelog;
 mod replication;
 mod secret;
 mod services;
+mod shutdown;
 mod standin;
 mod web;
 
@@ -95,7 +103,7 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::PbxSettings { config, json } => {
-            let (cfg, base) = node::load_config(&config)?;
+            let (cfg, base) = node_config::load_config(&config)?;
             let report = runtime()?.block_on(pbx_settings::run_for(&cfg, &base));
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

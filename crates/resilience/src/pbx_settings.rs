@@ -51,7 +51,7 @@ pub fn wanted(cfg: &NodeConfig, base: &Path) -> Result<Vec<Change>, String> {
         let driver = s.driver;
         let e = expiry;
         out.push(Change {
-            file: crate::node::resolve(base, &s.file),
+            file: crate::paths::resolve(base, &s.file),
             what: format!(
                 "SIP registration expiry ({driver}): min {}s, max {}s, default {}s",
                 e.min, e.max, e.default
@@ -65,7 +65,7 @@ pub fn wanted(cfg: &NodeConfig, base: &Path) -> Result<Vec<Change>, String> {
     if let Some(pr) = &p.provisioning {
         let template = match &pr.template {
             Some(t) => {
-                let t = crate::node::resolve(base, t);
+                let t = crate::paths::resolve(base, t);
                 std::fs::read_to_string(&t).map_err(|e| {
                     format!("pbx_settings.provisioning.template {}: {e}", t.display())
                 })?
@@ -83,7 +83,7 @@ pub fn wanted(cfg: &NodeConfig, base: &Path) -> Result<Vec<Change>, String> {
         let text = edits::render(&template, &vars)
             .map_err(|e| format!("pbx_settings.provisioning.template: {e}"))?;
         out.push(Change {
-            file: crate::node::resolve(base, &pr.file),
+            file: crate::paths::resolve(base, &pr.file),
             what: format!(
                 "provisioning: proxy/registrar {}, backup {}",
                 pr.main, pr.standby
@@ -496,7 +496,7 @@ fn apply(store: &Store, m: &mut Manifest, c: &Change, changed: &mut bool) -> Fil
                 original,
                 written: hash(&desired),
                 previous: None,
-                at_unix_ms: crate::node::store::unix_ms(SystemTime::now()),
+                at_unix_ms: crate::clock::unix_ms(SystemTime::now()),
             });
             m.files.len() - 1
         }
@@ -611,7 +611,7 @@ fn restore(store: &Store, m: &mut Manifest, r: &Record, changed: &mut bool) -> F
 
 /// Apply or restore as `cfg` says, from the node (at start) or the CLI.
 pub async fn run_for(cfg: &NodeConfig, base: &Path) -> Report {
-    let state_dir = crate::node::resolve(base, &cfg.node.state_dir);
+    let state_dir = crate::paths::resolve(base, &cfg.node.state_dir);
     let wanted = match wanted(cfg, base) {
         Ok(w) => w,
         Err(e) => {

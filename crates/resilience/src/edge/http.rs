@@ -7,7 +7,7 @@
 //! on until it closes.
 //!
 //! Served on `http_listen` and, over TLS, `https_listen`, by the bounded
-//! listener of [`crate::api::server`] (connection caps, header and idle
+//! listener of [`crate::http_server`] (connection caps, header and idle
 //! deadlines, accept back-off); request bodies have a deadline and a size
 //! limit here, answers a deadline, and an open WebSocket an idle limit.
 //!
@@ -20,8 +20,8 @@
 //! and an optional health URL per PBX); this module feeds it the outcome
 //! of every proxied request and of every check.
 
-use crate::api::server::{self, Bounds, Refusals};
 use crate::cert_reload::ReloadingCert;
+use crate::http_server::{self as server, Bounds, Refusals};
 use anyhow::Context as _;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};

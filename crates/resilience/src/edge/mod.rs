@@ -142,12 +142,12 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     // Before any socket: a refused token stops the start at once.
     let token = match &cfg.edge.token_file {
         Some(p) => {
-            let p = crate::node::resolve(&crate::node::config_base(path), p);
+            let p = crate::paths::resolve(&crate::paths::config_base(path), p);
             Some(Arc::<str>::from(crate::secret::read_token(&p)?))
         }
         None => None,
     };
-    let metrics = crate::api::install_metrics();
+    let metrics = crate::metrics_export::install_metrics();
     // Bound here (errors at start), registered with the relay thread's
     // runtime there.
     let sock = std::net::UdpSocket::bind(cfg.edge.sip_listen)
@@ -172,7 +172,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     let names: Arc<Vec<String>> = Arc::new(cfg.pbxs.iter().map(|p| p.name.clone()).collect());
     let pbx_addrs: Vec<SocketAddr> = cfg.pbxs.iter().map(|p| p.sip).collect();
     let secret = match &cfg.edge.key_file {
-        Some(p) => key::load(&crate::node::resolve(&crate::node::config_base(path), p))?,
+        Some(p) => key::load(&crate::paths::resolve(&crate::paths::config_base(path), p))?,
         None => {
             tracing::warn!("edge: no [edge] key_file, so a random key for this run: restarting the edge breaks the routing of the dialogs in progress (their BYE, re-INVITE, and the PBXs' requests to phones until they register again)");
             key::random()?
@@ -227,10 +227,10 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("API socket {}", cfg.edge.api_listen))?;
     // The edge's own API, bounded like the node's (connection cap, header
     // and idle deadlines, Host check).
-    let app = crate::api::server::guarded(app, crate::api::server::Hosts::new(&[]));
-    let cap = crate::api::server::connection_cap(
+    let app = crate::http_server::guarded(app, crate::http_server::Hosts::new(&[]));
+    let cap = crate::http_server::connection_cap(
         EDGE_API_CONNECTIONS,
-        crate::api::server::nofile_limit(),
+        crate::http_server::nofile_limit(),
     );
     spawn_api(listener, app, cap, phones_table)?;
     // The web proxy (HTTP, HTTPS/WSS), on the same bounded listener.
@@ -311,7 +311,7 @@ fn spawn_api(
                 table.spawn_ticker();
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => {
-                        let _ = crate::api::server::serve(l, app, None, cap).await;
+                        let _ = crate::http_server::serve(l, app, None, cap).await;
                     }
                     Err(e) => tracing::error!("edge API: {e}"),
                 }
@@ -698,7 +698,7 @@ async fn metrics_text(State(s): State<ApiState>) -> impl IntoResponse {
         .absolute(c.pending_dropped);
     metrics::counter!("resilience_edge_reregisters_ok_total").absolute(c.reregisters_ok);
     metrics::gauge!("resilience_edge_tcp_connections").set(s.conns.count() as f64);
-    crate::api::prometheus_text(&s.metrics)
+    crate::metrics_export::prometheus_text(&s.metrics)
 }
 
 #[derive(serde::Deserialize)]
@@ -811,9 +811,9 @@ fn intake(
 ) -> anyhow::Result<tcp::Intake> {
     let l = &cfg.limits;
     let nofile =
-        crate::api::server::nofile_limit().map(|n| n.saturating_sub(EDGE_API_CONNECTIONS as u64));
+        crate::http_server::nofile_limit().map(|n| n.saturating_sub(EDGE_API_CONNECTIONS as u64));
     let limits = tcp::Limits {
-        max_connections: crate::api::server::connection_cap(l.max_connections, nofile),
+        max_connections: crate::http_server::connection_cap(l.max_connections, nofile),
         per_source: l.max_connections_per_source,
         message_timeout: l.message_timeout,
         idle_timeout: l.idle_timeout,

@@ -7,7 +7,7 @@
 //! same path once their handshake is done.
 //!
 //! Bounded against strangers, the way the API's listener is
-//! ([`crate::api::server`]):
+//! ([`crate::http_server`]):
 //!
 //! - **Caps.** At most `max_connections` connections at once (TCP and TLS
 //!   together), lowered so that the process's descriptor limit keeps room

@@ -11,133 +11,26 @@ pub mod probe;
 pub mod store;
 mod store_thread;
 
-use crate::api::{self, ApiState};
+use crate::api;
+use crate::clock::unix_ms;
+use crate::node_config::{load_config, load_key, load_or_create_token, tls_keys};
+use crate::node_handle::{ApiState, Msg};
+use crate::paths::resolve;
 use crate::services::{self, ServiceState, Services};
 use anyhow::Context;
 use resilience_core::config::NodeConfig;
 use resilience_core::node::{AdminChoice, EventKind, Snapshot};
 use resilience_core::{
-    Action, ActionError, ActionId, ActionKind, ActionOutcome, ClusterKey, Command, Event, Input,
-    InputError, Node, NodeType, Output, PbxHealth, ServicesAtBoot, Settings, Status,
+    Action, ActionError, ActionId, ActionKind, ActionOutcome, Command, Event, Input, InputError,
+    Node, NodeType, Output, PbxHealth, ServicesAtBoot, Settings, Status,
 };
 use serde_json::json;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use store::{unix_ms, Store, StoredEvent};
+use store::Store;
 use tokio::net::UdpSocket;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
-
-/// What the loop hears from the other tasks.
-pub enum Msg {
-    Datagram(SocketAddr, Vec<u8>),
-    Command(Command, oneshot::Sender<Result<String, String>>),
-    Events(store::EventsPage, oneshot::Sender<Vec<StoredEvent>>),
-    /// The state events the timeline needs since a time (unix ms).
-    StateEvents(i64, oneshot::Sender<Vec<StoredEvent>>),
-    ActionDone(ActionId, Result<ActionOutcome, ActionError>),
-    /// The store's thread wrote (or failed to write) the core's facts.
-    Persisted(ActionId, Result<ActionOutcome, ActionError>),
-    Pbx(PbxHealth),
-    Arbiter(bool),
-    ServiceStates(Vec<ServiceState>),
-    /// An event of the runtime's own (replication), for the history.
-    Note(&'static str, String),
-    /// The new binary's check of the config before a re-exec (SIGHUP).
-    RestartChecked(Result<(), String>),
-}
-
-/// Resolve a path from the config against the config file's folder.
-pub fn resolve(base: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_owned()
-    } else {
-        base.join(p)
-    }
-}
-
-/// The folder a config file's relative paths (and commands) start from:
-/// absolute, so what is recorded (changed files, kept originals) means the
-/// same whichever folder the next command runs from.
-pub fn config_base(path: &Path) -> PathBuf {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned())
-}
-
-/// Read and validate a node config file.
-pub fn load_config(path: &Path) -> anyhow::Result<(NodeConfig, PathBuf)> {
-    let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).with_context(|| format!("{shown}: cannot read"))?;
-    let cfg = NodeConfig::parse(&shown, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
-    for w in cfg.warnings(&shown, &text) {
-        tracing::warn!("{w}");
-    }
-    let base = config_base(path);
-    Ok((cfg, base))
-}
-
-/// Read the cluster key named by the config (a secret file: see [`crate::secret`]).
-pub fn load_key(cfg: &NodeConfig, base: &Path) -> anyhow::Result<ClusterKey> {
-    let path = resolve(base, &cfg.heartbeat.key_file);
-    let text = crate::secret::read(&path, "cluster key").map_err(|e| {
-        if e.is_missing() {
-            anyhow::anyhow!(
-                "{e} (create it with `resilience keygen --out {}` and copy it to both nodes with mode 0600)",
-                path.display()
-            )
-        } else {
-            e.into()
-        }
-    })?;
-    ClusterKey::from_hex(&text).map_err(|e| anyhow::anyhow!("cluster key {}: {e}", path.display()))
-}
-
-/// Where the API token lives: the configured file, or `<state_dir>/api.token`.
-pub fn token_path(cfg: &NodeConfig, base: &Path) -> PathBuf {
-    match &cfg.api.token_file {
-        Some(p) => resolve(base, p),
-        None => resolve(base, &cfg.node.state_dir).join("api.token"),
-    }
-}
-
-/// The API token: the configured file, or `<state_dir>/api.token`, created
-/// (mode 0600) on first start. Either must pass [`crate::secret::read_token`].
-pub fn load_or_create_token(cfg: &NodeConfig, base: &Path) -> anyhow::Result<(String, PathBuf)> {
-    let path = token_path(cfg, base);
-    match crate::secret::read_token(&path) {
-        Ok(t) => Ok((t, path)),
-        Err(e) if e.is_missing() && cfg.api.token_file.is_none() => {
-            let mut bytes = [0u8; 24];
-            getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("random token: {e}"))?;
-            let token = hex::encode(bytes);
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            crate::secret::write(&path, &format!("{token}\n"), false)
-                .with_context(|| format!("creating {}", path.display()))?;
-            Ok((token, path))
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// The private keys read later by TLS (replication's on each session, the
-/// API's when it starts): checked at start so a node with an exposed key
-/// refuses to start instead of serving with it. (what, path) for each.
-pub fn tls_keys(cfg: &NodeConfig, base: &Path) -> Vec<(&'static str, PathBuf)> {
-    let mut keys = Vec::new();
-    if let Some(r) = &cfg.replication {
-        keys.push(("replication key", resolve(base, &r.key)));
-    }
-    if let Some(k) = &cfg.api.tls_key {
-        keys.push(("API TLS key", resolve(base, k)));
-    }
-    keys
-}
+use tokio::sync::{broadcast, mpsc, watch};
 
 /// Counters the loop keeps beside the core.
 #[derive(Default)]
@@ -314,7 +207,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
             }
         });
     }
-    let metrics = api::install_metrics();
+    let metrics = crate::metrics_export::install_metrics();
     let api_state = ApiState {
         tx: tx.clone(),
         status: status_rx,
@@ -790,19 +683,6 @@ fn spawn_probes(cfg: &NodeConfig, base: &Path, tx: mpsc::Sender<Msg>) {
     });
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
 fn status_word(s: Status) -> &'static str {
     if s.is_active() {
         "active"
@@ -908,7 +788,7 @@ fn publish(
         },
         "history": { "dropped": c.history_dropped },
     });
-    api::update_metrics(&s, c.frames_sent, c.frames_received);
+    crate::metrics_export::update_metrics(&s, c.frames_sent, c.frames_received);
     status_tx.send_replace(doc);
     s.peer.map(|p| {
         let word = match (p.heard, p.status) {

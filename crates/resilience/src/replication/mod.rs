@@ -30,8 +30,8 @@ pub mod sqlite;
 pub mod tls;
 pub mod wire;
 
-use crate::node::resolve;
-use crate::node::store::unix_ms;
+use crate::clock::unix_ms;
+use crate::paths::resolve;
 use crate::ratelog::RateLog;
 use anyhow::Context;
 use manifest::{HashCache, Manifest, Step};
