@@ -87,7 +87,7 @@ fn agent(t: &Target) -> Result<ureq::Agent, (i32, String)> {
 /// wait for (a replication push), with only the connection bounded.
 fn agent_with(t: &Target, timeout: Option<Duration>) -> Result<ureq::Agent, (i32, String)> {
     crate::http_client::http_agent(t.ca.as_deref(), timeout, true)
-        .map_err(|e| (EXIT_UNREACHABLE, e))
+        .map_err(|e| (EXIT_UNREACHABLE, e.to_string()))
 }
 
 /// GET a JSON document. Err carries the exit code and the message.

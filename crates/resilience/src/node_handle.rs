@@ -8,13 +8,14 @@ use crate::services::ServiceState;
 use metrics_exporter_prometheus::PrometheusHandle;
 use resilience_core::{ActionError, ActionId, ActionOutcome, Command, PbxHealth};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// What the loop hears from the other tasks.
 pub enum Msg {
     Datagram(SocketAddr, Vec<u8>),
-    Command(Command, oneshot::Sender<Result<String, String>>),
+    Command(Command, oneshot::Sender<Result<String, Refused>>),
     Events(EventsPage, oneshot::Sender<Vec<StoredEvent>>),
     /// The state events the timeline needs since a time (unix ms).
     StateEvents(i64, oneshot::Sender<Vec<StoredEvent>>),
@@ -27,7 +28,31 @@ pub enum Msg {
     /// An event of the runtime's own (replication), for the history.
     Note(&'static str, String),
     /// The new binary's check of the config before a re-exec (SIGHUP).
-    RestartChecked(Result<(), String>),
+    RestartChecked(Result<(), RestartCheckError>),
+}
+
+/// Why the node refused a command (the core's reason, shown to the admin).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// Why the new binary's check of the config (before a re-exec) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RestartCheckError {
+    #[error("`{} check-config` did not answer within 20s", .0.display())]
+    NoAnswer(PathBuf),
+    #[error("cannot run {}: {source}", exe.display())]
+    Run {
+        exe: PathBuf,
+        source: std::io::Error,
+    },
+    /// What the binary printed (stdout then stderr).
+    #[error("`{} check-config {}` failed: {output}", exe.display(), config.display())]
+    Refused {
+        exe: PathBuf,
+        config: PathBuf,
+        output: String,
+    },
 }
 
 /// One event as stored.

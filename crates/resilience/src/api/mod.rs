@@ -166,7 +166,7 @@ async fn command(s: &ApiState, headers: &HeaderMap, cmd: Command) -> Response {
     }
     match tokio::time::timeout(Duration::from_secs(5), rx).await {
         Ok(Ok(Ok(msg))) => Json(json!({"ok": true, "message": msg})).into_response(),
-        Ok(Ok(Err(reason))) => (
+        Ok(Ok(Err(crate::node_handle::Refused(reason)))) => (
             StatusCode::CONFLICT,
             Json(
                 json!({"ok": false, "error": format!("{cmd} refused: {reason}"), "reason": reason}),

@@ -7,7 +7,7 @@
 //! (so a slow `systemctl` never delays the next poll); its result goes back
 //! in. The status document and metrics are refreshed after every step.
 
-use crate::services::{run_in, ServiceState, Services};
+use crate::services::{run_in, ServiceState, Services, ServicesFailed};
 use anyhow::Context;
 use axum::extract::State;
 use axum::routing::get;
@@ -59,8 +59,9 @@ async fn apply(
     hooks: &HooksSection,
     dir: &Path,
     active: bool,
-) -> Result<(), String> {
-    let (lines, mut result) = services.ensure(active).await;
+) -> Result<(), ServicesFailed> {
+    let (lines, result) = services.ensure(active).await;
+    let mut failed = result.err().map(|f| f.0).unwrap_or_default();
     for l in lines {
         tracing::info!("[RESILIENCE] {l}");
     }
@@ -72,16 +73,14 @@ async fn apply(
     for cmd in list {
         match run_in(dir, cmd, hooks.timeout).await {
             Ok(_) => tracing::info!("[RESILIENCE] hook `{cmd}` done"),
-            Err(e) => {
-                let e = format!("hook {e}");
-                result = match result {
-                    Ok(()) => Err(e),
-                    Err(prev) => Err(format!("{prev}; {e}")),
-                };
-            }
+            Err(e) => failed.push(format!("hook {e}")),
         }
     }
-    result
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(ServicesFailed(failed))
+    }
 }
 
 #[derive(Default)]
@@ -161,7 +160,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
     let mut api_task =
         tokio::spawn(async move { crate::http_server::serve(listener, app, None, cap).await });
 
-    let (done_tx, mut done_rx) = mpsc::channel::<Result<(), String>>(4);
+    let (done_tx, mut done_rx) = mpsc::channel::<Result<(), ServicesFailed>>(4);
     let mut counters = Counters::default();
     let mut states: Vec<ServiceState> = services.states().await;
     let mut last_error: Option<String> = None;
@@ -201,10 +200,10 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                     Ok(()) => counters.actions_ok += 1,
                     Err(e) => {
                         counters.actions_failed += 1;
-                        last_error = Some(e.clone());
+                        last_error = Some(e.to_string());
                     }
                 }
-                core.handle_done(Instant::now(), r);
+                core.handle_done(Instant::now(), r.map_err(|e| e.to_string()));
                 states = services.states().await;
             }
             r = &mut api_task => {

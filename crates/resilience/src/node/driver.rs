@@ -11,7 +11,7 @@ use super::{
 use crate::api;
 use crate::clock::unix_ms;
 use crate::node_config::{load_config, load_key, load_or_create_token, tls_keys};
-use crate::node_handle::{ApiState, Msg};
+use crate::node_handle::{ApiState, Msg, Refused};
 use crate::paths::resolve;
 use crate::replication::Replicator;
 use crate::services::{self, ServiceState, Services};
@@ -672,8 +672,8 @@ impl NodeDriver {
                 let r = self.node.handle_input(Input::Command(now, cmd));
                 let _ = reply.send(match r {
                     Ok(()) => Ok(accepted_message(&self.node, cmd)),
-                    Err(InputError::Refused { reason, .. }) => Err(reason),
-                    Err(e) => Err(e.to_string()),
+                    Err(InputError::Refused { reason, .. }) => Err(Refused(reason)),
+                    Err(e) => Err(Refused(e.to_string())),
                 });
             }
             Msg::Events(limit, reply) => self.store.events(limit, reply),
@@ -720,7 +720,7 @@ impl NodeDriver {
         }
     }
 
-    fn on_restart_checked(&mut self, r: Result<(), String>) {
+    fn on_restart_checked(&mut self, r: Result<(), crate::node_handle::RestartCheckError>) {
         self.restart_checking = false;
         match r {
             Ok(()) if self.node.is_leaving() => {}

@@ -12,7 +12,7 @@ pub mod probe;
 pub mod store;
 mod store_thread;
 
-use crate::node_handle::Msg;
+use crate::node_handle::{Msg, RestartCheckError};
 use crate::services::{self, ServiceState, Services};
 pub use driver::NodeDriver;
 use resilience_core::config::NodeConfig;
@@ -53,7 +53,7 @@ fn stop_signal(node: &mut Node, name: &str) -> anyhow::Result<()> {
 
 /// The new binary must accept the config before this process becomes it:
 /// a binary that cannot start would leave the services without a daemon.
-async fn restart_check(exe: &Path, config: &Path) -> Result<(), String> {
+async fn restart_check(exe: &Path, config: &Path) -> Result<(), RestartCheckError> {
     let out = tokio::time::timeout(
         Duration::from_secs(20),
         tokio::process::Command::new(exe)
@@ -64,19 +64,23 @@ async fn restart_check(exe: &Path, config: &Path) -> Result<(), String> {
             .output(),
     )
     .await
-    .map_err(|_| format!("`{} check-config` did not answer within 20s", exe.display()))?
-    .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
+    .map_err(|_| RestartCheckError::NoAnswer(exe.to_owned()))?
+    .map_err(|e| RestartCheckError::Run {
+        exe: exe.to_owned(),
+        source: e,
+    })?;
     if out.status.success() {
         Ok(())
     } else {
         let err = String::from_utf8_lossy(&out.stderr);
         let out_text = String::from_utf8_lossy(&out.stdout);
-        Err(format!(
-            "`{} check-config {}` failed: {}",
-            exe.display(),
-            config.display(),
-            format!("{} {}", out_text.trim(), err.trim()).trim()
-        ))
+        Err(RestartCheckError::Refused {
+            exe: exe.to_owned(),
+            config: config.to_owned(),
+            output: format!("{} {}", out_text.trim(), err.trim())
+                .trim()
+                .to_string(),
+        })
     }
 }
 
