@@ -44,6 +44,9 @@ fn follow(shown: &str, text: &str) -> ExitCode {
     }
 }
 
+/// Check an edge config and the secrets it names. Long because it checks
+/// each of the edge's files in turn, one short block each, in the order they
+/// are reported.
 fn edge(shown: &str, text: &str, base: &Path) -> ExitCode {
     match EdgeConfig::parse(shown, text) {
         Ok(c) => {

@@ -170,6 +170,8 @@ fn secs(v: &Value) -> String {
 }
 
 /// The status document in a few lines an admin reads at a glance.
+/// Long because it renders each section of the node's status document in
+/// the order shown; the CLI's status output is being reworked separately.
 pub fn render_status(d: &Value) -> String {
     let n = &d["node"];
     let mut out = format!(

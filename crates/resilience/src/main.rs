@@ -53,6 +53,7 @@ fn code(c: i32) -> ExitCode {
     ExitCode::from(c.clamp(0, 255) as u8)
 }
 
+/// Long because it is one `match` arm per CLI command, each a few lines.
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<ExitCode> = (|| match cli.command {

@@ -408,6 +408,10 @@ pub async fn reconcile(
     }
 }
 
+/// Bring one file to what is wanted: keep its original, record the change
+/// in the manifest first, then write it, undoing the record on failure.
+/// Long because each step's failure must undo the steps before it, in
+/// order; a split is left to do.
 fn apply(store: &Store, m: &mut Manifest, c: &Change, changed: &mut bool) -> FileReport {
     let mut report = FileReport {
         file: c.file.clone(),

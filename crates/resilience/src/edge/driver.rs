@@ -122,18 +122,38 @@ fn start_api(cfg: &EdgeConfig, state: ApiState, table: table::Table) -> anyhow::
     spawn_api(listener, app, cap, table)
 }
 
+/// The API token, when `token_file` is set (a secret file).
+fn api_token(cfg: &EdgeConfig, path: &Path) -> anyhow::Result<Option<Arc<str>>> {
+    Ok(match &cfg.edge.token_file {
+        Some(p) => {
+            let p = crate::paths::resolve(&crate::paths::config_base(path), p);
+            Some(Arc::<str>::from(crate::secret::read_token(&p)?))
+        }
+        None => None,
+    })
+}
+
+fn log_started(cfg: &EdgeConfig) {
+    let pbxs: Vec<String> = cfg
+        .pbxs
+        .iter()
+        .map(|p| format!("{} {}", p.name, p.sip))
+        .collect();
+    tracing::info!(
+        "edge {}: SIP on {} (UDP and TCP), API on http://{}, PBXs: {}",
+        cfg.edge.name,
+        cfg.edge.sip_listen,
+        cfg.edge.api_listen,
+        pbxs.join(", ")
+    );
+}
+
 impl EdgeDriver {
     /// Load, bind and start everything but the relay's thread.
     pub async fn new(path: &Path) -> anyhow::Result<(EdgeDriver, EdgeHandle)> {
         let cfg = load_config(path)?;
         // Before any socket: a refused token stops the start at once.
-        let token = match &cfg.edge.token_file {
-            Some(p) => {
-                let p = crate::paths::resolve(&crate::paths::config_base(path), p);
-                Some(Arc::<str>::from(crate::secret::read_token(&p)?))
-            }
-            None => None,
-        };
+        let token = api_token(&cfg, path)?;
         let metrics = crate::metrics_export::install_metrics();
         let sip = sip_sockets(&cfg, path).await?;
         let names: Arc<Vec<String>> = Arc::new(cfg.pbxs.iter().map(|p| p.name.clone()).collect());
@@ -178,18 +198,7 @@ impl EdgeDriver {
         start_api(&cfg, api, phones_table)?;
         // The web proxy (HTTP, HTTPS/WSS), on the same bounded listener.
         super::http::spawn(&cfg, pbx_up.clone()).await?;
-        let pbxs: Vec<String> = cfg
-            .pbxs
-            .iter()
-            .map(|p| format!("{} {}", p.name, p.sip))
-            .collect();
-        tracing::info!(
-            "edge {}: SIP on {} (UDP and TCP), API on http://{}, PBXs: {}",
-            cfg.edge.name,
-            cfg.edge.sip_listen,
-            cfg.edge.api_listen,
-            pbxs.join(", ")
-        );
+        log_started(&cfg);
 
         let flood = super::flood::Flood::new(&cfg.limits, pbx_addrs.clone(), Instant::now());
         let relay_task = RelayTask {

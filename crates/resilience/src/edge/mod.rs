@@ -219,6 +219,9 @@ struct RelayTask {
 }
 
 impl RelayTask {
+    /// The relay's loop. Long because its one `select!` over the relay's
+    /// sources (UDP batch, TCP, drops, probes, timer, flush) reads best whole;
+    /// each branch is a line or a call.
     async fn run(self) -> anyhow::Result<()> {
         let RelayTask {
             sock,

@@ -372,7 +372,9 @@ async fn connection<S>(
     }
 }
 
-/// Read and write one connection until it ends; why it ended.
+/// Read and write one connection until it ends; why it ended. Long because
+/// its one `select!` weighs every deadline (first message, message, idle)
+/// against reads and writes.
 async fn pump<S>(
     stream: S,
     flow: Flow,

@@ -115,6 +115,9 @@ fn flag(b: Option<bool>) -> f64 {
 
 /// Run the follower until SIGINT/SIGTERM. Services are left as they are on
 /// exit: a restarted follower picks up from what runs.
+/// Run the follower until SIGINT/SIGTERM. Long because construction and
+/// the loop are still one function: a driver split like the node's
+/// `NodeDriver` is left to do.
 pub async fn run(config: &Path) -> anyhow::Result<()> {
     let (cfg, base) = load_config(config)?;
     let ca = cfg

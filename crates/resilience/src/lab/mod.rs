@@ -26,6 +26,10 @@ fn help() {
     );
 }
 
+/// Run a lab: write its configs and secrets, start both nodes and their
+/// stand-in PBXs, then read commands until quit or Ctrl-C. Long because
+/// setup and the command prompt are still one function; a split is left to
+/// do.
 pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let dir = match dir {
         Some(d) => d,

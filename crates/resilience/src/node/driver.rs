@@ -66,6 +66,16 @@ struct Signals {
     hup: Signal,
 }
 
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("SIGHUP handler")?,
+        })
+    }
+}
+
 /// What woke the loop.
 enum Wake {
     Timer,
@@ -116,7 +126,6 @@ pub struct NodeDriver {
     beside: Beside,
     started: Instant,
     wall_start: SystemTime,
-    api_addr: SocketAddr,
 }
 
 /// The config, its secrets and the state database, all checked before
@@ -343,20 +352,16 @@ async fn start_api(
 impl NodeDriver {
     /// Build the daemon from its config file: every secret is checked
     /// before anything is started or written.
+    /// Long because it starts each part in the order the daemon needs (state,
+    /// sockets, PBX settings, services, replication, API, core), one call each,
+    /// and then fills the driver's fields.
     pub async fn new(config: &Path) -> anyhow::Result<(NodeDriver, NodeHandle)> {
-        let Loaded {
-            cfg,
-            base,
-            settings,
-            token,
-            state_dir,
-            store,
-            persisted,
-        } = load(config)?;
+        let l = load(config)?;
+        let (cfg, base, state_dir) = (l.cfg, l.base, l.state_dir);
         let services = Services::new(cfg.services.clone(), base.clone());
         let (tx, rx) = mpsc::channel::<Msg>(1024);
         let sockets = heartbeat_sockets(&cfg, &tx).await?;
-        let store = StoreThread::spawn(store, tx.clone()).context("state database thread")?;
+        let store = StoreThread::spawn(l.store, tx.clone()).context("state database thread")?;
         let pbx_settings = apply_pbx_settings(&cfg, &base, &store).await;
         let seen_at_boot = observe_services(&services).await;
         let exe = std::env::current_exe().context("path of this binary")?;
@@ -375,7 +380,7 @@ impl NodeDriver {
             tx: tx.clone(),
             status: status_rx,
             ha: ha_rx,
-            token: Arc::new(token),
+            token: Arc::new(l.token),
             metrics: crate::metrics_export::install_metrics(),
             replicator: replicator.clone(),
             pbx_settings,
@@ -385,13 +390,15 @@ impl NodeDriver {
         // A random boot id per start: the peer confirms it by a challenge echo,
         // so nothing on this node's disk is needed for it to be heard again.
         let boot_id = getrandom::u64().map_err(|e| anyhow::anyhow!("random boot id: {e}"))?;
-        let node = Node::boot(settings, persisted, seen_at_boot, boot_id, Instant::now());
+        let node = Node::boot(
+            l.settings,
+            l.persisted,
+            seen_at_boot,
+            boot_id,
+            Instant::now(),
+        );
         let peer_addrs = node.settings().peer_addrs.clone();
-        let signals = Signals {
-            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
-            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
-            hup: signal(SignalKind::hangup()).context("SIGHUP handler")?,
-        };
+        let signals = Signals::install()?;
         let alarm = alarm::Alarm::spawn().context("timer thread")?;
         let (stop, stop_rx) = mpsc::unbounded_channel();
         let driver = NodeDriver {
@@ -423,13 +430,14 @@ impl NodeDriver {
             beside: Beside { api_task, watchers },
             started: Instant::now(),
             wall_start: SystemTime::now(),
-            api_addr,
         };
-        let handle = NodeHandle {
-            stop,
-            api: driver.api_addr,
-        };
-        Ok((driver, handle))
+        Ok((
+            driver,
+            NodeHandle {
+                stop,
+                api: api_addr,
+            },
+        ))
     }
 
     /// Build the daemon and run it on a task of its own (tests start nodes

@@ -209,7 +209,9 @@ fn status_word(s: Status) -> &'static str {
 }
 
 /// Refresh the documents the API serves; the peer's name and its state as
-/// heard (`active`, `inactive` or `silent`).
+/// heard (`active`, `inactive` or `silent`). Long because it builds the
+/// status document in one `json!` whose shape the API's readers depend on
+/// (its typing is separate work).
 fn publish(
     node: &Node,
     cfg: &NodeConfig,
