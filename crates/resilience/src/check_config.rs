@@ -44,11 +44,14 @@ fn follow(shown: &str, text: &str) -> ExitCode {
     }
 }
 
+/// Check an edge config and the secrets it names. Long because it checks
+/// each of the edge's files in turn, one short block each, in the order they
+/// are reported.
 fn edge(shown: &str, text: &str, base: &Path) -> ExitCode {
     match EdgeConfig::parse(shown, text) {
         Ok(c) => {
             if let Some(k) = &c.edge.key_file {
-                let path = crate::node::resolve(base, k);
+                let path = crate::paths::resolve(base, k);
                 match crate::edge::key::load(&path) {
                     Ok(_) => {}
                     Err(crate::edge::key::KeyError::Secret(e)) if e.is_missing() => eprintln!(
@@ -62,7 +65,7 @@ fn edge(shown: &str, text: &str, base: &Path) -> ExitCode {
                 }
             }
             if let Some(p) = &c.edge.token_file {
-                let path = crate::node::resolve(base, p);
+                let path = crate::paths::resolve(base, p);
                 if let Err(e) = crate::secret::read_token(&path) {
                     eprintln!(
                         "{shown}: key `edge.token_file`: {e}; create it with `resilience keygen --token --out {}`",
@@ -171,7 +174,7 @@ fn secrets(shown: &str, cfg: &NodeConfig, base: &Path) -> bool {
             false
         }
     };
-    let key_path = crate::node::resolve(base, &cfg.heartbeat.key_file);
+    let key_path = crate::paths::resolve(base, &cfg.heartbeat.key_file);
     match crate::secret::read(&key_path, "cluster key") {
         Ok(t) => {
             if let Err(e) = ClusterKey::from_hex(&t) {
@@ -192,7 +195,7 @@ fn secrets(shown: &str, cfg: &NodeConfig, base: &Path) -> bool {
             )
         }
     }
-    let token_path = crate::node::token_path(cfg, base);
+    let token_path = crate::node_config::token_path(cfg, base);
     if let Err(e) = crate::secret::read_token(&token_path) {
         // Without `token_file` the node creates its token on first start.
         if !(e.is_missing() && cfg.api.token_file.is_none()) {
@@ -205,7 +208,7 @@ fn secrets(shown: &str, cfg: &NodeConfig, base: &Path) -> bool {
             );
         }
     }
-    for (what, path) in crate::node::tls_keys(cfg, base) {
+    for (what, path) in crate::node_config::tls_keys(cfg, base) {
         if let Err(e) = crate::secret::read(&path, what) {
             ok &= report(e, "issue it with `resilience cert issue`".to_string());
         }
@@ -223,7 +226,7 @@ pub fn run(file: &Path) -> ExitCode {
         }
     };
     if has_table(&text, "edge") {
-        return edge(&shown, &text, &crate::node::config_base(file));
+        return edge(&shown, &text, &crate::paths::config_base(file));
     }
     if has_table(&text, "follow") {
         return follow(&shown, &text);
@@ -238,7 +241,7 @@ pub fn run(file: &Path) -> ExitCode {
     for w in cfg.warnings(&shown, &text) {
         eprintln!("warning: {w}");
     }
-    let base = &crate::node::config_base(file);
+    let base = &crate::paths::config_base(file);
     if !secrets(&shown, &cfg, base) {
         return ExitCode::FAILURE;
     }

@@ -35,7 +35,7 @@ impl Target {
             ca: None,
         };
         if let Some(path) = config {
-            let (cfg, base) = crate::node::load_config(path)?;
+            let (cfg, base) = crate::node_config::load_config(path)?;
             let scheme = if cfg.api.tls_cert.is_some() {
                 "https"
             } else {
@@ -44,8 +44,8 @@ impl Target {
             t.api = format!("{scheme}://{}", cfg.api.listen);
             if t.token_file.is_none() {
                 t.token_file = Some(match &cfg.api.token_file {
-                    Some(p) => crate::node::resolve(&base, p),
-                    None => crate::node::resolve(&base, &cfg.node.state_dir).join("api.token"),
+                    Some(p) => crate::paths::resolve(&base, p),
+                    None => crate::paths::resolve(&base, &cfg.node.state_dir).join("api.token"),
                 });
             }
         }
@@ -86,41 +86,8 @@ fn agent(t: &Target) -> Result<ureq::Agent, (i32, String)> {
 /// `timeout`: for the whole call; `None` for calls as long as the work they
 /// wait for (a replication push), with only the connection bounded.
 fn agent_with(t: &Target, timeout: Option<Duration>) -> Result<ureq::Agent, (i32, String)> {
-    http_agent(t.ca.as_deref(), timeout, true).map_err(|e| (EXIT_UNREACHABLE, e))
-}
-
-/// An HTTP(S) client that reports HTTP errors as answers and, given the
-/// cluster CA, trusts the certificates it signed (a node's API). Without
-/// `reuse`, every call opens its own connection.
-pub fn http_agent(
-    ca: Option<&Path>,
-    timeout: Option<Duration>,
-    reuse: bool,
-) -> Result<ureq::Agent, String> {
-    let mut b = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_idle_connections(if reuse { 10 } else { 0 })
-        .timeout_connect(Some(timeout.unwrap_or(Duration::from_secs(10))))
-        .timeout_global(timeout);
-    if let Some(ca) = ca {
-        use ureq::tls::{PemItem, RootCerts, TlsConfig};
-        let pem = std::fs::read(ca).map_err(|e| format!("CA {}: {e}", ca.display()))?;
-        let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-            .filter_map(|i| match i {
-                Ok(PemItem::Certificate(c)) => Some(c),
-                _ => None,
-            })
-            .collect();
-        if certs.is_empty() {
-            return Err(format!("CA {}: no PEM certificate in it", ca.display()));
-        }
-        b = b.tls_config(
-            TlsConfig::builder()
-                .root_certs(RootCerts::new_with_certs(&certs))
-                .build(),
-        );
-    }
-    Ok(b.build().into())
+    crate::http_client::http_agent(t.ca.as_deref(), timeout, true)
+        .map_err(|e| (EXIT_UNREACHABLE, e.to_string()))
 }
 
 /// GET a JSON document. Err carries the exit code and the message.
@@ -203,6 +170,8 @@ fn secs(v: &Value) -> String {
 }
 
 /// The status document in a few lines an admin reads at a glance.
+/// Long because it renders each section of the node's status document in
+/// the order shown; the CLI's status output is being reworked separately.
 pub fn render_status(d: &Value) -> String {
     let n = &d["node"];
     let mut out = format!(

@@ -5,16 +5,24 @@ mod cert_reload;
 mod check_config;
 mod cli;
 mod client;
+mod clock;
 mod edge;
 mod follow;
+mod http_client;
+mod http_server;
 mod keygen;
 mod lab;
+mod metrics_export;
 mod node;
+mod node_config;
+mod node_handle;
+mod paths;
 mod pbx_settings;
 mod ratelog;
 mod replication;
 mod secret;
 mod services;
+mod shutdown;
 mod standin;
 mod web;
 
@@ -45,6 +53,7 @@ fn code(c: i32) -> ExitCode {
     ExitCode::from(c.clamp(0, 255) as u8)
 }
 
+/// Long because it is one `match` arm per CLI command, each a few lines.
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<ExitCode> = (|| match cli.command {
@@ -95,7 +104,7 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::PbxSettings { config, json } => {
-            let (cfg, base) = node::load_config(&config)?;
+            let (cfg, base) = node_config::load_config(&config)?;
             let report = runtime()?.block_on(pbx_settings::run_for(&cfg, &base));
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

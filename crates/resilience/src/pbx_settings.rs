@@ -51,7 +51,7 @@ pub fn wanted(cfg: &NodeConfig, base: &Path) -> Result<Vec<Change>, String> {
         let driver = s.driver;
         let e = expiry;
         out.push(Change {
-            file: crate::node::resolve(base, &s.file),
+            file: crate::paths::resolve(base, &s.file),
             what: format!(
                 "SIP registration expiry ({driver}): min {}s, max {}s, default {}s",
                 e.min, e.max, e.default
@@ -65,7 +65,7 @@ pub fn wanted(cfg: &NodeConfig, base: &Path) -> Result<Vec<Change>, String> {
     if let Some(pr) = &p.provisioning {
         let template = match &pr.template {
             Some(t) => {
-                let t = crate::node::resolve(base, t);
+                let t = crate::paths::resolve(base, t);
                 std::fs::read_to_string(&t).map_err(|e| {
                     format!("pbx_settings.provisioning.template {}: {e}", t.display())
                 })?
@@ -83,7 +83,7 @@ pub fn wanted(cfg: &NodeConfig, base: &Path) -> Result<Vec<Change>, String> {
         let text = edits::render(&template, &vars)
             .map_err(|e| format!("pbx_settings.provisioning.template: {e}"))?;
         out.push(Change {
-            file: crate::node::resolve(base, &pr.file),
+            file: crate::paths::resolve(base, &pr.file),
             what: format!(
                 "provisioning: proxy/registrar {}, backup {}",
                 pr.main, pr.standby
@@ -140,7 +140,7 @@ pub struct FileReport {
 pub struct Report {
     pub files: Vec<FileReport>,
     /// The reload hook's result, when a file changed.
-    pub reload: Option<Result<(), String>>,
+    pub reload: Option<Result<(), crate::services::CommandError>>,
     /// For the admin: phones take new settings only when resynchronized.
     pub warning: Option<String>,
 }
@@ -155,11 +155,11 @@ fn hash(b: &[u8]) -> String {
     blake3::hash(b).to_hex().to_string()
 }
 
-fn read(p: &Path) -> Result<Option<Vec<u8>>, String> {
+fn read(p: &Path) -> Result<Option<Vec<u8>>, FileError> {
     match std::fs::read(p) {
         Ok(b) => Ok(Some(b)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot read {}: {e}", p.display())),
+        Err(e) => Err(FileError::Read(p.to_owned(), e)),
     }
 }
 
@@ -168,12 +168,12 @@ fn read(p: &Path) -> Result<Option<Vec<u8>>, String> {
 /// and no temporary is left. A symlink is written through (the link stays a
 /// link); the temporary has a random name and is created exclusively, so a
 /// link planted under a guessed name is never followed.
-pub fn write_atomic(path: &Path, bytes: &[u8], new_mode: u32) -> Result<(), String> {
+pub fn write_atomic(path: &Path, bytes: &[u8], new_mode: u32) -> Result<(), FileError> {
     let resolved;
     let path = match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => {
-            resolved = std::fs::canonicalize(path)
-                .map_err(|e| format!("cannot follow the link {}: {e}", path.display()))?;
+            resolved =
+                std::fs::canonicalize(path).map_err(|e| FileError::Link(path.to_owned(), e))?;
             resolved.as_path()
         }
         _ => path,
@@ -184,7 +184,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], new_mode: u32) -> Result<(), Stri
         .unwrap_or(Path::new("."));
     let name = path
         .file_name()
-        .ok_or_else(|| format!("{}: not a file name", path.display()))?
+        .ok_or_else(|| FileError::NotAFileName(path.to_owned()))?
         .to_string_lossy()
         .into_owned();
     let old = std::fs::metadata(path).ok();
@@ -236,8 +236,36 @@ pub fn write_atomic(path: &Path, bytes: &[u8], new_mode: u32) -> Result<(), Stri
         if !tmp.as_os_str().is_empty() {
             let _ = std::fs::remove_file(&tmp);
         }
-        format!("cannot write {}: {e}", path.display())
+        FileError::Write(path.to_owned(), e)
     })
+}
+
+/// What went wrong reading or writing a PBX file, a kept original or the
+/// record of changes (shown in the report as its text).
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot read {}: {}", .0.display(), .1)]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("cannot follow the link {}: {}", .0.display(), .1)]
+    Link(PathBuf, #[source] std::io::Error),
+    #[error("{}: not a file name", .0.display())]
+    NotAFileName(PathBuf),
+    #[error("cannot write {}: {}", .0.display(), .1)]
+    Write(PathBuf, #[source] std::io::Error),
+    #[error("cannot create {}: {}", .0.display(), .1)]
+    CreateDir(PathBuf, #[source] std::io::Error),
+    #[error("{}: {}", .0.display(), .1)]
+    Lock(PathBuf, #[source] std::io::Error),
+    #[error("{}: unreadable ({source}); the originals are still in {}", path.display(), originals.display())]
+    Manifest {
+        path: PathBuf,
+        source: serde_json::Error,
+        originals: PathBuf,
+    },
+    #[error("{0}")]
+    Encode(serde_json::Error),
+    #[error("cannot remove {}: {}", .0.display(), .1)]
+    Remove(PathBuf, #[source] std::io::Error),
 }
 
 /// The kept originals and the manifest, under `<state_dir>/pbx-settings`.
@@ -250,38 +278,36 @@ impl Store {
         self.dir.join("manifest.json")
     }
 
-    fn load(&self) -> Result<Manifest, String> {
+    fn load(&self) -> Result<Manifest, FileError> {
         match read(&self.manifest_path())? {
             None => Ok(Manifest::default()),
-            Some(b) => serde_json::from_slice(&b).map_err(|e| {
-                format!(
-                    "{}: unreadable ({e}); the originals are still in {}",
-                    self.manifest_path().display(),
-                    self.dir.display()
-                )
+            Some(b) => serde_json::from_slice(&b).map_err(|e| FileError::Manifest {
+                path: self.manifest_path(),
+                source: e,
+                originals: self.dir.clone(),
             }),
         }
     }
 
-    fn save(&self, m: &Manifest) -> Result<(), String> {
+    fn save(&self, m: &Manifest) -> Result<(), FileError> {
         std::fs::create_dir_all(&self.dir)
-            .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
-        let text = serde_json::to_vec_pretty(m).map_err(|e| e.to_string())?;
+            .map_err(|e| FileError::CreateDir(self.dir.clone(), e))?;
+        let text = serde_json::to_vec_pretty(m).map_err(FileError::Encode)?;
         write_atomic(&self.manifest_path(), &text, 0o600)
     }
 
     /// An exclusive lock on the store, held until the file is dropped.
-    fn lock(&self) -> Result<std::fs::File, String> {
+    fn lock(&self) -> Result<std::fs::File, FileError> {
         std::fs::create_dir_all(&self.dir)
-            .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
+            .map_err(|e| FileError::CreateDir(self.dir.clone(), e))?;
         let p = self.dir.join("lock");
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&p)
-            .map_err(|e| format!("{}: {e}", p.display()))?;
-        f.lock().map_err(|e| format!("{}: {e}", p.display()))?;
+            .map_err(|e| FileError::Lock(p.clone(), e))?;
+        f.lock().map_err(|e| FileError::Lock(p.clone(), e))?;
         Ok(f)
     }
 
@@ -292,9 +318,9 @@ impl Store {
     /// Keep `bytes` as the original of `file`; its name in the store, one
     /// per path and content, so a new original never overwrites an old one
     /// still on record.
-    fn keep(&self, file: &Path, bytes: &[u8]) -> Result<String, String> {
+    fn keep(&self, file: &Path, bytes: &[u8]) -> Result<String, FileError> {
         std::fs::create_dir_all(&self.dir)
-            .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
+            .map_err(|e| FileError::CreateDir(self.dir.clone(), e))?;
         let place = &hash(file.as_os_str().as_encoded_bytes())[..12];
         let content = &hash(bytes)[..12];
         let stem = file
@@ -330,7 +356,7 @@ pub async fn reconcile(
                 file: store.dir.join("lock"),
                 what: "the lock of the record of changed files".into(),
                 state: "error",
-                error: Some(e),
+                error: Some(e.to_string()),
                 original: None,
                 since_unix_ms: None,
             });
@@ -346,7 +372,7 @@ pub async fn reconcile(
             file: store.manifest_path(),
             what: "the record of changed files".into(),
             state: "error",
-            error: Some(e),
+            error: Some(e.to_string()),
             original: None,
             since_unix_ms: None,
         }),
@@ -382,6 +408,10 @@ pub async fn reconcile(
     }
 }
 
+/// Bring one file to what is wanted: keep its original, record the change
+/// in the manifest first, then write it, undoing the record on failure.
+/// Long because each step's failure must undo the steps before it, in
+/// order; a split is left to do.
 fn apply(store: &Store, m: &mut Manifest, c: &Change, changed: &mut bool) -> FileReport {
     let mut report = FileReport {
         file: c.file.clone(),
@@ -397,7 +427,7 @@ fn apply(store: &Store, m: &mut Manifest, c: &Change, changed: &mut bool) -> Fil
     };
     let cur = match read(&c.file) {
         Ok(c) => c,
-        Err(e) => return fail(report, e),
+        Err(e) => return fail(report, e.to_string()),
     };
     let idx = m.files.iter().position(|r| r.file == c.file);
     let ours = idx.filter(|&i| m.files[i].is_ours(cur.as_deref()));
@@ -439,7 +469,7 @@ fn apply(store: &Store, m: &mut Manifest, c: &Change, changed: &mut bool) -> Fil
                         ),
                     )
                 }
-                Err(e) => return fail(report, e),
+                Err(e) => return fail(report, e.to_string()),
             },
             None => None,
         },
@@ -485,7 +515,7 @@ fn apply(store: &Store, m: &mut Manifest, c: &Change, changed: &mut bool) -> Fil
                     Ok(n) => Some(n),
                     Err(e) => {
                         m.files = previous;
-                        return fail(report, e);
+                        return fail(report, e.to_string());
                     }
                 },
                 None => None,
@@ -496,7 +526,7 @@ fn apply(store: &Store, m: &mut Manifest, c: &Change, changed: &mut bool) -> Fil
                 original,
                 written: hash(&desired),
                 previous: None,
-                at_unix_ms: crate::node::store::unix_ms(SystemTime::now()),
+                at_unix_ms: crate::clock::unix_ms(SystemTime::now()),
             });
             m.files.len() - 1
         }
@@ -505,7 +535,7 @@ fn apply(store: &Store, m: &mut Manifest, c: &Change, changed: &mut bool) -> Fil
     // record that still recognises the file as it was.
     if let Err(e) = store.save(m) {
         m.files = previous;
-        return fail(report, e);
+        return fail(report, e.to_string());
     }
     report.original = m.files[i].original.as_ref().map(|n| store.original_path(n));
     report.since_unix_ms = Some(m.files[i].at_unix_ms);
@@ -522,7 +552,7 @@ fn apply(store: &Store, m: &mut Manifest, c: &Change, changed: &mut bool) -> Fil
             }
             report.original = None;
             report.since_unix_ms = None;
-            return fail(report, e);
+            return fail(report, e.to_string());
         }
         *changed = true;
         report.state = "written";
@@ -557,7 +587,7 @@ fn restore(store: &Store, m: &mut Manifest, r: &Record, changed: &mut bool) -> F
                 return report;
             }
             Err(e) => {
-                report.error = Some(e);
+                report.error = Some(e.to_string());
                 return report;
             }
         },
@@ -566,7 +596,7 @@ fn restore(store: &Store, m: &mut Manifest, r: &Record, changed: &mut bool) -> F
     let cur = match read(&r.file) {
         Ok(c) => c,
         Err(e) => {
-            report.error = Some(e);
+            report.error = Some(e.to_string());
             return report;
         }
     };
@@ -575,11 +605,10 @@ fn restore(store: &Store, m: &mut Manifest, r: &Record, changed: &mut bool) -> F
     } else if r.is_ours(cur.as_deref()) {
         let put_back = match &original {
             Some(b) => write_atomic(&r.file, b, 0o644),
-            None => std::fs::remove_file(&r.file)
-                .map_err(|e| format!("cannot remove {}: {e}", r.file.display())),
+            None => std::fs::remove_file(&r.file).map_err(|e| FileError::Remove(r.file.clone(), e)),
         };
         if let Err(e) = put_back {
-            report.error = Some(e);
+            report.error = Some(e.to_string());
             return report;
         }
         *changed = true;
@@ -598,7 +627,7 @@ fn restore(store: &Store, m: &mut Manifest, r: &Record, changed: &mut bool) -> F
     }
     m.files.retain(|x| x.file != r.file);
     if let Err(e) = store.save(m) {
-        report.error = Some(e);
+        report.error = Some(e.to_string());
         return report;
     }
     if let Some(p) = &report.original {
@@ -611,7 +640,7 @@ fn restore(store: &Store, m: &mut Manifest, r: &Record, changed: &mut bool) -> F
 
 /// Apply or restore as `cfg` says, from the node (at start) or the CLI.
 pub async fn run_for(cfg: &NodeConfig, base: &Path) -> Report {
-    let state_dir = crate::node::resolve(base, &cfg.node.state_dir);
+    let state_dir = crate::paths::resolve(base, &cfg.node.state_dir);
     let wanted = match wanted(cfg, base) {
         Ok(w) => w,
         Err(e) => {
@@ -620,7 +649,7 @@ pub async fn run_for(cfg: &NodeConfig, base: &Path) -> Report {
                     file: PathBuf::from("[pbx_settings]"),
                     what: "the configured changes".into(),
                     state: "error",
-                    error: Some(e),
+                    error: Some(e.to_string()),
                     original: None,
                     since_unix_ms: None,
                 }],

@@ -3,36 +3,20 @@
 //! something needs `Authorization: Bearer <token>`; without it the answer is
 //! 401 with a JSON error.
 
-pub mod server;
-
-use crate::node::store::EventsPage;
-use crate::node::Msg;
+use crate::http_server as server;
+use crate::node_handle::{ApiState, EventsPage, Msg};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use resilience_core::node::Snapshot;
 use resilience_core::Command;
 use serde::Deserialize;
 use serde_json::json;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
-use tokio::sync::{mpsc, oneshot, watch};
-
-#[derive(Clone)]
-pub struct ApiState {
-    pub tx: mpsc::Sender<Msg>,
-    pub status: watch::Receiver<serde_json::Value>,
-    pub ha: watch::Receiver<serde_json::Value>,
-    pub token: Arc<String>,
-    pub metrics: PrometheusHandle,
-    pub replicator: Option<Arc<crate::replication::Replicator>>,
-    /// What `[pbx_settings]` changed at start (files, reload, warning).
-    pub pbx_settings: Arc<serde_json::Value>,
-}
+use tokio::sync::oneshot;
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
@@ -182,7 +166,7 @@ async fn command(s: &ApiState, headers: &HeaderMap, cmd: Command) -> Response {
     }
     match tokio::time::timeout(Duration::from_secs(5), rx).await {
         Ok(Ok(Ok(msg))) => Json(json!({"ok": true, "message": msg})).into_response(),
-        Ok(Ok(Err(reason))) => (
+        Ok(Ok(Err(crate::node_handle::Refused(reason)))) => (
             StatusCode::CONFLICT,
             Json(
                 json!({"ok": false, "error": format!("{cmd} refused: {reason}"), "reason": reason}),
@@ -260,55 +244,5 @@ async fn replicate(State(s): State<ApiState>, headers: HeaderMap) -> Response {
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {
-    prometheus_text(&s.metrics)
-}
-
-/// `/metrics` of any role: the recorder's series in Prometheus text format.
-pub fn prometheus_text(handle: &PrometheusHandle) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        handle.render(),
-    )
-        .into_response()
-}
-
-/// The process-wide Prometheus recorder (installed once).
-pub fn install_metrics() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            // Another recorder may already be set (tests): keep ours for rendering.
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
-}
-
-/// Export the node's state as Prometheus series.
-pub fn update_metrics(s: &Snapshot, sent: u64, received: u64) {
-    metrics::gauge!("resilience_active").set(if s.active { 1.0 } else { 0.0 });
-    metrics::gauge!("resilience_epoch").set(s.epoch as f64);
-    metrics::gauge!("resilience_faulted").set(if s.faulted { 1.0 } else { 0.0 });
-    metrics::gauge!("resilience_pbx_up").set(match s.pbx {
-        resilience_core::PbxHealth::Up => 1.0,
-        _ => 0.0,
-    });
-    if let Some(p) = &s.peer {
-        metrics::gauge!("resilience_peer_heard").set(if p.heard { 1.0 } else { 0.0 });
-        if let Some(ago) = p.last_heard_ago {
-            metrics::gauge!("resilience_peer_last_heard_seconds").set(ago.as_secs_f64());
-        }
-        metrics::gauge!("resilience_peer_active").set(if p.status.is_some_and(|x| x.is_active()) {
-            1.0
-        } else {
-            0.0
-        });
-    }
-    metrics::counter!("resilience_heartbeats_sent_total").absolute(sent);
-    metrics::counter!("resilience_heartbeats_received_total").absolute(received);
-    for (reason, n) in &s.rejected {
-        metrics::counter!("resilience_heartbeats_rejected_total", "reason" => *reason).absolute(*n);
-    }
+    crate::metrics_export::prometheus_text(&s.metrics)
 }

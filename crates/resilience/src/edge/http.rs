@@ -7,7 +7,7 @@
 //! on until it closes.
 //!
 //! Served on `http_listen` and, over TLS, `https_listen`, by the bounded
-//! listener of [`crate::api::server`] (connection caps, header and idle
+//! listener of [`crate::http_server`] (connection caps, header and idle
 //! deadlines, accept back-off); request bodies have a deadline and a size
 //! limit here, answers a deadline, and an open WebSocket an idle limit.
 //!
@@ -20,8 +20,8 @@
 //! and an optional health URL per PBX); this module feeds it the outcome
 //! of every proxied request and of every check.
 
-use crate::api::server::{self, Bounds, Refusals};
 use crate::cert_reload::ReloadingCert;
+use crate::http_server::{self as server, Bounds, Refusals};
 use anyhow::Context as _;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
@@ -134,7 +134,9 @@ fn show(a: Option<SocketAddr>) -> String {
 }
 
 /// Bind `http_listen` and `https_listen` (when set), serve them, and
-/// start the web servers' health checks.
+/// start the web servers' health checks. Long because both listeners and
+/// the health checks share the bounds and the target list set up here; a
+/// split is left to do.
 pub async fn spawn(cfg: &EdgeConfig, up: Arc<Mutex<Vec<bool>>>) -> anyhow::Result<()> {
     if cfg.edge.http_listen.is_none() && cfg.edge.https_listen.is_none() {
         return Ok(());
@@ -268,6 +270,10 @@ fn count(pbx: &str, outcome: &'static str) {
         .increment(1);
 }
 
+/// Forward one web request (or WebSocket upgrade) to the PBX the probes
+/// show up. Long because the request's path through the proxy (target,
+/// headers, body deadline, upgrade, answer) reads in one place; a split into
+/// a request context is left to do.
 pub async fn forward(
     State(p): State<Proxy>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,

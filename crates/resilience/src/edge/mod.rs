@@ -14,6 +14,7 @@
 //! changes, and counts the router keeps: nothing the API does walks the
 //! relay's table, holds its lock, or takes its CPU first.
 
+mod driver;
 pub mod flood;
 pub mod http;
 pub mod key;
@@ -27,8 +28,8 @@ use anyhow::Context;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::Json;
+use driver::EdgeDriver;
 use metrics_exporter_prometheus::PrometheusHandle;
 use resilience_core::edge_config::EdgeConfig;
 use resilience_core::phones::{Counts, PhoneRow, RegisterSent, Router};
@@ -137,152 +138,10 @@ struct Ctx<'a> {
 const TABLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
 const TABLE_EAGER: u32 = 8;
 
+/// Run the edge until SIGINT/SIGTERM or the relay's end.
 pub async fn run(path: &Path) -> anyhow::Result<()> {
-    let cfg = load_config(path)?;
-    // Before any socket: a refused token stops the start at once.
-    let token = match &cfg.edge.token_file {
-        Some(p) => {
-            let p = crate::node::resolve(&crate::node::config_base(path), p);
-            Some(Arc::<str>::from(crate::secret::read_token(&p)?))
-        }
-        None => None,
-    };
-    let metrics = crate::api::install_metrics();
-    // Bound here (errors at start), registered with the relay thread's
-    // runtime there.
-    let sock = std::net::UdpSocket::bind(cfg.edge.sip_listen)
-        .and_then(|s| s.set_nonblocking(true).map(|_| s))
-        .with_context(|| format!("SIP socket {}", cfg.edge.sip_listen))?;
-    let tcp_listener = tokio::net::TcpListener::bind(cfg.edge.sip_listen)
-        .await
-        .with_context(|| format!("SIP TCP socket {}", cfg.edge.sip_listen))?;
-    let (tcp_tx, tcp_rx) = mpsc::channel::<(Flow, Vec<u8>)>(1024);
-    let (tcp_drop_tx, tcp_drop_rx) = mpsc::channel::<&'static str>(64);
-    let intake = intake(&cfg, tcp_tx, tcp_drop_tx)?;
-    let conns = intake.conns.clone();
-    if let Some(addr) = cfg.edge.sip_tls_listen {
-        let certs = tls_certs(&cfg, path)?;
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("SIP TLS socket {addr}"))?;
-        tracing::info!("edge: SIP over TLS on {addr}");
-        tokio::spawn(tcp::serve(l, Some(certs), intake.clone()));
-    }
-    tokio::spawn(tcp::serve(tcp_listener, None, intake));
-    let names: Arc<Vec<String>> = Arc::new(cfg.pbxs.iter().map(|p| p.name.clone()).collect());
-    let pbx_addrs: Vec<SocketAddr> = cfg.pbxs.iter().map(|p| p.sip).collect();
-    let secret = match &cfg.edge.key_file {
-        Some(p) => key::load(&crate::node::resolve(&crate::node::config_base(path), p))?,
-        None => {
-            tracing::warn!("edge: no [edge] key_file, so a random key for this run: restarting the edge breaks the routing of the dialogs in progress (their BYE, re-INVITE, and the PBXs' requests to phones until they register again)");
-            key::random()?
-        }
-    };
-    let relay = Relay::new(cfg.edge.sip_listen, pbx_addrs.clone(), secret)
-        .with_names(cfg.edge.names.clone())
-        .with_retry_after(cfg.edge.retry_after.as_secs() as u32);
-    drop_log().spawn_summaries();
-    let mut secret_id = [0u8; 6];
-    getrandom::fill(&mut secret_id).map_err(|e| anyhow::anyhow!("random: {e}"))?;
-    let start = Instant::now();
-    // Owned by the relay task alone; the API reads the copy it feeds.
-    let router = Router::new(cfg.phones.policy(), cfg.pbxs.len(), cfg.home_rules(), start)
-        .with_id_prefix(format!("rs-{}-", hex::encode(secret_id)));
-    let (changes_tx, changes_rx) = mpsc::unbounded_channel::<table::Changes>();
-    let phones_table = table::Table::new(changes_rx);
-
-    let (health_tx, health_rx) = mpsc::channel(16);
-    for (i, p) in cfg.pbxs.iter().enumerate() {
-        tokio::spawn(probe::run(
-            i,
-            p.clone(),
-            cfg.health.clone(),
-            health_tx.clone(),
-        ));
-    }
-    drop(health_tx);
-
-    let view = Arc::new(Mutex::new(View::default()));
-    // The probes' view of each PBX: the API shows it, the web proxy picks
-    // its target from it.
-    let pbx_up = Arc::new(Mutex::new(vec![false; cfg.pbxs.len()]));
-    let api = ApiState {
-        view: view.clone(),
-        pbx_up: pbx_up.clone(),
-        table: phones_table.clone(),
-        token,
-        conns: conns.clone(),
-        names: names.clone(),
-        metrics,
-        rows: Arc::new(rowrate::RowRate::new(cfg.edge.api_rows_per_second)),
-    };
-    let app = axum::Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics_text))
-        .route("/api/v1/phones", get(phones))
-        .route("/api/v1/status", get(status))
-        .with_state(api);
-    let listener = std::net::TcpListener::bind(cfg.edge.api_listen)
-        .and_then(|l| l.set_nonblocking(true).map(|_| l))
-        .with_context(|| format!("API socket {}", cfg.edge.api_listen))?;
-    // The edge's own API, bounded like the node's (connection cap, header
-    // and idle deadlines, Host check).
-    let app = crate::api::server::guarded(app, crate::api::server::Hosts::new(&[]));
-    let cap = crate::api::server::connection_cap(
-        EDGE_API_CONNECTIONS,
-        crate::api::server::nofile_limit(),
-    );
-    spawn_api(listener, app, cap, phones_table)?;
-    // The web proxy (HTTP, HTTPS/WSS), on the same bounded listener.
-    http::spawn(&cfg, pbx_up.clone()).await?;
-    tracing::info!(
-        "edge {}: SIP on {} (UDP and TCP), API on http://{}, PBXs: {}",
-        cfg.edge.name,
-        cfg.edge.sip_listen,
-        cfg.edge.api_listen,
-        cfg.pbxs
-            .iter()
-            .map(|p| format!("{} {}", p.name, p.sip))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-
-    let flood = flood::Flood::new(&cfg.limits, pbx_addrs.clone(), Instant::now());
-    let relay_task = RelayTask {
-        sock,
-        relay,
-        router,
-        flood,
-        pbx_addrs,
-        conns,
-        view,
-        changes: changes_tx,
-        names,
-        pbx_up,
-        tcp_rx,
-        tcp_drop_rx,
-        health_rx,
-    };
-    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
-    std::thread::Builder::new()
-        .name("edge-relay".into())
-        .spawn(move || {
-            let r = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("the relay's runtime")
-                .and_then(|rt| rt.block_on(relay_task.run()));
-            let _ = ended_tx.send(r);
-        })
-        .context("the relay's thread")?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-        r = ended_rx => r.unwrap_or_else(|_| Err(anyhow::anyhow!("the relay's thread ended")))?,
-    }
-    tracing::info!("edge stopping");
-    Ok(())
+    let (driver, _handle) = EdgeDriver::new(path).await?;
+    driver.run().await
 }
 
 /// Scheduling priority ("nice") of the API's thread: the relay's threads
@@ -311,7 +170,7 @@ fn spawn_api(
                 table.spawn_ticker();
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => {
-                        let _ = crate::api::server::serve(l, app, None, cap).await;
+                        let _ = crate::http_server::serve(l, app, None, cap).await;
                     }
                     Err(e) => tracing::error!("edge API: {e}"),
                 }
@@ -360,6 +219,9 @@ struct RelayTask {
 }
 
 impl RelayTask {
+    /// The relay's loop. Long because its one `select!` over the relay's
+    /// sources (UDP batch, TCP, drops, probes, timer, flush) reads best whole;
+    /// each branch is a line or a call.
     async fn run(self) -> anyhow::Result<()> {
         let RelayTask {
             sock,
@@ -417,24 +279,7 @@ impl RelayTask {
                         tracing::debug!("recv: {e}");
                         continue;
                     }
-                    // Whatever the socket holds, up to a batch, without
-                    // going back to wait for readiness.
-                    for _ in 0..RECV_BATCH {
-                        match sock.try_recv_from(&mut buf) {
-                            Ok((_, from)) if !flood.admit(Instant::now(), from) => {
-                                count_drop(&view, "over_rate");
-                            }
-                            Ok((len, from)) => {
-                                relay_one(&ctx, &mut router, Flow::udp(from), &buf[..len]).await;
-                                after_event(&ctx, &mut router).await;
-                            }
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                            Err(e) => {
-                                tracing::debug!("recv: {e}");
-                                break;
-                            }
-                        }
-                    }
+                    read_batch(&ctx, &mut router, &mut flood, &mut buf).await;
                     continue;
                 }
                 Some((from, msg)) = tcp_rx.recv() => {
@@ -461,6 +306,27 @@ impl RelayTask {
                 else => anyhow::bail!("the edge's channels closed"),
             }
             after_event(&ctx, &mut router).await;
+        }
+    }
+}
+
+/// Whatever the socket holds, up to a batch ([`RECV_BATCH`]), without
+/// going back to wait for readiness.
+async fn read_batch(ctx: &Ctx<'_>, router: &mut Router, flood: &mut flood::Flood, buf: &mut [u8]) {
+    for _ in 0..RECV_BATCH {
+        match ctx.sock.try_recv_from(buf) {
+            Ok((_, from)) if !flood.admit(Instant::now(), from) => {
+                count_drop(ctx.view, "over_rate");
+            }
+            Ok((len, from)) => {
+                relay_one(ctx, router, Flow::udp(from), &buf[..len]).await;
+                after_event(ctx, router).await;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => {
+                tracing::debug!("recv: {e}");
+                break;
+            }
         }
     }
 }
@@ -698,7 +564,7 @@ async fn metrics_text(State(s): State<ApiState>) -> impl IntoResponse {
         .absolute(c.pending_dropped);
     metrics::counter!("resilience_edge_reregisters_ok_total").absolute(c.reregisters_ok);
     metrics::gauge!("resilience_edge_tcp_connections").set(s.conns.count() as f64);
-    crate::api::prometheus_text(&s.metrics)
+    crate::metrics_export::prometheus_text(&s.metrics)
 }
 
 #[derive(serde::Deserialize)]
@@ -811,9 +677,9 @@ fn intake(
 ) -> anyhow::Result<tcp::Intake> {
     let l = &cfg.limits;
     let nofile =
-        crate::api::server::nofile_limit().map(|n| n.saturating_sub(EDGE_API_CONNECTIONS as u64));
+        crate::http_server::nofile_limit().map(|n| n.saturating_sub(EDGE_API_CONNECTIONS as u64));
     let limits = tcp::Limits {
-        max_connections: crate::api::server::connection_cap(l.max_connections, nofile),
+        max_connections: crate::http_server::connection_cap(l.max_connections, nofile),
         per_source: l.max_connections_per_source,
         message_timeout: l.message_timeout,
         idle_timeout: l.idle_timeout,

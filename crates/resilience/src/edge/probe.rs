@@ -91,7 +91,7 @@ async fn options(sock: &UdpSocket, to: SocketAddr, n: u64, timeout: Duration) ->
 /// could not even open the connection.
 async fn node_active(url: String, timeout: Duration) -> Round {
     tokio::task::spawn_blocking(move || -> Round {
-        let Ok(agent) = crate::client::http_agent(None, Some(timeout), true) else {
+        let Ok(agent) = crate::http_client::http_agent(None, Some(timeout), true) else {
             return Round::Unknown;
         };
         match agent.get(&url).call() {

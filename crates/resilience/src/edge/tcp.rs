@@ -7,7 +7,7 @@
 //! same path once their handshake is done.
 //!
 //! Bounded against strangers, the way the API's listener is
-//! ([`crate::api::server`]):
+//! ([`crate::http_server`]):
 //!
 //! - **Caps.** At most `max_connections` connections at once (TCP and TLS
 //!   together), lowered so that the process's descriptor limit keeps room
@@ -372,7 +372,9 @@ async fn connection<S>(
     }
 }
 
-/// Read and write one connection until it ends; why it ended.
+/// Read and write one connection until it ends; why it ended. Long because
+/// its one `select!` weighs every deadline (first message, message, idle)
+/// against reads and writes.
 async fn pump<S>(
     stream: S,
     flow: Flow,

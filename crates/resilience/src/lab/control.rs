@@ -145,10 +145,10 @@ impl Lab {
     }
 
     /// One lab command (`crash main`, `pbx-down standby`, `link-cut`, …).
-    pub async fn command(&mut self, action: &str, node: Option<&str>) -> Result<String, String> {
+    pub async fn command(&mut self, action: &str, node: Option<&str>) -> anyhow::Result<String> {
         let node = match node {
             Some(n) if NODES.contains(&n) => Some(n),
-            Some(n) => return Err(format!("no node `{n}` (main or standby)")),
+            Some(n) => anyhow::bail!("no node `{n}` (main or standby)"),
             None => None,
         };
         let set_link = |cut: bool| {
@@ -161,12 +161,12 @@ impl Lab {
         };
         match (action, node) {
             ("crash", Some(n)) => Ok(self.kill(n).await),
-            ("boot", Some(n)) => self.spawn(n).map_err(|e| e.to_string()),
+            ("boot", Some(n)) => self.spawn(n),
             ("pbx-down", Some(n)) => Ok(self.kill(&format!("{n}-pbx")).await),
-            ("pbx-up", Some(n)) => self.spawn(&format!("{n}-pbx")).map_err(|e| e.to_string()),
+            ("pbx-up", Some(n)) => self.spawn(&format!("{n}-pbx")),
             ("link-cut", None) => set_link(true),
             ("link-heal", None) => set_link(false),
-            _ => Err(format!(
+            _ => Err(anyhow::anyhow!(
                 "unknown lab command `{action}{}`",
                 node.map(|n| format!(" {n}")).unwrap_or_default()
             )),
@@ -245,7 +245,7 @@ async fn act(lab: Shared, action: String, node: Option<String>) -> Response {
         }
         Err(e) => (
             StatusCode::BAD_REQUEST,
-            Json(json!({"ok": false, "error": e})),
+            Json(json!({"ok": false, "error": e.to_string()})),
         )
             .into_response(),
     }

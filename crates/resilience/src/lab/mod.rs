@@ -26,6 +26,10 @@ fn help() {
     );
 }
 
+/// Run a lab: write its configs and secrets, start both nodes and their
+/// stand-in PBXs, then read commands until quit or Ctrl-C. Long because
+/// setup and the command prompt are still one function; a split is left to
+/// do.
 pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let dir = match dir {
         Some(d) => d,
@@ -111,7 +115,7 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let mut stdin_open = true;
     let mut last_id: [i64; 2] = [0, 0];
     let mut tick = tokio::time::interval(Duration::from_millis(300));
-    let mut shutdown = std::pin::pin!(crate::node::shutdown_signal());
+    let mut shutdown = std::pin::pin!(crate::shutdown::shutdown_signal());
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -177,7 +181,7 @@ pub fn control_command(dir: Option<PathBuf>, words: &[String]) -> anyhow::Result
     let control = state["control"]
         .as_str()
         .context("lab.json has no control URL")?;
-    let agent = crate::client::http_agent(None, Some(Duration::from_secs(10)), false)
+    let agent = crate::http_client::http_agent(None, Some(Duration::from_secs(10)), false)
         .map_err(|e| anyhow::anyhow!(e))?;
     let url = format!("{control}/lab/{}", words.join("/"));
     let mut resp = if words == ["state"] {
@@ -201,7 +205,7 @@ pub fn control_command(dir: Option<PathBuf>, words: &[String]) -> anyhow::Result
 
 /// New events of one node (id above `since`), oldest first.
 fn fetch_events(url: &str, since: i64) -> Vec<(i64, String)> {
-    let Ok(agent) = crate::client::http_agent(None, Some(Duration::from_secs(2)), true) else {
+    let Ok(agent) = crate::http_client::http_agent(None, Some(Duration::from_secs(2)), true) else {
         return Vec::new();
     };
     let Ok(mut resp) = agent.get(url).call() else {

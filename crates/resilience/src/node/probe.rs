@@ -11,23 +11,37 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::net::{TcpStream, UdpSocket};
 
+/// Why an OPTIONS probe got no SIP answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("bind: {0}")]
+    Bind(std::io::Error),
+    #[error("{}", .0)]
+    Local(std::io::Error),
+    /// What was being done ("connect", "send to", "receive from"), to whom.
+    #[error("{0} {1}: {2}")]
+    Io(&'static str, SocketAddr, std::io::Error),
+    #[error("no answer from {0} within {1:?}")]
+    NoAnswer(SocketAddr, Duration),
+    #[error("{0} answered something that is not a SIP response")]
+    NotSip(SocketAddr),
+}
+
 static PROBE_SEQ: AtomicU64 = AtomicU64::new(1);
 
 /// Send one SIP OPTIONS to `target` and wait for a final answer.
 /// `Ok(code)` for any SIP answer; the caller decides what is healthy.
-pub async fn sip_options(target: SocketAddr, timeout: Duration) -> Result<u16, String> {
+pub async fn sip_options(target: SocketAddr, timeout: Duration) -> Result<u16, ProbeError> {
     let bind: SocketAddr = if target.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let sock = UdpSocket::bind(bind)
-        .await
-        .map_err(|e| format!("bind: {e}"))?;
+    let sock = UdpSocket::bind(bind).await.map_err(ProbeError::Bind)?;
     sock.connect(target)
         .await
-        .map_err(|e| format!("connect {target}: {e}"))?;
-    let local = sock.local_addr().map_err(|e| e.to_string())?;
+        .map_err(|e| ProbeError::Io("connect", target, e))?;
+    let local = sock.local_addr().map_err(ProbeError::Local)?;
     let n = PROBE_SEQ.fetch_add(1, Ordering::Relaxed);
     let call_id = format!("resilience-probe-{}-{n}", std::process::id());
     let host = match local.ip() {
@@ -49,13 +63,13 @@ pub async fn sip_options(target: SocketAddr, timeout: Duration) -> Result<u16, S
     );
     sock.send(req.as_bytes())
         .await
-        .map_err(|e| format!("send to {target}: {e}"))?;
+        .map_err(|e| ProbeError::Io("send to", target, e))?;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = vec![0u8; 4096];
     loop {
         let len = match tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
-            Err(_) => return Err(format!("no answer from {target} within {timeout:?}")),
-            Ok(Err(e)) => return Err(format!("receive from {target}: {e}")),
+            Err(_) => return Err(ProbeError::NoAnswer(target, timeout)),
+            Ok(Err(e)) => return Err(ProbeError::Io("receive from", target, e)),
             Ok(Ok(len)) => len,
         };
         let text = String::from_utf8_lossy(&buf[..len]);
@@ -70,11 +84,7 @@ pub async fn sip_options(target: SocketAddr, timeout: Duration) -> Result<u16, S
         match code {
             Some(c) if c >= 200 => return Ok(c),
             Some(_) => continue,
-            None => {
-                return Err(format!(
-                    "{target} answered something that is not a SIP response"
-                ))
-            }
+            None => return Err(ProbeError::NotSip(target)),
         }
     }
 }
@@ -128,7 +138,10 @@ mod tests {
             let resp = format!("SIP/2.0 200 OK\r\n{call_id}\r\nContent-Length: 0\r\n\r\n");
             pbx.send_to(resp.as_bytes(), from).await.unwrap();
         });
-        assert_eq!(sip_options(addr, Duration::from_secs(2)).await, Ok(200));
+        assert_eq!(
+            sip_options(addr, Duration::from_secs(2)).await.unwrap(),
+            200
+        );
     }
 
     #[tokio::test]
@@ -138,7 +151,7 @@ mod tests {
         let e = sip_options(addr, Duration::from_millis(200))
             .await
             .unwrap_err();
-        assert!(e.contains("no answer"), "{e}");
+        assert!(e.to_string().contains("no answer"), "{e}");
     }
 
     #[tokio::test]

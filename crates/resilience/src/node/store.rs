@@ -12,7 +12,7 @@ use resilience_core::node::AdminChoice;
 use resilience_core::Persisted;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 /// File name of the database inside the state directory.
 pub const DB_FILE: &str = "state.db";
@@ -29,24 +29,7 @@ pub enum StoreError {
     MoveAside(PathBuf, std::io::Error),
 }
 
-/// One event as stored.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct StoredEvent {
-    pub id: i64,
-    /// Unix time in milliseconds.
-    pub at_ms: i64,
-    pub kind: String,
-    pub text: String,
-}
-
-/// Which page of the history to read: the API pages it so that no
-/// request makes the node hold more than one page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EventsPage {
-    pub limit: usize,
-    /// Only events whose id is below this (the cursor of the previous page).
-    pub before: Option<i64>,
-}
+pub use crate::node_handle::{EventsPage, StoredEvent};
 
 /// One `SELECT id, at_ms, kind, text` row.
 fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
@@ -64,10 +47,7 @@ pub struct Store {
     appended: u64,
 }
 
-pub fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+use crate::clock::unix_ms;
 
 impl Store {
     /// Open (or create) the store in `dir`. The second value, when present,

@@ -10,7 +10,7 @@ use super::manifest::{self, HashCache, Manifest};
 use super::push::send_file;
 use super::wire::{self, Applied, Kind, Op};
 use super::{globs, pipe, postgres, sqlite, under, Job, Replicator};
-use crate::node::store::unix_ms; // TODO(layers): from `clock.rs` once it exists.
+use crate::clock::unix_ms;
 use resilience_core::config::DirJobSection;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -45,11 +45,7 @@ pub mod wire;
 
 pub use status::JobStatus;
 
-// TODO(layers): `resolve` lives in `node`, which depends on this module (a
-// cycle); it comes from the leaf module `paths.rs` once that exists (the same
-// holds for `unix_ms` in `status.rs` and `handback.rs`, from `clock.rs`, and
-// for `resolve` in `postgres.rs`).
-use crate::node::resolve;
+use crate::paths::resolve;
 use crate::ratelog::RateLog;
 use manifest::HashCache;
 use resilience_core::config::{

@@ -65,7 +65,7 @@ impl Pg {
     // replication (a cycle); it moves to the leaf module `paths.rs`.
     fn command(&self, tool: &str) -> tokio::process::Command {
         let exe = match &self.job.bin_dir {
-            Some(d) => crate::node::resolve(&self.base, d).join(tool),
+            Some(d) => crate::paths::resolve(&self.base, d).join(tool),
             None => PathBuf::from(tool),
         };
         let mut c = tokio::process::Command::new(exe);
@@ -79,7 +79,7 @@ impl Pg {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         if let Some(f) = &self.job.password_file {
-            c.env("PGPASSFILE", crate::node::resolve(&self.base, f));
+            c.env("PGPASSFILE", crate::paths::resolve(&self.base, f));
         }
         c
     }

@@ -4,7 +4,7 @@
 
 use super::wire::Applied;
 use super::{Job, Replicator};
-use crate::node::store::unix_ms; // TODO(layers): from `clock.rs` once it exists.
+use crate::clock::unix_ms;
 use serde::Serialize;
 use std::fmt::Display;
 use std::time::{Instant, SystemTime};

@@ -13,10 +13,13 @@
 //! each spawn and takes them again right after. Whatever else exhausted the
 //! table, the commands that make this node serve can still start.
 
+mod error;
+
+pub use error::{CommandError, ServicesFailed};
 use resilience_core::config::ServiceSection;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::process::{Child, Command};
 
@@ -80,7 +83,7 @@ impl Services {
     /// its state to disk right after, and a failover does not wait for it.
     pub fn start_all(
         &self,
-    ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<(), ServicesFailed>> + Send + 'static {
         let this = self.clone();
         let mut first = this.list.first().map(|s| {
             let cmd = start_cmd(s);
@@ -104,7 +107,7 @@ impl Services {
                             ));
                         }
                     }
-                    return Err(msg);
+                    return Err(ServicesFailed(vec![msg]));
                 }
             }
             Ok(())
@@ -112,7 +115,7 @@ impl Services {
     }
 
     /// Stop every service in reverse order; try them all, report every failure.
-    pub async fn stop_all(&self) -> Result<(), String> {
+    pub async fn stop_all(&self) -> Result<(), ServicesFailed> {
         let mut errors = Vec::new();
         for s in self.list.iter().rev() {
             if let Err(e) = run_in(&self.dir, &stop_cmd(s), s.timeout).await {
@@ -122,7 +125,7 @@ impl Services {
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(errors.join("; "))
+            Err(ServicesFailed(errors))
         }
     }
 
@@ -132,7 +135,7 @@ impl Services {
     /// activating, a status command that timed out) is acted on. Every
     /// service is tried; the lines say what was done, the error lists what
     /// failed.
-    pub async fn ensure(&self, active: bool) -> (Vec<String>, Result<(), String>) {
+    pub async fn ensure(&self, active: bool) -> (Vec<String>, Result<(), ServicesFailed>) {
         let (mut lines, mut errors) = (Vec::new(), Vec::new());
         let word = if active { "started" } else { "stopped" };
         let order: Vec<&ServiceSection> = if active {
@@ -155,7 +158,7 @@ impl Services {
         let r = if errors.is_empty() {
             Ok(())
         } else {
-            Err(errors.join("; "))
+            Err(ServicesFailed(errors))
         };
         (lines, r)
     }
@@ -260,7 +263,7 @@ fn shell_quote(s: &str) -> String {
 }
 
 /// Start `sh -c cmd` in `dir`, its output piped when `capture`.
-fn spawn_in(dir: &Path, cmd: &str, capture: bool) -> Result<Child, String> {
+fn spawn_in(dir: &Path, cmd: &str, capture: bool) -> Result<Child, CommandError> {
     let out = || {
         if capture {
             Stdio::piped()
@@ -281,21 +284,34 @@ fn spawn_in(dir: &Path, cmd: &str, capture: bool) -> Result<Child, String> {
         .kill_on_drop(true)
         .spawn();
     refill(&mut held);
-    child.map_err(|e| format!("`{cmd}` could not be run: {e}"))
+    child.map_err(|e| CommandError::Spawn {
+        cmd: cmd.into(),
+        source: Arc::new(e),
+    })
 }
 
 /// Run a shell command in `dir` with a timeout. `Ok` (its stdout) on exit
 /// status 0; otherwise the exit status and the end of stderr.
-pub async fn run_in(dir: &Path, cmd: &str, timeout: Duration) -> Result<String, String> {
+pub async fn run_in(dir: &Path, cmd: &str, timeout: Duration) -> Result<String, CommandError> {
     finish(cmd, spawn_in(dir, cmd, true)?, timeout).await
 }
 
 /// Wait for a command started by [`spawn_in`]; what [`run_in`] returns.
-async fn finish(cmd: &str, child: Child, timeout: Duration) -> Result<String, String> {
+async fn finish(cmd: &str, child: Child, timeout: Duration) -> Result<String, CommandError> {
     let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Ok(Ok(out)) => out,
-        Ok(Err(e)) => return Err(format!("`{cmd}`: {e}")),
-        Err(_) => return Err(format!("`{cmd}` timed out after {timeout:?} (killed)")),
+        Ok(Err(e)) => {
+            return Err(CommandError::Wait {
+                cmd: cmd.into(),
+                source: Arc::new(e),
+            })
+        }
+        Err(_) => {
+            return Err(CommandError::Timeout {
+                cmd: cmd.into(),
+                timeout,
+            })
+        }
     };
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -315,10 +331,10 @@ async fn finish(cmd: &str, child: Child, timeout: Duration) -> Result<String, St
             Some(c) => format!("exit status {c}"),
             None => "killed by a signal".into(),
         };
-        Err(if tail.is_empty() {
-            format!("`{cmd}`: {status}")
-        } else {
-            format!("`{cmd}`: {status}: {tail}")
+        Err(CommandError::Failed {
+            cmd: cmd.into(),
+            status,
+            stderr: tail.to_string(),
         })
     }
 }
@@ -326,7 +342,7 @@ async fn finish(cmd: &str, child: Child, timeout: Duration) -> Result<String, St
 /// The active calls, from the configured command's output: the number on
 /// the line that says "active call" (`asterisk -rx "core show channels
 /// count"`), else the first number printed.
-pub async fn count_calls(dir: &Path, cmd: &str, timeout: Duration) -> Result<u32, String> {
+pub async fn count_calls(dir: &Path, cmd: &str, timeout: Duration) -> Result<u32, CommandError> {
     let out = run_in(dir, cmd, timeout).await?;
     let first_number = |s: &str| {
         s.split(|c: char| !c.is_ascii_digit())
@@ -337,7 +353,10 @@ pub async fn count_calls(dir: &Path, cmd: &str, timeout: Duration) -> Result<u32
         .find(|l| l.contains("active call"))
         .and_then(first_number)
         .or_else(|| first_number(&out))
-        .ok_or_else(|| format!("`{cmd}` printed no number: {:?}", out.trim()))
+        .ok_or_else(|| CommandError::NoNumber {
+            cmd: cmd.into(),
+            output: out.trim().to_string(),
+        })
 }
 
 #[cfg(test)]
@@ -377,7 +396,7 @@ mod tests {
             ],
             dir.clone(),
         );
-        let e = s.start_all().await.unwrap_err();
+        let e = s.start_all().await.unwrap_err().to_string();
         assert!(
             e.contains("service c") && e.contains("exit status 3") && e.contains("boom"),
             "{e}"
@@ -401,7 +420,8 @@ mod tests {
     async fn timeout_kills_and_reports() {
         let e = run_in(Path::new("."), "sleep 5", Duration::from_millis(100))
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("timed out"), "{e}");
     }
 
@@ -409,12 +429,16 @@ mod tests {
     async fn counts_calls_from_asterisk_output() {
         let cmd = "printf '3 active channels\\n2 active calls\\n7 calls processed\\n'";
         assert_eq!(
-            count_calls(Path::new("."), cmd, Duration::from_secs(5)).await,
-            Ok(2)
+            count_calls(Path::new("."), cmd, Duration::from_secs(5))
+                .await
+                .unwrap(),
+            2
         );
         assert_eq!(
-            count_calls(Path::new("."), "echo 4", Duration::from_secs(5)).await,
-            Ok(4)
+            count_calls(Path::new("."), "echo 4", Duration::from_secs(5))
+                .await
+                .unwrap(),
+            4
         );
         assert!(
             count_calls(Path::new("."), "echo none", Duration::from_secs(5))

@@ -7,8 +7,8 @@
 
 pub mod timeline;
 
-use crate::api::ApiState;
-use crate::node::Msg;
+use crate::node_handle::ApiState;
+use crate::node_handle::Msg;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -67,8 +67,8 @@ struct Hours {
 async fn timeline(State(s): State<ApiState>, Query(q): Query<Hours>) -> Response {
     let hours = q.hours.unwrap_or(6.0).clamp(0.01, 48.0);
     let window = (hours * 3_600_000.0) as i64;
-    let now = crate::node::store::unix_ms(SystemTime::now());
-    let Some(_turn) = crate::api::server::heavy_turn().await else {
+    let now = crate::clock::unix_ms(SystemTime::now());
+    let Some(_turn) = crate::http_server::heavy_turn().await else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "too many history reads at once: retry",

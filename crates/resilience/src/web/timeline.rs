@@ -4,7 +4,7 @@
 //! status as heard changes). Computed here rather than in the page so it can
 //! be tested.
 
-use crate::node::store::StoredEvent;
+use crate::node_handle::StoredEvent;
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -1,0 +1,258 @@
+//! [`EdgeDriver`]: the edge built apart from its running (the node's
+//! `NodeDriver` shape). [`EdgeDriver::new`] loads the config and key, binds
+//! the sockets, starts the intake, probes, API and web proxy; the relay
+//! itself runs on a thread of its own once [`EdgeDriver::run`] starts it.
+
+use super::{
+    drop_log, intake, key, load_config, metrics_text, phones, probe, rowrate, spawn_api, status,
+    table, tcp, tls_certs, ApiState, RelayTask, View, EDGE_API_CONNECTIONS,
+};
+use anyhow::Context;
+use axum::routing::get;
+use resilience_core::edge_config::EdgeConfig;
+use resilience_core::phones::Router;
+use resilience_sip::{Flow, Relay};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// Ends an edge started in-process, as SIGTERM ends the process. The edge
+/// itself answers signals; no in-process edge test holds one yet.
+#[derive(Clone)]
+#[allow(dead_code)]
+pub struct EdgeHandle {
+    stop: mpsc::UnboundedSender<()>,
+}
+
+#[allow(dead_code)]
+impl EdgeHandle {
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(());
+    }
+}
+
+/// The edge, built and ready for its relay thread.
+pub struct EdgeDriver {
+    relay_task: RelayTask,
+    stop_rx: mpsc::UnboundedReceiver<()>,
+}
+
+/// The SIP sockets and what reads them: UDP for the relay's thread, TCP
+/// (and TLS) served by the intake, whose messages and drops come over
+/// channels.
+struct Sip {
+    sock: std::net::UdpSocket,
+    conns: tcp::Conns,
+    tcp_rx: mpsc::Receiver<(Flow, Vec<u8>)>,
+    tcp_drop_rx: mpsc::Receiver<&'static str>,
+}
+
+async fn sip_sockets(cfg: &EdgeConfig, path: &Path) -> anyhow::Result<Sip> {
+    // Bound here (errors at start), registered with the relay thread's
+    // runtime there.
+    let sock = std::net::UdpSocket::bind(cfg.edge.sip_listen)
+        .and_then(|s| s.set_nonblocking(true).map(|_| s))
+        .with_context(|| format!("SIP socket {}", cfg.edge.sip_listen))?;
+    let tcp_listener = tokio::net::TcpListener::bind(cfg.edge.sip_listen)
+        .await
+        .with_context(|| format!("SIP TCP socket {}", cfg.edge.sip_listen))?;
+    let (tcp_tx, tcp_rx) = mpsc::channel::<(Flow, Vec<u8>)>(1024);
+    let (tcp_drop_tx, tcp_drop_rx) = mpsc::channel::<&'static str>(64);
+    let intake = intake(cfg, tcp_tx, tcp_drop_tx)?;
+    let conns = intake.conns.clone();
+    if let Some(addr) = cfg.edge.sip_tls_listen {
+        let certs = tls_certs(cfg, path)?;
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("SIP TLS socket {addr}"))?;
+        tracing::info!("edge: SIP over TLS on {addr}");
+        tokio::spawn(tcp::serve(l, Some(certs), intake.clone()));
+    }
+    tokio::spawn(tcp::serve(tcp_listener, None, intake));
+    Ok(Sip {
+        sock,
+        conns,
+        tcp_rx,
+        tcp_drop_rx,
+    })
+}
+
+/// The relay's key: the configured file, or a random one for this run.
+fn relay_key(cfg: &EdgeConfig, path: &Path) -> anyhow::Result<[u8; 32]> {
+    Ok(match &cfg.edge.key_file {
+        Some(p) => key::load(&crate::paths::resolve(&crate::paths::config_base(path), p))?,
+        None => {
+            tracing::warn!("edge: no [edge] key_file, so a random key for this run: restarting the edge breaks the routing of the dialogs in progress (their BYE, re-INVITE, and the PBXs' requests to phones until they register again)");
+            key::random()?
+        }
+    })
+}
+
+/// The phones router, owned by the relay task alone (the API reads the copy
+/// it feeds); its dialog ids carry a random prefix per run.
+fn router(cfg: &EdgeConfig) -> anyhow::Result<Router> {
+    let mut secret_id = [0u8; 6];
+    getrandom::fill(&mut secret_id).map_err(|e| anyhow::anyhow!("random: {e}"))?;
+    let start = Instant::now();
+    Ok(
+        Router::new(cfg.phones.policy(), cfg.pbxs.len(), cfg.home_rules(), start)
+            .with_id_prefix(format!("rs-{}-", hex::encode(secret_id))),
+    )
+}
+
+/// The edge's own API, bounded like the node's (connection cap, header and
+/// idle deadlines, Host check), on its own thread.
+fn start_api(cfg: &EdgeConfig, state: ApiState, table: table::Table) -> anyhow::Result<()> {
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics_text))
+        .route("/api/v1/phones", get(phones))
+        .route("/api/v1/status", get(status))
+        .with_state(state);
+    let listener = std::net::TcpListener::bind(cfg.edge.api_listen)
+        .and_then(|l| l.set_nonblocking(true).map(|_| l))
+        .with_context(|| format!("API socket {}", cfg.edge.api_listen))?;
+    let app = crate::http_server::guarded(app, crate::http_server::Hosts::new(&[]));
+    let cap = crate::http_server::connection_cap(
+        EDGE_API_CONNECTIONS,
+        crate::http_server::nofile_limit(),
+    );
+    spawn_api(listener, app, cap, table)
+}
+
+/// The API token, when `token_file` is set (a secret file).
+fn api_token(cfg: &EdgeConfig, path: &Path) -> anyhow::Result<Option<Arc<str>>> {
+    Ok(match &cfg.edge.token_file {
+        Some(p) => {
+            let p = crate::paths::resolve(&crate::paths::config_base(path), p);
+            Some(Arc::<str>::from(crate::secret::read_token(&p)?))
+        }
+        None => None,
+    })
+}
+
+fn log_started(cfg: &EdgeConfig) {
+    let pbxs: Vec<String> = cfg
+        .pbxs
+        .iter()
+        .map(|p| format!("{} {}", p.name, p.sip))
+        .collect();
+    tracing::info!(
+        "edge {}: SIP on {} (UDP and TCP), API on http://{}, PBXs: {}",
+        cfg.edge.name,
+        cfg.edge.sip_listen,
+        cfg.edge.api_listen,
+        pbxs.join(", ")
+    );
+}
+
+impl EdgeDriver {
+    /// Load, bind and start everything but the relay's thread.
+    pub async fn new(path: &Path) -> anyhow::Result<(EdgeDriver, EdgeHandle)> {
+        let cfg = load_config(path)?;
+        // Before any socket: a refused token stops the start at once.
+        let token = api_token(&cfg, path)?;
+        let metrics = crate::metrics_export::install_metrics();
+        let sip = sip_sockets(&cfg, path).await?;
+        let names: Arc<Vec<String>> = Arc::new(cfg.pbxs.iter().map(|p| p.name.clone()).collect());
+        let pbx_addrs: Vec<SocketAddr> = cfg.pbxs.iter().map(|p| p.sip).collect();
+        let relay = Relay::new(
+            cfg.edge.sip_listen,
+            pbx_addrs.clone(),
+            relay_key(&cfg, path)?,
+        )
+        .with_names(cfg.edge.names.clone())
+        .with_retry_after(cfg.edge.retry_after.as_secs() as u32);
+        drop_log().spawn_summaries();
+        let router = router(&cfg)?;
+        let (changes_tx, changes_rx) = mpsc::unbounded_channel::<table::Changes>();
+        let phones_table = table::Table::new(changes_rx);
+
+        let (health_tx, health_rx) = mpsc::channel(16);
+        for (i, p) in cfg.pbxs.iter().enumerate() {
+            tokio::spawn(probe::run(
+                i,
+                p.clone(),
+                cfg.health.clone(),
+                health_tx.clone(),
+            ));
+        }
+        drop(health_tx);
+
+        let view = Arc::new(Mutex::new(View::default()));
+        // The probes' view of each PBX: the API shows it, the web proxy picks
+        // its target from it.
+        let pbx_up = Arc::new(Mutex::new(vec![false; cfg.pbxs.len()]));
+        let api = ApiState {
+            view: view.clone(),
+            pbx_up: pbx_up.clone(),
+            table: phones_table.clone(),
+            token,
+            conns: sip.conns.clone(),
+            names: names.clone(),
+            metrics,
+            rows: Arc::new(rowrate::RowRate::new(cfg.edge.api_rows_per_second)),
+        };
+        start_api(&cfg, api, phones_table)?;
+        // The web proxy (HTTP, HTTPS/WSS), on the same bounded listener.
+        super::http::spawn(&cfg, pbx_up.clone()).await?;
+        log_started(&cfg);
+
+        let flood = super::flood::Flood::new(&cfg.limits, pbx_addrs.clone(), Instant::now());
+        let relay_task = RelayTask {
+            sock: sip.sock,
+            relay,
+            router,
+            flood,
+            pbx_addrs,
+            conns: sip.conns,
+            view,
+            changes: changes_tx,
+            names,
+            pbx_up,
+            tcp_rx: sip.tcp_rx,
+            tcp_drop_rx: sip.tcp_drop_rx,
+            health_rx,
+        };
+        let (stop, stop_rx) = mpsc::unbounded_channel();
+        Ok((
+            EdgeDriver {
+                relay_task,
+                stop_rx,
+            },
+            EdgeHandle { stop },
+        ))
+    }
+
+    /// Start the relay's thread (a current-thread runtime of its own) and
+    /// wait for SIGINT, SIGTERM, the handle, or the relay's end.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let EdgeDriver {
+            relay_task,
+            mut stop_rx,
+        } = self;
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+        std::thread::Builder::new()
+            .name("edge-relay".into())
+            .spawn(move || {
+                let r = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("the relay's runtime")
+                    .and_then(|rt| rt.block_on(relay_task.run()));
+                let _ = ended_tx.send(r);
+            })
+            .context("the relay's thread")?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            Some(()) = stop_rx.recv() => {}
+            r = ended_rx => r.unwrap_or_else(|_| Err(anyhow::anyhow!("the relay's thread ended")))?,
+        }
+        tracing::info!("edge stopping");
+        Ok(())
+    }
+}
