@@ -51,7 +51,7 @@ pub struct Timers {
 }
 
 impl Default for Timers {
-    /// The shipped defaults (config.rs), with a short stable time so
+    /// The shipped defaults (config/node.rs), with a short stable time so
     /// scenarios see failback within minutes.
     fn default() -> Self {
         Timers {
