@@ -25,6 +25,6 @@ pub mod types;
 pub use heartbeat::{ClusterKey, Frame, Reject};
 pub use node::{
     Action, ActionError, ActionId, ActionKind, ActionOutcome, Command, Event, EventKind, Input,
-    InputError, Node, Output, Persisted, ServicesAtBoot, Settings, Transmit,
+    InputError, Node, Output, Persisted, ServicesAtBoot, Settings, Transmit, Wake,
 };
 pub use types::{Mode, NodeType, PbxHealth, Status};

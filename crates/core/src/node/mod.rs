@@ -48,6 +48,7 @@ mod services;
 mod split_brain;
 mod switchover;
 
+pub use deadlines::Wake;
 pub use event::{Event, EventKind};
 pub use io::{
     Action, ActionError, ActionId, ActionKind, ActionOutcome, AdminChoice, Command,

@@ -20,7 +20,7 @@ use resilience_core::node::{AdminChoice, DataGate, DrainPolicy, FailbackPolicy, 
 use resilience_core::{
     Action, ActionId, ActionKind, ActionOutcome, ClusterKey, Command, Event, EventKind, Input,
     InputError, Mode, Node, NodeType, Output, PbxHealth, Persisted, ServicesAtBoot, Settings,
-    Status,
+    Status, Wake,
 };
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -678,12 +678,19 @@ impl Cluster {
             };
             self.deliver(p.what);
         }
-        for i in 0..2 {
+        for (i, name) in NAMES.iter().enumerate() {
             if self.hosts[i].deadline.is_some_and(|d| d <= self.now) {
                 self.hosts[i].deadline = None;
                 let now = self.now;
+                let mut woke = None;
                 if let Some(n) = self.hosts[i].node.as_mut() {
+                    woke = n.next_wake().map(|(_, why)| why);
                     let _ = n.handle_input(Input::Timeout(now));
+                }
+                // Heartbeats are every few hundred milliseconds: only the
+                // other timers are worth a line in the trace.
+                if let Some(why) = woke.filter(|&w| w != Wake::Heartbeat) {
+                    self.note(format!("{name} woke for {why}"));
                 }
                 self.drain_outputs(i);
             }

@@ -523,6 +523,9 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
         alarm.set(deadline);
         tokio::select! {
             _ = alarm.fired() => {
+                if let Some((_, why)) = node.next_wake() {
+                    tracing::debug!("woke for {why}");
+                }
                 let _ = node.handle_input(Input::Timeout(Instant::now()));
             }
             msg = rx.recv() => {
