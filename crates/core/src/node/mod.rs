@@ -183,6 +183,8 @@ pub struct Node {
     leave_wait: bool,
     /// The hand-off of new calls during the drain (`new_calls.rs`).
     handoff: new_calls::Handoff,
+    /// This node won the split brain under way and said so (once).
+    split_brain_won: bool,
 }
 
 impl Node {
@@ -266,6 +268,7 @@ impl Node {
             maybe_running: false,
             leave_wait: false,
             handoff: Default::default(),
+            split_brain_won: false,
             s: settings,
         };
         // Automatic mode keeps only the admin's Stop; a Start there means

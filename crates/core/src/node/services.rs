@@ -174,7 +174,7 @@ impl Node {
         self.fault = Some(Fault {
             until: self.now + hold,
         });
-        self.event(EventKind::Faulted { until: hold }, why);
+        self.event(EventKind::Faulted { hold }, why);
     }
 
     pub(super) fn clear_fault(&mut self) {

@@ -12,30 +12,47 @@ impl Node {
         if self.s.mode != Mode::Automatic || self.s.node_type == NodeType::Disabled {
             return false;
         }
-        if self.status.claims() {
-            if let Some(f) = self
-                .peer_frame()
-                .filter(|f| f.status.claims() && f.mode == Mode::Automatic)
-                .filter(|f| !self.planned_overlap(f))
-            {
-                let (own, theirs) = (self.epoch, f.epoch);
-                let already = self.status == Status::Starting && self.stop_after_start.is_some();
-                if !already && !self.wins_against(f) {
-                    let peer = f.name.clone();
-                    self.event(
-                        EventKind::SplitBrain {
-                            own_epoch: own,
-                            peer_epoch: theirs,
-                            winner: false,
-                        },
-                        format!("{peer} keeps the service ({})", self.split_brain_rule()),
-                    );
-                    self.begin_stop(format!("split brain resolved in favour of {peer}"));
-                    return true;
-                }
+        let claiming_peer = self
+            .peer_frame()
+            .filter(|_| self.status.claims())
+            .filter(|f| f.status.claims() && f.mode == Mode::Automatic)
+            .filter(|f| !self.planned_overlap(f));
+        let Some(f) = claiming_peer else {
+            self.split_brain_won = false;
+            return false;
+        };
+        let (own, theirs, peer) = (self.epoch, f.epoch, f.name.clone());
+        if self.wins_against(f) {
+            // Once per split brain: both sides then log it, each with its
+            // own part.
+            if !self.split_brain_won {
+                self.split_brain_won = true;
+                let rule = self.split_brain_rule();
+                self.event(
+                    EventKind::SplitBrain {
+                        own_epoch: own,
+                        peer_epoch: theirs,
+                        winner: true,
+                    },
+                    format!("{peer} steps down ({rule})"),
+                );
             }
+            return false;
         }
-        false
+        let already = self.status == Status::Starting && self.stop_after_start.is_some();
+        if already {
+            return false;
+        }
+        self.event(
+            EventKind::SplitBrain {
+                own_epoch: own,
+                peer_epoch: theirs,
+                winner: false,
+            },
+            format!("{peer} keeps the service ({})", self.split_brain_rule()),
+        );
+        self.begin_stop(format!("split brain resolved in favour of {peer}"));
+        true
     }
 
     pub(super) fn split_brain_rule(&self) -> &'static str {

@@ -205,7 +205,8 @@ impl Cluster {
             }),
             // One split brain: exactly one of the two steps down, the one
             // the policy names.
-            EventKind::SplitBrain { winner: false, .. } => {
+            EventKind::SplitBrain { winner, .. } => {
+                let winner = *winner;
                 if let Some(p) = alive {
                     let own = h.node.as_ref().map_or(0, |n| n.epoch());
                     let theirs = p.frame.epoch;
@@ -217,12 +218,21 @@ impl Cluster {
                     } else {
                         (own, me_main) < (theirs, !me_main)
                     };
-                    if !should_lose {
+                    if winner == should_lose {
+                        let did = if winner {
+                            "stayed active in"
+                        } else {
+                            "stepped down in"
+                        };
+                        let it = if winner { "loses" } else { "wins" };
                         return Some(format!(
-                            "{} stepped down in a split brain it wins ({:?}: epoch {own} here, {theirs} on the peer)",
+                            "{} {did} a split brain it {it} ({:?}: epoch {own} here, {theirs} on the peer)",
                             NAMES[i], t.split_brain
                         ));
                     }
+                }
+                if winner {
+                    return None;
                 }
                 let other = self.hosts[1 - i].split_step_down;
                 self.hosts[i].split_step_down = Some(now);
