@@ -56,7 +56,10 @@ impl Node {
             (_, Command::StopServices) => {
                 self.admin = Some(AdminChoice::Stop);
                 self.persist();
-                if self.status.occupies() || self.retry_at.is_some() {
+                if self.status != Status::Stopping
+                    && (self.status.occupies() || self.retry_at.is_some())
+                {
+                    // (Stopping: the stop under way, or its retry, goes on.)
                     self.retry_at = None;
                     self.begin_stop(format!("an admin stopped services ({} mode)", self.s.mode));
                 }

@@ -179,7 +179,11 @@ impl Node {
 
     pub(super) fn clear_fault(&mut self) {
         self.failed_starts = 0;
-        self.retry_at = None;
+        // A failed stop's retry stays: the services may still run, and
+        // nothing else would try the stop again.
+        if self.status != Status::Stopping {
+            self.retry_at = None;
+        }
         if self.fault.take().is_some() {
             self.event(EventKind::FaultCleared, "an admin cleared the fault".into());
         }
