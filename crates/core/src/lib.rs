@@ -11,6 +11,7 @@
 //! - [`follower`]: what a follower host does with its node's answers.
 //! - [`heartbeat`]: the authenticated heartbeat frame and its replay guard.
 //! - [`node`]: the node state machine (failover, failback, drain, manual mode).
+//! - [`pbx_probe`]: the PBX probe's debounce (two misses in a row for Down).
 //! - [`pbx_settings`]: the SIP expiry and provisioning edits for fast failover.
 //! - [`types`]: node type, mode, status, PBX health.
 
@@ -19,6 +20,7 @@ pub mod edge;
 pub mod follower;
 pub mod heartbeat;
 pub mod node;
+pub mod pbx_probe;
 pub mod pbx_settings;
 pub mod types;
 
@@ -27,4 +29,5 @@ pub use node::{
     Action, ActionError, ActionId, ActionKind, ActionOutcome, Command, Event, EventKind, Input,
     InputError, Node, Output, Persisted, ServicesAtBoot, Settings, Transmit, Wake,
 };
+pub use pbx_probe::PbxProbe;
 pub use types::{Mode, NodeType, PbxHealth, Status};

@@ -175,6 +175,19 @@ impl Cluster {
                     )
                 })
             }
+            // A flapping probe that never missed twice in a row never
+            // moves the service: a single miss is noise.
+            EventKind::Faulted { .. }
+                if e.reason.starts_with("local PBX down")
+                    && h.probe
+                        .as_ref()
+                        .is_some_and(|p| p.longest_misses < PROBE_MISSES_FOR_DOWN) =>
+            {
+                Some(format!(
+                    "{} handed over on single missed probes ({})",
+                    NAMES[i], e.reason
+                ))
+            }
             // A node whose PBX is down hands over only to a ready peer.
             EventKind::Faulted { .. } if !h.pbx_ok && h.services => {
                 let ready = alive.is_some_and(|p| {

@@ -18,7 +18,7 @@ use resilience_core::config::NodeConfig;
 use resilience_core::node::{AdminChoice, EventKind, Snapshot};
 use resilience_core::{
     Action, ActionError, ActionId, ActionKind, ActionOutcome, ClusterKey, Command, Event, Input,
-    InputError, Node, NodeType, Output, PbxHealth, ServicesAtBoot, Settings, Status,
+    InputError, Node, NodeType, Output, PbxHealth, PbxProbe, ServicesAtBoot, Settings, Status,
 };
 use serde_json::json;
 use std::net::SocketAddr;
@@ -727,8 +727,7 @@ fn spawn_probes(cfg: &NodeConfig, base: &Path, tx: mpsc::Sender<Msg>) {
         let tx = tx.clone();
         let dir = base.to_owned();
         tokio::spawn(async move {
-            let mut last: Option<PbxHealth> = None;
-            let mut failures = 0u32;
+            let mut debounce = PbxProbe::new();
             let mut tick = tokio::time::interval(pbx.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -741,17 +740,8 @@ fn spawn_probes(cfg: &NodeConfig, base: &Path, tx: mpsc::Sender<Msg>) {
                 if let Some(cmd) = &pbx.command {
                     ok &= services::run_in(&dir, cmd, timeout).await.is_ok();
                 }
-                // Two misses in a row before Down: one lost UDP probe is noise.
-                failures = if ok { 0 } else { failures + 1 };
-                let h = if ok {
-                    PbxHealth::Up
-                } else if failures >= 2 {
-                    PbxHealth::Down
-                } else {
-                    continue;
-                };
-                if last != Some(h) {
-                    last = Some(h);
+                // The core's debounce: one lost UDP probe is noise.
+                if let Some(h) = debounce.observe(ok) {
                     if tx.send(Msg::Pbx(h)).await.is_err() {
                         return;
                     }
