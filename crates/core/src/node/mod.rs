@@ -30,6 +30,12 @@
 //!   (tells its peer, drains, stops its services); a restarted one adopts the
 //!   services it left running when its facts and its peer agree that it is
 //!   the one serving, and stops them otherwise.
+//!
+//! One file per idea: `commands.rs` (an admin's commands), `services.rs`
+//! (service actions, status, fault hold), `split_brain.rs`, `failover.rs`
+//! (when to start, when a sick PBX hands over), `handover.rs` (the drain),
+//! `failback.rs` (the Main's request), `heartbeats.rs` (what is heard and
+//! sent), `deadlines.rs` (the next wake-up and its [`Wake`] reason).
 
 mod commands;
 mod data;
