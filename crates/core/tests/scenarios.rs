@@ -261,6 +261,13 @@ fn healed_partition_keeps_the_main_by_default() {
             status(c, STANDBY)
         );
         ensure!(c.dump_log().contains("steps down"), "no split-brain event");
+        // The winner says so, once.
+        let won = c
+            .dump_log()
+            .lines()
+            .filter(|l| l.contains("pbx-main: both nodes active") && l.contains("stays active"))
+            .count();
+        ensure!(won == 1, "the main said {won} times that it stays active");
         c.run_for(secs(120))?;
         ensure!(c.hosts[MAIN].activations == 1, "main restarted");
         Ok(())
