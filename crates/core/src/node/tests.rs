@@ -290,3 +290,22 @@ fn a_start_command_keeps_a_failed_stops_retry() {
     n.handle_input(Input::Timeout(later)).unwrap();
     action(drain(&mut n), ActionKind::StopServices);
 }
+
+#[test]
+fn services_at_boot_from_each_services_state() {
+    use ServicesAtBoot::*;
+    assert_eq!(ServicesAtBoot::from_states([]), Stopped);
+    assert_eq!(
+        ServicesAtBoot::from_states([Some(false), Some(false)]),
+        Stopped
+    );
+    assert_eq!(
+        ServicesAtBoot::from_states([Some(true), Some(true)]),
+        Running
+    );
+    assert_eq!(
+        ServicesAtBoot::from_states([Some(true), Some(false)]),
+        Unclear
+    );
+    assert_eq!(ServicesAtBoot::from_states([Some(true), None]), Unclear);
+}
