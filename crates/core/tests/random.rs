@@ -2,7 +2,7 @@
 //! (some with the node's state lost or rolled back to an older backup),
 //! daemon restarts with the services left running, daemon stops (handover),
 //! partitions (one way and both), duplicating/delayed links losing 20% of
-//! frames each way (even seeds) or less (odd seeds), failing services, sick PBXs, silent arbiters and admin
+//! frames each way (even seeds) or less (odd seeds), failing services, sick PBXs, flapping PBX probes, silent arbiters and admin
 //! commands, with the invariants checked after every step (and no false
 //! failover: a Standby starting while it can hear a Main that does not
 //! yield). A failure prints its seed; replay it with
@@ -20,7 +20,7 @@ use resilience_core::node::{
     DataFailurePolicy, DataGate, DrainPolicy, FailbackPolicy, NewCallsPolicy,
 };
 use resilience_core::Command;
-use sim::{Cluster, Stats, Timers, MAIN, STANDBY};
+use sim::{Cluster, Flap, Stats, Timers, MAIN, STANDBY};
 use std::time::{Duration, Instant};
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -231,6 +231,21 @@ fn run_seed(seed: u64, hours: f64, log: bool) -> Result<Stats, String> {
                     c.set_link(from, 1 - from, false);
                     c.run_for(lasting)?;
                     c.set_link(from, 1 - from, true);
+                }
+                4 if rng.random_bool(0.5) => {
+                    // A flapping probe: single misses, or runs of them.
+                    let i = rng.random_range(0..2);
+                    let flap = if rng.random_bool(0.5) {
+                        Flap::SingleMisses(rng.random_range(2..6))
+                    } else {
+                        Flap::Bursts {
+                            down: rng.random_range(1..8),
+                            up: rng.random_range(1..8),
+                        }
+                    };
+                    c.flap_probe(i, Some(flap));
+                    c.run_for(lasting)?;
+                    c.flap_probe(i, None);
                 }
                 4 => {
                     let i = rng.random_range(0..2);

@@ -7,7 +7,7 @@ use resilience_core::config::SplitBrainPolicy;
 use resilience_core::heartbeat::{self, Flags, Frame};
 use resilience_core::node::{AdminChoice, FailbackPolicy};
 use resilience_core::{ClusterKey, Command, InputError, Mode, NodeType, PbxHealth, Reject, Status};
-use sim::{play, secs, Cluster, Timers, MAIN, STANDBY};
+use sim::{play, secs, Cluster, Flap, Timers, MAIN, STANDBY};
 use std::time::Duration;
 
 fn status(c: &Cluster, i: usize) -> Option<Status> {
@@ -261,6 +261,13 @@ fn healed_partition_keeps_the_main_by_default() {
             status(c, STANDBY)
         );
         ensure!(c.dump_log().contains("steps down"), "no split-brain event");
+        // The winner says so, once.
+        let won = c
+            .dump_log()
+            .lines()
+            .filter(|l| l.contains("pbx-main: both nodes active") && l.contains("stays active"))
+            .count();
+        ensure!(won == 1, "the main said {won} times that it stays active");
         c.run_for(secs(120))?;
         ensure!(c.hosts[MAIN].activations == 1, "main restarted");
         Ok(())
@@ -355,6 +362,73 @@ fn unhealthy_pbx_on_the_main_moves_the_service() {
         );
         let ok = c.run_until(secs(60), |c| c.hosts[MAIN].is_active())?;
         ensure!(ok, "no failback after the fault hold");
+        Ok(())
+    });
+}
+
+#[test]
+fn single_missed_probes_never_move_the_service() {
+    play(41, Timers::default(), |c| {
+        c.run_for(secs(10))?;
+        ensure!(c.hosts[MAIN].is_active(), "main not active");
+        // Up and down alternating, then rarer single misses.
+        for flap in [
+            Flap::SingleMisses(2),
+            Flap::SingleMisses(3),
+            Flap::SingleMisses(7),
+        ] {
+            c.flap_probe(MAIN, Some(flap));
+            c.run_for(secs(120))?;
+            ensure!(
+                c.hosts[MAIN].is_active(),
+                "main lost the service to {flap:?}"
+            );
+            ensure!(
+                c.hosts[STANDBY].activations == 0,
+                "standby took over on {flap:?}"
+            );
+            ensure!(
+                c.longest_probe_misses(MAIN) == Some(1),
+                "not single misses: {:?}",
+                c.longest_probe_misses(MAIN)
+            );
+            ensure!(
+                c.probe_downs(MAIN) == Some(0),
+                "{flap:?} reported the PBX down {:?} times",
+                c.probe_downs(MAIN)
+            );
+        }
+        ensure!(
+            c.hosts[MAIN].node().snapshot(c.now).pbx == PbxHealth::Up,
+            "the PBX is not up after single misses"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn a_flapping_probe_never_runs_both_nodes() {
+    let timers = Timers {
+        failback: FailbackPolicy::Immediate,
+        fault_hold: secs(20),
+        ..Timers::default()
+    };
+    play(42, timers, |c| {
+        c.run_for(secs(10))?;
+        // The Main's PBX misses long enough to move the service, over and
+        // over; the Standby's misses twice in a row, too briefly to.
+        c.flap_probe(MAIN, Some(Flap::Bursts { down: 6, up: 4 }));
+        c.flap_probe(STANDBY, Some(Flap::Bursts { down: 2, up: 3 }));
+        // Never both active: checked after every step.
+        c.run_for(secs(600))?;
+        ensure!(
+            c.hosts[STANDBY].activations > 0,
+            "the main's long runs of misses never moved the service"
+        );
+        c.flap_probe(MAIN, None);
+        c.flap_probe(STANDBY, None);
+        let ok = c.run_until(secs(120), |c| c.hosts[MAIN].is_active())?;
+        ensure!(ok, "main not serving once its probe is steady");
         Ok(())
     });
 }

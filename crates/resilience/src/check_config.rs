@@ -5,9 +5,9 @@
 //! `key_file` and its API token when it has them; a follower reads no secret.
 
 use crate::secret::SecretError;
+use resilience_core::config::edge::EdgeConfig;
+use resilience_core::config::follow::FollowConfig;
 use resilience_core::config::NodeConfig;
-use resilience_core::edge_config::EdgeConfig;
-use resilience_core::follow_config::FollowConfig;
 use resilience_core::ClusterKey;
 use std::path::Path;
 use std::process::ExitCode;

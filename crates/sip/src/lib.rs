@@ -9,4 +9,4 @@ pub mod message;
 pub mod proxy;
 
 pub use message::{Message, Name, ParseError};
-pub use proxy::{Dropped, Flow, NewRequest, Note, OwnAnswer, Relay, Send, Transport};
+pub use proxy::{Dropped, Flow, NewRequest, Note, Outgoing, OwnAnswer, Relay, Transport};

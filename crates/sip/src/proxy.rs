@@ -171,9 +171,9 @@ pub enum Note {
     DialogDown { call_id: String },
 }
 
-/// What to send, and to whom.
+/// What to send, and to whom. (Not `Send`: that name is the marker trait.)
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Send {
+pub struct Outgoing {
     pub to: Flow,
     pub bytes: Vec<u8>,
     /// A response the edge made itself (483, 503) rather than relayed.
@@ -314,7 +314,7 @@ impl Relay {
         from: Flow,
         bytes: &[u8],
         route: impl FnOnce(&NewRequest<'_>) -> Option<SocketAddr>,
-    ) -> Result<Send, Dropped> {
+    ) -> Result<Outgoing, Dropped> {
         let msg = Message::parse(bytes)?;
         // Room for what the edge adds (Via, Record-Route or Path,
         // Max-Forwards): what it sends must pass its own limits.
@@ -338,7 +338,7 @@ impl Relay {
         method: &str,
         uri: &str,
         route: impl FnOnce(&NewRequest<'_>) -> Option<SocketAddr>,
-    ) -> Result<Send, Dropped> {
+    ) -> Result<Outgoing, Dropped> {
         let via_h = msg.header(Name::Via).ok_or(Dropped::BadVia)?;
         let top = split_values(via_h.value).next().ok_or(Dropped::BadVia)?;
         let via = Via::parse(top).ok_or(Dropped::BadVia)?;
@@ -522,7 +522,7 @@ impl Relay {
                 call_id: call_id.to_owned(),
             });
         }
-        Ok(Send {
+        Ok(Outgoing {
             to,
             bytes: e.finish(),
             generated: false,
@@ -617,7 +617,7 @@ impl Relay {
         }
     }
 
-    fn response(&self, msg: &Message<'_>, from: Flow, code: u16) -> Result<Send, Dropped> {
+    fn response(&self, msg: &Message<'_>, from: Flow, code: u16) -> Result<Outgoing, Dropped> {
         let via_h = msg.header(Name::Via).ok_or(Dropped::BadVia)?;
         let mut values = split_values(via_h.value);
         let top = values.next().and_then(Via::parse).ok_or(Dropped::BadVia)?;
@@ -680,7 +680,7 @@ impl Relay {
             Some("INVITE") if code >= 300 => notes.push(Note::DialogDown { call_id }),
             _ => {}
         }
-        Ok(Send {
+        Ok(Outgoing {
             to,
             bytes: e.finish(),
             generated: false,
@@ -729,7 +729,7 @@ impl Relay {
     /// A response the edge makes itself, to the address the request came
     /// from (never to what its Via says: a request spoofed from a PBX's
     /// address must not make the edge answer someone else).
-    fn reply(&self, msg: &Message<'_>, from: Flow, code: u16, reason: &str) -> Send {
+    fn reply(&self, msg: &Message<'_>, from: Flow, code: u16, reason: &str) -> Outgoing {
         let mut out = format!("SIP/2.0 {code} {reason}\r\n");
         for h in msg.all(Name::Via) {
             out.push_str(&format!("Via: {}\r\n", h.value));
@@ -751,7 +751,7 @@ impl Relay {
             out.push_str(&format!("Retry-After: {}\r\n", self.retry_after));
         }
         out.push_str("Server: resilience-edge\r\nContent-Length: 0\r\n\r\n");
-        Send {
+        Outgoing {
             to: from,
             bytes: out.into_bytes(),
             generated: true,

@@ -13,7 +13,9 @@
 //! action's result. What the Standby records during its drain is copied
 //! by the Standby once it has stopped, as before.
 
-use super::{ActionError, ActionId, ActionKind, ActionOutcome, EventKind, FailbackWait, Node};
+use super::{
+    ActionError, ActionId, ActionKind, ActionOutcome, EventKind, FailbackWait, Node, Wake,
+};
 use crate::config::DataFailurePolicy;
 use crate::types::human;
 use std::time::{Duration, Instant};
@@ -203,15 +205,15 @@ impl Node {
     }
 
     /// When the copy's state may change without an input.
-    pub(super) fn data_deadline(&self) -> Option<Instant> {
+    pub(super) fn data_deadline(&self) -> (Option<Instant>, Wake) {
         match &self.data {
-            DataFetch::Running { deadline } => Some(*deadline),
+            DataFetch::Running { deadline } => (Some(*deadline), Wake::DataWait),
             DataFetch::Failed {
                 retry_at,
                 proceeded: false,
                 ..
-            } => Some(*retry_at),
-            _ => None,
+            } => (Some(*retry_at), Wake::DataRetry),
+            _ => (None, Wake::DataWait),
         }
     }
 }

@@ -67,12 +67,14 @@ pub enum EventKind {
     ServiceStopFailed,
     /// The node will not serve for a while and tells its peer so.
     Faulted {
-        until: Duration,
+        /// How long the node yields (`fault_hold`).
+        hold: Duration,
     },
     FaultCleared,
     /// The Standby would take over but may not (no arbiter reachable).
     FailoverBlocked,
-    /// Both nodes claim the service; the loser steps down.
+    /// Both nodes claim the service; the loser steps down (`winner:
+    /// false`), the winner says once that it stays active.
     SplitBrain {
         own_epoch: u64,
         peer_epoch: u64,
@@ -178,7 +180,7 @@ impl fmt::Display for Event {
                 write!(f, "services failed to start (attempt {attempt} of {of})")?
             }
             ServiceStopFailed => f.write_str("services failed to stop")?,
-            Faulted { until } => write!(f, "node faulted, yielding for {}", human(*until))?,
+            Faulted { hold } => write!(f, "node faulted, yielding for {}", human(*hold))?,
             FaultCleared => f.write_str("fault cleared")?,
             FailoverBlocked => f.write_str("failover blocked")?,
             SplitBrain { own_epoch, peer_epoch, winner } => write!(

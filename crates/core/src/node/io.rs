@@ -206,6 +206,20 @@ pub enum ServicesAtBoot {
     Unclear,
 }
 
+impl ServicesAtBoot {
+    /// From each service's state (`Some(true)` runs, `Some(false)` stopped,
+    /// `None` not clear). No services at all counts as stopped.
+    pub fn from_states(running: impl IntoIterator<Item = Option<bool>> + Clone) -> Self {
+        if running.clone().into_iter().all(|r| r == Some(false)) {
+            ServicesAtBoot::Stopped
+        } else if running.into_iter().all(|r| r == Some(true)) {
+            ServicesAtBoot::Running
+        } else {
+            ServicesAtBoot::Unclear
+        }
+    }
+}
+
 /// When the returning Main takes the service back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailbackPolicy {

@@ -251,3 +251,61 @@ fn deadline_is_never_in_the_past() {
         n.handle_input(Input::Timeout(t)).unwrap();
     }
 }
+
+/// A failed stop is retried even when an admin's start (which clears a
+/// fault and its retries) comes in meanwhile: the services may still run.
+#[test]
+fn a_start_command_keeps_a_failed_stops_retry() {
+    let now = Instant::now();
+    let mut n = Node::new(
+        settings("a", "b", NodeType::Main, Mode::Manual),
+        Persisted::default(),
+        1,
+        now,
+    );
+    drain(&mut n);
+    let action = |out: Vec<Output>, want: ActionKind| {
+        out.into_iter()
+            .find_map(|o| match o {
+                Output::Action(a) if a.kind == want => Some(a.id),
+                _ => None,
+            })
+            .expect("the action")
+    };
+    n.handle_input(Input::Command(now, Command::StartServices { force: false }))
+        .unwrap();
+    let id = action(drain(&mut n), ActionKind::StartServices);
+    n.handle_input(Input::ActionDone(now, id, Ok(ActionOutcome::Done)))
+        .unwrap();
+    n.handle_input(Input::Command(now, Command::StopServices))
+        .unwrap();
+    let id = action(drain(&mut n), ActionKind::StopServices);
+    n.handle_input(Input::ActionDone(now, id, Err(ActionError("stuck".into()))))
+        .unwrap();
+    n.handle_input(Input::Command(now, Command::StartServices { force: false }))
+        .unwrap();
+    drain(&mut n);
+    assert_eq!(n.status(), Status::Stopping);
+    let later = now + Duration::from_secs(1);
+    n.handle_input(Input::Timeout(later)).unwrap();
+    action(drain(&mut n), ActionKind::StopServices);
+}
+
+#[test]
+fn services_at_boot_from_each_services_state() {
+    use ServicesAtBoot::*;
+    assert_eq!(ServicesAtBoot::from_states([]), Stopped);
+    assert_eq!(
+        ServicesAtBoot::from_states([Some(false), Some(false)]),
+        Stopped
+    );
+    assert_eq!(
+        ServicesAtBoot::from_states([Some(true), Some(true)]),
+        Running
+    );
+    assert_eq!(
+        ServicesAtBoot::from_states([Some(true), Some(false)]),
+        Unclear
+    );
+    assert_eq!(ServicesAtBoot::from_states([Some(true), None]), Unclear);
+}

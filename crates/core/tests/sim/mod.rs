@@ -17,10 +17,11 @@ use rand_chacha::ChaCha8Rng;
 use resilience_core::config::SplitBrainPolicy;
 use resilience_core::heartbeat::{self, Flags, Frame};
 use resilience_core::node::{AdminChoice, DataGate, DrainPolicy, FailbackPolicy, NewCallsPolicy};
+use resilience_core::pbx_probe::PbxProbe;
 use resilience_core::{
     Action, ActionId, ActionKind, ActionOutcome, ClusterKey, Command, Event, EventKind, Input,
     InputError, Mode, Node, NodeType, Output, PbxHealth, Persisted, ServicesAtBoot, Settings,
-    Status,
+    Status, Wake,
 };
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -51,7 +52,7 @@ pub struct Timers {
 }
 
 impl Default for Timers {
-    /// The shipped defaults (config.rs), with a short stable time so
+    /// The shipped defaults (config/node.rs), with a short stable time so
     /// scenarios see failback within minutes.
     fn default() -> Self {
         Timers {
@@ -154,6 +155,9 @@ pub struct Host {
     pub fetch_latency: Duration,
     /// The PBX answers its probe when running.
     pub pbx_ok: bool,
+    /// A flapping probe: raw results debounced as the runtime does; the
+    /// ideal probe (`pbx_ok` at once) when `None`.
+    probe: Option<FlapProbe>,
     pub calls: u32,
     /// Whether calls end while the node drains.
     pub calls_end: bool,
@@ -243,6 +247,49 @@ enum What {
         kind: ActionKind,
     },
 }
+
+/// Which raw probe results a flapping probe loses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flap {
+    /// Every `n`-th probe is lost (`n >= 2`): single misses only;
+    /// `SingleMisses(2)` is up and down alternating.
+    SingleMisses(u32),
+    /// `down` probes lost in a row, then `up` answered, over and over.
+    Bursts { down: u32, up: u32 },
+}
+
+impl Flap {
+    /// Whether the `n`-th probe (from 1) is answered, the PBX being up.
+    fn answers(self, n: u64) -> bool {
+        match self {
+            Flap::SingleMisses(every) => !n.is_multiple_of(u64::from(every.max(2))),
+            Flap::Bursts { down, up } => n % u64::from((down + up).max(1)) >= u64::from(down),
+        }
+    }
+}
+
+/// A host's flapping probe: its pattern, its debounce (the core's, as the
+/// runtime uses it) and what it saw.
+#[derive(Debug)]
+struct FlapProbe {
+    flap: Flap,
+    debounce: PbxProbe,
+    next_at: Instant,
+    n: u64,
+    misses_in_a_row: u32,
+    /// The longest run of misses since the flapping began.
+    pub longest_misses: u32,
+    /// Down reported to the node since the flapping began.
+    pub downs: u32,
+}
+
+/// The rule the runtime's probe follows, restated for the checks (not
+/// read from the core, so a changed debounce fails them): the PBX is down
+/// after two missed probes in a row.
+pub const PROBE_MISSES_FOR_DOWN: u32 = 2;
+
+/// The runtime's probe period (`pbx.interval`'s default).
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct Pending {
@@ -360,6 +407,7 @@ impl Cluster {
                 fail_fetches: 0,
                 fetch_latency: Duration::from_millis(300),
                 pbx_ok: true,
+                probe: None,
                 calls: 0,
                 calls_end: true,
                 arbiter: true,
@@ -655,7 +703,12 @@ impl Cluster {
 
     fn next_time(&self) -> Option<Instant> {
         let q = self.queue.peek().map(|Reverse(p)| p.at);
-        let d = self.hosts.iter().filter_map(|h| h.deadline).min();
+        let d = self
+            .hosts
+            .iter()
+            .flat_map(|h| [h.deadline, h.probe.as_ref().map(|p| p.next_at)])
+            .flatten()
+            .min();
         match (q, d) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -678,21 +731,77 @@ impl Cluster {
             };
             self.deliver(p.what);
         }
-        for i in 0..2 {
+        for (i, name) in NAMES.iter().enumerate() {
             if self.hosts[i].deadline.is_some_and(|d| d <= self.now) {
                 self.hosts[i].deadline = None;
                 let now = self.now;
+                let mut woke = None;
                 if let Some(n) = self.hosts[i].node.as_mut() {
+                    woke = n.next_wake().map(|(_, why)| why);
                     let _ = n.handle_input(Input::Timeout(now));
+                }
+                // Heartbeats are every few hundred milliseconds: only the
+                // other timers are worth a line in the trace.
+                if let Some(why) = woke.filter(|&w| w != Wake::Heartbeat) {
+                    self.note(format!("{name} woke for {why}"));
                 }
                 self.drain_outputs(i);
             }
         }
         for i in 0..2 {
+            self.probe_tick(i);
             self.sync_probes(i);
             self.reap(i);
         }
         self.check_invariants()
+    }
+
+    /// Make host `i`'s probe flap (`None`: back to the ideal probe).
+    pub fn flap_probe(&mut self, i: usize, flap: Option<Flap>) {
+        let now = self.now;
+        self.hosts[i].probe = flap.map(|flap| FlapProbe {
+            flap,
+            debounce: PbxProbe::new(),
+            next_at: now,
+            n: 0,
+            misses_in_a_row: 0,
+            longest_misses: 0,
+            downs: 0,
+        });
+        self.note(format!("== probe of {} flaps: {flap:?}", NAMES[i]));
+    }
+
+    /// The longest run of missed probes since host `i`'s probe began to flap.
+    pub fn longest_probe_misses(&self, i: usize) -> Option<u32> {
+        self.hosts[i].probe.as_ref().map(|p| p.longest_misses)
+    }
+
+    /// How often host `i`'s flapping probe reported its PBX down.
+    pub fn probe_downs(&self, i: usize) -> Option<u32> {
+        self.hosts[i].probe.as_ref().map(|p| p.downs)
+    }
+
+    /// A flapping probe's round, when due: one raw result into the debounce.
+    fn probe_tick(&mut self, i: usize) {
+        let now = self.now;
+        let h = &mut self.hosts[i];
+        let Some(p) = h.probe.as_mut().filter(|p| p.next_at <= now) else {
+            return;
+        };
+        p.next_at = now + PROBE_INTERVAL;
+        if !h.services {
+            // Nothing to probe: the next start begins Unknown.
+            p.debounce = PbxProbe::new();
+            p.misses_in_a_row = 0;
+            return;
+        }
+        p.n += 1;
+        let ok = h.pbx_ok && p.flap.answers(p.n);
+        p.misses_in_a_row = if ok { 0 } else { p.misses_in_a_row + 1 };
+        p.longest_misses = p.longest_misses.max(p.misses_in_a_row);
+        if p.debounce.observe(ok) == Some(PbxHealth::Down) {
+            p.downs += 1;
+        }
     }
 
     pub fn run_for(&mut self, d: Duration) -> Result<(), String> {
@@ -836,6 +945,8 @@ impl Cluster {
         let Some(n) = h.node.as_mut() else { return };
         let pbx = if !h.services {
             PbxHealth::Unknown
+        } else if let Some(p) = &h.probe {
+            p.debounce.health()
         } else if h.pbx_ok {
             PbxHealth::Up
         } else {

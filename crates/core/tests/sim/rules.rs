@@ -175,6 +175,19 @@ impl Cluster {
                     )
                 })
             }
+            // A flapping probe that never missed twice in a row never
+            // moves the service: a single miss is noise.
+            EventKind::Faulted { .. }
+                if e.reason.starts_with("local PBX down")
+                    && h.probe
+                        .as_ref()
+                        .is_some_and(|p| p.longest_misses < PROBE_MISSES_FOR_DOWN) =>
+            {
+                Some(format!(
+                    "{} handed over on single missed probes ({})",
+                    NAMES[i], e.reason
+                ))
+            }
             // A node whose PBX is down hands over only to a ready peer.
             EventKind::Faulted { .. } if !h.pbx_ok && h.services => {
                 let ready = alive.is_some_and(|p| {
@@ -205,7 +218,8 @@ impl Cluster {
             }),
             // One split brain: exactly one of the two steps down, the one
             // the policy names.
-            EventKind::SplitBrain { winner: false, .. } => {
+            EventKind::SplitBrain { winner, .. } => {
+                let winner = *winner;
                 if let Some(p) = alive {
                     let own = h.node.as_ref().map_or(0, |n| n.epoch());
                     let theirs = p.frame.epoch;
@@ -217,12 +231,21 @@ impl Cluster {
                     } else {
                         (own, me_main) < (theirs, !me_main)
                     };
-                    if !should_lose {
+                    if winner == should_lose {
+                        let did = if winner {
+                            "stayed active in"
+                        } else {
+                            "stepped down in"
+                        };
+                        let it = if winner { "loses" } else { "wins" };
                         return Some(format!(
-                            "{} stepped down in a split brain it wins ({:?}: epoch {own} here, {theirs} on the peer)",
+                            "{} {did} a split brain it {it} ({:?}: epoch {own} here, {theirs} on the peer)",
                             NAMES[i], t.split_brain
                         ));
                     }
+                }
+                if winner {
+                    return None;
                 }
                 let other = self.hosts[1 - i].split_step_down;
                 self.hosts[i].split_step_down = Some(now);

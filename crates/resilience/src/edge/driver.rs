@@ -9,8 +9,8 @@ use super::{
 };
 use anyhow::Context;
 use axum::routing::get;
-use resilience_core::edge_config::EdgeConfig;
-use resilience_core::phones::Router;
+use resilience_core::config::edge::EdgeConfig;
+use resilience_core::edge::phones::Router;
 use resilience_sip::{Flow, Relay};
 use std::net::SocketAddr;
 use std::path::Path;

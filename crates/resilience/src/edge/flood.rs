@@ -5,7 +5,7 @@
 //! window says which source, at most [`LINES_PER_WINDOW`] such lines per
 //! window, the rest summed up in one line.
 
-use resilience_core::edge_config::LimitsSection;
+use resilience_core::config::edge::LimitsSection;
 use resilience_sip::flood::{FloodGuard, FloodLimits, Verdict};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -16,7 +16,7 @@
 //! `proxy_next_upstream error`); one with a body is not sent twice.
 //!
 //! Which web server is healthy is decided in
-//! [`resilience_core::web_upstreams`] (nginx's `max_fails`/`fail_timeout`,
+//! [`resilience_core::edge::web_upstreams`] (nginx's `max_fails`/`fail_timeout`,
 //! and an optional health URL per PBX); this module feeds it the outcome
 //! of every proxied request and of every check.
 
@@ -31,8 +31,8 @@ use hyper::body::{Frame, SizeHint};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use resilience_core::edge_config::{EdgeConfig, WebSection};
-use resilience_core::web_upstreams::{Change, Outcome, Upstreams};
+use resilience_core::config::edge::{EdgeConfig, WebSection};
+use resilience_core::edge::web_upstreams::{Change, Outcome, Upstreams};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 //! (XiVO's automatic and manual failover pages, "Edge deployment"; the per-phone rules of IP Office's "Phone Resilience" and "When Does Failback Occur").
 //!
 //! One task owns the relay ([`resilience_sip::Relay`], sans-IO) and the
-//! per-phone router ([`resilience_core::phones::Router`], sans-IO); it reads
+//! per-phone router ([`resilience_core::edge::phones::Router`], sans-IO); it reads
 //! the SIP socket, the probes' reports and the router's deadline, and does
 //! what they decide. It runs on a thread of its own (a current-thread
 //! runtime that owns the UDP socket): a datagram is received, relayed and
@@ -31,8 +31,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use driver::EdgeDriver;
 use metrics_exporter_prometheus::PrometheusHandle;
-use resilience_core::edge_config::EdgeConfig;
-use resilience_core::phones::{Counts, PhoneRow, RegisterSent, Router};
+use resilience_core::config::edge::EdgeConfig;
+use resilience_core::edge::phones::{Counts, PhoneRow, RegisterSent, Router};
 use resilience_sip::{Dropped, Flow, Note, Relay, Transport};
 use serde_json::json;
 use std::collections::{HashMap, VecDeque};

@@ -11,7 +11,7 @@
 //! (`Destination down: OPTIONS sip:10.0.0.2:5060;transport=udp (main)`), so
 //! `grep "WAR.*Destination"` finds them as it finds Kamailio's.
 
-use resilience_core::edge_config::{HealthSection, PbxTarget};
+use resilience_core::config::edge::{HealthSection, PbxTarget};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::UdpSocket;

@@ -9,7 +9,7 @@
 //! a REGISTER is current), and a slow tick applies the rest when nobody
 //! reads. Nobody waits on the channel, so a send never wakes another thread.
 
-use resilience_core::phones::{Aor, PhoneRow};
+use resilience_core::edge::phones::{Aor, PhoneRow};
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};

@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
-use resilience_core::follow_config::{FollowConfig, HooksSection};
+use resilience_core::config::follow::{FollowConfig, HooksSection};
 use resilience_core::follower::{Answer, Event, Follower, Output};
 use serde_json::json;
 use std::path::{Path, PathBuf};

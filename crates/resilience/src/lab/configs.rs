@@ -178,9 +178,9 @@ mod tests {
         for i in 0..2 {
             resilience_core::config::NodeConfig::parse("node.toml", &node(i, &p, "http://x/y"))
                 .unwrap();
-            resilience_core::follow_config::FollowConfig::parse("f.toml", &follower(i, &p))
+            resilience_core::config::follow::FollowConfig::parse("f.toml", &follower(i, &p))
                 .unwrap();
         }
-        resilience_core::edge_config::EdgeConfig::parse("edge.toml", &edge(&p)).unwrap();
+        resilience_core::config::edge::EdgeConfig::parse("edge.toml", &edge(&p)).unwrap();
     }
 }

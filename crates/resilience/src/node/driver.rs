@@ -482,6 +482,9 @@ impl NodeDriver {
             };
             match wake {
                 Wake::Timer => {
+                    if let Some((_, why)) = self.node.next_wake() {
+                        tracing::debug!("woke for {why}");
+                    }
                     let _ = self.node.handle_input(Input::Timeout(Instant::now()));
                 }
                 Wake::Msg(None) => break,

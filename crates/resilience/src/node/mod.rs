@@ -17,7 +17,7 @@ use crate::services::{self, ServiceState, Services};
 pub use driver::NodeDriver;
 use resilience_core::config::NodeConfig;
 use resilience_core::node::{AdminChoice, EventKind, Snapshot};
-use resilience_core::{Command, Event, Input, Node, PbxHealth, Status};
+use resilience_core::{Command, Event, Input, Node, PbxProbe, Status};
 use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -134,8 +134,7 @@ fn spawn_probes(cfg: &NodeConfig, base: &Path, tx: mpsc::Sender<Msg>) {
         let tx = tx.clone();
         let dir = base.to_owned();
         tokio::spawn(async move {
-            let mut last: Option<PbxHealth> = None;
-            let mut failures = 0u32;
+            let mut debounce = PbxProbe::new();
             let mut tick = tokio::time::interval(pbx.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -148,17 +147,8 @@ fn spawn_probes(cfg: &NodeConfig, base: &Path, tx: mpsc::Sender<Msg>) {
                 if let Some(cmd) = &pbx.command {
                     ok &= services::run_in(&dir, cmd, timeout).await.is_ok();
                 }
-                // Two misses in a row before Down: one lost UDP probe is noise.
-                failures = if ok { 0 } else { failures + 1 };
-                let h = if ok {
-                    PbxHealth::Up
-                } else if failures >= 2 {
-                    PbxHealth::Down
-                } else {
-                    continue;
-                };
-                if last != Some(h) {
-                    last = Some(h);
+                // The core's debounce: one lost UDP probe is noise.
+                if let Some(h) = debounce.observe(ok) {
                     if tx.send(Msg::Pbx(h)).await.is_err() {
                         return;
                     }

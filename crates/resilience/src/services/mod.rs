@@ -175,13 +175,7 @@ impl Services {
                 running: running(&self.dir, s).await,
             });
         }
-        let seen = if states.iter().all(|s| s.running == Some(false)) {
-            ServicesAtBoot::Stopped
-        } else if states.iter().all(|s| s.running == Some(true)) {
-            ServicesAtBoot::Running
-        } else {
-            ServicesAtBoot::Unclear
-        };
+        let seen = ServicesAtBoot::from_states(states.iter().map(|s| s.running));
         (seen, states)
     }
 

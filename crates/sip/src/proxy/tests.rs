@@ -46,7 +46,7 @@ Content-Length: 0\r\n\r\n"
     )
 }
 
-fn text(s: &Send) -> String {
+fn text(s: &Outgoing) -> String {
     String::from_utf8(s.bytes.clone()).unwrap()
 }
 

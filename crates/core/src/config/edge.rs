@@ -4,7 +4,7 @@
 //! every error names the line and the key.
 
 use crate::config::{parse_file, ConfigError};
-use crate::phones::Policy;
+use crate::edge::phones::Policy;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -167,10 +167,10 @@ fn d_websocket_idle() -> Duration {
     Duration::from_secs(600)
 }
 fn d_max_fails() -> u32 {
-    crate::web_upstreams::Policy::default().max_fails
+    crate::edge::web_upstreams::Policy::default().max_fails
 }
 fn d_fail_timeout() -> Duration {
-    crate::web_upstreams::Policy::default().fail_timeout
+    crate::edge::web_upstreams::Policy::default().fail_timeout
 }
 
 impl Default for WebSection {
@@ -192,8 +192,8 @@ impl Default for WebSection {
 impl EdgeConfig {
     /// The web upstreams' policy: `[web]` counts and window, `[health]`
     /// counts for the active checks.
-    pub fn web_policy(&self) -> crate::web_upstreams::Policy {
-        crate::web_upstreams::Policy {
+    pub fn web_policy(&self) -> crate::edge::web_upstreams::Policy {
+        crate::edge::web_upstreams::Policy {
             max_fails: self.web.max_fails,
             fail_timeout: self.web.fail_timeout,
             down_after: self.health.down_after,

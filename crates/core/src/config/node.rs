@@ -1,14 +1,14 @@
-//! The node's configuration file: one TOML file per node.
-//!
-//! Parsing is pure (a string in, a [`NodeConfig`] or a [`ConfigError`] out);
-//! reading the file is the runtime's job. Every table denies unknown keys, so a
-//! misspelt key is an error that names its line, never a silent default.
-//! Errors carry the file name, the line, the dotted key and what was expected.
+//! The node's file: `[node]`, `[peer]`, `[heartbeat]`, `[failback]`,
+//! `[drain]`, `[pbx]`, `[[service]]`, `[api]`, and the validation of the
+//! whole file (`[replication]` and `[pbx_settings]` included, whose tables
+//! are in `replication.rs` and `pbx_settings.rs`).
 
+use super::located::{line_of, locate, parse_file, ConfigError};
+use super::pbx_settings::PbxSettingsSection;
+use super::replication::ReplicationSection;
 use crate::heartbeat::MAX_NAME;
 use crate::types::{Mode, NodeType};
 use serde::Deserialize;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -40,280 +40,6 @@ pub struct NodeConfig {
     pub replication: Option<ReplicationSection>,
     #[serde(default)]
     pub pbx_settings: Option<PbxSettingsSection>,
-}
-
-/// `[pbx_settings]`: the PBX settings written while this node is a Main or
-/// a Standby (short SIP expiry, backup proxy for the phones), and restored
-/// byte for byte when `node.type = "disabled"` or the table is removed.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PbxSettingsSection {
-    /// Run after a file changed (e.g. `asterisk -rx "core reload"`).
-    #[serde(default)]
-    pub reload: Option<String>,
-    #[serde(with = "humantime_serde", default = "default_service_timeout")]
-    pub reload_timeout: Duration,
-    #[serde(default)]
-    pub sip_expiry: Option<SipExpirySection>,
-    #[serde(default)]
-    pub provisioning: Option<ProvisioningSection>,
-}
-
-/// `[pbx_settings.sip_expiry]`: registration expiry bounds (XiVO's HA
-/// values by default: 1 min, 5 min, 2 min).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SipExpirySection {
-    /// `pjsip` (AORs of the file) or `chan_sip` (its `[general]`).
-    pub driver: crate::pbx_settings::SipDriver,
-    /// `pjsip.conf` (or the included file holding the AORs), or `sip.conf`.
-    pub file: PathBuf,
-    #[serde(with = "humantime_serde", default = "default_min_expiry")]
-    pub min: Duration,
-    #[serde(with = "humantime_serde", default = "default_max_expiry")]
-    pub max: Duration,
-    #[serde(with = "humantime_serde", default = "default_default_expiry")]
-    pub default: Duration,
-}
-
-impl SipExpirySection {
-    pub fn expiry(&self) -> crate::pbx_settings::Expiry {
-        crate::pbx_settings::Expiry {
-            min: self.min.as_secs(),
-            max: self.max.as_secs(),
-            default: self.default.as_secs(),
-        }
-    }
-}
-
-/// `[pbx_settings.provisioning]`: a file the provisioning server includes
-/// in the phones' line template, Main as proxy/registrar, Standby as backup.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProvisioningSection {
-    pub file: PathBuf,
-    /// The SIP address phones reach each node at.
-    pub main: SocketAddr,
-    pub standby: SocketAddr,
-    /// A template with `{{main_ip}}`, `{{main_port}}`, `{{standby_ip}}`,
-    /// `{{standby_port}}`, `{{expiry}}`; default: provd's line settings (JSON).
-    #[serde(default)]
-    pub template: Option<PathBuf>,
-}
-
-fn default_min_expiry() -> Duration {
-    Duration::from_secs(crate::pbx_settings::Expiry::default().min)
-}
-fn default_max_expiry() -> Duration {
-    Duration::from_secs(crate::pbx_settings::Expiry::default().max)
-}
-fn default_default_expiry() -> Duration {
-    Duration::from_secs(crate::pbx_settings::Expiry::default().default)
-}
-
-/// `[replication]`: Main → Standby copies over TLS under the cluster CA.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReplicationSection {
-    /// Where this node accepts pushes (used while it is the Standby).
-    pub listen: SocketAddr,
-    /// The peer's replication address (pushed to while this node is the Main).
-    pub peer: SocketAddr,
-    /// The cluster CA (`resilience cert init`) and this node's certificate
-    /// and key (`resilience cert issue NAME`).
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// How often the Main pushes every job. Default: 1h
-    #[serde(with = "humantime_serde", default = "default_replication_interval")]
-    pub interval: Duration,
-    /// How long a changed watched folder stays quiet before it is pushed.
-    #[serde(with = "humantime_serde", default = "default_debounce")]
-    pub debounce: Duration,
-    /// Longest wait for the peer's next bytes (or for it to take ours) in a
-    /// session; then the session ends and the job is free again. It also
-    /// covers the peer's scan of a folder before it answers. Default: 30s
-    #[serde(with = "humantime_serde", default = "default_read_timeout")]
-    pub read_timeout: Duration,
-    /// Longest a whole session may last, however it trickles. Default: 6h
-    #[serde(with = "humantime_serde", default = "default_session_timeout")]
-    pub session_timeout: Duration,
-    /// Longest a TLS handshake may take. Default: 10s
-    #[serde(with = "humantime_serde", default = "default_handshake_timeout")]
-    pub handshake_timeout: Duration,
-    /// Connections the replication listener holds at once; more are closed
-    /// at once (and counted). Default: 16
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
-    #[serde(default, rename = "dir")]
-    pub dirs: Vec<DirJobSection>,
-    #[serde(default, rename = "sqlite")]
-    pub sqlite: Vec<SqliteJobSection>,
-    #[serde(default, rename = "postgres")]
-    pub postgres: Vec<PostgresJobSection>,
-    /// Paths (under a replicated folder's `path`, written `JOB/relative`)
-    /// that the Main fetches from the Standby at failback before it asks
-    /// for the service (`failback.data_wait`, `failback.on_data_failure`),
-    /// and that the Standby copies back once stopped (what its drain
-    /// recorded): what it recorded while Active (voicemail, recordings)
-    /// survives.
-    #[serde(default)]
-    pub keep_on_failback: Vec<String>,
-}
-
-/// One SQLite file (Asterisk's astdb), `[[replication.sqlite]]`: a snapshot
-/// by SQLite's online backup, swapped in whole on the Standby.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SqliteJobSection {
-    pub name: String,
-    /// The database file on this node.
-    pub path: PathBuf,
-}
-
-/// One PostgreSQL database, `[[replication.postgres]]`: `pg_dump` on the
-/// Main, restored on the Standby into a staging database that is swapped in
-/// by a transactional rename, so the old copy stays until the new is whole.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresJobSection {
-    pub name: String,
-    /// The database name, same on both nodes.
-    pub database: String,
-    /// The local server: host name or socket folder. Default: 127.0.0.1
-    #[serde(default = "default_pg_host")]
-    pub host: String,
-    /// Default: 5432
-    #[serde(default = "default_pg_port")]
-    pub port: u16,
-    /// A superuser or the database's owner. Default: postgres
-    #[serde(default = "default_pg_user")]
-    pub user: String,
-    /// A libpq password file (PGPASSFILE). Default: none
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    /// Folder of pg_dump, pg_restore and psql. Default: found on PATH
-    #[serde(default)]
-    pub bin_dir: Option<PathBuf>,
-    /// Tables whose rows are not copied (call logs, local settings): their
-    /// schema is, and the Standby keeps its own rows.
-    #[serde(default)]
-    pub exclude_tables: Vec<String>,
-    /// Tables fingerprinted after each restore; at failback the Standby
-    /// reports those that changed while it was Active.
-    #[serde(default)]
-    pub report_tables: Vec<String>,
-    /// Push soon after a commit writes to the database (its write counters
-    /// are read every `watch_poll`; pushed once quiet for
-    /// `replication.debounce`), not only every `replication.interval`.
-    /// Default: true
-    #[serde(default = "default_true")]
-    pub watch: bool,
-    /// How often the write counters are read. Default: 1s
-    #[serde(with = "humantime_serde", default = "default_pg_watch_poll")]
-    pub watch_poll: Duration,
-}
-
-fn default_pg_watch_poll() -> Duration {
-    Duration::from_secs(1)
-}
-
-fn default_pg_host() -> String {
-    "127.0.0.1".into()
-}
-fn default_pg_port() -> u16 {
-    5432
-}
-fn default_pg_user() -> String {
-    "postgres".into()
-}
-
-/// One replicated folder, `[[replication.dir]]`; same name on both nodes.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DirJobSection {
-    pub name: String,
-    /// The folder on this node.
-    pub path: PathBuf,
-    /// Glob patterns of paths (relative to `path`) or names left out.
-    #[serde(default)]
-    pub exclude: Vec<String>,
-    /// Push as soon as something changes in it (debounced), besides the schedule.
-    #[serde(default)]
-    pub watch: bool,
-    /// Who owns what replication creates in this folder on the receiving
-    /// node: a user name or a numeric id. Default: the folder's own owner
-    /// (owners are never copied from the other node, so never root by
-    /// accident).
-    #[serde(default)]
-    pub owner: Option<Principal>,
-    /// The group of what replication creates: a group name or a numeric id.
-    /// Default: the folder's own group.
-    #[serde(default)]
-    pub group: Option<Principal>,
-}
-
-/// A user or a group, by name (`"asterisk"`) or numeric id (`1000` or `"1000"`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
-pub enum Principal {
-    Id(u32),
-    Name(String),
-}
-
-impl Principal {
-    /// The numeric id, when it is one (a name of digits counts, as for chown).
-    pub fn id(&self) -> Option<u32> {
-        match self {
-            Principal::Id(n) => Some(*n),
-            Principal::Name(s) => s.parse().ok(),
-        }
-    }
-
-    /// Whether this can name a user or group: a numeric id, or a name of 1
-    /// to 32 letters, digits, `_`, `.` or `-` (not first), `$` last allowed.
-    pub fn is_valid(&self) -> bool {
-        match self {
-            Principal::Id(_) => true,
-            Principal::Name(s) => {
-                let body = s.strip_suffix('$').unwrap_or(s);
-                !body.is_empty()
-                    && s.len() <= 32
-                    && !body.starts_with('-')
-                    && body
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-            }
-        }
-    }
-}
-
-impl fmt::Display for Principal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Principal::Id(n) => write!(f, "{n}"),
-            Principal::Name(s) => write!(f, "{s}"),
-        }
-    }
-}
-
-fn default_replication_interval() -> Duration {
-    Duration::from_secs(3600)
-}
-fn default_debounce() -> Duration {
-    Duration::from_secs(2)
-}
-fn default_read_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_session_timeout() -> Duration {
-    Duration::from_secs(6 * 3600)
-}
-fn default_handshake_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_max_connections() -> usize {
-    16
 }
 
 /// `[node]`: who this node is.
@@ -593,7 +319,7 @@ fn default_split_brain() -> SplitBrainPolicy {
 fn default_data_wait() -> Duration {
     Duration::from_secs(120)
 }
-fn default_true() -> bool {
+pub(super) fn default_true() -> bool {
     true
 }
 fn default_drain_timeout() -> Duration {
@@ -611,7 +337,7 @@ fn default_arbiter_interval() -> Duration {
 fn default_pbx_interval() -> Duration {
     Duration::from_secs(1)
 }
-fn default_service_timeout() -> Duration {
+pub(super) fn default_service_timeout() -> Duration {
     Duration::from_secs(60)
 }
 fn default_retries() -> u32 {
@@ -696,130 +422,6 @@ impl Default for ApiSection {
             hosts: Vec::new(),
         }
     }
-}
-
-/// A configuration that cannot be used, located in its file.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub struct ConfigError {
-    /// The file as the user named it.
-    pub file: String,
-    /// 1-based line, when the error has a place.
-    pub line: Option<usize>,
-    /// Dotted key (`heartbeat.interval`, `service[1].name`), when known.
-    pub key: Option<String>,
-    /// What is wrong and what was expected.
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file)?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-        }
-        if let Some(key) = &self.key {
-            write!(f, ": key `{key}`")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
-fn line_of(src: &str, offset: usize) -> usize {
-    src.as_bytes()[..offset.min(src.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
-}
-
-/// Turn serde's path (`service.1.name`) into the user's (`service[1].name`).
-fn dotted(path: &serde_path_to_error::Path) -> Option<String> {
-    use serde_path_to_error::Segment;
-    let mut out = String::new();
-    for seg in path.iter() {
-        match seg {
-            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
-            Segment::Map { key } | Segment::Enum { variant: key } => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(key);
-            }
-            Segment::Unknown => {}
-        }
-    }
-    (!out.is_empty()).then_some(out)
-}
-
-/// Find where a dotted key sits in the document, for errors found after
-/// deserialisation (validation). `service[1].name` style paths are understood;
-/// when a part is missing, the nearest enclosing key is given.
-fn locate(src: &str, key: &str) -> Option<usize> {
-    let doc = toml_edit::Document::parse(src).ok()?;
-    let mut table: &dyn toml_edit::TableLike = doc.as_table();
-    let mut best = None;
-    for part in key.split('.') {
-        let (name, index) = match part.split_once('[') {
-            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
-            None => (part, None),
-        };
-        let Some((k, v)) = table.get_key_value(name) else {
-            break;
-        };
-        best = k.span().map(|s| s.start).or(best);
-        let next = match (v, index) {
-            (toml_edit::Item::ArrayOfTables(a), Some(i)) => a.get(i).map(|t| {
-                best = t.span().map(|s| s.start).or(best);
-                t as &dyn toml_edit::TableLike
-            }),
-            (v, None) => v.as_table_like(),
-            _ => None,
-        };
-        match next {
-            Some(t) => table = t,
-            None => break,
-        }
-    }
-    best
-}
-
-/// Deserialize `src` (the text of `file`) into `T`, then run `validate`;
-/// every error located by line and dotted key. Shared by the node's and the
-/// edge's files.
-pub(crate) fn parse_file<T: serde::de::DeserializeOwned>(
-    file: &str,
-    src: &str,
-    validate: impl FnOnce(&T) -> Result<(), (String, String)>,
-) -> Result<T, ConfigError> {
-    let err = |line, key, message: String| ConfigError {
-        file: file.to_owned(),
-        line,
-        key,
-        message,
-    };
-    let de = toml::de::Deserializer::parse(src).map_err(|e| {
-        err(
-            e.span().map(|s| line_of(src, s.start)),
-            None,
-            e.message().to_owned(),
-        )
-    })?;
-    let cfg: T = serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = dotted(e.path());
-        let inner = e.inner();
-        let line = inner.span().map(|s| line_of(src, s.start)).or_else(|| {
-            key.as_deref()
-                .and_then(|k| locate(src, k))
-                .map(|o| line_of(src, o))
-        });
-        err(line, key, explain(inner.message()))
-    })?;
-    validate(&cfg).map_err(|(key, message)| {
-        let line = locate(src, &key).map(|o| line_of(src, o));
-        err(line, Some(key), message)
-    })?;
-    Ok(cfg)
 }
 
 impl NodeConfig {
@@ -1110,23 +712,10 @@ pub(crate) fn validate_services(services: &[ServiceSection]) -> Result<(), (Stri
     Ok(())
 }
 
-/// Serde's messages, made to say what is expected in this file's terms.
-fn explain(msg: &str) -> String {
-    if msg.contains("expected a duration")
-        || msg.contains("time unit")
-        || msg.contains("invalid duration")
-        || msg.contains("number is expected")
-        || msg.contains("unknown unit")
-    {
-        format!("{msg}; expected a duration such as \"200ms\", \"3s\" or \"10m\"")
-    } else {
-        msg.to_owned()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Principal;
 
     const MAIN: &str = r#"
 [node]
