@@ -38,6 +38,7 @@ mod io;
 mod lifecycle;
 mod new_calls;
 mod peer;
+mod push;
 mod switchover;
 
 pub use event::{Event, EventKind};
@@ -46,6 +47,7 @@ pub use io::{
     DataFailurePolicy, DataGate, DrainPolicy, FailbackPolicy, Input, InputError, NewCallsPolicy,
     Output, Persisted, ServicesAtBoot, Settings, Transmit,
 };
+pub use push::PushRefusal;
 
 use crate::config::SplitBrainPolicy;
 use crate::heartbeat::{self, Flags, Frame, Reject};
