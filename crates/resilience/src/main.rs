@@ -16,6 +16,7 @@ mod replication;
 mod secret;
 mod services;
 mod standin;
+mod status;
 mod web;
 
 use clap::Parser;

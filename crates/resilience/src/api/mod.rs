@@ -7,6 +7,7 @@ pub mod server;
 
 use crate::node::store::EventsPage;
 use crate::node::Msg;
+use crate::status::{HaStatus, HistoryPage, NodeView};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -25,8 +26,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 #[derive(Clone)]
 pub struct ApiState {
     pub tx: mpsc::Sender<Msg>,
-    pub status: watch::Receiver<serde_json::Value>,
-    pub ha: watch::Receiver<serde_json::Value>,
+    /// Typed, with the core's snapshot: the push permission is the
+    /// core's rule over it ([`push_refusal`]). `None` until the loop's first step.
+    pub status: watch::Receiver<Option<NodeView>>,
+    pub ha: watch::Receiver<Option<HaStatus>>,
     pub token: Arc<String>,
     pub metrics: PrometheusHandle,
     pub replicator: Option<Arc<crate::replication::Replicator>>,
@@ -112,18 +115,25 @@ fn authorized(state: &ApiState, headers: &HeaderMap) -> Result<(), &'static str>
     }
 }
 
-async fn ha(State(s): State<ApiState>) -> Json<serde_json::Value> {
-    Json(s.ha.borrow().clone())
+async fn ha(State(s): State<ApiState>) -> Response {
+    let ha = s.ha.borrow().clone();
+    match ha {
+        Some(ha) => Json(ha).into_response(),
+        None => Json(json!({})).into_response(),
+    }
 }
 
-async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
-    let mut doc = s.status.borrow().clone();
+async fn status(State(s): State<ApiState>) -> Response {
+    let doc = s.status.borrow().as_ref().map(|v| v.doc.clone());
+    let Some(mut doc) = doc else {
+        return Json(json!({})).into_response();
+    };
     // Replication runs beside the node loop: read it now, not as of the last tick.
     if let Some(r) = &s.replicator {
-        doc["replication"] = r.status_json();
+        doc.replication = Some(r.status_json());
     }
-    doc["pbx_settings"] = (*s.pbx_settings).clone();
-    Json(doc)
+    doc.pbx_settings = Some((*s.pbx_settings).clone());
+    Json(doc).into_response()
 }
 
 /// Most events one `GET /api/v1/events` returns: a page, never the whole
@@ -160,7 +170,12 @@ async fn events(State(s): State<ApiState>, Query(q): Query<EventsQuery>) -> Resp
             let next = (limit > 0 && ev.len() == limit)
                 .then(|| ev.last().map(|e| e.id))
                 .flatten();
-            Json(json!({ "events": ev, "limit": limit, "next_before": next })).into_response()
+            Json(HistoryPage {
+                events: ev,
+                limit,
+                next_before: next,
+            })
+            .into_response()
         }
         _ => error(StatusCode::SERVICE_UNAVAILABLE, "node loop did not answer"),
     }
@@ -217,20 +232,13 @@ async fn switchover(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     command(&s, &headers, Command::Switchover).await
 }
 
-/// Why this node may not push now, if it may not: only the Active Main
-/// pushes, and never onto an Active Standby.
-pub fn push_refusal(status: &serde_json::Value) -> Option<String> {
-    let node = &status["node"];
-    if node["node_type"] != "main" {
-        return Some("only the main pushes; the standby never does".into());
+/// Why this node may not push now, if it may not: the core's rule
+/// ([`Snapshot::may_push_data`]) over the last published snapshot.
+pub fn push_refusal(view: &Option<NodeView>) -> Option<String> {
+    match view {
+        Some(v) => v.snapshot.may_push_data().err().map(|r| r.to_string()),
+        None => Some("the node has not published its state yet".into()),
     }
-    if node["active"] != true {
-        return Some("this main is not active: its copy is not the one in service".into());
-    }
-    if status["peer"]["active"] == true {
-        return Some("the standby is active: replication pauses until failback".into());
-    }
-    None
 }
 
 async fn replicate(State(s): State<ApiState>, headers: HeaderMap) -> Response {

@@ -13,12 +13,13 @@ mod store_thread;
 
 use crate::api::{self, ApiState};
 use crate::services::{self, ServiceState, Services};
+use crate::status::{self, HaStatus, NodeStatus, NodeView, StateWord};
 use anyhow::Context;
 use resilience_core::config::NodeConfig;
-use resilience_core::node::{AdminChoice, EventKind, Snapshot};
+use resilience_core::node::{EventKind, Snapshot};
 use resilience_core::{
     Action, ActionError, ActionId, ActionKind, ActionOutcome, ClusterKey, Command, Event, Input,
-    InputError, Node, NodeType, Output, PbxHealth, ServicesAtBoot, Settings, Status,
+    InputError, Node, NodeType, Output, PbxHealth, ServicesAtBoot, Settings,
 };
 use serde_json::json;
 use std::net::SocketAddr;
@@ -257,8 +258,8 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
 
     spawn_probes(&cfg, &base, tx.clone());
 
-    let (status_tx, status_rx) = watch::channel(json!({}));
-    let (ha_tx, ha_rx) = watch::channel(json!({}));
+    let (status_tx, status_rx) = watch::channel(None);
+    let (ha_tx, ha_rx) = watch::channel(None);
     let (events_tx, _) = broadcast::channel::<serde_json::Value>(256);
     let replicator = cfg.replication.clone().map(|r| {
         let peer = cfg
@@ -359,7 +360,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
     let mut service_states: Vec<ServiceState> = Vec::new();
     let peer_addrs = node.settings().peer_addrs.clone();
     let calls_cmd = cfg.drain.active_calls_command.clone();
-    let mut last_peer: Option<&'static str> = None;
+    let mut last_peer: Option<StateWord> = None;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -516,7 +517,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                 last_peer = Some(word);
                 let text = format!("peer {name} is {word}");
                 let at_ms = unix_ms(SystemTime::now());
-                store.event(at_ms, "peer_state", &text);
+                store.state_event(at_ms, "peer_state", &text, word);
             }
         }
 
@@ -714,7 +715,10 @@ fn record_event(
     }
     let at_ms = wall(e.at);
     let kind = e.kind.label();
-    store.event(at_ms, kind, &text);
+    match e.kind.sets_active() {
+        Some(active) => store.state_event(at_ms, kind, &text, StateWord::active(active)),
+        None => store.event(at_ms, kind, &text),
+    }
     let _ = events.send(json!({"at_ms": at_ms, "kind": kind, "text": text}));
 }
 
@@ -803,14 +807,6 @@ pub async fn shutdown_signal() {
     }
 }
 
-fn status_word(s: Status) -> &'static str {
-    if s.is_active() {
-        "active"
-    } else {
-        "inactive"
-    }
-}
-
 /// Refresh the documents the API serves; the peer's name and its state as
 /// heard (`active`, `inactive` or `silent`).
 fn publish(
@@ -818,26 +814,11 @@ fn publish(
     cfg: &NodeConfig,
     c: &Counters,
     services: &[ServiceState],
-    status_tx: &watch::Sender<serde_json::Value>,
-    ha_tx: &watch::Sender<serde_json::Value>,
-) -> Option<(String, &'static str)> {
-    let now = Instant::now();
-    let s: Snapshot = node.snapshot(now);
-    let remote = cfg
-        .peer
-        .as_ref()
-        .map(|p| p.address.ip().to_string())
-        .unwrap_or_default();
-    let ha = json!({
-        "node_type": s.node_type.to_string(),
-        "mode": s.mode.to_string(),
-        // `active`: takes new calls (the edge and the followers route by
-        // it); `services`: they run; `draining`: calls in progress end here.
-        "active": s.takes_new_calls,
-        "services": s.status.occupies(),
-        "draining": s.status == Status::Draining,
-        "remote_address": remote,
-    });
+    status_tx: &watch::Sender<Option<NodeView>>,
+    ha_tx: &watch::Sender<Option<HaStatus>>,
+) -> Option<(String, StateWord)> {
+    let s: Snapshot = node.snapshot(Instant::now());
+    let ha = Some(HaStatus::of(&s, cfg));
     ha_tx.send_if_modified(|old| {
         if *old != ha {
             *old = ha;
@@ -846,75 +827,15 @@ fn publish(
             false
         }
     });
-    let peer = s.peer.as_ref().map(|p| {
-        json!({
-            "name": p.name,
-            "address": cfg.peer.as_ref().map(|x| x.address.to_string()),
-            "heard": p.heard,
-            "last_heard_ago_s": p.last_heard_ago.map(|d| d.as_secs_f64()),
-            "status": p.status.map(|s| s.to_string()),
-            "active": p.status.map(|s| s.is_active()),
-            "pbx": p.pbx.map(|h| h.to_string()),
-            "epoch": p.epoch,
-            "yielding": p.yielding,
-            "replication": p.replication,
-        })
-    });
-    let rejected: serde_json::Map<String, serde_json::Value> = s
-        .rejected
-        .iter()
-        .map(|(k, v)| (k.to_string(), json!(v)))
-        .collect();
-    let doc = json!({
-        "node": {
-            "name": s.name,
-            "node_type": s.node_type.to_string(),
-            "mode": s.mode.to_string(),
-            "status": s.status.to_string(),
-            "state": status_word(s.status),
-            "active": s.active,
-            "takes_new_calls": s.takes_new_calls,
-            "epoch": s.epoch,
-            "reason": s.reason,
-            "held": s.admin == Some(AdminChoice::Stop),
-            "switched_away": s.admin == Some(AdminChoice::SwitchedAway),
-            "switchover": s.switchover,
-            "guard": s.guard,
-            "admin": s.admin.map(|a| format!("{a:?}").to_lowercase()),
-            "faulted": s.faulted,
-            "arbiter_ok": s.arbiter_ok,
-            "arbiters": cfg.arbiters.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-        },
-        "pbx": { "health": s.pbx.to_string(), "probe": cfg.pbx.sip_options.map(|a| a.to_string()) },
-        "peer": peer,
-        "services": services,
-        "failback": {
-            "policy": format!("{:?}", cfg.failback.policy).to_lowercase(),
-            "new_calls": format!("{:?}", cfg.failback.new_calls).to_lowercase(),
-            "pending": s.failback_wait.is_some() || s.want_active,
-            "requested": s.want_active,
-            "waiting_because": s.failback_wait,
-            "due_in_s": s.failback_due_in.map(|d| d.as_secs_f64()),
-        },
-        "drain": { "active_calls": s.calls },
-        "lab": cfg.api.lab_url,
-        "heartbeat": {
-            "interval_ms": cfg.heartbeat.interval.as_millis() as u64,
-            "failover_after_ms": cfg.heartbeat.failover_after.as_millis() as u64,
-            "sent": c.frames_sent,
-            "received": c.frames_received,
-            "send_errors": c.send_errors,
-            "rejected": rejected,
-        },
-        "history": { "dropped": c.history_dropped },
-    });
+    let counts = status::Counts {
+        sent: c.frames_sent,
+        received: c.frames_received,
+        send_errors: c.send_errors,
+        history_dropped: c.history_dropped,
+    };
+    let doc = NodeStatus::of(&s, cfg, services, counts);
     api::update_metrics(&s, c.frames_sent, c.frames_received);
-    status_tx.send_replace(doc);
-    s.peer.map(|p| {
-        let word = match (p.heard, p.status) {
-            (true, Some(st)) => status_word(st),
-            _ => "silent",
-        };
-        (p.name, word)
-    })
+    let heard = doc.peer.as_ref().map(|p| (p.name.clone(), p.word()));
+    status_tx.send_replace(Some(NodeView { snapshot: s, doc }));
+    heard
 }
