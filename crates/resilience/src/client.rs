@@ -4,7 +4,7 @@
 //! Exit codes, for scripts: 0 done; 1 refused by the node (the reason is
 //! printed); 3 the node could not be reached; 4 the token was refused.
 
-use crate::status::{EventRow, HistoryPage, NodeStatus};
+use crate::status::{ApiAnswer, EventRow, HistoryPage, NodeStatus, PushAnswer};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -137,12 +137,10 @@ fn get(t: &Target, path: &str) -> Result<Value, (i32, String)> {
         .read_json()
         .map_err(|e| (EXIT_UNREACHABLE, format!("{url}: answer is not JSON: {e}")))?;
     if status != 200 {
+        let a: ApiAnswer = serde_json::from_value(body).unwrap_or_default();
         return Err((
             EXIT_REFUSED,
-            format!(
-                "{url}: HTTP {status}: {}",
-                body["error"].as_str().unwrap_or("")
-            ),
+            format!("{url}: HTTP {status}: {}", a.error.unwrap_or_default()),
         ));
     }
     Ok(body)
@@ -158,19 +156,16 @@ fn post(t: &Target, path: &str) -> Result<String, (i32, String)> {
         .send_empty()
         .map_err(|e| (EXIT_UNREACHABLE, format!("{url}: {e}")))?;
     let status = resp.status().as_u16();
-    let body: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
+    let body: ApiAnswer = resp.body_mut().read_json().unwrap_or_default();
     match status {
-        200 => Ok(body["message"].as_str().unwrap_or("done").to_owned()),
+        200 => Ok(body.message.unwrap_or_else(|| "done".into())),
         401 => Err((
             EXIT_UNAUTHORIZED,
-            body["error"].as_str().unwrap_or("unauthorized").to_owned(),
+            body.error.unwrap_or_else(|| "unauthorized".into()),
         )),
         _ => Err((
             EXIT_REFUSED,
-            body["error"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| format!("HTTP {status}")),
+            body.error.unwrap_or_else(|| format!("HTTP {status}")),
         )),
     }
 }
@@ -328,22 +323,22 @@ pub fn replicate(t: &Target) -> i32 {
         }
     };
     let status = resp.status().as_u16();
-    let body: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
     match status {
         200 => {
+            let body: PushAnswer = resp.body_mut().read_json().unwrap_or_default();
             let mut failed = false;
-            for j in body["jobs"].as_array().into_iter().flatten() {
-                match j["error"].as_str() {
+            for j in &body.jobs {
+                match &j.error {
                     Some(e) => {
                         failed = true;
-                        eprintln!("{}: FAILED: {e}", j["job"].as_str().unwrap_or("?"));
+                        eprintln!("{}: FAILED: {e}", j.job);
                     }
                     None => println!(
                         "{}: {} files, {} bytes, {} deleted",
-                        j["job"].as_str().unwrap_or("?"),
-                        j["files"],
-                        j["bytes"],
-                        j["deleted"]
+                        j.job,
+                        j.files.unwrap_or(0),
+                        j.bytes.unwrap_or(0),
+                        j.deleted.unwrap_or(0)
                     ),
                 }
             }
@@ -354,11 +349,13 @@ pub fn replicate(t: &Target) -> i32 {
             }
         }
         401 => {
-            eprintln!("{}", body["error"].as_str().unwrap_or("unauthorized"));
+            let body: ApiAnswer = resp.body_mut().read_json().unwrap_or_default();
+            eprintln!("{}", body.error.as_deref().unwrap_or("unauthorized"));
             EXIT_UNAUTHORIZED
         }
         _ => {
-            eprintln!("{}", body["error"].as_str().unwrap_or("refused"));
+            let body: ApiAnswer = resp.body_mut().read_json().unwrap_or_default();
+            eprintln!("{}", body.error.as_deref().unwrap_or("refused"));
             EXIT_REFUSED
         }
     }

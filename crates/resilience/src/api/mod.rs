@@ -7,7 +7,7 @@ pub mod server;
 
 use crate::node::store::EventsPage;
 use crate::node::Msg;
-use crate::status::{HaStatus, HistoryPage, NodeView};
+use crate::status::{ApiAnswer, HaStatus, HistoryPage, NodeView, PushAnswer, PushJob};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -96,7 +96,11 @@ pub async fn serve(
 }
 
 fn error(code: StatusCode, msg: impl Into<String>) -> Response {
-    (code, Json(json!({"error": msg.into()}))).into_response()
+    let answer = ApiAnswer {
+        error: Some(msg.into()),
+        ..ApiAnswer::default()
+    };
+    (code, Json(answer)).into_response()
 }
 
 /// `Err(reason)` when the call must be refused with 401.
@@ -196,12 +200,20 @@ async fn command(s: &ApiState, headers: &HeaderMap, cmd: Command) -> Response {
         return error(StatusCode::SERVICE_UNAVAILABLE, "node loop stopped");
     }
     match tokio::time::timeout(Duration::from_secs(5), rx).await {
-        Ok(Ok(Ok(msg))) => Json(json!({"ok": true, "message": msg})).into_response(),
+        Ok(Ok(Ok(msg))) => Json(ApiAnswer {
+            ok: Some(true),
+            message: Some(msg),
+            ..ApiAnswer::default()
+        })
+        .into_response(),
         Ok(Ok(Err(reason))) => (
             StatusCode::CONFLICT,
-            Json(
-                json!({"ok": false, "error": format!("{cmd} refused: {reason}"), "reason": reason}),
-            ),
+            Json(ApiAnswer {
+                ok: Some(false),
+                error: Some(format!("{cmd} refused: {reason}")),
+                reason: Some(reason),
+                message: None,
+            }),
         )
             .into_response(),
         _ => error(StatusCode::SERVICE_UNAVAILABLE, "node loop did not answer"),
@@ -255,16 +267,28 @@ async fn replicate(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     if let Some(why) = refusal {
         return error(StatusCode::CONFLICT, why);
     }
-    let jobs: Vec<serde_json::Value> = r
+    let jobs = r
         .push_all()
         .await
         .into_iter()
         .map(|(job, res)| match res {
-            Ok(a) => json!({"job": job, "files": a.files, "bytes": a.bytes, "deleted": a.deleted}),
-            Err(e) => json!({"job": job, "error": e}),
+            Ok(a) => PushJob {
+                job,
+                files: Some(a.files),
+                bytes: Some(a.bytes),
+                deleted: Some(a.deleted),
+                error: None,
+            },
+            Err(e) => PushJob {
+                job,
+                files: None,
+                bytes: None,
+                deleted: None,
+                error: Some(e),
+            },
         })
         .collect();
-    Json(json!({ "jobs": jobs })).into_response()
+    Json(PushAnswer { jobs }).into_response()
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {
