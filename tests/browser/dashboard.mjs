@@ -96,7 +96,9 @@ try {
   for (const [name, page] of Object.entries(pages)) {
     check(await page.evaluate(() => window.__noReload === true), `${name} page was not reloaded`);
   }
-  await main.waitForTimeout(5500); // one timeline refresh
+  // The main's own row (drawn at y=6) shows the time it served: the
+  // timeline reads each event's typed state, not its text (which ends with a reason).
+  await main.waitForSelector('#timeline rect.active[y="6"]', { state: "attached", timeout: 15000 });
   check((await main.locator("#timeline rect").count()) >= 2, "the timeline draws both rows");
   await main.screenshot({ path: `${ARTIFACTS}/dashboard-main.png`, fullPage: true });
   console.log(`screenshots in ${ARTIFACTS}`);

@@ -1,11 +1,11 @@
 //! Small value types shared by the configuration, the wire codec and the node.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
 
 /// What a node is configured to be (XiVO's "node type").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeType {
     /// No high availability: a standalone PBX that always serves.
@@ -17,7 +17,7 @@ pub enum NodeType {
 }
 
 /// Who decides when a node becomes Active.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// The heartbeat decides (XiVO's "Administration in Automatic Failover Mode").
@@ -27,8 +27,10 @@ pub enum Mode {
     Manual,
 }
 
-/// Where a node stands with its services. Sent in every heartbeat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Where a node stands with its services. Sent in every heartbeat; in the
+/// status documents by its [`fmt::Display`] word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Services stopped.
     Inactive,
@@ -60,7 +62,8 @@ impl Status {
 }
 
 /// Health of the local PBX as the runtime's probe last saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PbxHealth {
     /// Not probed yet, or not running (an Inactive node's PBX is stopped).
     Unknown,

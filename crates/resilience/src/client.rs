@@ -4,6 +4,7 @@
 //! Exit codes, for scripts: 0 done; 1 refused by the node (the reason is
 //! printed); 3 the node could not be reached; 4 the token was refused.
 
+use crate::status::{ApiAnswer, EventRow, HistoryPage, NodeStatus, PushAnswer};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -103,12 +104,10 @@ fn get(t: &Target, path: &str) -> Result<Value, (i32, String)> {
         .read_json()
         .map_err(|e| (EXIT_UNREACHABLE, format!("{url}: answer is not JSON: {e}")))?;
     if status != 200 {
+        let a: ApiAnswer = serde_json::from_value(body).unwrap_or_default();
         return Err((
             EXIT_REFUSED,
-            format!(
-                "{url}: HTTP {status}: {}",
-                body["error"].as_str().unwrap_or("")
-            ),
+            format!("{url}: HTTP {status}: {}", a.error.unwrap_or_default()),
         ));
     }
     Ok(body)
@@ -124,19 +123,16 @@ fn post(t: &Target, path: &str) -> Result<String, (i32, String)> {
         .send_empty()
         .map_err(|e| (EXIT_UNREACHABLE, format!("{url}: {e}")))?;
     let status = resp.status().as_u16();
-    let body: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
+    let body: ApiAnswer = resp.body_mut().read_json().unwrap_or_default();
     match status {
-        200 => Ok(body["message"].as_str().unwrap_or("done").to_owned()),
+        200 => Ok(body.message.unwrap_or_else(|| "done".into())),
         401 => Err((
             EXIT_UNAUTHORIZED,
-            body["error"].as_str().unwrap_or("unauthorized").to_owned(),
+            body.error.unwrap_or_else(|| "unauthorized".into()),
         )),
         _ => Err((
             EXIT_REFUSED,
-            body["error"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| format!("HTTP {status}")),
+            body.error.unwrap_or_else(|| format!("HTTP {status}")),
         )),
     }
 }
@@ -155,105 +151,100 @@ fn finish(r: Result<String, (i32, String)>) -> i32 {
 }
 
 pub fn status(t: &Target, as_json: bool) -> i32 {
-    finish(get(t, "/api/v1/status").map(|doc| {
+    finish(get(t, "/api/v1/status").and_then(|doc| {
         if as_json {
-            serde_json::to_string_pretty(&doc).unwrap_or_default()
-        } else {
-            render_status(&doc)
+            return Ok(serde_json::to_string_pretty(&doc).unwrap_or_default());
         }
+        let doc: NodeStatus = serde_json::from_value(doc).map_err(|e| {
+            (
+                EXIT_UNREACHABLE,
+                format!("{}/api/v1/status: not a node's status: {e}", t.api),
+            )
+        })?;
+        Ok(render_status(&doc))
     }))
 }
 
-fn secs(v: &Value) -> String {
-    v.as_f64()
-        .map_or("never".into(), |s| format!("{s:.1}s ago"))
+fn secs(v: Option<f64>) -> String {
+    v.map_or("never".into(), |s| format!("{s:.1}s ago"))
 }
 
 /// The status document in a few lines an admin reads at a glance.
 /// Long because it renders each section of the node's status document in
 /// the order shown; the CLI's status output is being reworked separately.
-pub fn render_status(d: &Value) -> String {
-    let n = &d["node"];
+pub fn render_status(d: &NodeStatus) -> String {
+    let n = &d.node;
     let mut out = format!(
         "{} ({} node, {} mode): {} [{}], epoch {}\n  why: {}\n  PBX: {}",
-        n["name"].as_str().unwrap_or("?"),
-        n["node_type"].as_str().unwrap_or("?"),
-        n["mode"].as_str().unwrap_or("?"),
-        if n["active"].as_bool() == Some(true) {
-            "ACTIVE"
-        } else {
-            "INACTIVE"
-        },
-        n["status"].as_str().unwrap_or("?"),
-        n["epoch"],
-        n["reason"].as_str().unwrap_or(""),
-        d["pbx"]["health"].as_str().unwrap_or("?"),
+        n.name,
+        n.node_type,
+        n.mode,
+        if n.active { "ACTIVE" } else { "INACTIVE" },
+        n.status,
+        n.epoch,
+        n.reason,
+        d.pbx.health,
     );
-    if n["held"].as_bool() == Some(true) {
+    if n.held {
         out.push_str("\n  held inactive by an admin (yields to the peer)");
     }
-    if n["faulted"].as_bool() == Some(true) {
+    if n.faulted {
         out.push_str("\n  FAULTED: yields to the peer for a while");
     }
-    if let Some(w) = n["switchover"].as_str() {
+    if let Some(w) = &n.switchover {
         out.push_str(&format!("\n  switchover: {w}"));
     }
-    if let Some(w) = n["guard"].as_str() {
+    if let Some(w) = &n.guard {
         out.push_str(&format!("\n  NOT SERVING: {w}"));
     }
-    let p = &d["peer"];
-    if p.is_object() {
+    if let Some(p) = &d.peer {
         out.push_str(&format!(
             "\n  peer {}: {}, last heard {}, PBX {}",
-            p["name"].as_str().unwrap_or("?"),
-            if p["heard"].as_bool() == Some(true) {
-                p["status"].as_str().unwrap_or("?")
-            } else {
-                "SILENT"
+            p.name,
+            match (p.heard, p.status) {
+                (true, Some(st)) => st.to_string(),
+                (true, None) => "?".into(),
+                (false, _) => "SILENT".into(),
             },
-            secs(&p["last_heard_ago_s"]),
-            p["pbx"].as_str().unwrap_or("?"),
+            secs(p.last_heard_ago_s),
+            p.pbx.map_or("?".into(), |h| h.to_string()),
         ));
     }
-    let f = &d["failback"];
-    if let Some(w) = f["waiting_because"].as_str() {
+    let f = &d.failback;
+    if let Some(w) = &f.waiting_because {
         out.push_str(&format!("\n  failback pending: {w}"));
-        if let Some(s) = f["due_in_s"].as_f64() {
+        if let Some(s) = f.due_in_s {
             out.push_str(&format!(" ({s:.0}s left)"));
         }
-    } else if f["requested"].as_bool() == Some(true) {
+    } else if f.requested {
         out.push_str("\n  failback requested: waiting for the standby to hand over");
     }
-    if let Some(list) = d["services"].as_array() {
-        let s: Vec<String> = list
-            .iter()
-            .map(|s| {
-                let state = match s["running"].as_bool() {
-                    Some(true) => "running",
-                    Some(false) => "stopped",
-                    None => "unknown",
-                };
-                format!("{} {state}", s["name"].as_str().unwrap_or("?"))
-            })
-            .collect();
-        if !s.is_empty() {
-            out.push_str(&format!("\n  services: {}", s.join(", ")));
-        }
-    }
-    let hb = &d["heartbeat"];
-    let rejected: Vec<String> = hb["rejected"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect()
+    let s: Vec<String> = d
+        .services
+        .iter()
+        .map(|s| {
+            let state = match s.running {
+                Some(true) => "running",
+                Some(false) => "stopped",
+                None => "unknown",
+            };
+            format!("{} {state}", s.name)
         })
-        .unwrap_or_default();
+        .collect();
+    if !s.is_empty() {
+        out.push_str(&format!("\n  services: {}", s.join(", ")));
+    }
+    let hb = &d.heartbeat;
+    let rejected: Vec<String> = hb
+        .rejected
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
     out.push_str(&format!(
         "\n  heartbeats: sent {}, received {}, rejected: {}",
-        hb["sent"],
-        hb["received"],
+        hb.sent,
+        hb.received,
         if rejected.is_empty() {
             "none".into()
         } else {
@@ -301,22 +292,22 @@ pub fn replicate(t: &Target) -> i32 {
         }
     };
     let status = resp.status().as_u16();
-    let body: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
     match status {
         200 => {
+            let body: PushAnswer = resp.body_mut().read_json().unwrap_or_default();
             let mut failed = false;
-            for j in body["jobs"].as_array().into_iter().flatten() {
-                match j["error"].as_str() {
+            for j in &body.jobs {
+                match &j.error {
                     Some(e) => {
                         failed = true;
-                        eprintln!("{}: FAILED: {e}", j["job"].as_str().unwrap_or("?"));
+                        eprintln!("{}: FAILED: {e}", j.job);
                     }
                     None => println!(
                         "{}: {} files, {} bytes, {} deleted",
-                        j["job"].as_str().unwrap_or("?"),
-                        j["files"],
-                        j["bytes"],
-                        j["deleted"]
+                        j.job,
+                        j.files.unwrap_or(0),
+                        j.bytes.unwrap_or(0),
+                        j.deleted.unwrap_or(0)
                     ),
                 }
             }
@@ -327,11 +318,13 @@ pub fn replicate(t: &Target) -> i32 {
             }
         }
         401 => {
-            eprintln!("{}", body["error"].as_str().unwrap_or("unauthorized"));
+            let body: ApiAnswer = resp.body_mut().read_json().unwrap_or_default();
+            eprintln!("{}", body.error.as_deref().unwrap_or("unauthorized"));
             EXIT_UNAUTHORIZED
         }
         _ => {
-            eprintln!("{}", body["error"].as_str().unwrap_or("refused"));
+            let body: ApiAnswer = resp.body_mut().read_json().unwrap_or_default();
+            eprintln!("{}", body.error.as_deref().unwrap_or("refused"));
             EXIT_REFUSED
         }
     }
@@ -347,8 +340,8 @@ pub fn switchover(t: &Target) -> i32 {
 
 /// The newest `limit` events, read page by page (the API returns at most
 /// a page per request and the cursor of the next).
-fn events_paged(t: &Target, limit: usize) -> Result<Vec<Value>, (i32, String)> {
-    let mut out: Vec<Value> = Vec::new();
+fn events_paged(t: &Target, limit: usize) -> Result<Vec<EventRow>, (i32, String)> {
+    let mut out: Vec<EventRow> = Vec::new();
     let mut before: Option<i64> = None;
     while out.len() < limit {
         let want = limit - out.len();
@@ -356,14 +349,15 @@ fn events_paged(t: &Target, limit: usize) -> Result<Vec<Value>, (i32, String)> {
             Some(b) => format!("/api/v1/events?limit={want}&before={b}"),
             None => format!("/api/v1/events?limit={want}"),
         };
-        let mut doc = get(t, &path)?;
-        let page = match doc.get_mut("events").map(Value::take) {
-            Some(Value::Array(v)) => v,
-            _ => Vec::new(),
-        };
-        let empty = page.is_empty();
-        out.extend(page);
-        before = doc["next_before"].as_i64();
+        let page: HistoryPage = serde_json::from_value(get(t, &path)?).map_err(|e| {
+            (
+                EXIT_UNREACHABLE,
+                format!("{}{path}: not a page of events: {e}", t.api),
+            )
+        })?;
+        let empty = page.events.is_empty();
+        out.extend(page.events);
+        before = page.next_before;
         if empty || before.is_none() {
             break;
         }
@@ -378,15 +372,10 @@ pub fn events(t: &Target, limit: usize, as_json: bool) -> i32 {
             return serde_json::to_string_pretty(&serde_json::json!({ "events": events }))
                 .unwrap_or_default();
         }
-        let mut lines = Vec::new();
-        for e in &events {
-            let ms = e["at_ms"].as_i64().unwrap_or(0);
-            lines.push(format!(
-                "{}  {}",
-                format_ms(ms),
-                e["text"].as_str().unwrap_or("")
-            ));
-        }
+        let lines: Vec<String> = events
+            .iter()
+            .map(|e| format!("{}  {}", format_ms(e.at_ms), e.text))
+            .collect();
         lines.join("\n")
     }))
 }

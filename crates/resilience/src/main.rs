@@ -24,6 +24,7 @@ mod secret;
 mod services;
 mod shutdown;
 mod standin;
+mod status;
 mod web;
 
 use clap::Parser;

@@ -55,15 +55,8 @@ pub enum RestartCheckError {
     },
 }
 
-/// One event as stored.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct StoredEvent {
-    pub id: i64,
-    /// Unix time in milliseconds.
-    pub at_ms: i64,
-    pub kind: String,
-    pub text: String,
-}
+/// One event as stored: the history's row is the API's ([`EventRow`](crate::status::EventRow)).
+pub use crate::status::EventRow as StoredEvent;
 
 /// Which page of the history to read: the API pages it so that no
 /// request makes the node hold more than one page.
@@ -78,8 +71,10 @@ pub struct EventsPage {
 #[derive(Clone)]
 pub struct ApiState {
     pub tx: mpsc::Sender<Msg>,
-    pub status: watch::Receiver<serde_json::Value>,
-    pub ha: watch::Receiver<serde_json::Value>,
+    /// Typed, with the core's snapshot: the push permission is the
+    /// core's rule over it. `None` until the loop's first step.
+    pub status: watch::Receiver<Option<crate::status::NodeView>>,
+    pub ha: watch::Receiver<Option<crate::status::HaStatus>>,
     pub token: Arc<String>,
     pub metrics: PrometheusHandle,
     pub replicator: Option<Arc<crate::replication::Replicator>>,

@@ -83,12 +83,17 @@ impl RateLog {
     }
 
     /// The status-page form: `{"total": N, "by_reason": {...}}`.
-    pub fn totals_json(&self) -> serde_json::Value {
+    pub fn totals_doc(&self) -> crate::status::RateTotals {
         let t = self.totals();
-        serde_json::json!({
-            "total": t.values().sum::<u64>(),
-            "by_reason": t,
-        })
+        crate::status::RateTotals {
+            total: t.values().sum(),
+            by_reason: t.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        }
+    }
+
+    /// [`Self::totals_doc`] as JSON, for documents not typed yet.
+    pub fn totals_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.totals_doc()).unwrap_or_default()
     }
 
     /// Write summaries every interval for as long as the log is alive.

@@ -24,6 +24,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "http_client",
             "http_server",
             "cert_reload",
+            "status",
             "keygen",
             "node_config",
         ],

@@ -108,6 +108,17 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// The serving flag this event leaves the node with, when it says one:
+    /// a flip of the flag, or a start (a node boots not serving). The
+    /// dashboard's timeline is drawn from these.
+    pub fn sets_active(&self) -> Option<bool> {
+        match self {
+            EventKind::ActiveChanged { to, .. } => Some(*to),
+            EventKind::Booted { .. } => Some(false),
+            _ => None,
+        }
+    }
+
     /// A stable one-word name, for the history table, metrics and filters.
     pub fn label(&self) -> &'static str {
         use EventKind::*;

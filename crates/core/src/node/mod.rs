@@ -50,6 +50,7 @@ mod io;
 mod lifecycle;
 mod new_calls;
 mod peer;
+mod push;
 mod services;
 mod split_brain;
 mod switchover;
@@ -61,6 +62,7 @@ pub use io::{
     DataFailurePolicy, DataGate, DrainPolicy, FailbackPolicy, Input, InputError, NewCallsPolicy,
     Output, Persisted, ServicesAtBoot, Settings, Transmit,
 };
+pub use push::PushRefusal;
 
 use crate::config::SplitBrainPolicy;
 use crate::heartbeat::{self, Flags, Frame, Reject};

@@ -1194,6 +1194,24 @@ impl Cluster {
         {
             return Err("both nodes run services while connected".into());
         }
+        // A node that may push its data is the only one whose services run
+        // while the two hear each other (else it overwrites the serving copy).
+        if settled && !self.overlap && !self.forced_or_manual() {
+            for (i, h) in self.hosts.iter().enumerate() {
+                let may_push = h
+                    .node
+                    .as_ref()
+                    .is_some_and(|n| n.snapshot(now).may_push_data().is_ok());
+                let other = &self.hosts[1 - i];
+                if may_push && other.services && !other.stop_failed {
+                    return Err(format!(
+                        "{} may push its data while {} runs services",
+                        NAMES[i],
+                        NAMES[1 - i]
+                    ));
+                }
+            }
+        }
         // Never two nodes taking new calls while they hear each other:
         // settled, or at any instant of the ordered hand-off.
         if (settled || (self.overlap && self.connected()))

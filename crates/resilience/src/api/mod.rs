@@ -5,6 +5,7 @@
 
 use crate::http_server as server;
 use crate::node_handle::{ApiState, EventsPage, Msg};
+use crate::status::{ApiAnswer, HistoryPage, NodeView, PushAnswer, PushJob};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -77,7 +78,11 @@ pub async fn serve(
 }
 
 fn error(code: StatusCode, msg: impl Into<String>) -> Response {
-    (code, Json(json!({"error": msg.into()}))).into_response()
+    let answer = ApiAnswer {
+        error: Some(msg.into()),
+        ..ApiAnswer::default()
+    };
+    (code, Json(answer)).into_response()
 }
 
 /// `Err(reason)` when the call must be refused with 401.
@@ -96,18 +101,25 @@ fn authorized(state: &ApiState, headers: &HeaderMap) -> Result<(), &'static str>
     }
 }
 
-async fn ha(State(s): State<ApiState>) -> Json<serde_json::Value> {
-    Json(s.ha.borrow().clone())
+async fn ha(State(s): State<ApiState>) -> Response {
+    let ha = s.ha.borrow().clone();
+    match ha {
+        Some(ha) => Json(ha).into_response(),
+        None => Json(json!({})).into_response(),
+    }
 }
 
-async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
-    let mut doc = s.status.borrow().clone();
+async fn status(State(s): State<ApiState>) -> Response {
+    let doc = s.status.borrow().as_ref().map(|v| v.doc.clone());
+    let Some(mut doc) = doc else {
+        return Json(json!({})).into_response();
+    };
     // Replication runs beside the node loop: read it now, not as of the last tick.
     if let Some(r) = &s.replicator {
-        doc["replication"] = r.status_json();
+        doc.replication = Some(r.status_json());
     }
-    doc["pbx_settings"] = (*s.pbx_settings).clone();
-    Json(doc)
+    doc.pbx_settings = Some((*s.pbx_settings).clone());
+    Json(doc).into_response()
 }
 
 /// Most events one `GET /api/v1/events` returns: a page, never the whole
@@ -144,7 +156,12 @@ async fn events(State(s): State<ApiState>, Query(q): Query<EventsQuery>) -> Resp
             let next = (limit > 0 && ev.len() == limit)
                 .then(|| ev.last().map(|e| e.id))
                 .flatten();
-            Json(json!({ "events": ev, "limit": limit, "next_before": next })).into_response()
+            Json(HistoryPage {
+                events: ev,
+                limit,
+                next_before: next,
+            })
+            .into_response()
         }
         _ => error(StatusCode::SERVICE_UNAVAILABLE, "node loop did not answer"),
     }
@@ -165,12 +182,20 @@ async fn command(s: &ApiState, headers: &HeaderMap, cmd: Command) -> Response {
         return error(StatusCode::SERVICE_UNAVAILABLE, "node loop stopped");
     }
     match tokio::time::timeout(Duration::from_secs(5), rx).await {
-        Ok(Ok(Ok(msg))) => Json(json!({"ok": true, "message": msg})).into_response(),
+        Ok(Ok(Ok(msg))) => Json(ApiAnswer {
+            ok: Some(true),
+            message: Some(msg),
+            ..ApiAnswer::default()
+        })
+        .into_response(),
         Ok(Ok(Err(crate::node_handle::Refused(reason)))) => (
             StatusCode::CONFLICT,
-            Json(
-                json!({"ok": false, "error": format!("{cmd} refused: {reason}"), "reason": reason}),
-            ),
+            Json(ApiAnswer {
+                ok: Some(false),
+                error: Some(format!("{cmd} refused: {reason}")),
+                reason: Some(reason),
+                message: None,
+            }),
         )
             .into_response(),
         _ => error(StatusCode::SERVICE_UNAVAILABLE, "node loop did not answer"),
@@ -201,20 +226,13 @@ async fn switchover(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     command(&s, &headers, Command::Switchover).await
 }
 
-/// Why this node may not push now, if it may not: only the Active Main
-/// pushes, and never onto an Active Standby.
-pub fn push_refusal(status: &serde_json::Value) -> Option<String> {
-    let node = &status["node"];
-    if node["node_type"] != "main" {
-        return Some("only the main pushes; the standby never does".into());
+/// Why this node may not push now, if it may not: the core's rule
+/// ([`Snapshot::may_push_data`]) over the last published snapshot.
+pub fn push_refusal(view: &Option<NodeView>) -> Option<String> {
+    match view {
+        Some(v) => v.snapshot.may_push_data().err().map(|r| r.to_string()),
+        None => Some("the node has not published its state yet".into()),
     }
-    if node["active"] != true {
-        return Some("this main is not active: its copy is not the one in service".into());
-    }
-    if status["peer"]["active"] == true {
-        return Some("the standby is active: replication pauses until failback".into());
-    }
-    None
 }
 
 async fn replicate(State(s): State<ApiState>, headers: HeaderMap) -> Response {
@@ -231,16 +249,28 @@ async fn replicate(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     if let Some(why) = refusal {
         return error(StatusCode::CONFLICT, why);
     }
-    let jobs: Vec<serde_json::Value> = r
+    let jobs = r
         .push_all()
         .await
         .into_iter()
         .map(|(job, res)| match res {
-            Ok(a) => json!({"job": job, "files": a.files, "bytes": a.bytes, "deleted": a.deleted}),
-            Err(e) => json!({"job": job, "error": e.to_string()}),
+            Ok(a) => PushJob {
+                job,
+                files: Some(a.files),
+                bytes: Some(a.bytes),
+                deleted: Some(a.deleted),
+                error: None,
+            },
+            Err(e) => PushJob {
+                job,
+                files: None,
+                bytes: None,
+                deleted: None,
+                error: Some(e.to_string()),
+            },
         })
         .collect();
-    Json(json!({ "jobs": jobs })).into_response()
+    Json(PushAnswer { jobs }).into_response()
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {

@@ -24,6 +24,7 @@ pub mod table;
 pub mod tcp;
 pub mod tls;
 
+use crate::status::{EdgePbx, EdgeStatus, EdgeTable, PhoneMove};
 use anyhow::Context;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -55,7 +56,7 @@ pub fn load_config(path: &Path) -> anyhow::Result<EdgeConfig> {
 /// What the API shows: a copy refreshed by the relay task.
 #[derive(Default)]
 struct View {
-    moves: VecDeque<serde_json::Value>,
+    moves: VecDeque<PhoneMove>,
     relayed: u64,
     dropped: HashMap<&'static str, u64>,
     /// The router's counts as of its last event.
@@ -382,10 +383,16 @@ async fn after_event(ctx: &Ctx<'_>, router: &mut Router) {
         for m in moves {
             let (from, to) = (&ctx.names[m.from], &ctx.names[m.to]);
             tracing::info!("phone {} moves from {from} to {to}: {}", m.aor, m.reason);
-            v.moves.push_front(json!({
-                "at_ms": SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
-                "aor": m.aor, "from": from, "to": to, "reason": m.reason,
-            }));
+            v.moves.push_front(PhoneMove {
+                at_ms: SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0),
+                aor: m.aor.to_string(),
+                from: from.to_string(),
+                to: to.to_string(),
+                reason: m.reason.to_string(),
+            });
         }
         v.moves.truncate(200);
     }
@@ -633,38 +640,41 @@ async fn phones(
     Json(json!({ "phones": list, "next": next })).into_response()
 }
 
-async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
+async fn status(State(s): State<ApiState>) -> Json<EdgeStatus> {
     let v = s.view.lock().expect("view lock");
-    let pbxs: Vec<_> = s
+    let pbxs = s
         .names
         .iter()
         .zip(s.pbx_up.lock().expect("up lock").iter())
-        .map(|(n, up)| json!({"name": n, "up": up}))
+        .map(|(n, up)| EdgePbx {
+            name: n.clone(),
+            up: *up,
+        })
         .collect();
     let c = v.counts;
-    Json(json!({
-        "pbxs": pbxs,
-        "relayed": v.relayed,
-        "dropped": v.dropped,
-        "phones": c.phones,
-        "table": {
-            "phones": c.phones,
-            "away": c.away,
-            "flows": c.flows,
-            "registers_pending": c.pending,
-            "calls": c.calls,
-            "expired": c.expired,
-            "evicted": c.evicted,
-            "over_cap": c.over_cap,
-            "unregistered": c.unregistered,
-            "register_timeouts": c.register_timeouts,
-            "registers_pending_dropped": c.pending_dropped,
-            "reregisters_sent": c.reregisters_sent,
-            "reregisters_ok": c.reregisters_ok,
+    Json(EdgeStatus {
+        pbxs,
+        relayed: v.relayed,
+        dropped: v.dropped.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
+        phones: c.phones,
+        table: EdgeTable {
+            phones: c.phones,
+            away: c.away,
+            flows: c.flows,
+            registers_pending: c.pending,
+            calls: c.calls,
+            expired: c.expired,
+            evicted: c.evicted,
+            over_cap: c.over_cap,
+            unregistered: c.unregistered,
+            register_timeouts: c.register_timeouts,
+            registers_pending_dropped: c.pending_dropped,
+            reregisters_sent: c.reregisters_sent,
+            reregisters_ok: c.reregisters_ok,
         },
-        "connections": s.conns.status_json(),
-        "moves": v.moves,
-    }))
+        connections: s.conns.status(),
+        moves: v.moves.iter().cloned().collect(),
+    })
 }
 
 /// The TCP/TLS intake: caps and deadlines from `[limits]`, the cap lowered

@@ -101,13 +101,13 @@ impl Conns {
     }
 
     /// For the status API: open connections, the cap, refusals by reason.
-    pub fn status_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "open": self.slots.open(),
-            "cap": self.slots.cap,
-            "per_source_cap": self.slots.per_source,
-            "refused_or_closed": self.log.totals_json(),
-        })
+    pub fn status(&self) -> crate::status::EdgeConnections {
+        crate::status::EdgeConnections {
+            open: self.slots.open(),
+            cap: self.slots.cap,
+            per_source_cap: self.slots.per_source,
+            refused_or_closed: self.log.totals_doc(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Flow, mpsc::Sender<Vec<u8>>>> {

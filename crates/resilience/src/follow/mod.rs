@@ -8,6 +8,7 @@
 //! in. The status document and metrics are refreshed after every step.
 
 use crate::services::{run_in, ServiceState, Services, ServicesFailed};
+use crate::status::{FollowerActions, FollowerPending, FollowerPolls, FollowerStatus, HaStatus};
 use anyhow::Context;
 use axum::extract::State;
 use axum::routing::get;
@@ -43,12 +44,13 @@ fn poll(agent: &ureq::Agent, url: &str) -> Answer {
     if code != 200 {
         return Answer::Unreachable(format!("HTTP {code}"));
     }
-    match resp.body_mut().read_json::<serde_json::Value>() {
-        Ok(v) => match v["active"].as_bool() {
-            Some(a) => Answer::Active(a),
-            None => Answer::Unreachable("the answer has no boolean `active`".into()),
-        },
-        Err(e) => Answer::Unreachable(format!("unreadable answer: {e}")),
+    let body = match resp.body_mut().read_to_string() {
+        Ok(b) => b,
+        Err(e) => return Answer::Unreachable(format!("unreadable answer: {e}")),
+    };
+    match serde_json::from_str::<HaStatus>(&body) {
+        Ok(ha) => Answer::Active(ha.active),
+        Err(e) => Answer::Unreachable(format!("the answer is not a node's HA status: {e}")),
     }
 }
 
@@ -93,12 +95,18 @@ struct Counters {
 
 #[derive(Clone)]
 struct ApiState {
-    status: watch::Receiver<serde_json::Value>,
+    /// `None` until the first step.
+    status: watch::Receiver<Option<FollowerStatus>>,
     metrics: PrometheusHandle,
 }
 
-async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
-    Json(s.status.borrow().clone())
+async fn status(State(s): State<ApiState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let doc = s.status.borrow().clone();
+    match doc {
+        Some(doc) => Json(doc).into_response(),
+        None => Json(json!({})).into_response(),
+    }
 }
 
 async fn serve_metrics(State(s): State<ApiState>) -> axum::response::Response {
@@ -132,7 +140,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
     let services = Services::new(cfg.services.clone(), base.clone());
     let mut core = Follower::new(cfg.policy());
 
-    let (status_tx, status_rx) = watch::channel(json!({}));
+    let (status_tx, status_rx) = watch::channel(None);
     let metrics = crate::metrics_export::install_metrics();
     let listener = tokio::net::TcpListener::bind(cfg.follow.api_listen)
         .await
@@ -259,22 +267,30 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
             .absolute(counters.actions_ok);
         metrics::counter!("resilience_follow_actions_total", "result" => "failed")
             .absolute(counters.actions_failed);
-        let _ = status_tx.send(json!({
-            "name": cfg.follow.name,
-            "node_url": url,
-            "node_active": snap.node_active,
-            "reachable": snap.reachable,
-            "unreachable_for_ms": snap.unreachable_for.map(|d| d.as_millis() as u64),
-            "wanted_active": snap.wanted,
-            "applied_active": snap.applied,
-            "applying": snap.applying,
-            "pending": snap.pending.map(|(a, n)| json!({"active": a, "answers": n})),
-            "services": states,
-            "polls": {"ok": counters.polls_ok, "unreachable": counters.polls_failed},
-            "actions": {"ok": counters.actions_ok, "failed": counters.actions_failed},
-            "last_error": last_error,
-            "poll_error": poll_error,
-            "last_change_unix_ms": last_change.map(crate::clock::unix_ms),
+        let _ = status_tx.send(Some(FollowerStatus {
+            name: cfg.follow.name.clone(),
+            node_url: url.clone(),
+            node_active: snap.node_active,
+            reachable: snap.reachable,
+            unreachable_for_ms: snap.unreachable_for.map(|d| d.as_millis() as u64),
+            wanted_active: snap.wanted,
+            applied_active: snap.applied,
+            applying: snap.applying,
+            pending: snap
+                .pending
+                .map(|(active, answers)| FollowerPending { active, answers }),
+            services: states.clone(),
+            polls: FollowerPolls {
+                ok: counters.polls_ok,
+                unreachable: counters.polls_failed,
+            },
+            actions: FollowerActions {
+                ok: counters.actions_ok,
+                failed: counters.actions_failed,
+            },
+            last_error: last_error.clone(),
+            poll_error: poll_error.clone(),
+            last_change_unix_ms: last_change.map(crate::clock::unix_ms),
         }));
     }
 }

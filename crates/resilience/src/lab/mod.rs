@@ -9,6 +9,7 @@
 mod configs;
 mod control;
 
+use crate::status::HistoryPage;
 use anyhow::Context;
 use configs::{Ports, NODES};
 use control::{Lab, ROLES};
@@ -173,14 +174,12 @@ pub fn control_command(dir: Option<PathBuf>, words: &[String]) -> anyhow::Result
     let dir =
         dir.context("give the running lab's folder: resilience lab --dir DIR ACTION [NODE]")?;
     let state_file = dir.join("lab.json");
-    let state: serde_json::Value = serde_json::from_slice(
+    let state: LabFile = serde_json::from_slice(
         &std::fs::read(&state_file)
             .with_context(|| format!("{}: is a lab running there?", state_file.display()))?,
     )
     .with_context(|| format!("{}: not a lab state file", state_file.display()))?;
-    let control = state["control"]
-        .as_str()
-        .context("lab.json has no control URL")?;
+    let control = state.control.context("lab.json has no control URL")?;
     let agent = crate::http_client::http_agent(None, Some(Duration::from_secs(10)), false)
         .map_err(|e| anyhow::anyhow!(e))?;
     let url = format!("{control}/lab/{}", words.join("/"));
@@ -203,6 +202,13 @@ pub fn control_command(dir: Option<PathBuf>, words: &[String]) -> anyhow::Result
     })
 }
 
+/// What `resilience lab --dir` reads of a running lab's `lab.json`.
+#[derive(serde::Deserialize)]
+struct LabFile {
+    /// The lab's control API.
+    control: Option<String>,
+}
+
 /// New events of one node (id above `since`), oldest first.
 fn fetch_events(url: &str, since: i64) -> Vec<(i64, String)> {
     let Ok(agent) = crate::http_client::http_agent(None, Some(Duration::from_secs(2)), true) else {
@@ -211,15 +217,14 @@ fn fetch_events(url: &str, since: i64) -> Vec<(i64, String)> {
     let Ok(mut resp) = agent.get(url).call() else {
         return Vec::new();
     };
-    let Ok(doc) = resp.body_mut().read_json::<serde_json::Value>() else {
+    let Ok(page) = resp.body_mut().read_json::<HistoryPage>() else {
         return Vec::new();
     };
-    let mut out: Vec<(i64, String)> = doc["events"]
-        .as_array()
+    let mut out: Vec<(i64, String)> = page
+        .events
         .into_iter()
-        .flatten()
-        .filter_map(|e| Some((e["id"].as_i64()?, e["text"].as_str()?.to_owned())))
-        .filter(|(id, _)| *id > since)
+        .filter(|e| e.id > since)
+        .map(|e| (e.id, e.text))
         .collect();
     out.sort_by_key(|(id, _)| *id);
     out

@@ -109,13 +109,13 @@ pub struct NodeDriver {
     tx: mpsc::Sender<Msg>,
     rx: mpsc::Receiver<Msg>,
     stop_rx: mpsc::UnboundedReceiver<()>,
-    status_tx: watch::Sender<serde_json::Value>,
-    ha_tx: watch::Sender<serde_json::Value>,
+    status_tx: watch::Sender<Option<crate::status::NodeView>>,
+    ha_tx: watch::Sender<Option<crate::status::HaStatus>>,
     events_tx: broadcast::Sender<serde_json::Value>,
     active_tx: watch::Sender<bool>,
     counters: Counters,
     service_states: Vec<ServiceState>,
-    last_peer: Option<&'static str>,
+    last_peer: Option<crate::status::StateWord>,
     /// SIGHUP asked for a re-exec, done once no service action is under way.
     restart_pending: bool,
     restart_checking: bool,
@@ -289,7 +289,7 @@ fn start_replication(
     cfg: &NodeConfig,
     r: &Arc<Replicator>,
     active_rx: watch::Receiver<bool>,
-    status_rx: &watch::Receiver<serde_json::Value>,
+    status_rx: &watch::Receiver<Option<crate::status::NodeView>>,
 ) -> Vec<notify::RecommendedWatcher> {
     let r2 = r.clone();
     tokio::spawn(async move {
@@ -367,8 +367,8 @@ impl NodeDriver {
         let exe = std::env::current_exe().context("path of this binary")?;
         spawn_probes(&cfg, &base, tx.clone());
 
-        let (status_tx, status_rx) = watch::channel(json!({}));
-        let (ha_tx, ha_rx) = watch::channel(json!({}));
+        let (status_tx, status_rx) = watch::channel(None);
+        let (ha_tx, ha_rx) = watch::channel(None);
         let (events_tx, _) = broadcast::channel::<serde_json::Value>(256);
         let replicator = replicator(&cfg, &base, &state_dir, &tx);
         let (active_tx, active_rx) = watch::channel(false);
@@ -664,7 +664,7 @@ impl NodeDriver {
                 self.last_peer = Some(word);
                 let text = format!("peer {name} is {word}");
                 self.store
-                    .event(unix_ms(SystemTime::now()), "peer_state", &text);
+                    .state_event(unix_ms(SystemTime::now()), "peer_state", &text, word);
             }
         }
     }
@@ -849,7 +849,7 @@ token_file = "{d}/api.token"
         path
     }
 
-    fn status(addr: SocketAddr) -> Option<serde_json::Value> {
+    fn status(addr: SocketAddr) -> Option<crate::status::NodeStatus> {
         let agent =
             crate::http_client::http_agent(None, Some(Duration::from_secs(2)), false).ok()?;
         let mut r = agent
@@ -873,12 +873,13 @@ token_file = "{d}/api.token"
                 .await
                 .unwrap();
             match doc {
-                Some(d) if d.get("node").is_some() => break d,
-                _ if Instant::now() > deadline => panic!("no status from {addr}: {doc:?}"),
-                _ => tokio::task::yield_now().await,
+                Some(d) => break d,
+                None if Instant::now() > deadline => panic!("no status from {addr}"),
+                // The API answers `{}` (no status) until the loop's first step.
+                None => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         };
-        assert_eq!(doc["node"]["name"], "solo", "{doc}");
+        assert_eq!(doc.node.name, "solo");
         handle.shutdown();
         let ended = tokio::time::timeout(Duration::from_secs(20), join).await;
         ended

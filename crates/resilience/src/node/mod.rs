@@ -14,10 +14,11 @@ mod store_thread;
 
 use crate::node_handle::{Msg, RestartCheckError};
 use crate::services::{self, ServiceState, Services};
+use crate::status::{self, HaStatus, NodeStatus, NodeView, StateWord};
 pub use driver::NodeDriver;
 use resilience_core::config::NodeConfig;
-use resilience_core::node::{AdminChoice, EventKind, Snapshot};
-use resilience_core::{Command, Event, Input, Node, PbxProbe, Status};
+use resilience_core::node::{EventKind, Snapshot};
+use resilience_core::{Command, Event, Input, Node, PbxProbe};
 use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -124,7 +125,10 @@ fn record_event(
     }
     let at_ms = wall(e.at);
     let kind = e.kind.label();
-    store.event(at_ms, kind, &text);
+    match e.kind.sets_active() {
+        Some(active) => store.state_event(at_ms, kind, &text, StateWord::active(active)),
+        None => store.event(at_ms, kind, &text),
+    }
     let _ = events.send(json!({"at_ms": at_ms, "kind": kind, "text": text}));
 }
 
@@ -190,43 +194,18 @@ fn spawn_probes(cfg: &NodeConfig, base: &Path, tx: mpsc::Sender<Msg>) {
     });
 }
 
-fn status_word(s: Status) -> &'static str {
-    if s.is_active() {
-        "active"
-    } else {
-        "inactive"
-    }
-}
-
 /// Refresh the documents the API serves; the peer's name and its state as
-/// heard (`active`, `inactive` or `silent`). Long because it builds the
-/// status document in one `json!` whose shape the API's readers depend on
-/// (its typing is separate work).
+/// heard (`active`, `inactive` or `silent`).
 fn publish(
     node: &Node,
     cfg: &NodeConfig,
     c: &Counters,
     services: &[ServiceState],
-    status_tx: &watch::Sender<serde_json::Value>,
-    ha_tx: &watch::Sender<serde_json::Value>,
-) -> Option<(String, &'static str)> {
-    let now = Instant::now();
-    let s: Snapshot = node.snapshot(now);
-    let remote = cfg
-        .peer
-        .as_ref()
-        .map(|p| p.address.ip().to_string())
-        .unwrap_or_default();
-    let ha = json!({
-        "node_type": s.node_type.to_string(),
-        "mode": s.mode.to_string(),
-        // `active`: takes new calls (the edge and the followers route by
-        // it); `services`: they run; `draining`: calls in progress end here.
-        "active": s.takes_new_calls,
-        "services": s.status.occupies(),
-        "draining": s.status == Status::Draining,
-        "remote_address": remote,
-    });
+    status_tx: &watch::Sender<Option<NodeView>>,
+    ha_tx: &watch::Sender<Option<HaStatus>>,
+) -> Option<(String, StateWord)> {
+    let s: Snapshot = node.snapshot(Instant::now());
+    let ha = Some(HaStatus::of(&s, cfg));
     ha_tx.send_if_modified(|old| {
         if *old != ha {
             *old = ha;
@@ -235,75 +214,15 @@ fn publish(
             false
         }
     });
-    let peer = s.peer.as_ref().map(|p| {
-        json!({
-            "name": p.name,
-            "address": cfg.peer.as_ref().map(|x| x.address.to_string()),
-            "heard": p.heard,
-            "last_heard_ago_s": p.last_heard_ago.map(|d| d.as_secs_f64()),
-            "status": p.status.map(|s| s.to_string()),
-            "active": p.status.map(|s| s.is_active()),
-            "pbx": p.pbx.map(|h| h.to_string()),
-            "epoch": p.epoch,
-            "yielding": p.yielding,
-            "replication": p.replication,
-        })
-    });
-    let rejected: serde_json::Map<String, serde_json::Value> = s
-        .rejected
-        .iter()
-        .map(|(k, v)| (k.to_string(), json!(v)))
-        .collect();
-    let doc = json!({
-        "node": {
-            "name": s.name,
-            "node_type": s.node_type.to_string(),
-            "mode": s.mode.to_string(),
-            "status": s.status.to_string(),
-            "state": status_word(s.status),
-            "active": s.active,
-            "takes_new_calls": s.takes_new_calls,
-            "epoch": s.epoch,
-            "reason": s.reason,
-            "held": s.admin == Some(AdminChoice::Stop),
-            "switched_away": s.admin == Some(AdminChoice::SwitchedAway),
-            "switchover": s.switchover,
-            "guard": s.guard,
-            "admin": s.admin.map(|a| format!("{a:?}").to_lowercase()),
-            "faulted": s.faulted,
-            "arbiter_ok": s.arbiter_ok,
-            "arbiters": cfg.arbiters.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-        },
-        "pbx": { "health": s.pbx.to_string(), "probe": cfg.pbx.sip_options.map(|a| a.to_string()) },
-        "peer": peer,
-        "services": services,
-        "failback": {
-            "policy": format!("{:?}", cfg.failback.policy).to_lowercase(),
-            "new_calls": format!("{:?}", cfg.failback.new_calls).to_lowercase(),
-            "pending": s.failback_wait.is_some() || s.want_active,
-            "requested": s.want_active,
-            "waiting_because": s.failback_wait,
-            "due_in_s": s.failback_due_in.map(|d| d.as_secs_f64()),
-        },
-        "drain": { "active_calls": s.calls },
-        "lab": cfg.api.lab_url,
-        "heartbeat": {
-            "interval_ms": cfg.heartbeat.interval.as_millis() as u64,
-            "failover_after_ms": cfg.heartbeat.failover_after.as_millis() as u64,
-            "sent": c.frames_sent,
-            "received": c.frames_received,
-            "send_errors": c.send_errors,
-            "rejected": rejected,
-        },
-        "history": { "dropped": c.history_dropped },
-    });
+    let counts = status::Counts {
+        sent: c.frames_sent,
+        received: c.frames_received,
+        send_errors: c.send_errors,
+        history_dropped: c.history_dropped,
+    };
+    let doc = NodeStatus::of(&s, cfg, services, counts);
     crate::metrics_export::update_metrics(&s, c.frames_sent, c.frames_received);
-    status_tx.send_replace(doc);
-    s.peer.map(|p| {
-        let word = match (p.heard, p.status) {
-            (true, Some(st)) => status_word(st),
-            _ => "silent",
-        };
-        (p.name, word)
-    })
+    let heard = doc.peer.as_ref().map(|p| (p.name.clone(), p.word()));
+    status_tx.send_replace(Some(NodeView { snapshot: s, doc }));
+    heard
 }

@@ -8,6 +8,7 @@
 //! aside (`state.db.corrupt-<unix time>`) and recreated; the node starts as on
 //! a first boot and says so, rather than crash-looping.
 
+use crate::status::StateWord;
 use resilience_core::node::AdminChoice;
 use resilience_core::Persisted;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -31,14 +32,44 @@ pub enum StoreError {
 
 pub use crate::node_handle::{EventsPage, StoredEvent};
 
-/// One `SELECT id, at_ms, kind, text` row.
+/// One `SELECT id, at_ms, kind, text, state` row.
 fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+    let state: Option<String> = r.get(4)?;
     Ok(StoredEvent {
         id: r.get(0)?,
         at_ms: r.get(1)?,
         kind: r.get(2)?,
         text: r.get(3)?,
+        state: state.as_deref().and_then(StateWord::parse),
     })
+}
+
+/// Adds the `state` column to an events table made before it, and fills it
+/// for the rows the timeline reads, from their text (the only record an
+/// older version kept; its own `active` rows are matched without the
+/// reason the text ends with).
+fn migrate_state_column(conn: &Connection) -> rusqlite::Result<()> {
+    let has: bool = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('events') WHERE name = 'state'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if has {
+        return Ok(());
+    }
+    conn.execute_batch(
+        "BEGIN;
+         ALTER TABLE events ADD COLUMN state TEXT;
+         UPDATE events SET state = CASE
+             WHEN kind = 'active' AND text LIKE '%from: false to: true%' THEN 'active'
+             WHEN kind IN ('active', 'booted') THEN 'inactive'
+             WHEN kind = 'peer_state' AND text LIKE '% active' THEN 'active'
+             WHEN kind = 'peer_state' AND text LIKE '% inactive' THEN 'inactive'
+             WHEN kind = 'peer_state' AND text LIKE '% silent' THEN 'silent'
+           END
+           WHERE kind IN ('active', 'booted', 'peer_state');
+         COMMIT;",
+    )
 }
 
 pub struct Store {
@@ -110,6 +141,7 @@ impl Store {
              );",
         )
         .map_err(sql)?;
+        migrate_state_column(&conn).map_err(sql)?;
         Ok(Store {
             conn,
             path: path.to_owned(),
@@ -176,12 +208,19 @@ impl Store {
         tx.commit().map_err(sql)
     }
 
-    /// Append an event; prune the oldest now and then.
-    pub fn append_event(&mut self, at_ms: i64, kind: &str, text: &str) -> Result<(), StoreError> {
+    /// Append an event (with the state it puts its timeline row in, if
+    /// any); prune the oldest now and then.
+    pub fn append_event(
+        &mut self,
+        at_ms: i64,
+        kind: &str,
+        text: &str,
+        state: Option<StateWord>,
+    ) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "INSERT INTO events (at_ms, kind, text) VALUES (?1, ?2, ?3)",
-                params![at_ms, kind, text],
+                "INSERT INTO events (at_ms, kind, text, state) VALUES (?1, ?2, ?3, ?4)",
+                params![at_ms, kind, text, state.map(StateWord::as_str)],
             )
             .map_err(|e| self.sql(e))?;
         self.appended += 1;
@@ -204,13 +243,13 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT id, at_ms, kind, text FROM events
+                "SELECT id, at_ms, kind, text, state FROM events
                    WHERE at_ms >= ?1 AND kind IN ('active', 'booted', 'peer_state')
                  UNION ALL
-                 SELECT * FROM (SELECT id, at_ms, kind, text FROM events
+                 SELECT * FROM (SELECT id, at_ms, kind, text, state FROM events
                    WHERE at_ms < ?1 AND kind IN ('active', 'booted') ORDER BY id DESC LIMIT 1)
                  UNION ALL
-                 SELECT * FROM (SELECT id, at_ms, kind, text FROM events
+                 SELECT * FROM (SELECT id, at_ms, kind, text, state FROM events
                    WHERE at_ms < ?1 AND kind = 'peer_state' ORDER BY id DESC LIMIT 1)",
             )
             .map_err(|e| self.sql(e))?;
@@ -226,7 +265,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT id, at_ms, kind, text FROM events WHERE id < ?2 ORDER BY id DESC LIMIT ?1",
+                "SELECT id, at_ms, kind, text, state FROM events WHERE id < ?2 ORDER BY id DESC LIMIT ?1",
             )
             .map_err(|e| self.sql(e))?;
         let rows = stmt
@@ -277,15 +316,27 @@ mod tests {
             100,
             "active",
             "Updating resilience state, from: false to: true",
+            Some(StateWord::Active),
         )
         .unwrap();
-        s.append_event(150, "peer_state", "peer b is silent")
-            .unwrap();
+        s.append_event(
+            150,
+            "peer_state",
+            "peer b is silent",
+            Some(StateWord::Silent),
+        )
+        .unwrap();
         for i in 0..6000 {
-            s.append_event(200 + i, "frame_rejected", "noise").unwrap();
+            s.append_event(200 + i, "frame_rejected", "noise", None)
+                .unwrap();
         }
-        s.append_event(7000, "peer_state", "peer b is inactive")
-            .unwrap();
+        s.append_event(
+            7000,
+            "peer_state",
+            "peer b is inactive",
+            Some(StateWord::Inactive),
+        )
+        .unwrap();
         let got = s.state_events(1000).unwrap();
         let kinds: Vec<(i64, &str)> = got.iter().map(|e| (e.at_ms, e.kind.as_str())).collect();
         assert_eq!(
@@ -303,7 +354,8 @@ mod tests {
         let d = tmp("events");
         let (mut s, _) = Store::open(&d).unwrap();
         for i in 0..5 {
-            s.append_event(i, "status", &format!("event {i}")).unwrap();
+            s.append_event(i, "status", &format!("event {i}"), None)
+                .unwrap();
         }
         let ev = s
             .events(EventsPage {
@@ -326,6 +378,61 @@ mod tests {
             vec![1, 0],
             "the next page starts below the cursor"
         );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A database of a version without the `state` column opens, and its
+    /// state rows get their state from their text.
+    #[test]
+    fn an_older_events_table_gains_its_state_column() {
+        let d = tmp("migrate");
+        std::fs::create_dir_all(&d).unwrap();
+        {
+            let c = Connection::open(d.join(DB_FILE)).unwrap();
+            c.execute_batch(
+                "CREATE TABLE events (
+                     id INTEGER PRIMARY KEY AUTOINCREMENT,
+                     at_ms INTEGER NOT NULL,
+                     kind TEXT NOT NULL,
+                     text TEXT NOT NULL
+                 );
+                 INSERT INTO events (at_ms, kind, text) VALUES
+                   (1, 'booted', 'node started'),
+                   (2, 'active', 'Updating resilience state, from: false to: true — peer silent'),
+                   (3, 'active', 'Updating resilience state, from: true to: false — failback'),
+                   (4, 'peer_state', 'peer b is silent'),
+                   (5, 'status', 'status active');",
+            )
+            .unwrap();
+        }
+        let (mut s, warn) = Store::open(&d).unwrap();
+        assert!(warn.is_none(), "{warn:?}");
+        s.append_event(6, "peer_state", "peer b is active", Some(StateWord::Active))
+            .unwrap();
+        let mut got = s
+            .events(EventsPage {
+                limit: 10,
+                before: None,
+            })
+            .unwrap();
+        got.reverse();
+        let states: Vec<_> = got.iter().map(|e| (e.at_ms, e.state)).collect();
+        use StateWord::*;
+        assert_eq!(
+            states,
+            [
+                (1, Some(Inactive)),
+                (2, Some(Active)),
+                (3, Some(Inactive)),
+                (4, Some(Silent)),
+                (5, None),
+                (6, Some(Active)),
+            ]
+        );
+        drop(s);
+        // Opening it again does not migrate twice.
+        let (s, _) = Store::open(&d).unwrap();
+        assert_eq!(s.state_events(0).unwrap().len(), 5);
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -11,6 +11,7 @@
 
 use super::store::{EventsPage, Store, StoredEvent};
 use super::Msg;
+use crate::status::StateWord;
 use resilience_core::{ActionError, ActionId, ActionOutcome, Persisted};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
@@ -25,6 +26,7 @@ enum Job {
         at_ms: i64,
         kind: String,
         text: String,
+        state: Option<StateWord>,
     },
     Facts(ActionId, Persisted),
     Events(EventsPage, oneshot::Sender<Vec<StoredEvent>>),
@@ -50,8 +52,13 @@ impl StoreThread {
             .spawn(move || {
                 for job in queue {
                     match job {
-                        Job::Event { at_ms, kind, text } => {
-                            if let Err(err) = store.append_event(at_ms, &kind, &text) {
+                        Job::Event {
+                            at_ms,
+                            kind,
+                            text,
+                            state,
+                        } => {
+                            if let Err(err) = store.append_event(at_ms, &kind, &text, state) {
                                 tracing::error!("event history: {err}");
                             }
                         }
@@ -84,10 +91,21 @@ impl StoreThread {
 
     /// Append a line to the history (dropped and counted when the disk is behind).
     pub fn event(&self, at_ms: i64, kind: &str, text: &str) {
+        self.append(at_ms, kind, text, None);
+    }
+
+    /// Append a line that puts a timeline row in `state` (this node's
+    /// serving flag, or the peer's state as heard).
+    pub fn state_event(&self, at_ms: i64, kind: &str, text: &str, state: StateWord) {
+        self.append(at_ms, kind, text, Some(state));
+    }
+
+    fn append(&self, at_ms: i64, kind: &str, text: &str, state: Option<StateWord>) {
         let job = Job::Event {
             at_ms,
             kind: kind.to_owned(),
             text: text.to_owned(),
+            state,
         };
         if self.jobs.try_send(job).is_err() && self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
             tracing::error!(

@@ -61,13 +61,8 @@ pub struct Services {
     dir: PathBuf,
 }
 
-/// Whether one service runs, as its status command says.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ServiceState {
-    pub name: String,
-    /// `None` when the service has no status command.
-    pub running: Option<bool>,
-}
+/// Whether one service runs: a status document type.
+pub use crate::status::ServiceState;
 
 impl Services {
     pub fn new(list: Vec<ServiceSection>, dir: PathBuf) -> Services {

@@ -1,10 +1,12 @@
 //! The dashboard's timeline: who was Active when, over the last hours,
 //! rebuilt from the node's event history (its own `active` changes and
 //! boots, and the `peer_state` notes the runtime records when the peer's
-//! status as heard changes). Computed here rather than in the page so it can
-//! be tested.
+//! status as heard changes), by the state each event stored beside its
+//! text, never by parsing the text. Computed here rather than in the page
+//! so it can be tested.
 
 use crate::node_handle::StoredEvent;
+use crate::status::StateWord;
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -33,23 +35,20 @@ pub struct Timeline {
     pub marks: Vec<Mark>,
 }
 
-/// What an event says about this node's state (`None`: nothing).
+/// What an event says about this node's state (`None`: nothing): its
+/// typed state, recorded beside the text (the text ends with a reason).
 fn own_state(e: &StoredEvent) -> Option<&'static str> {
     match e.kind.as_str() {
-        "active" if e.text.ends_with("to: true") => Some("active"),
-        "active" => Some("inactive"),
-        "booted" => Some("inactive"),
+        "active" | "booted" => e.state.map(StateWord::as_str),
         _ => None,
     }
 }
 
 fn peer_state(e: &StoredEvent) -> Option<&'static str> {
-    if e.kind != "peer_state" {
-        return None;
+    match e.kind.as_str() {
+        "peer_state" => e.state.map(StateWord::as_str),
+        _ => None,
     }
-    ["active", "inactive", "silent"]
-        .into_iter()
-        .find(|s| e.text.ends_with(&format!(" {s}")))
 }
 
 /// Segments of one row: the state at `from` is the last one said before it.
@@ -125,29 +124,34 @@ pub fn build(events: &[StoredEvent], now_ms: i64, window_ms: i64) -> Timeline {
 mod tests {
     use super::*;
 
-    fn ev(id: i64, at_ms: i64, kind: &str, text: &str) -> StoredEvent {
+    fn ev(id: i64, at_ms: i64, kind: &str, text: &str, state: Option<StateWord>) -> StoredEvent {
         StoredEvent {
             id,
             at_ms,
             kind: kind.into(),
             text: text.into(),
+            state,
         }
     }
 
     #[test]
     fn rows_follow_the_history() {
-        let events = vec![
-            ev(1, 100, "booted", "node started as standby"),
-            ev(2, 150, "peer_state", "peer pbx-main is active"),
-            ev(3, 1000, "peer_state", "peer pbx-main is silent"),
+        use StateWord::*;
+        // Texts as the node writes them: an `active` event's ends with its reason.
+        let events =
+            vec![
+            ev(1, 100, "booted", "node started as standby", Some(Inactive)),
+            ev(2, 150, "peer_state", "peer pbx-main is active", Some(Active)),
+            ev(3, 1000, "peer_state", "peer pbx-main is silent", Some(Silent)),
             ev(
                 4,
                 1300,
                 "active",
-                "Updating resilience state, from: false to: true",
+                "Updating resilience state, from: false to: true — peer pbx-main silent for 3.0s",
+                Some(Active),
             ),
-            ev(5, 2000, "peer_state", "peer pbx-main is inactive"),
-            ev(6, 2500, "peer_heard", "peer heard (status inactive)"),
+            ev(5, 2000, "peer_state", "peer pbx-main is inactive", Some(Inactive)),
+            ev(6, 2500, "peer_heard", "peer heard (status inactive)", None),
         ];
         let t = build(&events, 3000, 2500);
         assert_eq!(
@@ -179,5 +183,49 @@ mod tests {
         let t = build(&[], 10_000, 1000);
         assert_eq!(t.this[0].state, "unknown");
         assert_eq!(t.peer.len(), 1);
+    }
+
+    /// The core's own events, recorded as the node records them: the
+    /// texts end with a reason, and the row follows the typed flag.
+    #[test]
+    fn own_row_follows_the_core_events_not_their_text() {
+        use resilience_core::node::{Event, EventKind};
+        let at = std::time::Instant::now();
+        let rec = |id: i64, at_ms: i64, kind: EventKind, reason: &str| {
+            let e = Event {
+                at,
+                kind,
+                reason: reason.into(),
+            };
+            let state = e.kind.sets_active().map(StateWord::active);
+            ev(id, at_ms, e.kind.label(), &e.to_string(), state)
+        };
+        let up = rec(
+            1,
+            1000,
+            EventKind::ActiveChanged {
+                from: false,
+                to: true,
+            },
+            "peer pbx-main silent for 3.0s",
+        );
+        assert!(up.text.contains("to: true") && !up.text.ends_with("to: true"));
+        let down = rec(
+            2,
+            2000,
+            EventKind::ActiveChanged {
+                from: true,
+                to: false,
+            },
+            "failback to pbx-main",
+        );
+        let t = build(&[up, down], 3000, 2500);
+        let this: Vec<_> = t.this.iter().map(|s| (s.from_ms, s.state)).collect();
+        assert_eq!(
+            this,
+            [(500, "unknown"), (1000, "active"), (2000, "inactive")]
+        );
+        let kinds: Vec<_> = t.marks.iter().map(|m| m.kind).collect();
+        assert_eq!(kinds, ["failover", "handover"]);
     }
 }
