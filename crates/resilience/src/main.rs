@@ -9,6 +9,7 @@ mod edge;
 mod follow;
 mod keygen;
 mod lab;
+mod listen_fds;
 mod node;
 mod pbx_settings;
 mod ratelog;
@@ -46,6 +47,9 @@ fn code(c: i32) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // Before any thread: it takes the sockets a parent handed over and
+    // clears their variables from the environment.
+    listen_fds::adopt_from_env();
     let cli = Cli::parse();
     let result: anyhow::Result<ExitCode> = (|| match cli.command {
         Cmd::Node { config } => {

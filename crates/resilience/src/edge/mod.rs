@@ -150,10 +150,10 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     let metrics = crate::api::install_metrics();
     // Bound here (errors at start), registered with the relay thread's
     // runtime there.
-    let sock = std::net::UdpSocket::bind(cfg.edge.sip_listen)
+    let sock = crate::listen_fds::udp(cfg.edge.sip_listen)
         .and_then(|s| s.set_nonblocking(true).map(|_| s))
         .with_context(|| format!("SIP socket {}", cfg.edge.sip_listen))?;
-    let tcp_listener = tokio::net::TcpListener::bind(cfg.edge.sip_listen)
+    let tcp_listener = crate::listen_fds::tokio_tcp(cfg.edge.sip_listen)
         .await
         .with_context(|| format!("SIP TCP socket {}", cfg.edge.sip_listen))?;
     let (tcp_tx, tcp_rx) = mpsc::channel::<(Flow, Vec<u8>)>(1024);
@@ -162,7 +162,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     let conns = intake.conns.clone();
     if let Some(addr) = cfg.edge.sip_tls_listen {
         let certs = tls_certs(&cfg, path)?;
-        let l = tokio::net::TcpListener::bind(addr)
+        let l = crate::listen_fds::tokio_tcp(addr)
             .await
             .with_context(|| format!("SIP TLS socket {addr}"))?;
         tracing::info!("edge: SIP over TLS on {addr}");
@@ -222,7 +222,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         .route("/api/v1/phones", get(phones))
         .route("/api/v1/status", get(status))
         .with_state(api);
-    let listener = std::net::TcpListener::bind(cfg.edge.api_listen)
+    let listener = crate::listen_fds::tcp(cfg.edge.api_listen)
         .and_then(|l| l.set_nonblocking(true).map(|_| l))
         .with_context(|| format!("API socket {}", cfg.edge.api_listen))?;
     // The edge's own API, bounded like the node's (connection cap, header

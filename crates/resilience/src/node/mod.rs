@@ -26,7 +26,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use store::{unix_ms, Store, StoredEvent};
-use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 /// What the loop hears from the other tasks.
@@ -178,7 +177,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
     for addr in
         std::iter::once(cfg.heartbeat.listen).chain(cfg.heartbeat.extra_listen.iter().copied())
     {
-        let s = UdpSocket::bind(addr)
+        let s = crate::listen_fds::tokio_udp(addr)
             .await
             .with_context(|| format!("heartbeat socket {addr}"))?;
         sockets.push(Arc::new(s));
@@ -324,7 +323,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
         replicator: replicator.clone(),
         pbx_settings,
     };
-    let api_listener = tokio::net::TcpListener::bind(cfg.api.listen)
+    let api_listener = crate::listen_fds::tokio_tcp(cfg.api.listen)
         .await
         .with_context(|| format!("API socket {}", cfg.api.listen))?;
     let tls = match (&cfg.api.tls_cert, &cfg.api.tls_key) {

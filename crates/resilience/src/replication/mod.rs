@@ -47,7 +47,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::AsyncWriteExt;
 use tokio::io::BufStream;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use wire::{Applied, FileEnd, FileHead, Hello, Kind, Op};
 
@@ -657,7 +657,7 @@ impl Replicator {
                 }
             });
         }
-        let listener = TcpListener::bind(self.cfg.listen)
+        let listener = crate::listen_fds::tokio_tcp(self.cfg.listen)
             .await
             .with_context(|| format!("replication socket {}", self.cfg.listen))?;
         let bound = listener.local_addr().unwrap_or(self.cfg.listen);
