@@ -19,7 +19,10 @@
 use socket2::{Socket, Type};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
 use std::sync::Mutex;
 
 /// The first inherited descriptor (after stdin, stdout, stderr).
@@ -161,6 +164,53 @@ pub async fn tokio_tcp(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> 
         }
         None => tokio::net::TcpListener::bind(addr).await,
     }
+}
+
+/// `program args…` started with `fds` as its descriptors 3, 4, … and
+/// `LISTEN_PID`/`LISTEN_FDS` naming it: the way the lab hands each process
+/// its sockets. A shell sets the variables and `exec`s the program, which
+/// keeps the shell's pid. Without descriptors, the plain command.
+pub fn command(program: &Path, args: &[String], fds: Vec<RawFd>) -> Command {
+    if fds.is_empty() {
+        let mut c = Command::new(program);
+        c.args(args);
+        return c;
+    }
+    let n = fds.len() as RawFd;
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(format!(
+            "LISTEN_PID=$$ LISTEN_FDS={n}; export LISTEN_PID LISTEN_FDS; exec \"$0\" \"$@\""
+        ))
+        .arg(program)
+        .args(args);
+    // SAFETY: between fork and exec only async-signal-safe calls (fcntl,
+    // dup2) on descriptors the parent owns; nothing is allocated.
+    unsafe {
+        c.pre_exec(move || {
+            // First above the targets (close-on-exec), so that placing one
+            // never overwrites another still to be placed.
+            let mut high = [0 as RawFd; 64];
+            if fds.len() > high.len() {
+                return Err(io::Error::other("too many sockets"));
+            }
+            for (i, fd) in fds.iter().enumerate() {
+                let h = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, FIRST_FD + n);
+                if h < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                high[i] = h;
+            }
+            for (i, h) in high[..fds.len()].iter().enumerate() {
+                // dup2 leaves the new descriptor inheritable.
+                if libc::dup2(*h, FIRST_FD + i as RawFd) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    c
 }
 
 #[cfg(test)]
