@@ -23,6 +23,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Mutex;
 
 /// The first inherited descriptor (after stdin, stdout, stderr).
@@ -36,6 +37,10 @@ struct Inherited {
 }
 
 static INHERITED: Mutex<Vec<Inherited>> = Mutex::new(Vec::new());
+
+/// How many descriptors were handed over (3..3+n): a re-exec hands the
+/// same ones on to the new image, which is still this process.
+static HANDED: AtomicI32 = AtomicI32::new(0);
 
 /// How many descriptors the environment hands to process `me`: none unless
 /// `LISTEN_PID` names it (the variables may be meant for a parent).
@@ -60,6 +65,7 @@ pub fn adopt_from_env() {
     for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
         std::env::remove_var(name);
     }
+    HANDED.store(n, Ordering::Relaxed);
     for fd in FIRST_FD..FIRST_FD + n {
         // SAFETY: the protocol hands descriptors 3..3+n to this process and
         // nothing else in it has opened or claimed them yet (first thing in
@@ -164,6 +170,41 @@ pub async fn tokio_tcp(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> 
         }
         None => tokio::net::TcpListener::bind(addr).await,
     }
+}
+
+/// Replace this process by `cmd` (the daemon's re-exec: same pid) handing
+/// it the sockets this process was handed, at the same numbers: the
+/// parent that bound them (systemd, the lab, a test) passes them once.
+/// Returns only on failure, the sockets close-on-exec again.
+pub fn exec_keeping_sockets(mut cmd: Command) -> io::Error {
+    let n = HANDED.load(Ordering::Relaxed);
+    let fds = FIRST_FD..FIRST_FD + n;
+    // Still ours: the sockets live as long as the process (an unclaimed
+    // one stays in the pool), so these numbers name them.
+    let set = |inherit: bool| {
+        for fd in fds.clone() {
+            // SAFETY: fcntl on a descriptor number; at worst EBADF.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags >= 0 {
+                    let f = if inherit {
+                        flags & !libc::FD_CLOEXEC
+                    } else {
+                        flags | libc::FD_CLOEXEC
+                    };
+                    libc::fcntl(fd, libc::F_SETFD, f);
+                }
+            }
+        }
+    };
+    if n > 0 {
+        set(true);
+        cmd.env("LISTEN_PID", std::process::id().to_string())
+            .env("LISTEN_FDS", n.to_string());
+    }
+    let e = cmd.exec();
+    set(false);
+    e
 }
 
 /// `program args…` started with `fds` as its descriptors 3, 4, … and
