@@ -33,7 +33,7 @@ impl Kamailio {
         let rundir = dir.path(name);
         std::fs::create_dir_all(&rundir).unwrap();
         let log = dir.path(&format!("{name}.log"));
-        let mut k = spawn_on_some_port(|port| {
+        spawn_on_some_port(|port| {
             let mut k = Kamailio {
                 child: None,
                 port,
@@ -47,9 +47,7 @@ impl Kamailio {
             });
             let running = matches!(k.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)));
             (up && running).then_some(k)
-        });
-        k.log = log;
-        k
+        })
     }
 
     /// Start it with `-A` defines (`DROP_REGISTER`), its log continued.
