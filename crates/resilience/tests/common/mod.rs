@@ -308,6 +308,17 @@ impl Pair {
         self.nodes[i] = Some(p);
     }
 
+    /// `program node --config cfg` (an installed copy of the binary, say)
+    /// on node `i`'s sockets, its output not yet directed.
+    pub fn node_command(&self, i: usize, program: &str, cfg: &Path) -> Command {
+        let socks: Vec<&Sock> = self.socks[i].iter().collect();
+        sockets::command(
+            program,
+            &["node", "--config", cfg.to_str().unwrap()],
+            &socks,
+        )
+    }
+
     /// Add `extra` to node `i`'s config (after its `[api]` table).
     pub fn set_extra(&mut self, i: usize, extra: String) {
         self.specs[i].extra = extra;
