@@ -12,6 +12,7 @@ mod http_client;
 mod http_server;
 mod keygen;
 mod lab;
+mod listen_fds;
 mod metrics_export;
 mod node;
 mod node_config;
@@ -56,6 +57,9 @@ fn code(c: i32) -> ExitCode {
 
 /// Long because it is one `match` arm per CLI command, each a few lines.
 fn main() -> ExitCode {
+    // Before any thread: it takes the sockets a parent handed over and
+    // clears their variables from the environment.
+    listen_fds::adopt_from_env();
     let cli = Cli::parse();
     let result: anyhow::Result<ExitCode> = (|| match cli.command {
         Cmd::Node { config } => {

@@ -6,7 +6,6 @@
 //! counted and dropped.
 
 use std::net::SocketAddr;
-use tokio::net::UdpSocket;
 
 /// Build the answer to one request, if it is one.
 pub fn answer(req: &str) -> Option<String> {
@@ -50,7 +49,7 @@ pub fn answer(req: &str) -> Option<String> {
 /// and close TCP connections there (what an arbiter probe needs).
 pub async fn run(listen: SocketAddr, tcp: Option<SocketAddr>) -> anyhow::Result<()> {
     if let Some(addr) = tcp {
-        let l = tokio::net::TcpListener::bind(addr).await?;
+        let l = crate::listen_fds::tokio_tcp(addr).await?;
         eprintln!("stand-in PBX accepting TCP on {}", l.local_addr()?);
         tokio::spawn(async move {
             while let Ok((conn, _)) = l.accept().await {
@@ -58,7 +57,7 @@ pub async fn run(listen: SocketAddr, tcp: Option<SocketAddr>) -> anyhow::Result<
             }
         });
     }
-    let sock = UdpSocket::bind(listen).await?;
+    let sock = crate::listen_fds::tokio_udp(listen).await?;
     eprintln!("stand-in PBX answering SIP on udp/{}", sock.local_addr()?);
     let mut buf = vec![0u8; 65_536];
     let mut dropped = 0u64;

@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 fn secs(s: u64) -> Duration {
@@ -41,9 +41,9 @@ fn start_node(p: &mut Pair, i: usize, nofile: Option<u64>) {
     p.set_extra(i, extra);
     let log = p.dir.path(&format!("{}.log", p.specs[i].name));
     let out = append_log(&log);
-    let mut cmd = Command::new(bin());
-    cmd.args(["node", "--config", p.config_path(i).to_str().unwrap()])
-        .current_dir(&p.dir.0)
+    // Its heartbeat socket handed over; its API binds port 0 itself.
+    let mut cmd = p.node_command(i, bin(), &p.config_path(i));
+    cmd.current_dir(&p.dir.0)
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out);

@@ -171,7 +171,10 @@ fn edge_with_a_bad_config_names_the_file_line_and_key() {
 
 #[test]
 fn status_of_an_unreachable_node_exits_3() {
-    let port = common::free_tcp();
+    // Bound, never listening: a connection there is refused, and no
+    // other process can take the port while the test holds it.
+    let closed = common::sockets::bound_not_listening();
+    let port = closed.port();
     let (code, _, err) = cli(&["status", "--api", &format!("http://127.0.0.1:{port}")]);
     assert_eq!(code, 3, "{err}");
 }

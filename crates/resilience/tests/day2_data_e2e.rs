@@ -30,7 +30,7 @@ fn replicating_pair(
         let (code, out, err) = cli(&args);
         assert_eq!(code, 0, "{args:?}: {out}{err}");
     }
-    let ports = [free_tcp(), free_tcp()];
+    let ports = [p.tcp(0), p.tcp(1)];
     for i in 0..2 {
         let name = p.specs[i].name.clone();
         let extra = jobs(i, &name, &p);
@@ -221,8 +221,8 @@ fn a_row_committed_on_the_main_is_on_the_standby_within_seconds() {
     }
     let mut p = replicating_pair("day2-pg", "policy = \"immediate\"", |i, _, _| {
         format!(
-            "\n[[replication.postgres]]\nname = \"asterisk\"\ndatabase = \"asterisk\"\nport = {}\nexclude_tables = [\"cel\"]\nwatch_poll = \"200ms\"\n",
-            pgs[i].port
+            "\n[[replication.postgres]]\nname = \"asterisk\"\ndatabase = \"asterisk\"\nhost = \"{}\"\nport = {}\nexclude_tables = [\"cel\"]\nwatch_poll = \"200ms\"\n",
+            pgs[i].host, pgs[i].port
         )
     });
     p.start(MAIN);

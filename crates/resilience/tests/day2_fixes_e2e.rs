@@ -32,7 +32,7 @@ fn voicemail_pair(test: &str, failback: &str) -> Pair {
         let (code, out, err) = cli(&args);
         assert_eq!(code, 0, "{args:?}: {out}{err}");
     }
-    let ports = [free_tcp(), free_tcp()];
+    let ports = [p.tcp(0), p.tcp(1)];
     for i in 0..2 {
         let name = p.specs[i].name.clone();
         let folder = p.dir.path(&format!("{name}-spool"));

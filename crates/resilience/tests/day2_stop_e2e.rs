@@ -260,8 +260,8 @@ fn upgrade_by_reload_keeps_the_pbx_and_the_standby_inactive() {
     p.start(STANDBY);
     let cfg = p.config_path(MAIN);
     let log = append_log(&p.dir.path("pbx-main.log"));
-    let child = Command::new(&installed)
-        .args(["node", "--config", cfg.to_str().unwrap()])
+    let child = p
+        .node_command(MAIN, installed.to_str().unwrap(), &cfg)
         .current_dir(&p.dir.0)
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -368,8 +368,8 @@ fn reload_with_a_broken_new_binary_is_refused_and_changes_nothing() {
     p.start(STANDBY);
     let cfg = p.config_path(MAIN);
     let log = append_log(&p.dir.path("pbx-main.log"));
-    let child = Command::new(&installed)
-        .args(["node", "--config", cfg.to_str().unwrap()])
+    let child = p
+        .node_command(MAIN, installed.to_str().unwrap(), &cfg)
         .current_dir(&p.dir.0)
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())

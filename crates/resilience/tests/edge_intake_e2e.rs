@@ -36,16 +36,8 @@ fn respawn_edge(lab: &mut Lab, nofile: u64) {
     lab.edge.kill();
     let log = lab.dir.path("edge.log");
     let out = append_log(&log);
-    let mut cmd = Command::new(bin());
-    cmd.args([
-        "edge",
-        "--config",
-        lab.dir.path("edge.toml").to_str().unwrap(),
-    ])
-    .current_dir(&lab.dir.0)
-    .stdin(Stdio::null())
-    .stdout(out.try_clone().unwrap())
-    .stderr(out);
+    let mut cmd = lab.edge_command();
+    cmd.stdout(out.try_clone().unwrap()).stderr(out);
     // SAFETY: only setrlimit (async-signal-safe) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -524,7 +516,9 @@ fn the_first_probe_counts_at_start_and_probe_lines_read_as_kamailio() {
     // The same edge with a slow probe that wants three answers to call a
     // PBX up: at start, the first answer is enough.
     let cfg = std::fs::read_to_string(lab.dir.path("edge.toml")).unwrap();
-    let (sip, api) = (free_udp(), free_tcp());
+    let [sip_udp, sip_tcp] = Sock::udp_tcp();
+    let api_sock = Sock::tcp();
+    let (sip, api) = (sip_udp.port(), api_sock.port());
     let slow = cfg
         .replace(&format!(":{}\"", lab.sip), &format!(":{sip}\""))
         .replace(&format!(":{}\"", lab.api), &format!(":{api}\""))
@@ -532,7 +526,7 @@ fn the_first_probe_counts_at_start_and_probe_lines_read_as_kamailio() {
         .replace("up_after = 1", "up_after = 3");
     std::fs::write(lab.dir.path("slow.toml"), slow).unwrap();
     let started = Instant::now();
-    let _slow = Proc::spawn(
+    let _slow = Proc::spawn_with(
         "slow-edge",
         &[
             "edge",
@@ -541,6 +535,7 @@ fn the_first_probe_counts_at_start_and_probe_lines_read_as_kamailio() {
         ],
         &lab.dir.0,
         &lab.dir.path("slow-edge.log"),
+        &[&sip_udp, &sip_tcp, &api_sock],
     );
     let up = || {
         get(&format!("http://127.0.0.1:{api}/api/v1/status"))
@@ -555,7 +550,7 @@ fn the_first_probe_counts_at_start_and_probe_lines_read_as_kamailio() {
     assert!(started.elapsed() < secs(10));
     let mut c = Command::new("sipp");
     c.args(["-sf", fixture("phone_register.xml").to_str().unwrap()])
-        .args(["-i", "127.0.0.1", "-p", &free_udp().to_string()])
+        .args(["-i", "127.0.0.1"])
         .args(["-m", "1", "-s", "7001", "-timeout", "10s", "-timeout_error"])
         .args(["-nostdin"])
         .arg(format!("127.0.0.1:{sip}"))
@@ -639,10 +634,12 @@ fn register_and_call_over_tls_and_a_renewed_certificate_serves_the_next_connecti
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let (cert, key) = (certs.path("edge.crt"), certs.path("edge.key"));
     write_cert(&issuer, "edge-one.test", &cert, &key);
-    let tls_port = free_tcp();
+    let tls_sock = Sock::tcp();
+    let tls_port = tls_sock.port();
     let mut lab = Lab::start_opts(
         "intake-tls",
         LabOpts {
+            socks: vec![tls_sock],
             edge_extra: format!(
                 "sip_tls_listen = \"127.0.0.1:{tls_port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
                 cert.display(),
@@ -653,31 +650,31 @@ fn register_and_call_over_tls_and_a_renewed_certificate_serves_the_next_connecti
     );
 
     // stunnel (client mode) turns sipp's TCP into TLS to the edge.
-    let front = free_tcp();
+    // stunnel binds its own port: started again on another one when that
+    // one is taken (it exits).
     let conf = lab.dir.path("stunnel.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "foreground = yes\npid =\ndebug = 4\n[sip]\nclient = yes\naccept = 127.0.0.1:{front}\nconnect = 127.0.0.1:{tls_port}\n"
-        ),
-    )
-    .unwrap();
-    let stunnel = Command::new("stunnel4")
-        .arg(&conf)
-        .stdin(Stdio::null())
-        .stdout(append_log(&lab.dir.path("stunnel.log")))
-        .stderr(append_log(&lab.dir.path("stunnel.log")))
-        .spawn()
-        .expect(
-            "stunnel4 (Debian package stunnel4) must be installed: scripts/test.sh installs it",
-        );
-    let _stunnel = Proc::from_child("stunnel", stunnel);
-    assert!(
-        wait_until(secs(10), || TcpStream::connect(("127.0.0.1", front))
-            .is_ok()),
-        "stunnel never listened: {}",
-        std::fs::read_to_string(lab.dir.path("stunnel.log")).unwrap_or_default()
-    );
+    let (_stunnel, front) = spawn_on_some_port(|front| {
+        std::fs::write(
+            &conf,
+            format!(
+                "foreground = yes\npid =\ndebug = 4\n[sip]\nclient = yes\naccept = 127.0.0.1:{front}\nconnect = 127.0.0.1:{tls_port}\n"
+            ),
+        )
+        .unwrap();
+        let stunnel = Command::new("stunnel4")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(append_log(&lab.dir.path("stunnel.log")))
+            .stderr(append_log(&lab.dir.path("stunnel.log")))
+            .spawn()
+            .expect(
+                "stunnel4 (Debian package stunnel4) must be installed: scripts/test.sh installs it",
+            );
+        let mut p = Proc::from_child("stunnel", stunnel);
+        let pid = p.pid();
+        wait_until(secs(10), || !p.alive() || listens_tcp(pid, front));
+        p.alive().then_some((p, front))
+    });
     // What a phone over TLS writes: its Via says TLS.
     for f in ["phone_register.xml", "phone_call.xml", "phone_answer.xml"] {
         let text = std::fs::read_to_string(fixture(f)).unwrap();
@@ -693,7 +690,7 @@ fn register_and_call_over_tls_and_a_renewed_certificate_serves_the_next_connecti
             "-sf",
             lab.dir.path(&format!("tls-{scenario}")).to_str().unwrap(),
         ])
-        .args(["-t", "t1", "-i", "127.0.0.1", "-p", &free_tcp().to_string()])
+        .args(["-t", "t1", "-i", "127.0.0.1"])
         .args(["-m", "1", "-s", user, "-timeout", "30s", "-timeout_error"])
         .args(["-nostdin", "-trace_err"])
         .args(extra)

@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn ms(n: u64) -> Duration {
@@ -384,11 +384,13 @@ fn https_and_wss_with_a_certificate_reloaded_in_place() {
     std::fs::write(&ca_path, &ca1).unwrap();
     std::fs::write(&cert_path, &cert1).unwrap();
     std::fs::write(&key_path, &key1).unwrap();
-    let https = free_tcp();
+    let https_sock = Sock::tcp();
+    let https = https_sock.port();
     let lab = Lab::start_opts(
         "edge-web-tls",
         LabOpts {
             web: true,
+            socks: vec![https_sock],
             edge_extra: format!(
                 "https_listen = \"127.0.0.1:{https}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
                 cert_path.display(),
@@ -428,32 +430,41 @@ fn https_and_wss_with_a_certificate_reloaded_in_place() {
     echo(&mut wss, "main");
 }
 
-/// A web stub on `port`, ready when it accepts connections.
+/// The web servers' sockets of the running tests, bound by [`web_lab`]
+/// and held until [`stub`] hands them over.
+static WEB_SOCKS: Mutex<Vec<Sock>> = Mutex::new(Vec::new());
+
+/// A web stub on `port`: on the socket [`web_lab`] bound for it, or, for a
+/// stub started again after a kill, on the port bound anew (the test's
+/// own port, released when the killed stub closed it).
 fn stub(dir: &Path, name: &str, port: u16) -> Proc {
-    let child = Command::new("python3")
-        .arg(fixture("../web_stub.py"))
-        .args([name, &port.to_string()])
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 (Debian package python3) must be installed");
-    assert!(wait_until(secs(5), || TcpStream::connect((
-        "127.0.0.1",
-        port
-    ))
-    .is_ok()));
-    Proc::from_child(name, child)
+    let held = {
+        let mut socks = WEB_SOCKS.lock().unwrap_or_else(|e| e.into_inner());
+        let i = socks.iter().position(|s| s.port() == port);
+        i.map(|i| socks.swap_remove(i))
+    };
+    let sock = held.unwrap_or_else(|| {
+        Sock::Tcp(std::net::TcpListener::bind(("127.0.0.1", port)).expect("the stub's port again"))
+    });
+    web_stub_on(dir, name, sock)
 }
 
 /// A lab whose PBXs' web servers the test runs itself (no `ha_url`: the
 /// SIP probes alone say a PBX is up), `main_extra` added to the Main's
 /// `[[pbx]]`: (lab, web proxy port, web ports).
 fn web_lab(name: &str, main_extra: &str, tail: &str) -> (Lab, u16, [u16; 2]) {
-    let (http, webs) = (free_tcp(), [free_tcp(), free_tcp()]);
+    let http_sock = Sock::tcp();
+    let http = http_sock.port();
+    let web_socks = [Sock::tcp(), Sock::tcp()];
+    let webs = [web_socks[0].port(), web_socks[1].port()];
+    WEB_SOCKS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(web_socks);
     let lab = Lab::start_opts(
         name,
         LabOpts {
+            socks: vec![http_sock],
             edge_extra: format!("http_listen = \"127.0.0.1:{http}\"\n"),
             pbx_extra: [
                 format!("web = \"127.0.0.1:{}\"\n{main_extra}", webs[0]),

@@ -34,7 +34,8 @@ impl Follower {
     /// goes into `[follow]`.
     fn start_as(p: &Pair, name: &str, node: &str, extra: &str) -> Follower {
         let d = p.dir.0.display();
-        let api = free_tcp();
+        let api_sock = Sock::tcp();
+        let api = api_sock.port();
         let cfg = format!(
             r#"[follow]
 name = "{name}"
@@ -61,11 +62,12 @@ status = "test -f {d}/{name}.up"
         let path = p.dir.path(&format!("{name}-follow.toml"));
         std::fs::write(&path, cfg).unwrap();
         let log = p.dir.path(&format!("{name}-follow.log"));
-        let proc = Proc::spawn(
+        let proc = Proc::spawn_with(
             "follower",
             &["follow", "--config", path.to_str().unwrap()],
             &p.dir.0,
             &log,
+            &[&api_sock],
         );
         let f = Follower {
             _proc: proc,

@@ -25,6 +25,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "http_server",
             "cert_reload",
             "status",
+            "listen_fds",
             "keygen",
             "node_config",
         ],

@@ -372,7 +372,7 @@ fn forged_and_replayed_heartbeats_are_rejected_and_counted() {
     let key = ClusterKey::from_hex(KEY).unwrap();
     // On the Main's heartbeat address: the Standby's frames carry the
     // challenge our frames must echo before it takes them.
-    let sock = std::net::UdpSocket::bind(format!("127.0.0.1:{}", p.specs[MAIN].hb)).unwrap();
+    let sock = p.socks[MAIN][0].udp_clone();
     sock.set_read_timeout(Some(secs(5))).unwrap();
     let challenge = {
         let mut buf = [0u8; 512];

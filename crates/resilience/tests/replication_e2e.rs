@@ -41,7 +41,7 @@ fn pair_with(test: &str, jobs: impl Fn(usize, &str, &Pair) -> String) -> (Pair, 
         let (code, out, err) = cli(&args);
         assert_eq!(code, 0, "{args:?}: {out}{err}");
     }
-    let ports = [free_tcp(), free_tcp()];
+    let ports = [p.tcp(0), p.tcp(1)];
     for i in 0..2 {
         let name = p.specs[i].name.clone();
         let extra = jobs(i, &name, &p);
@@ -359,8 +359,8 @@ fn a_malicious_stream_and_a_foreign_ca_are_refused() {
 /// Pushed only by `replicate` (no push on commit): each push is the test's.
 fn pg_job(pg: &Postgres) -> String {
     format!(
-        "\n[[replication.postgres]]\nname = \"asterisk\"\ndatabase = \"asterisk\"\nport = {}\nexclude_tables = [\"cel\"]\nreport_tables = [\"users\"]\nwatch = false\n",
-        pg.port
+        "\n[[replication.postgres]]\nname = \"asterisk\"\ndatabase = \"asterisk\"\nhost = \"{}\"\nport = {}\nexclude_tables = [\"cel\"]\nreport_tables = [\"users\"]\nwatch = false\n",
+        pg.host, pg.port
     )
 }
 

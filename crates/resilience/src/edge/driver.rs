@@ -52,10 +52,10 @@ struct Sip {
 async fn sip_sockets(cfg: &EdgeConfig, path: &Path) -> anyhow::Result<Sip> {
     // Bound here (errors at start), registered with the relay thread's
     // runtime there.
-    let sock = std::net::UdpSocket::bind(cfg.edge.sip_listen)
+    let sock = crate::listen_fds::udp(cfg.edge.sip_listen)
         .and_then(|s| s.set_nonblocking(true).map(|_| s))
         .with_context(|| format!("SIP socket {}", cfg.edge.sip_listen))?;
-    let tcp_listener = tokio::net::TcpListener::bind(cfg.edge.sip_listen)
+    let tcp_listener = crate::listen_fds::tokio_tcp(cfg.edge.sip_listen)
         .await
         .with_context(|| format!("SIP TCP socket {}", cfg.edge.sip_listen))?;
     let (tcp_tx, tcp_rx) = mpsc::channel::<(Flow, Vec<u8>)>(1024);
@@ -64,7 +64,7 @@ async fn sip_sockets(cfg: &EdgeConfig, path: &Path) -> anyhow::Result<Sip> {
     let conns = intake.conns.clone();
     if let Some(addr) = cfg.edge.sip_tls_listen {
         let certs = tls_certs(cfg, path)?;
-        let l = tokio::net::TcpListener::bind(addr)
+        let l = crate::listen_fds::tokio_tcp(addr)
             .await
             .with_context(|| format!("SIP TLS socket {addr}"))?;
         tracing::info!("edge: SIP over TLS on {addr}");
@@ -111,7 +111,7 @@ fn start_api(cfg: &EdgeConfig, state: ApiState, table: table::Table) -> anyhow::
         .route("/api/v1/phones", get(phones))
         .route("/api/v1/status", get(status))
         .with_state(state);
-    let listener = std::net::TcpListener::bind(cfg.edge.api_listen)
+    let listener = crate::listen_fds::tcp(cfg.edge.api_listen)
         .and_then(|l| l.set_nonblocking(true).map(|_| l))
         .with_context(|| format!("API socket {}", cfg.edge.api_listen))?;
     let app = crate::http_server::guarded(app, crate::http_server::Hosts::new(&[]));

@@ -192,7 +192,7 @@ pub async fn spawn(cfg: &EdgeConfig, up: Arc<Mutex<Vec<bool>>>) -> anyhow::Resul
         })
     };
     if let Some(addr) = cfg.edge.http_listen {
-        let l = tokio::net::TcpListener::bind(addr)
+        let l = crate::listen_fds::tokio_tcp(addr)
             .await
             .with_context(|| format!("web proxy socket {addr}"))?;
         tracing::info!("edge: web applications on http://{addr}");
@@ -209,7 +209,7 @@ pub async fn spawn(cfg: &EdgeConfig, up: Arc<Mutex<Vec<bool>>>) -> anyhow::Resul
         certs.spawn_watch("edge");
         let acceptor =
             tokio_rustls::TlsAcceptor::from(Arc::new(certs.server_config(&[b"http/1.1"])));
-        let l = tokio::net::TcpListener::bind(addr)
+        let l = crate::listen_fds::tokio_tcp(addr)
             .await
             .with_context(|| format!("web proxy TLS socket {addr}"))?;
         tracing::info!(

@@ -142,7 +142,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
 
     let (status_tx, status_rx) = watch::channel(None);
     let metrics = crate::metrics_export::install_metrics();
-    let listener = tokio::net::TcpListener::bind(cfg.follow.api_listen)
+    let listener = crate::listen_fds::tokio_tcp(cfg.follow.api_listen)
         .await
         .with_context(|| format!("follower API socket {}", cfg.follow.api_listen))?;
     tracing::info!(

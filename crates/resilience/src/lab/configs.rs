@@ -4,10 +4,11 @@
 //! cut without root or network namespaces.
 
 use std::net::{TcpListener, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
 
 pub const NODES: [&str; 2] = ["main", "standby"];
 
-/// Every port of the lab, picked free on loopback.
+/// Every port of the lab: those of [`Sockets`].
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Ports {
     pub heartbeat: [u16; 2],
@@ -21,26 +22,99 @@ pub struct Ports {
     pub control: u16,
 }
 
-fn free_udp() -> anyhow::Result<u16> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Every socket of the lab, bound by the lab itself on port 0 (it is the
+/// parent of every process it starts): each process is handed its own
+/// (`crate::listen_fds`), so no port is picked by binding and releasing
+/// it, and a process the lab boots again gets the same sockets.
+pub struct Sockets {
+    heartbeat: [UdpSocket; 2],
+    pub wire: [UdpSocket; 2],
+    api: [TcpListener; 2],
+    pbx: [UdpSocket; 2],
+    /// The edge's SIP: UDP and TCP on one port.
+    edge_sip: (UdpSocket, TcpListener),
+    edge_api: TcpListener,
+    follower_api: [TcpListener; 2],
+    pub control: TcpListener,
 }
 
-fn free_tcp() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+fn udp() -> std::io::Result<UdpSocket> {
+    UdpSocket::bind("127.0.0.1:0")
 }
 
-impl Ports {
-    pub fn pick() -> anyhow::Result<Ports> {
-        Ok(Ports {
-            heartbeat: [free_udp()?, free_udp()?],
-            wire: [free_udp()?, free_udp()?],
-            api: [free_tcp()?, free_tcp()?],
-            pbx: [free_udp()?, free_udp()?],
-            edge_sip: free_udp()?,
-            edge_api: free_tcp()?,
-            follower_api: [free_tcp()?, free_tcp()?],
-            control: free_tcp()?,
+fn tcp() -> std::io::Result<TcpListener> {
+    TcpListener::bind("127.0.0.1:0")
+}
+
+/// UDP and TCP on one port: the UDP port from the kernel, TCP bound on the
+/// same number (another number drawn when that one is busy for TCP).
+fn udp_tcp() -> std::io::Result<(UdpSocket, TcpListener)> {
+    let mut last = None;
+    for _ in 0..100 {
+        let u = udp()?;
+        match TcpListener::bind(("127.0.0.1", u.local_addr()?.port())) {
+            Ok(t) => return Ok((u, t)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no port for UDP and TCP")))
+}
+
+fn port_udp(s: &UdpSocket) -> u16 {
+    s.local_addr().map_or(0, |a| a.port())
+}
+
+fn port_tcp(s: &TcpListener) -> u16 {
+    s.local_addr().map_or(0, |a| a.port())
+}
+
+impl Sockets {
+    pub fn bind() -> std::io::Result<Sockets> {
+        Ok(Sockets {
+            heartbeat: [udp()?, udp()?],
+            wire: [udp()?, udp()?],
+            api: [tcp()?, tcp()?],
+            pbx: [udp()?, udp()?],
+            edge_sip: udp_tcp()?,
+            edge_api: tcp()?,
+            follower_api: [tcp()?, tcp()?],
+            control: tcp()?,
         })
+    }
+
+    pub fn ports(&self) -> Ports {
+        Ports {
+            heartbeat: self.heartbeat.each_ref().map(port_udp),
+            wire: self.wire.each_ref().map(port_udp),
+            api: self.api.each_ref().map(port_tcp),
+            pbx: self.pbx.each_ref().map(port_udp),
+            edge_sip: port_udp(&self.edge_sip.0),
+            edge_api: port_tcp(&self.edge_api),
+            follower_api: self.follower_api.each_ref().map(port_tcp),
+            control: port_tcp(&self.control),
+        }
+    }
+
+    /// The sockets handed to the process of `role` (see `control::ROLES`).
+    pub fn of_role(&self, role: &str) -> Vec<RawFd> {
+        match role {
+            "main" | "standby" => {
+                let i = usize::from(role == "standby");
+                vec![self.heartbeat[i].as_raw_fd(), self.api[i].as_raw_fd()]
+            }
+            "main-pbx" | "standby-pbx" => {
+                vec![self.pbx[usize::from(role == "standby-pbx")].as_raw_fd()]
+            }
+            "edge" => vec![
+                self.edge_sip.0.as_raw_fd(),
+                self.edge_sip.1.as_raw_fd(),
+                self.edge_api.as_raw_fd(),
+            ],
+            "cc-main" | "cc-standby" => {
+                vec![self.follower_api[usize::from(role == "cc-standby")].as_raw_fd()]
+            }
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -174,7 +248,9 @@ mod tests {
 
     #[test]
     fn every_lab_config_is_valid() {
-        let p = Ports::pick().unwrap();
+        let s = Sockets::bind().unwrap();
+        let p = s.ports();
+        assert!(s.of_role("edge").len() == 3 && p.edge_sip != 0);
         for i in 0..2 {
             resilience_core::config::NodeConfig::parse("node.toml", &node(i, &p, "http://x/y"))
                 .unwrap();

@@ -3,7 +3,7 @@
 //! UDP relay per direction that drops everything while the link is cut),
 //! and the control API the dashboards' lab buttons and the tests call.
 
-use super::configs::{Ports, NODES};
+use super::configs::{Ports, Sockets, NODES};
 use anyhow::Context;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -43,9 +43,14 @@ pub struct Wire {
 impl Wire {
     /// Relay node `i`'s heartbeats (sent to its wire port) to the other
     /// node, unless the link is cut.
-    pub async fn run(self: Arc<Self>, i: usize, ports: Ports) -> anyhow::Result<()> {
-        let sock = UdpSocket::bind(("127.0.0.1", ports.wire[i]))
-            .await
+    pub async fn run(
+        self: Arc<Self>,
+        i: usize,
+        sock: std::net::UdpSocket,
+        ports: Ports,
+    ) -> anyhow::Result<()> {
+        sock.set_nonblocking(true)?;
+        let sock = UdpSocket::from_std(sock)
             .with_context(|| format!("lab wire port {}", ports.wire[i]))?;
         let to: SocketAddr = ([127, 0, 0, 1], ports.heartbeat[1 - i]).into();
         let mut buf = vec![0u8; 2048];
@@ -71,15 +76,18 @@ pub struct Lab {
     /// post to the lab (a no-body POST needs no CORS preflight).
     pub secret: String,
     pub wire: Arc<Wire>,
+    /// Kept for the whole lab: a process booted again gets the same ones.
+    pub sockets: Sockets,
     children: BTreeMap<String, Child>,
 }
 
 impl Lab {
-    pub fn new(exe: PathBuf, dir: PathBuf, ports: Ports, secret: String) -> Lab {
+    pub fn new(exe: PathBuf, dir: PathBuf, sockets: Sockets, secret: String) -> Lab {
         Lab {
             exe,
             dir,
-            ports,
+            ports: sockets.ports(),
+            sockets,
             secret,
             wire: Arc::new(Wire::default()),
             children: BTreeMap::new(),
@@ -111,8 +119,8 @@ impl Lab {
             _ => anyhow::bail!("no such part of the lab: {role}"),
         };
         let log = std::fs::File::create(self.dir.join(format!("{role}.log")))?;
-        let child = Command::new(&self.exe)
-            .args(&args)
+        let fds = self.sockets.of_role(role);
+        let child = Command::from(crate::listen_fds::command(&self.exe, &args, fds))
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -11,7 +11,7 @@ mod control;
 
 use crate::status::HistoryPage;
 use anyhow::Context;
-use configs::{Ports, NODES};
+use configs::{Sockets, NODES};
 use control::{Lab, ROLES};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -38,7 +38,10 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("lab folder {}", dir.display()))?;
     let dir = dir.canonicalize()?;
-    let ports = Ports::pick()?;
+    let sockets = Sockets::bind().context("lab sockets on 127.0.0.1")?;
+    let ports = sockets.ports();
+    let wires = [sockets.wire[0].try_clone()?, sockets.wire[1].try_clone()?];
+    let control = sockets.control.try_clone()?;
     // The nodes refuse secrets others can read (crate::secret): 0600, and
     // a folder kept from an older lab gets its files' modes fixed.
     for name in ["cluster.key", "api.token"] {
@@ -70,16 +73,16 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let lab = Arc::new(Mutex::new(Lab::new(
         std::env::current_exe()?,
         dir.clone(),
-        ports.clone(),
+        sockets,
         secret.clone(),
     )));
     {
         let mut l = lab.lock().await;
-        for i in 0..2 {
+        for (i, sock) in wires.into_iter().enumerate() {
             let wire = l.wire.clone();
             let p = ports.clone();
             tokio::spawn(async move {
-                if let Err(e) = wire.run(i, p).await {
+                if let Err(e) = wire.run(i, sock, p).await {
                     eprintln!("lab: wire: {e:#}");
                 }
             });
@@ -88,9 +91,8 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             println!("lab: {}", l.spawn(role)?);
         }
     }
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", ports.control))
-        .await
-        .context("lab control port")?;
+    control.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(control).context("lab control port")?;
     let app = control::router(lab.clone(), &secret);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

@@ -179,7 +179,7 @@ async fn heartbeat_sockets(
     for addr in
         std::iter::once(cfg.heartbeat.listen).chain(cfg.heartbeat.extra_listen.iter().copied())
     {
-        let s = UdpSocket::bind(addr)
+        let s = crate::listen_fds::tokio_udp(addr)
             .await
             .with_context(|| format!("heartbeat socket {addr}"))?;
         sockets.push(Arc::new(s));
@@ -329,7 +329,7 @@ async fn start_api(
     base: &Path,
     state: ApiState,
 ) -> anyhow::Result<(JoinHandle<anyhow::Result<()>>, SocketAddr)> {
-    let api_listener = tokio::net::TcpListener::bind(cfg.api.listen)
+    let api_listener = crate::listen_fds::tokio_tcp(cfg.api.listen)
         .await
         .with_context(|| format!("API socket {}", cfg.api.listen))?;
     let tls = match (&cfg.api.tls_cert, &cfg.api.tls_key) {

@@ -87,12 +87,12 @@ async fn restart_check(exe: &Path, config: &Path) -> Result<(), RestartCheckErro
 
 /// Become the binary at `exe` (the new one after an upgrade), same PID and
 /// arguments, as nginx upgrades itself. Descriptors are close-on-exec, so
-/// the new process binds its sockets again. Returns only on failure.
+/// the new process binds its sockets again, but for those handed over at
+/// start (`listen_fds`), handed on. Returns only on failure.
 fn reexec(exe: &Path) -> std::io::Error {
-    use std::os::unix::process::CommandExt;
-    std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .exec()
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(std::env::args_os().skip(1));
+    crate::listen_fds::exec_keeping_sockets(cmd)
 }
 
 fn accepted_message(node: &Node, cmd: Command) -> String {

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 /// Connections one address may hold on the listener: the peer keeps room
@@ -119,7 +119,7 @@ impl Replicator {
         if self.standby {
             self.clone().copy_back_on_handback(active.clone());
         }
-        let listener = TcpListener::bind(self.cfg.listen)
+        let listener = crate::listen_fds::tokio_tcp(self.cfg.listen)
             .await
             .with_context(|| format!("replication socket {}", self.cfg.listen))?;
         let bound = listener.local_addr().unwrap_or(self.cfg.listen);

@@ -27,17 +27,27 @@ pub struct Kamailio {
 }
 
 impl Kamailio {
-    pub fn start(dir: &TestDir, name: &str, port: u16) -> Kamailio {
+    /// Kamailio cannot be handed a socket: it binds a candidate port itself
+    /// and, when that fails (it exits), is started again on another one.
+    pub fn start(dir: &TestDir, name: &str) -> Kamailio {
         let rundir = dir.path(name);
         std::fs::create_dir_all(&rundir).unwrap();
-        let mut k = Kamailio {
-            child: None,
-            port,
-            log: dir.path(&format!("{name}.log")),
-            rundir,
-        };
-        k.spawn(&[]);
-        k
+        let log = dir.path(&format!("{name}.log"));
+        spawn_on_some_port(|port| {
+            let mut k = Kamailio {
+                child: None,
+                port,
+                log: log.clone(),
+                rundir: rundir.clone(),
+            };
+            k.spawn(&[]);
+            let up = wait_until(secs(10), || {
+                !matches!(k.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+                    || sip_answers(port)
+            });
+            let running = matches!(k.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)));
+            (up && running).then_some(k)
+        })
     }
 
     /// Start it with `-A` defines (`DROP_REGISTER`), its log continued.
@@ -113,6 +123,8 @@ pub struct LabOpts {
     /// What the edge must see up before the lab is ready, when not both
     /// (an `ha_url` in `pbx_extra` names a node that is Inactive).
     pub expect_up: Option<[bool; 2]>,
+    /// More sockets for the edge (the ones `edge_extra` names).
+    pub socks: Vec<Sock>,
 }
 
 /// The lab edge's API token (its `token_file`).
@@ -122,6 +134,9 @@ pub struct Lab {
     pub dir: TestDir,
     pub pbx: [Kamailio; 2],
     pub edge: Proc,
+    /// The edge's sockets (SIP UDP and TCP, API, web proxy, any of
+    /// `LabOpts::socks`), handed to it at every start.
+    pub edge_socks: Vec<Sock>,
     pub sip: u16,
     pub api: u16,
     /// The web proxy's port and the two nodes' web stubs, when asked for.
@@ -150,25 +165,27 @@ impl Lab {
         let expect_up = opts.expect_up.unwrap_or([true, true]);
         let dir = TestDir::new(name);
         let pbx = [
-            Kamailio::start(&dir, "pbx-main", free_udp()),
-            Kamailio::start(&dir, "pbx-standby", free_udp()),
+            Kamailio::start(&dir, "pbx-main"),
+            Kamailio::start(&dir, "pbx-standby"),
         ];
-        let (sip, api) = (free_sip(), free_tcp());
-        let (http_port, webs) = (free_tcp(), [free_tcp(), free_tcp()]);
+        let [sip_udp, sip_tcp] = Sock::udp_tcp();
+        let api_sock = Sock::tcp();
+        let (sip, api) = (sip_udp.port(), api_sock.port());
+        let mut edge_socks = vec![sip_udp, sip_tcp, api_sock];
+        edge_socks.extend(opts.socks);
+        let mut webs = [0, 0];
         let http = web.then(|| {
-            let stub = |name: &str, port: u16| {
-                let child = Command::new("python3")
-                    .arg(fixture("../web_stub.py"))
-                    .args([name, &port.to_string()])
-                    .current_dir(&dir.0)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap();
-                Proc::from_child(name, child)
+            let http = Sock::tcp();
+            let http_port = http.port();
+            edge_socks.push(http);
+            let mut stub = |i: usize, name: &str| {
+                let (p, port) = web_stub(&dir.0, name);
+                webs[i] = port;
+                p
             };
-            (http_port, [stub("main", webs[0]), stub("standby", webs[1])])
+            (http_port, [stub(0, "main"), stub(1, "standby")])
         });
+        let http_port = http.as_ref().map_or(0, |h| h.0);
         let (http_line, web_lines) = if web {
             (
                 format!("http_listen = \"127.0.0.1:{http_port}\"\n"),
@@ -226,16 +243,19 @@ register_timeout = "1s"
             ),
         )
         .unwrap();
-        let edge = Proc::spawn(
+        let socks: Vec<&Sock> = edge_socks.iter().collect();
+        let edge = Proc::spawn_with(
             "edge",
             &["edge", "--config", cfg.to_str().unwrap()],
             &dir.0,
             &dir.path("edge.log"),
+            &socks,
         );
         let lab = Lab {
             dir,
             pbx,
             edge,
+            edge_socks,
             sip,
             api,
             http,
@@ -246,6 +266,29 @@ register_timeout = "1s"
             lab.logs()
         );
         lab
+    }
+
+    /// The command that starts the lab's edge (again) on its sockets, its
+    /// output not yet directed.
+    pub fn edge_command(&self) -> Command {
+        let cfg = self.dir.path("edge.toml");
+        let socks: Vec<&Sock> = self.edge_socks.iter().collect();
+        let mut c = sockets::command(bin(), &["edge", "--config", cfg.to_str().unwrap()], &socks);
+        c.current_dir(&self.dir.0).stdin(Stdio::null());
+        c
+    }
+
+    /// Start the lab's edge again (after `edge.kill()`), its log continued.
+    pub fn respawn_edge(&mut self) {
+        let cfg = self.dir.path("edge.toml");
+        let socks: Vec<&Sock> = self.edge_socks.iter().collect();
+        self.edge = Proc::spawn_with(
+            "edge",
+            &["edge", "--config", cfg.to_str().unwrap()],
+            &self.dir.0,
+            &self.dir.path("edge.log"),
+            &socks,
+        );
     }
 
     pub fn get(&self, path: &str) -> Value {
@@ -301,7 +344,8 @@ register_timeout = "1s"
     pub fn sipp_command(&self, scenario: &str, user: &str, extra: &[&str]) -> Command {
         let mut c = Command::new("sipp");
         c.args(["-sf", fixture(scenario).to_str().unwrap()])
-            .args(["-i", "127.0.0.1", "-p", &free_sip().to_string()])
+            // No -p: sipp binds its own port (no port picked for it).
+            .args(["-i", "127.0.0.1"])
             .args(["-m", "1", "-s", user, "-timeout", "60s", "-timeout_error"])
             .args(["-nostdin", "-trace_err"])
             .args(extra)
@@ -373,11 +417,65 @@ pub fn enc(s: &str) -> String {
         .collect()
 }
 
-/// A port free for both UDP and TCP (the edge's SIP listens on both): a
-/// free UDP port may be a busy TCP one.
-/// A SIP port (UDP and TCP): see [`super::free_port`].
-pub fn free_sip() -> u16 {
-    super::free_port()
+/// Start a server that cannot be handed a socket (Kamailio, stunnel) on a
+/// port it binds itself: `start(port)` gives the server, or None when it
+/// could not serve there (it exited: the port was taken), and the next
+/// candidate is tried. Candidates lie below the kernel's ephemeral range
+/// (32768-60999), where no `bind(0)` or outgoing connection lands.
+pub fn spawn_on_some_port<T>(mut start: impl FnMut(u16) -> Option<T>) -> T {
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let mut seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    for _ in 0..10 {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let port = (LOW + (seed >> 8) % SPAN) as u16;
+        if let Some(t) = start(port) {
+            return t;
+        }
+    }
+    panic!("the server failed to start on 10 candidate ports");
+}
+
+/// A SIP server answers an OPTIONS on UDP 127.0.0.1:`port`.
+pub fn sip_answers(port: u16) -> bool {
+    let Ok(s) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+        return false;
+    };
+    let me = s.local_addr().unwrap().port();
+    let msg = format!(
+        "OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bK-ready{me}\r\nFrom: <sip:probe@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1:{port}>\r\nCall-ID: ready-{me}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut buf = [0u8; 2048];
+    s.send_to(msg.as_bytes(), ("127.0.0.1", port)).is_ok()
+        && s.recv(&mut buf)
+            .is_ok_and(|n| buf[..n].starts_with(b"SIP/2.0 "))
+}
+
+/// The web stub (fixtures/web_stub.py) playing node `name`'s web server,
+/// on a socket bound here and handed to it (dropped here: once the stub is
+/// killed its port refuses connections, as a dead server's does): (the
+/// stub, its port).
+pub fn web_stub(dir: &Path, name: &str) -> (Proc, u16) {
+    let sock = Sock::tcp();
+    let port = sock.port();
+    (web_stub_on(dir, name, sock), port)
+}
+
+/// [`web_stub`] on a given socket (a restarted stub's old port).
+pub fn web_stub_on(dir: &Path, name: &str, sock: Sock) -> Proc {
+    let python = "python3";
+    let stub = fixture("../web_stub.py");
+    let child = sockets::command(python, &[stub.to_str().unwrap(), name, "fd"], &[&sock])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 (Debian package python3) must be installed");
+    Proc::from_child(name, child)
 }
 
 pub fn sipp_output(mut c: Command) -> (i32, String) {

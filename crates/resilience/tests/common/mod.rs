@@ -5,9 +5,11 @@
 
 pub mod edge;
 pub mod repl;
+pub mod sockets;
+
+pub use sockets::Sock;
 
 use serde_json::Value;
-use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -60,9 +62,14 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, args: &[&str], cwd: &Path, log: &Path) -> Proc {
+        Proc::spawn_with(name, args, cwd, log, &[])
+    }
+
+    /// `resilience args…` serving on `socks` (handed over as descriptors
+    /// 3, 4, …: see [`sockets`]).
+    pub fn spawn_with(name: &str, args: &[&str], cwd: &Path, log: &Path, socks: &[&Sock]) -> Proc {
         let out = append_log(log);
-        let child = Command::new(bin())
-            .args(args)
+        let child = sockets::command(bin(), args, socks)
             .current_dir(cwd)
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log"))
@@ -124,43 +131,6 @@ pub fn append_log(path: &Path) -> std::fs::File {
         .append(true)
         .open(path)
         .expect("log file")
-}
-
-/// A port for a server that a test configures before starting it, free
-/// for both UDP and TCP on loopback when picked. Picked below the kernel's
-/// ephemeral range (32768-60999), so no outgoing connection or `bind(0)`
-/// elsewhere on a busy machine can take it before the server binds it
-/// (a port from `bind(0)` was taken that way: "Address already in use").
-/// Each test process walks its own sequence, so two tests of one process
-/// never get the same port.
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const LOW: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let seed = (std::process::id().wrapping_mul(2_654_435_761)
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos()))
-        % SPAN;
-    let _ = NEXT.compare_exchange(u32::MAX, seed, Ordering::SeqCst, Ordering::SeqCst);
-    for _ in 0..SPAN {
-        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok()
-            && TcpListener::bind(("127.0.0.1", port)).is_ok()
-        {
-            return port;
-        }
-    }
-    panic!("no free port in {LOW}..{}", LOW + SPAN);
-}
-
-pub fn free_udp() -> u16 {
-    free_port()
-}
-
-pub fn free_tcp() -> u16 {
-    free_port()
 }
 
 /// One node of a test pair.
@@ -261,6 +231,11 @@ pub struct Pair {
     pub specs: [Spec; 2],
     pub nodes: [Option<Proc>; 2],
     pub pbx: [Option<Proc>; 2],
+    /// Each node's sockets (heartbeat, API, any added by [`Pair::tcp`]),
+    /// handed to it at every start.
+    pub socks: [Vec<Sock>; 2],
+    /// Each stand-in PBX's SIP socket, when made with PBXs.
+    pub pbx_socks: [Option<Sock>; 2],
 }
 
 pub const MAIN: usize = 0;
@@ -271,22 +246,25 @@ impl Pair {
         let dir = TestDir::new(test);
         write_secret(&dir.path("cluster.key"), &format!("{KEY}\n"));
         write_secret(&dir.path("api.token"), &format!("{TOKEN}\n"));
-        let (hb0, hb1) = (free_udp(), free_udp());
-        let mk = |name: &str, ty, peer: &str, hb, peer_hb| Spec {
+        // Both heartbeat sockets exist before either node starts: each
+        // config names the other's real port.
+        let socks = [0, 1].map(|_| vec![Sock::udp(), Sock::tcp()]);
+        let pbx_socks = [0, 1].map(|_| with_pbx.then(Sock::udp));
+        let mk = |i: usize, name: &str, ty, peer: &str| Spec {
             name: name.into(),
             node_type: ty,
             mode,
             peer: peer.into(),
-            hb,
-            peer_hb,
-            api: free_tcp(),
-            pbx: with_pbx.then(free_udp),
+            hb: socks[i][0].port(),
+            peer_hb: socks[1 - i][0].port(),
+            api: socks[i][1].port(),
+            pbx: pbx_socks[i].as_ref().map(Sock::port),
             failback: failback.into(),
             extra: String::new(),
         };
         let specs = [
-            mk("pbx-main", "main", "pbx-standby", hb0, hb1),
-            mk("pbx-standby", "standby", "pbx-main", hb1, hb0),
+            mk(0, "pbx-main", "main", "pbx-standby"),
+            mk(1, "pbx-standby", "standby", "pbx-main"),
         ];
         for s in &specs {
             std::fs::write(dir.path(&format!("{}.toml", s.name)), s.config(&dir.0)).unwrap();
@@ -296,7 +274,18 @@ impl Pair {
             specs,
             nodes: [None, None],
             pbx: [None, None],
+            socks,
+            pbx_socks,
         }
+    }
+
+    /// A new TCP socket for node `i` (a replication listener, say), handed
+    /// to it at every start: its port, for the configs.
+    pub fn tcp(&mut self, i: usize) -> u16 {
+        let s = Sock::tcp();
+        let port = s.port();
+        self.socks[i].push(s);
+        port
     }
 
     pub fn config_path(&self, i: usize) -> PathBuf {
@@ -308,13 +297,26 @@ impl Pair {
         let cfg = self.config_path(i);
         // Appended across restarts, so a failing test shows the whole story.
         let log = self.dir.path(&format!("{}.log", self.specs[i].name));
-        let p = Proc::spawn(
+        let socks: Vec<&Sock> = self.socks[i].iter().collect();
+        let p = Proc::spawn_with(
             &self.specs[i].name,
             &["node", "--config", cfg.to_str().unwrap()],
             &self.dir.0,
             &log,
+            &socks,
         );
         self.nodes[i] = Some(p);
+    }
+
+    /// `program node --config cfg` (an installed copy of the binary, say)
+    /// on node `i`'s sockets, its output not yet directed.
+    pub fn node_command(&self, i: usize, program: &str, cfg: &Path) -> Command {
+        let socks: Vec<&Sock> = self.socks[i].iter().collect();
+        sockets::command(
+            program,
+            &["node", "--config", cfg.to_str().unwrap()],
+            &socks,
+        )
     }
 
     /// Add `extra` to node `i`'s config (after its `[api]` table).
@@ -338,11 +340,13 @@ impl Pair {
         let port = self.specs[i].pbx.expect("pair made with PBXs");
         let addr = format!("127.0.0.1:{port}");
         let log = self.dir.path(&format!("{}.pbx.log", self.specs[i].name));
-        self.pbx[i] = Some(Proc::spawn(
+        let sock = self.pbx_socks[i].as_ref().expect("pair made with PBXs");
+        self.pbx[i] = Some(Proc::spawn_with(
             "pbx",
             &["stand-in-pbx", "--listen", &addr],
             &self.dir.0,
             &log,
+            &[sock],
         ));
     }
 
@@ -445,10 +449,15 @@ pub fn cli(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// A real PostgreSQL server of the test's own, on a loopback port, run as
-/// the `postgres` user and stopped (SIGQUIT, by pid) when dropped.
+/// A real PostgreSQL server of the test's own, run as the `postgres` user
+/// and stopped (SIGQUIT, by pid) when dropped. It listens on a Unix socket
+/// in its data folder only (no TCP port to pick: PostgreSQL cannot be
+/// handed a socket); libpq clients reach it with the folder as host.
 pub struct Postgres {
+    /// The socket's port number (part of its file name only).
     pub port: u16,
+    /// The socket folder: the `host` of a replication job.
+    pub host: String,
     pub data: PathBuf,
     child: Option<Child>,
 }
@@ -509,12 +518,12 @@ impl Postgres {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = free_tcp();
+        let port = 5432;
         let log = std::fs::File::create(dir.join(format!("pg-{name}.log"))).unwrap();
         let child = Command::new(bin.join("postgres"))
             .args(["-D", data.to_str().unwrap(), "-p", &port.to_string()])
             .args(["-k", data.to_str().unwrap()])
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args(["-c", "listen_addresses=", "-c", "fsync=off"])
             .current_dir(&data)
             .uid(uid)
             .gid(gid)
@@ -525,6 +534,7 @@ impl Postgres {
             .expect("start postgres");
         let pg = Postgres {
             port,
+            host: data.to_str().unwrap().to_owned(),
             data,
             child: Some(child),
         };
@@ -542,7 +552,7 @@ impl Postgres {
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
             .args([
                 "-h",
-                "127.0.0.1",
+                &self.host,
                 "-p",
                 &self.port.to_string(),
                 "-U",
@@ -629,5 +639,26 @@ pub fn idle_connections(
             }
         }
         out
+    })
+}
+
+/// Process `pid` holds a TCP socket listening on loopback port `port`
+/// (read from /proc: the server's own bind, not a probe of ours).
+pub fn listens_tcp(pid: u32, port: u16) -> bool {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let want = format!("0100007F:{port:04X}");
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 9 && f[1] == want && f[3] == "0A" && inodes.iter().any(|i| i == f[9])
     })
 }
