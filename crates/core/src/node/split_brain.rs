@@ -22,10 +22,12 @@ impl Node {
             return false;
         };
         let (own, theirs, peer) = (self.epoch, f.epoch, f.name.clone());
+        // Starting only to stop again: neither stays active nor steps down.
+        let already = self.status == Status::Starting && self.stop_after_start.is_some();
         if self.wins_against(f) {
             // Once per split brain: both sides then log it, each with its
             // own part.
-            if !self.split_brain_won {
+            if !self.split_brain_won && !already {
                 self.split_brain_won = true;
                 let rule = self.split_brain_rule();
                 self.event(
@@ -39,7 +41,6 @@ impl Node {
             }
             return false;
         }
-        let already = self.status == Status::Starting && self.stop_after_start.is_some();
         if already {
             return false;
         }

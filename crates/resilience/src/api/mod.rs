@@ -116,7 +116,7 @@ async fn status(State(s): State<ApiState>) -> Response {
     };
     // Replication runs beside the node loop: read it now, not as of the last tick.
     if let Some(r) = &s.replicator {
-        doc.replication = Some(r.status_json());
+        doc.replication = Some(r.status_doc());
     }
     doc.pbx_settings = Some((*s.pbx_settings).clone());
     Json(doc).into_response()

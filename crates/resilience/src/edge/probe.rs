@@ -11,7 +11,7 @@
 //! (`Destination down: OPTIONS sip:10.0.0.2:5060;transport=udp (main)`), so
 //! `grep "WAR.*Destination"` finds them as it finds Kamailio's.
 
-use crate::status::HaStatus;
+use crate::status::HaRoute;
 use resilience_core::config::edge::{HealthSection, PbxTarget};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -96,7 +96,7 @@ async fn node_active(url: String, timeout: Duration) -> Round {
             return Round::Unknown;
         };
         match agent.get(&url).call() {
-            Ok(mut r) => match r.body_mut().read_json::<HaStatus>() {
+            Ok(mut r) => match r.body_mut().read_json::<HaRoute>() {
                 Ok(ha) if ha.active => Round::Up,
                 _ => Round::Down,
             },

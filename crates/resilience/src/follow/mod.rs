@@ -8,7 +8,7 @@
 //! in. The status document and metrics are refreshed after every step.
 
 use crate::services::{run_in, ServiceState, Services, ServicesFailed};
-use crate::status::{FollowerActions, FollowerPending, FollowerPolls, FollowerStatus, HaStatus};
+use crate::status::{FollowerActions, FollowerPending, FollowerPolls, FollowerStatus, HaRoute};
 use anyhow::Context;
 use axum::extract::State;
 use axum::routing::get;
@@ -48,9 +48,10 @@ fn poll(agent: &ureq::Agent, url: &str) -> Answer {
         Ok(b) => b,
         Err(e) => return Answer::Unreachable(format!("unreadable answer: {e}")),
     };
-    match serde_json::from_str::<HaStatus>(&body) {
+    match serde_json::from_str::<HaRoute>(&body) {
         Ok(ha) => Answer::Active(ha.active),
-        Err(e) => Answer::Unreachable(format!("the answer is not a node's HA status: {e}")),
+        Err(e) if e.is_data() => Answer::Unreachable("the answer has no boolean `active`".into()),
+        Err(e) => Answer::Unreachable(format!("unreadable answer: {e}")),
     }
 }
 

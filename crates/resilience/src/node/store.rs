@@ -28,6 +28,11 @@ pub enum StoreError {
     Sql(PathBuf, rusqlite::Error),
     #[error("moving the damaged state database {0} aside: {1}")]
     MoveAside(PathBuf, std::io::Error),
+    /// Kept apart from [`StoreError::Sql`]: a database this version cannot
+    /// extend (read-only, disk full, locked) is not damaged, and is never
+    /// moved aside — its facts (epoch, an admin's hold) stay.
+    #[error("state database {0}: cannot add the events' state column ({1}); the database is left as it was")]
+    Migrate(PathBuf, rusqlite::Error),
 }
 
 pub use crate::node_handle::{EventsPage, StoredEvent};
@@ -48,7 +53,7 @@ fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
 /// for the rows the timeline reads, from their text (the only record an
 /// older version kept; its own `active` rows are matched without the
 /// reason the text ends with).
-fn migrate_state_column(conn: &Connection) -> rusqlite::Result<()> {
+fn migrate_state_column(conn: &mut Connection) -> rusqlite::Result<()> {
     let has: bool = conn.query_row(
         "SELECT COUNT(*) FROM pragma_table_info('events') WHERE name = 'state'",
         [],
@@ -57,9 +62,10 @@ fn migrate_state_column(conn: &Connection) -> rusqlite::Result<()> {
     if has {
         return Ok(());
     }
-    conn.execute_batch(
-        "BEGIN;
-         ALTER TABLE events ADD COLUMN state TEXT;
+    // One transaction: a failure part way leaves the table as it was.
+    let tx = conn.transaction()?;
+    tx.execute_batch(
+        "ALTER TABLE events ADD COLUMN state TEXT;
          UPDATE events SET state = CASE
              WHEN kind = 'active' AND text LIKE '%from: false to: true%' THEN 'active'
              WHEN kind IN ('active', 'booted') THEN 'inactive'
@@ -67,9 +73,9 @@ fn migrate_state_column(conn: &Connection) -> rusqlite::Result<()> {
              WHEN kind = 'peer_state' AND text LIKE '% inactive' THEN 'inactive'
              WHEN kind = 'peer_state' AND text LIKE '% silent' THEN 'silent'
            END
-           WHERE kind IN ('active', 'booted', 'peer_state');
-         COMMIT;",
-    )
+           WHERE kind IN ('active', 'booted', 'peer_state');",
+    )?;
+    tx.commit()
 }
 
 pub struct Store {
@@ -87,7 +93,7 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Dir(dir.to_owned(), e))?;
         let path = dir.join(DB_FILE);
         match Self::open_checked(&path) {
-            Ok(s) => Ok((s, None)),
+            Ok(s) => Ok((s.migrated()?, None)),
             Err(e) if path.exists() => {
                 let aside = dir.join(format!("{DB_FILE}.corrupt-{}", unix_ms(SystemTime::now())));
                 std::fs::rename(&path, &aside)
@@ -95,7 +101,7 @@ impl Store {
                 for ext in ["-wal", "-shm"] {
                     let _ = std::fs::remove_file(dir.join(format!("{DB_FILE}{ext}")));
                 }
-                let s = Self::open_checked(&path)?;
+                let s = Self::open_checked(&path)?.migrated()?;
                 Ok((
                     s,
                     Some(format!(
@@ -141,12 +147,19 @@ impl Store {
              );",
         )
         .map_err(sql)?;
-        migrate_state_column(&conn).map_err(sql)?;
         Ok(Store {
             conn,
             path: path.to_owned(),
             appended: 0,
         })
+    }
+
+    /// The schema of this version, after the database was found sound (a
+    /// failure here is [`StoreError::Migrate`], never a reason to recreate).
+    fn migrated(mut self) -> Result<Store, StoreError> {
+        migrate_state_column(&mut self.conn)
+            .map_err(|e| StoreError::Migrate(self.path.clone(), e))?;
+        Ok(self)
     }
 
     fn sql(&self, e: rusqlite::Error) -> StoreError {
@@ -378,6 +391,46 @@ mod tests {
             vec![1, 0],
             "the next page starts below the cursor"
         );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A sound database this version cannot extend is left in place with
+    /// its facts, never moved aside as damaged (that would forget the
+    /// epoch and an admin's hold). The failure is forced by an `events`
+    /// that is a view: SQLite cannot add a column to one.
+    #[test]
+    fn a_failed_migration_keeps_the_database_and_its_facts() {
+        let d = tmp("migrate-fails");
+        std::fs::create_dir_all(&d).unwrap();
+        {
+            let c = Connection::open(d.join(DB_FILE)).unwrap();
+            c.execute_batch(
+                "CREATE TABLE facts (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 INSERT INTO facts VALUES ('epoch', '7');
+                 CREATE TABLE old_events (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL,
+                                          kind TEXT NOT NULL, text TEXT NOT NULL);
+                 CREATE VIEW events AS SELECT * FROM old_events;",
+            )
+            .unwrap();
+        }
+        match Store::open(&d) {
+            Err(StoreError::Migrate(..)) => {}
+            Err(e) => panic!("expected a migration error, got {e}"),
+            Ok(_) => panic!("a view cannot gain a column"),
+        }
+        let aside: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("corrupt"))
+            .collect();
+        assert!(aside.is_empty(), "moved aside: {aside:?}");
+        let c = Connection::open(d.join(DB_FILE)).unwrap();
+        let epoch: String = c
+            .query_row("SELECT value FROM facts WHERE key = 'epoch'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(epoch, "7");
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -5,6 +5,7 @@
 use super::wire::Applied;
 use super::{Job, Replicator};
 use crate::clock::unix_ms;
+use crate::status::{ReplicationJob, ReplicationStatus};
 use serde::Serialize;
 use std::fmt::Display;
 use std::time::{Instant, SystemTime};
@@ -64,25 +65,35 @@ impl Replicator {
     }
 
     /// The status of every job, with how stale the last success is.
-    pub fn status_json(&self) -> serde_json::Value {
+    pub fn status_doc(&self) -> ReplicationStatus {
         let now = unix_ms(SystemTime::now());
         let st = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        let jobs: serde_json::Map<String, serde_json::Value> = self
+        let jobs = self
             .jobs()
             .iter()
             .map(|j| {
                 let s = st.get(j.name()).cloned().unwrap_or_default();
-                let mut v = serde_json::to_value(&s).unwrap_or_default();
-                v["stale_s"] =
-                    serde_json::json!(s.last_success_ms.map(|t| (now - t) as f64 / 1000.0));
-                let (kind, what) = match j {
+                let (kind, path) = match j {
                     Job::Dir(d) => ("dir", self.path(&d.path).display().to_string()),
                     Job::Sqlite(q) => ("sqlite", self.path(&q.path).display().to_string()),
                     Job::Postgres(p) => ("postgres", p.database.clone()),
                 };
-                v["kind"] = serde_json::json!(kind);
-                v["path"] = serde_json::json!(what);
-                (j.name().to_owned(), v)
+                let doc = ReplicationJob {
+                    kind: kind.to_owned(),
+                    path,
+                    role: s.role.to_owned(),
+                    last_success_ms: s.last_success_ms,
+                    last_attempt_ms: s.last_attempt_ms,
+                    duration_ms: s.duration_ms,
+                    files: s.files,
+                    bytes: s.bytes,
+                    deleted: s.deleted,
+                    last_error: s.last_error,
+                    running: s.running,
+                    links_skipped: s.links_skipped,
+                    stale_s: s.last_success_ms.map(|t| (now - t) as f64 / 1000.0),
+                };
+                (j.name().to_owned(), doc)
             })
             .collect();
         let local = self
@@ -90,12 +101,12 @@ impl Replicator {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        serde_json::json!({
-            "peer": self.cfg.peer.to_string(),
-            "jobs": jobs,
-            "local_changes_at_failback": local,
-            "refused": self.refused.totals_json(),
-        })
+        ReplicationStatus {
+            peer: self.cfg.peer.to_string(),
+            jobs,
+            local_changes_at_failback: local.and_then(|r| serde_json::to_value(r).ok()),
+            refused: self.refused.totals_doc(),
+        }
     }
 
     /// Symlinks of folder `job` that lead out of it are not sent: counted in

@@ -40,6 +40,15 @@ pub struct HaStatus {
     pub remote_address: String,
 }
 
+/// What the edge and the followers read of `GET /api/v1/ha`: `active`
+/// alone, so a node of another version (a node type or mode this one does
+/// not know, fields added or gone) is still understood.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct HaRoute {
+    /// Takes new calls.
+    pub active: bool,
+}
+
 /// `GET /api/v1/status` of a node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
@@ -58,9 +67,9 @@ pub struct NodeStatus {
     #[serde(default)]
     pub history: HistoryInfo,
     /// The replication jobs, read when the document is served (absent
-    /// without `[replication]`). Its shape is the replication module's.
+    /// without `[replication]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replication: Option<serde_json::Value>,
+    pub replication: Option<ReplicationStatus>,
     /// What `[pbx_settings]` changed at start, added when served. Its shape
     /// is the pbx_settings module's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -306,6 +315,45 @@ pub struct EdgeConnections {
     pub cap: usize,
     pub per_source_cap: usize,
     pub refused_or_closed: RateTotals,
+}
+
+/// `replication` of the node's status: what each job last did.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ReplicationStatus {
+    /// The peer's replication address.
+    pub peer: String,
+    pub jobs: BTreeMap<String, ReplicationJob>,
+    /// What changed on the Standby while it served, reported at failback
+    /// (the replication module's `changes::Report`).
+    #[serde(default)]
+    pub local_changes_at_failback: Option<serde_json::Value>,
+    /// Sessions the listener refused, by reason.
+    #[serde(default)]
+    pub refused: RateTotals,
+}
+
+/// One replication job's last results.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReplicationJob {
+    /// `dir`, `sqlite` or `postgres`.
+    pub kind: String,
+    /// The folder or file, or the database's name.
+    pub path: String,
+    /// `push` on the Main, `receive` on the Standby.
+    pub role: String,
+    pub last_success_ms: Option<i64>,
+    pub last_attempt_ms: Option<i64>,
+    pub duration_ms: Option<u64>,
+    pub files: u64,
+    pub bytes: u64,
+    pub deleted: u64,
+    pub last_error: Option<String>,
+    pub running: bool,
+    /// Symlinks leading out of the folder, not sent (Main).
+    pub links_skipped: u64,
+    /// Seconds since the last success.
+    pub stale_s: Option<f64>,
 }
 
 /// Totals of a rate-limited log.

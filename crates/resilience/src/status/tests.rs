@@ -255,10 +255,14 @@ fn served_additions_appear_only_when_set() {
     let mut doc = NodeStatus::of(&snapshot(), &cfg, &[], Counts::default());
     let v = serde_json::to_value(&doc).unwrap();
     assert!(v.get("replication").is_none() && v.get("pbx_settings").is_none());
-    doc.replication = Some(json!({"jobs": {}}));
+    doc.replication = Some(ReplicationStatus::default());
     doc.pbx_settings = Some(json!({"files": []}));
     let v = serde_json::to_value(&doc).unwrap();
-    assert_eq!(v["replication"], json!({"jobs": {}}));
+    assert_eq!(
+        v["replication"],
+        json!({"peer": "", "jobs": {}, "local_changes_at_failback": null,
+               "refused": {"total": 0, "by_reason": {}}})
+    );
     assert_eq!(v["pbx_settings"], json!({"files": []}));
 }
 
