@@ -141,7 +141,15 @@ const TABLE_EAGER: u32 = 8;
 
 /// Run the edge until SIGINT/SIGTERM or the relay's end.
 pub async fn run(path: &Path) -> anyhow::Result<()> {
-    let (driver, _handle) = EdgeDriver::new(path).await?;
+    let (driver, handle) = EdgeDriver::new(path).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        handle.shutdown();
+    });
     driver.run().await
 }
 
@@ -158,7 +166,8 @@ fn spawn_api(
     app: axum::Router,
     cap: usize,
     table: table::Table,
-) -> anyhow::Result<()> {
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -169,16 +178,19 @@ fn spawn_api(
             lower_priority(API_NICE);
             rt.block_on(async move {
                 table.spawn_ticker();
-                match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => {
-                        let _ = crate::http_server::serve(l, app, None, cap).await;
-                    }
-                    Err(e) => tracing::error!("edge API: {e}"),
+                let l = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => return tracing::error!("edge API: {e}"),
+                };
+                tokio::select! {
+                    _ = crate::http_server::serve(l, app, None, cap) => {}
+                    _ = stop => {}
                 }
             });
+            // The runtime goes with the thread, and its connections' tasks
+            // with it.
         })
-        .context("the API's thread")?;
-    Ok(())
+        .context("the API's thread")
 }
 
 /// Lower the calling thread's scheduling priority (Linux: `setpriority`
