@@ -160,7 +160,8 @@ const API_NICE: i32 = 10;
 /// The edge's API on a thread of its own, a current-thread runtime at a
 /// lower priority ([`API_NICE`]), with the tick that applies the relay's
 /// changes to the phones table's copy (a read applies them first): what
-/// the API does runs when the relay leaves a core free.
+/// the API does runs when the relay leaves a core free. It ends on `stop`
+/// (the driver's shutdown joins it).
 fn spawn_api(
     listener: std::net::TcpListener,
     app: axum::Router,

@@ -16,6 +16,8 @@
 //!   connection takes the place of the oldest one that has not yet sent a
 //!   whole message (an idle stranger's, never a registered phone's); when
 //!   every connection has, the new one is closed at once.
+//!   These decisions are [`resilience_sip::admission::Admission`]'s
+//!   (sans-IO, tested alone); here only each connection's stop signal.
 //! - **Deadlines.** A connection's first message, and every message once
 //!   started, must arrive whole within `message_timeout`; a connection
 //!   with no byte for `idle_timeout` is closed (CRLF keep-alives count). A
