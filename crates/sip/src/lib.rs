@@ -2,6 +2,7 @@
 //! decisions (Via, Record-Route, Path, Max-Forwards), sans-IO like the
 //! core: bytes in, bytes and their destination out, no sockets, no clock.
 
+pub mod admission;
 pub mod edit;
 pub mod flood;
 pub mod header;

@@ -16,20 +16,50 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-/// Ends an edge started in-process, as SIGTERM ends the process. The edge
-/// itself answers signals; no in-process edge test holds one yet.
+/// Ends an edge (the process's signals call it; a test calls it in-process)
+/// and says where it listens (the config may ask for port 0).
 #[derive(Clone)]
-#[allow(dead_code)]
 pub struct EdgeHandle {
     stop: mpsc::UnboundedSender<()>,
+    sip: SocketAddr,
+    api: SocketAddr,
 }
 
-#[allow(dead_code)]
 impl EdgeHandle {
+    /// Stop the edge: [`EdgeDriver::run`] stops the relay's and the API's
+    /// threads, joins them and returns.
     pub fn shutdown(&self) {
         let _ = self.stop.send(());
+    }
+
+    /// The bound SIP address (UDP, and TCP on the same port).
+    pub fn sip_addr(&self) -> SocketAddr {
+        self.sip
+    }
+
+    /// The bound API address.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api
+    }
+}
+
+/// A thread running a runtime of its own until told to stop.
+struct Stoppable {
+    stop: oneshot::Sender<()>,
+    join: std::thread::JoinHandle<()>,
+}
+
+impl Stoppable {
+    /// Tell the thread to stop and wait for its end.
+    async fn stop_and_join(self, what: &str) {
+        let _ = self.stop.send(());
+        let join = self.join;
+        match tokio::task::spawn_blocking(move || join.join()).await {
+            Ok(Ok(())) => {}
+            _ => tracing::error!("edge: the {what} thread panicked"),
+        }
     }
 }
 
@@ -37,6 +67,7 @@ impl EdgeHandle {
 pub struct EdgeDriver {
     relay_task: RelayTask,
     stop_rx: mpsc::UnboundedReceiver<()>,
+    api: Stoppable,
 }
 
 /// The SIP sockets and what reads them: UDP for the relay's thread, TCP
@@ -44,6 +75,7 @@ pub struct EdgeDriver {
 /// channels.
 struct Sip {
     sock: std::net::UdpSocket,
+    addr: SocketAddr,
     conns: tcp::Conns,
     tcp_rx: mpsc::Receiver<(Flow, Vec<u8>)>,
     tcp_drop_rx: mpsc::Receiver<&'static str>,
@@ -55,9 +87,12 @@ async fn sip_sockets(cfg: &EdgeConfig, path: &Path) -> anyhow::Result<Sip> {
     let sock = crate::listen_fds::udp(cfg.edge.sip_listen)
         .and_then(|s| s.set_nonblocking(true).map(|_| s))
         .with_context(|| format!("SIP socket {}", cfg.edge.sip_listen))?;
-    let tcp_listener = crate::listen_fds::tokio_tcp(cfg.edge.sip_listen)
+    // The bound address: the configured one, or its port picked by the
+    // system (port 0) and then shared by TCP, as SIP expects.
+    let addr = sock.local_addr().context("SIP socket's address")?;
+    let tcp_listener = crate::listen_fds::tokio_tcp(addr)
         .await
-        .with_context(|| format!("SIP TCP socket {}", cfg.edge.sip_listen))?;
+        .with_context(|| format!("SIP TCP socket {addr}"))?;
     let (tcp_tx, tcp_rx) = mpsc::channel::<(Flow, Vec<u8>)>(1024);
     let (tcp_drop_tx, tcp_drop_rx) = mpsc::channel::<&'static str>(64);
     let intake = intake(cfg, tcp_tx, tcp_drop_tx)?;
@@ -73,6 +108,7 @@ async fn sip_sockets(cfg: &EdgeConfig, path: &Path) -> anyhow::Result<Sip> {
     tokio::spawn(tcp::serve(tcp_listener, None, intake));
     Ok(Sip {
         sock,
+        addr,
         conns,
         tcp_rx,
         tcp_drop_rx,
@@ -104,7 +140,11 @@ fn router(cfg: &EdgeConfig) -> anyhow::Result<Router> {
 
 /// The edge's own API, bounded like the node's (connection cap, header and
 /// idle deadlines, Host check), on its own thread.
-fn start_api(cfg: &EdgeConfig, state: ApiState, table: table::Table) -> anyhow::Result<()> {
+fn start_api(
+    cfg: &EdgeConfig,
+    state: ApiState,
+    table: table::Table,
+) -> anyhow::Result<(Stoppable, SocketAddr)> {
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics_text))
@@ -114,12 +154,15 @@ fn start_api(cfg: &EdgeConfig, state: ApiState, table: table::Table) -> anyhow::
     let listener = crate::listen_fds::tcp(cfg.edge.api_listen)
         .and_then(|l| l.set_nonblocking(true).map(|_| l))
         .with_context(|| format!("API socket {}", cfg.edge.api_listen))?;
+    let addr = listener.local_addr().context("API socket's address")?;
     let app = crate::http_server::guarded(app, crate::http_server::Hosts::new(&[]));
     let cap = crate::http_server::connection_cap(
         EDGE_API_CONNECTIONS,
         crate::http_server::nofile_limit(),
     );
-    spawn_api(listener, app, cap, table)
+    let (stop, stop_rx) = oneshot::channel();
+    let join = spawn_api(listener, app, cap, table, stop_rx)?;
+    Ok((Stoppable { stop, join }, addr))
 }
 
 /// The API token, when `token_file` is set (a secret file).
@@ -133,7 +176,7 @@ fn api_token(cfg: &EdgeConfig, path: &Path) -> anyhow::Result<Option<Arc<str>>> 
     })
 }
 
-fn log_started(cfg: &EdgeConfig) {
+fn log_started(cfg: &EdgeConfig, handle: &EdgeHandle) {
     let pbxs: Vec<String> = cfg
         .pbxs
         .iter()
@@ -142,8 +185,8 @@ fn log_started(cfg: &EdgeConfig) {
     tracing::info!(
         "edge {}: SIP on {} (UDP and TCP), API on http://{}, PBXs: {}",
         cfg.edge.name,
-        cfg.edge.sip_listen,
-        cfg.edge.api_listen,
+        handle.sip_addr(),
+        handle.api_addr(),
         pbxs.join(", ")
     );
 }
@@ -158,13 +201,9 @@ impl EdgeDriver {
         let sip = sip_sockets(&cfg, path).await?;
         let names: Arc<Vec<String>> = Arc::new(cfg.pbxs.iter().map(|p| p.name.clone()).collect());
         let pbx_addrs: Vec<SocketAddr> = cfg.pbxs.iter().map(|p| p.sip).collect();
-        let relay = Relay::new(
-            cfg.edge.sip_listen,
-            pbx_addrs.clone(),
-            relay_key(&cfg, path)?,
-        )
-        .with_names(cfg.edge.names.clone())
-        .with_retry_after(cfg.edge.retry_after.as_secs() as u32);
+        let relay = Relay::new(sip.addr, pbx_addrs.clone(), relay_key(&cfg, path)?)
+            .with_names(cfg.edge.names.clone())
+            .with_retry_after(cfg.edge.retry_after.as_secs() as u32);
         drop_log().spawn_summaries();
         let router = router(&cfg)?;
         let (changes_tx, changes_rx) = mpsc::unbounded_channel::<table::Changes>();
@@ -195,10 +234,9 @@ impl EdgeDriver {
             metrics,
             rows: Arc::new(rowrate::RowRate::new(cfg.edge.api_rows_per_second)),
         };
-        start_api(&cfg, api, phones_table)?;
+        let (api, api_addr) = start_api(&cfg, api, phones_table)?;
         // The web proxy (HTTP, HTTPS/WSS), on the same bounded listener.
         super::http::spawn(&cfg, pbx_up.clone()).await?;
-        log_started(&cfg);
 
         let flood = super::flood::Flood::new(&cfg.limits, pbx_addrs.clone(), Instant::now());
         let relay_task = RelayTask {
@@ -217,42 +255,69 @@ impl EdgeDriver {
             health_rx,
         };
         let (stop, stop_rx) = mpsc::unbounded_channel();
-        Ok((
-            EdgeDriver {
-                relay_task,
-                stop_rx,
-            },
-            EdgeHandle { stop },
-        ))
+        let handle = EdgeHandle {
+            stop,
+            sip: sip.addr,
+            api: api_addr,
+        };
+        log_started(&cfg, &handle);
+        let driver = EdgeDriver {
+            relay_task,
+            stop_rx,
+            api,
+        };
+        Ok((driver, handle))
     }
 
     /// Start the relay's thread (a current-thread runtime of its own) and
-    /// wait for SIGINT, SIGTERM, the handle, or the relay's end.
+    /// wait for the handle (the process maps its signals to it) or the
+    /// relay's end; then stop
+    /// the relay's and the API's threads and join them.
     pub async fn run(self) -> anyhow::Result<()> {
         let EdgeDriver {
             relay_task,
             mut stop_rx,
+            api,
         } = self;
-        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
-        std::thread::Builder::new()
-            .name("edge-relay".into())
-            .spawn(move || {
-                let r = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .context("the relay's runtime")
-                    .and_then(|rt| rt.block_on(relay_task.run()));
-                let _ = ended_tx.send(r);
-            })
-            .context("the relay's thread")?;
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-            Some(()) = stop_rx.recv() => {}
-            r = ended_rx => r.unwrap_or_else(|_| Err(anyhow::anyhow!("the relay's thread ended")))?,
-        }
+        let (relay, ended_rx) = spawn_relay(relay_task)?;
+        let outcome = tokio::select! {
+            Some(()) = stop_rx.recv() => Ok(()),
+            r = ended_rx => r.unwrap_or_else(|_| Err(anyhow::anyhow!("the relay's thread ended"))),
+        };
         tracing::info!("edge stopping");
-        Ok(())
+        relay.stop_and_join("relay").await;
+        api.stop_and_join("API").await;
+        outcome
     }
 }
+
+/// The relay on a thread of its own, a current-thread runtime that ends
+/// with the relay or when told to stop; its result comes over the channel.
+fn spawn_relay(
+    relay_task: RelayTask,
+) -> anyhow::Result<(Stoppable, oneshot::Receiver<anyhow::Result<()>>)> {
+    let (ended_tx, ended_rx) = oneshot::channel::<anyhow::Result<()>>();
+    let (stop, stop_rx) = oneshot::channel::<()>();
+    let join = std::thread::Builder::new()
+        .name("edge-relay".into())
+        .spawn(move || {
+            let r = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("the relay's runtime")
+                .and_then(|rt| {
+                    rt.block_on(async move {
+                        tokio::select! {
+                            r = relay_task.run() => r,
+                            _ = stop_rx => Ok(()),
+                        }
+                    })
+                });
+            let _ = ended_tx.send(r);
+        })
+        .context("the relay's thread")?;
+    Ok((Stoppable { stop, join }, ended_rx))
+}
+
+#[cfg(test)]
+mod tests;

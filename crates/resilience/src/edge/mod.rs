@@ -141,7 +141,15 @@ const TABLE_EAGER: u32 = 8;
 
 /// Run the edge until SIGINT/SIGTERM or the relay's end.
 pub async fn run(path: &Path) -> anyhow::Result<()> {
-    let (driver, _handle) = EdgeDriver::new(path).await?;
+    let (driver, handle) = EdgeDriver::new(path).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        handle.shutdown();
+    });
     driver.run().await
 }
 
@@ -152,13 +160,15 @@ const API_NICE: i32 = 10;
 /// The edge's API on a thread of its own, a current-thread runtime at a
 /// lower priority ([`API_NICE`]), with the tick that applies the relay's
 /// changes to the phones table's copy (a read applies them first): what
-/// the API does runs when the relay leaves a core free.
+/// the API does runs when the relay leaves a core free. It ends on `stop`
+/// (the driver's shutdown joins it).
 fn spawn_api(
     listener: std::net::TcpListener,
     app: axum::Router,
     cap: usize,
     table: table::Table,
-) -> anyhow::Result<()> {
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -169,16 +179,19 @@ fn spawn_api(
             lower_priority(API_NICE);
             rt.block_on(async move {
                 table.spawn_ticker();
-                match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => {
-                        let _ = crate::http_server::serve(l, app, None, cap).await;
-                    }
-                    Err(e) => tracing::error!("edge API: {e}"),
+                let l = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => return tracing::error!("edge API: {e}"),
+                };
+                tokio::select! {
+                    _ = crate::http_server::serve(l, app, None, cap) => {}
+                    _ = stop => {}
                 }
             });
+            // The runtime goes with the thread, and its connections' tasks
+            // with it.
         })
-        .context("the API's thread")?;
-    Ok(())
+        .context("the API's thread")
 }
 
 /// Lower the calling thread's scheduling priority (Linux: `setpriority`

@@ -16,6 +16,8 @@
 //!   connection takes the place of the oldest one that has not yet sent a
 //!   whole message (an idle stranger's, never a registered phone's); when
 //!   every connection has, the new one is closed at once.
+//!   These decisions are [`resilience_sip::admission::Admission`]'s
+//!   (sans-IO, tested alone); here only each connection's stop signal.
 //! - **Deadlines.** A connection's first message, and every message once
 //!   started, must arrive whole within `message_timeout`; a connection
 //!   with no byte for `idle_timeout` is closed (CRLF keep-alives count). A
@@ -30,9 +32,10 @@
 //!   ([`crate::ratelog::RateLog`]): one line per reason, then a summary.
 
 use crate::ratelog::RateLog;
+use resilience_sip::admission::{Admission, Admit, ConnId, Refusal};
 use resilience_sip::message::{frame_len, skip_keepalive};
 use resilience_sip::{Flow, Transport};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -63,6 +66,9 @@ pub struct Limits {
 pub struct Conns {
     map: Arc<Mutex<HashMap<Flow, mpsc::Sender<Vec<u8>>>>>,
     slots: Arc<Slots>,
+    /// The caps, for the status and the logs.
+    cap: usize,
+    per_source: usize,
     log: Arc<RateLog>,
 }
 
@@ -77,10 +83,14 @@ impl Conns {
         Conns {
             map: Arc::default(),
             slots: Arc::new(Slots {
-                cap: limits.max_connections,
-                per_source: limits.per_source,
-                inner: Mutex::default(),
+                inner: Mutex::new(SlotsInner {
+                    admission: Admission::new(limits.max_connections, limits.per_source),
+                    evict: HashMap::new(),
+                    next_id: 0,
+                }),
             }),
+            cap: limits.max_connections,
+            per_source: limits.per_source,
             log,
         }
     }
@@ -104,8 +114,8 @@ impl Conns {
     pub fn status(&self) -> crate::status::EdgeConnections {
         crate::status::EdgeConnections {
             open: self.slots.open(),
-            cap: self.slots.cap,
-            per_source_cap: self.slots.per_source,
+            cap: self.cap,
+            per_source_cap: self.per_source,
             refused_or_closed: self.log.totals_doc(),
         }
     }
@@ -121,35 +131,26 @@ impl Conns {
     }
 }
 
-/// Connection slots: the total, per address, and which connections have
-/// not yet sent a whole message (the ones a new connection may replace).
+/// Connection slots: the decisions are [`Admission`]'s; this keeps, per
+/// connection id, only the signal that tells a replaced connection to go.
 struct Slots {
-    cap: usize,
-    per_source: usize,
     inner: Mutex<SlotsInner>,
 }
 
-#[derive(Default)]
 struct SlotsInner {
-    open: usize,
-    per_ip: HashMap<IpAddr, usize>,
-    /// Connections without a whole message yet, oldest first.
-    unproven: BTreeMap<u64, Arc<Notify>>,
-    next_id: u64,
+    admission: Admission,
+    /// Woken when a newer connection takes this one's place; only for
+    /// connections not yet proven (the others are never replaced).
+    evict: HashMap<ConnId, Arc<Notify>>,
+    next_id: ConnId,
 }
 
 /// One connection's place, given back when dropped.
 struct Slot {
     slots: Arc<Slots>,
-    ip: IpAddr,
-    id: u64,
+    id: ConnId,
     /// Woken when a newer connection takes this one's place.
     evicted: Arc<Notify>,
-}
-
-enum Refused {
-    OverCap,
-    OverSourceCap,
 }
 
 impl Slots {
@@ -158,62 +159,46 @@ impl Slots {
     }
 
     fn open(&self) -> usize {
-        self.lock().open
+        self.lock().admission.open()
     }
 
-    /// A slot for a connection from `ip`, or why not. At the cap, the
-    /// oldest connection with no message yet is told to go.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<(Slot, bool), Refused> {
+    /// A slot for a connection from `ip`, whether it replaced a silent
+    /// one (told to go here), or why not.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<(Slot, bool), Refusal> {
         let mut g = self.lock();
-        if g.per_ip.get(&ip).copied().unwrap_or(0) >= self.per_source {
-            return Err(Refused::OverSourceCap);
-        }
-        let mut evicted = false;
-        if g.open >= self.cap {
-            match g.unproven.pop_first() {
-                Some((_, n)) => {
-                    n.notify_one();
-                    evicted = true;
-                }
-                None => return Err(Refused::OverCap),
-            }
-        }
-        g.open += 1;
-        *g.per_ip.entry(ip).or_default() += 1;
         let id = g.next_id;
         g.next_id += 1;
-        let notify = Arc::new(Notify::new());
-        g.unproven.insert(id, notify.clone());
-        Ok((
-            Slot {
-                slots: self.clone(),
-                ip,
-                id,
-                evicted: notify,
-            },
-            evicted,
-        ))
+        let replaced = match g.admission.admit(ip, id, std::time::Instant::now()) {
+            Admit::Accept => false,
+            Admit::AcceptReplacing(old) => {
+                if let Some(n) = g.evict.remove(&old) {
+                    n.notify_one();
+                }
+                true
+            }
+            Admit::Refuse(why) => return Err(why),
+        };
+        let evicted = Arc::new(Notify::new());
+        g.evict.insert(id, evicted.clone());
+        let slots = self.clone();
+        Ok((Slot { slots, id, evicted }, replaced))
     }
 }
 
 impl Slot {
     /// The connection sent a whole message: no longer replaceable.
     fn proven(&self) {
-        self.slots.lock().unproven.remove(&self.id);
+        let mut g = self.slots.lock();
+        g.admission.proven(self.id);
+        g.evict.remove(&self.id);
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut g = self.slots.lock();
-        g.open = g.open.saturating_sub(1);
-        g.unproven.remove(&self.id);
-        if let Some(n) = g.per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                g.per_ip.remove(&self.ip);
-            }
-        }
+        g.admission.closed(self.id);
+        g.evict.remove(&self.id);
     }
 }
 
@@ -253,37 +238,8 @@ pub async fn serve(listener: TcpListener, tls: Option<Arc<super::tls::Certs>>, i
             }
         };
         pause = Duration::from_millis(50);
-        let slot = match intake.conns.slots.admit(peer.ip()) {
-            Ok((slot, evicted)) => {
-                if evicted {
-                    intake.conns.event("replaced a silent connection", || {
-                        format!(
-                            "at the cap of {} connections: the oldest without a message closed for {peer}",
-                            intake.conns.slots.cap
-                        )
-                    });
-                }
-                slot
-            }
-            Err(Refused::OverSourceCap) => {
-                intake.conns.event("over the per-address cap", || {
-                    format!(
-                        "{} already holds {} connections: refused",
-                        peer.ip(),
-                        intake.conns.slots.per_source
-                    )
-                });
-                continue;
-            }
-            Err(Refused::OverCap) => {
-                intake.conns.event("over the cap", || {
-                    format!(
-                        "{} connections open, every one has sent a message: {peer} refused",
-                        intake.conns.slots.cap
-                    )
-                });
-                continue;
-            }
+        let Some(slot) = take_slot(&intake.conns, peer) else {
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let intake = intake.clone();
@@ -311,6 +267,46 @@ pub async fn serve(listener: TcpListener, tls: Option<Arc<super::tls::Certs>>, i
                 });
             }
         }
+    }
+}
+
+/// A slot for `peer`, counting a replacement or a refusal.
+fn take_slot(conns: &Conns, peer: SocketAddr) -> Option<Slot> {
+    let (slot, replaced) = match conns.slots.admit(peer.ip()) {
+        Ok(s) => s,
+        Err(why) => {
+            conns.event(refusal_reason(why), || match why {
+                Refusal::OverSourceCap => format!(
+                    "{} already holds {} connections: refused",
+                    peer.ip(),
+                    conns.per_source
+                ),
+                Refusal::OverCap => format!(
+                    "{} connections open, every one has sent a message: {peer} refused",
+                    conns.cap
+                ),
+                Refusal::DuplicateId => format!("{peer}: {why}: refused"),
+            });
+            return None;
+        }
+    };
+    if replaced {
+        conns.event("replaced a silent connection", || {
+            format!(
+                "at the cap of {} connections: the oldest without a message closed for {peer}",
+                conns.cap
+            )
+        });
+    }
+    Some(slot)
+}
+
+/// The counter label of a refusal (the metrics and the status keep these).
+fn refusal_reason(why: Refusal) -> &'static str {
+    match why {
+        Refusal::OverSourceCap => "over the per-address cap",
+        Refusal::OverCap => "over the cap",
+        Refusal::DuplicateId => "duplicate connection id",
     }
 }
 
@@ -372,9 +368,91 @@ async fn connection<S>(
     }
 }
 
-/// Read and write one connection until it ends; why it ended. Long because
-/// its one `select!` weighs every deadline (first message, message, idle)
-/// against reads and writes.
+/// What a connection has read and which deadline applies to it.
+struct Reading {
+    buf: Vec<u8>,
+    last_byte: Instant,
+    /// Since when a message is due: from the start for the first one.
+    due_since: Option<Instant>,
+    proven: bool,
+}
+
+impl Reading {
+    fn new() -> Reading {
+        let now = Instant::now();
+        Reading {
+            buf: Vec::new(),
+            last_byte: now,
+            due_since: Some(now),
+            proven: false,
+        }
+    }
+
+    /// When the connection is closed if nothing arrives, and whether that
+    /// is the idle deadline (else a message's).
+    fn deadline(&self, l: &Limits) -> (Instant, bool) {
+        let idle_at = self.last_byte + l.idle_timeout;
+        match self.due_since {
+            Some(t) if t + l.message_timeout < idle_at => (t + l.message_timeout, false),
+            _ => (idle_at, true),
+        }
+    }
+
+    /// Take in `bytes` just read and relay every whole message in the
+    /// buffer; why the connection must end, if it must.
+    async fn take(
+        &mut self,
+        bytes: &[u8],
+        flow: Flow,
+        slot: &Slot,
+        intake: &Intake,
+    ) -> Result<(), End> {
+        self.last_byte = Instant::now();
+        self.buf.extend_from_slice(bytes);
+        loop {
+            let skip = skip_keepalive(&self.buf);
+            self.buf.drain(..skip);
+            if self.buf.is_empty() {
+                if self.proven {
+                    self.due_since = None;
+                }
+                if self.buf.capacity() > KEEP_BUFFER {
+                    self.buf = Vec::new();
+                }
+                return Ok(());
+            }
+            if self.proven && self.due_since.is_none() {
+                self.due_since = Some(self.last_byte);
+            }
+            match frame_len(&self.buf) {
+                Ok(Some(len)) => {
+                    let msg: Vec<u8> = self.buf.drain(..len).collect();
+                    if !self.proven {
+                        self.proven = true;
+                        slot.proven();
+                    }
+                    self.due_since = None;
+                    if intake.to_relay.send((flow, msg)).await.is_err() {
+                        return Err(End::Relay);
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    tracing::debug!(
+                        "{} from {}: {e}; closing the connection",
+                        flow.transport.as_str(),
+                        flow.addr
+                    );
+                    return Err(End::Malformed);
+                }
+            }
+        }
+    }
+}
+
+/// Read and write one connection until it ends; why it ended. Its one
+/// `select!` weighs the deadline ([`Reading::deadline`]) against reads,
+/// writes and being replaced.
 async fn pump<S>(
     stream: S,
     flow: Flow,
@@ -387,23 +465,15 @@ where
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let l = intake.limits;
-    let mut buf: Vec<u8> = Vec::new();
     let mut chunk = [0u8; READ_CHUNK];
-    let mut last_byte = Instant::now();
-    // Since when a message is due: from the start for the first one.
-    let mut due_since = Some(last_byte);
-    let mut proven = false;
+    let mut reading = Reading::new();
     loop {
-        let idle_at = last_byte + l.idle_timeout;
-        let deadline = match due_since {
-            Some(t) => idle_at.min(t + l.message_timeout),
-            None => idle_at,
-        };
+        let (deadline, idle) = reading.deadline(&l);
         let n = tokio::select! {
             r = tokio::time::timeout_at(deadline, rd.read(&mut chunk)) => match r {
                 Ok(Ok(0)) | Ok(Err(_)) => return End::Peer,
                 Ok(Ok(n)) => n,
-                Err(_) if deadline == idle_at => return End::Idle,
+                Err(_) if idle => return End::Idle,
                 Err(_) => return End::MessageTimeout,
             },
             Some(b) = rx.recv() => {
@@ -415,45 +485,8 @@ where
             }
             _ = slot.evicted.notified() => return End::Evicted,
         };
-        last_byte = Instant::now();
-        buf.extend_from_slice(&chunk[..n]);
-        loop {
-            let skip = skip_keepalive(&buf);
-            buf.drain(..skip);
-            if buf.is_empty() {
-                if proven {
-                    due_since = None;
-                }
-                if buf.capacity() > KEEP_BUFFER {
-                    buf = Vec::new();
-                }
-                break;
-            }
-            if proven && due_since.is_none() {
-                due_since = Some(last_byte);
-            }
-            match frame_len(&buf) {
-                Ok(Some(len)) => {
-                    let msg: Vec<u8> = buf.drain(..len).collect();
-                    if !proven {
-                        proven = true;
-                        slot.proven();
-                    }
-                    due_since = None;
-                    if intake.to_relay.send((flow, msg)).await.is_err() {
-                        return End::Relay;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!(
-                        "{} from {}: {e}; closing the connection",
-                        flow.transport.as_str(),
-                        flow.addr
-                    );
-                    return End::Malformed;
-                }
-            }
+        if let Err(end) = reading.take(&chunk[..n], flow, slot, intake).await {
+            return end;
         }
     }
 }
