@@ -46,6 +46,9 @@ fi
 export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The fuzz targets live outside the workspace (cargo-fuzz's layout): build
+# them too, so a change of the core's API cannot leave them broken unseen.
+cargo check --manifest-path fuzz/Cargo.toml
 # --nocapture shows the simulator's figures (seed count, simulated hours,
 # false-failover table); the end-to-end tests run one at a time.
 cargo test --workspace --no-fail-fast -- --nocapture --test-threads=2

@@ -3,7 +3,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use resilience_core::config::SplitBrainPolicy;
-use resilience_core::node::FailbackPolicy;
+use resilience_core::node::{FailbackPolicy, NewCallsPolicy};
 use resilience_core::{ClusterKey, Input, Mode, Node, NodeType, Output, Persisted, Settings};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,9 @@ fuzz_target!(|data: &[u8]| {
         retry_delay: Duration::from_secs(1),
         fault_hold: Duration::from_secs(60),
         key: ClusterKey::new(b"fuzzing cluster key 0123456789ab").expect("key"),
+        failback_data: None,
+        stop_timeout: Duration::from_secs(60),
+        new_calls: NewCallsPolicy::Standby,
     };
     let mut node = Node::new(settings, Persisted::default(), 1, now);
     let from = "127.0.0.1:9".parse().expect("addr");
