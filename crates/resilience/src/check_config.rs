@@ -44,82 +44,15 @@ fn follow(shown: &str, text: &str) -> ExitCode {
     }
 }
 
-/// Check an edge config and the secrets it names. Long because it checks
-/// each of the edge's files in turn, one short block each, in the order they
-/// are reported.
+/// Check an edge config and the secrets it names.
 fn edge(shown: &str, text: &str, base: &Path) -> ExitCode {
     match EdgeConfig::parse(shown, text) {
         Ok(c) => {
-            if let Some(k) = &c.edge.key_file {
-                let path = crate::paths::resolve(base, k);
-                match crate::edge::key::load(&path) {
-                    Ok(_) => {}
-                    Err(crate::edge::key::KeyError::Secret(e)) if e.is_missing() => eprintln!(
-                        "warning: {e}; create it with `resilience keygen --out {}`",
-                        path.display()
-                    ),
-                    Err(e) => {
-                        eprintln!("{shown}: key `edge.key_file`: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                }
-            }
-            if let Some(p) = &c.edge.token_file {
-                let path = crate::paths::resolve(base, p);
-                if let Err(e) = crate::secret::read_token(&path) {
-                    eprintln!(
-                        "{shown}: key `edge.token_file`: {e}; create it with `resilience keygen --token --out {}`",
-                        path.display()
-                    );
-                    return ExitCode::FAILURE;
-                }
+            if !edge_secrets(shown, &c, base) {
+                return ExitCode::FAILURE;
             }
             println!("{shown}: OK");
-            println!(
-                "  edge {} on {} (SIP) and {} (API)",
-                c.edge.name, c.edge.sip_listen, c.edge.api_listen
-            );
-            match c.edge.api_rows_per_second {
-                0 => println!("  phones list: no pace per client (api_rows_per_second = 0)"),
-                n => println!(
-                    "  phones list: at most {n} phones a second per client address, then 429"
-                ),
-            }
-            if let (Some(addr), Some(cert)) = (c.edge.sip_tls_listen, &c.edge.tls_cert) {
-                println!(
-                    "  SIP over TLS on {addr}, certificate {} (read again when it changes)",
-                    cert.display()
-                );
-            }
-            let l = &c.limits;
-            println!(
-                "  limits: {} messages per {:?} per source; at most {} TCP/TLS connections ({} per address); a message due within {:?}, idle connections closed after {:?}",
-                l.max_per_window,
-                l.window,
-                l.max_connections,
-                l.max_connections_per_source,
-                l.message_timeout,
-                l.idle_timeout
-            );
-            for p in &c.pbxs {
-                println!(
-                    "  pbx {} at {}{}",
-                    p.name,
-                    p.sip,
-                    p.ha_url
-                        .as_deref()
-                        .map(|u| format!(", up only while {u} says active"))
-                        .unwrap_or_default()
-                );
-            }
-            println!(
-                "  probes every {:?} (down after {}, up after {}); phones fail over after {:?}, back after {:?} stable",
-                c.health.interval,
-                c.health.down_after,
-                c.health.up_after,
-                c.phones.failover_after,
-                c.phones.failback_stable
-            );
+            edge_summary(&c);
             edge_web(&c);
             ExitCode::SUCCESS
         }
@@ -128,6 +61,83 @@ fn edge(shown: &str, text: &str, base: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The edge's key (a missing one is a warning) and API token files; false
+/// when one is unusable, with why on stderr.
+fn edge_secrets(shown: &str, c: &EdgeConfig, base: &Path) -> bool {
+    if let Some(k) = &c.edge.key_file {
+        let path = crate::paths::resolve(base, k);
+        match crate::edge::key::load(&path) {
+            Ok(_) => {}
+            Err(crate::edge::key::KeyError::Secret(e)) if e.is_missing() => eprintln!(
+                "warning: {e}; create it with `resilience keygen --out {}`",
+                path.display()
+            ),
+            Err(e) => {
+                eprintln!("{shown}: key `edge.key_file`: {e}");
+                return false;
+            }
+        }
+    }
+    if let Some(p) = &c.edge.token_file {
+        let path = crate::paths::resolve(base, p);
+        if let Err(e) = crate::secret::read_token(&path) {
+            eprintln!(
+                "{shown}: key `edge.token_file`: {e}; create it with `resilience keygen --token --out {}`",
+                path.display()
+            );
+            return false;
+        }
+    }
+    true
+}
+
+/// The edge's listeners, limits, PBXs and timers, as read.
+fn edge_summary(c: &EdgeConfig) {
+    println!(
+        "  edge {} on {} (SIP) and {} (API)",
+        c.edge.name, c.edge.sip_listen, c.edge.api_listen
+    );
+    match c.edge.api_rows_per_second {
+        0 => println!("  phones list: no pace per client (api_rows_per_second = 0)"),
+        n => println!("  phones list: at most {n} phones a second per client address, then 429"),
+    }
+    if let (Some(addr), Some(cert)) = (c.edge.sip_tls_listen, &c.edge.tls_cert) {
+        println!(
+            "  SIP over TLS on {addr}, certificate {} (read again when it changes)",
+            cert.display()
+        );
+    }
+    let l = &c.limits;
+    println!(
+        "  limits: {} messages per {:?} per source; at most {} TCP/TLS connections ({} per address); a message due within {:?}, idle connections closed after {:?}",
+        l.max_per_window,
+        l.window,
+        l.max_connections,
+        l.max_connections_per_source,
+        l.message_timeout,
+        l.idle_timeout
+    );
+    for p in &c.pbxs {
+        println!(
+            "  pbx {} at {}{}",
+            p.name,
+            p.sip,
+            p.ha_url
+                .as_deref()
+                .map(|u| format!(", up only while {u} says active"))
+                .unwrap_or_default()
+        );
+    }
+    println!(
+        "  probes every {:?} (down after {}, up after {}); phones fail over after {:?}, back after {:?} stable",
+        c.health.interval,
+        c.health.down_after,
+        c.health.up_after,
+        c.phones.failover_after,
+        c.phones.failback_stable
+    );
 }
 
 /// The web proxy's listeners and rules; a certificate that does not load

@@ -4,7 +4,7 @@
 //! Exit codes, for scripts: 0 done; 1 refused by the node (the reason is
 //! printed); 3 the node could not be reached; 4 the token was refused.
 
-use crate::status::{ApiAnswer, EventRow, HistoryPage, NodeStatus, PushAnswer};
+use crate::status::{ApiAnswer, EventRow, HeartbeatInfo, HistoryPage, NodeStatus, PushAnswer};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -170,8 +170,6 @@ fn secs(v: Option<f64>) -> String {
 }
 
 /// The status document in a few lines an admin reads at a glance.
-/// Long because it renders each section of the node's status document in
-/// the order shown; the CLI's status output is being reworked separately.
 pub fn render_status(d: &NodeStatus) -> String {
     let n = &d.node;
     let mut out = format!(
@@ -219,6 +217,13 @@ pub fn render_status(d: &NodeStatus) -> String {
     } else if f.requested {
         out.push_str("\n  failback requested: waiting for the standby to hand over");
     }
+    out.push_str(&services_line(d));
+    out.push_str(&heartbeats_line(&d.heartbeat));
+    out
+}
+
+/// The services' line of [`render_status`]; empty when there are none.
+fn services_line(d: &NodeStatus) -> String {
     let s: Vec<String> = d
         .services
         .iter()
@@ -231,17 +236,22 @@ pub fn render_status(d: &NodeStatus) -> String {
             format!("{} {state}", s.name)
         })
         .collect();
-    if !s.is_empty() {
-        out.push_str(&format!("\n  services: {}", s.join(", ")));
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!("\n  services: {}", s.join(", "))
     }
-    let hb = &d.heartbeat;
+}
+
+/// The heartbeats' line of [`render_status`], rejections by reason.
+fn heartbeats_line(hb: &HeartbeatInfo) -> String {
     let rejected: Vec<String> = hb
         .rejected
         .iter()
         .filter(|(_, v)| **v > 0)
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
-    out.push_str(&format!(
+    format!(
         "\n  heartbeats: sent {}, received {}, rejected: {}",
         hb.sent,
         hb.received,
@@ -250,8 +260,7 @@ pub fn render_status(d: &NodeStatus) -> String {
         } else {
             rejected.join(", ")
         }
-    ));
-    out
+    )
 }
 
 pub fn services(t: &Target, start: bool, force: bool) -> i32 {

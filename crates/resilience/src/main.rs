@@ -29,7 +29,7 @@ mod status;
 mod web;
 
 use clap::Parser;
-use cli::{CertAction, Cli, Cmd, ServicesAction};
+use cli::{ApiArgs, CertAction, Cli, Cmd, ServicesAction};
 use std::process::ExitCode;
 
 fn init_logging() {
@@ -55,13 +55,23 @@ fn code(c: i32) -> ExitCode {
     ExitCode::from(c.clamp(0, 255) as u8)
 }
 
-/// Long because it is one `match` arm per CLI command, each a few lines.
 fn main() -> ExitCode {
     // Before any thread: it takes the sockets a parent handed over and
     // clears their variables from the environment.
     listen_fds::adopt_from_env();
     let cli = Cli::parse();
-    let result: anyhow::Result<ExitCode> = (|| match cli.command {
+    match run(cli.command) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("resilience: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Carry out one CLI command: one arm per command, each a line or a few.
+fn run(command: Cmd) -> anyhow::Result<ExitCode> {
+    match command {
         Cmd::Node { config } => {
             init_logging();
             runtime()?.block_on(node::run(&config))?;
@@ -75,74 +85,67 @@ fn main() -> ExitCode {
         }
         Cmd::CheckConfig { file } => Ok(check_config::run(&file)),
         Cmd::Keygen { out, force, token } => keygen::run(out.as_deref(), force, token),
-        Cmd::Status { api, json } => {
-            let t = client::Target::new(api.api, api.token_file, api.config.as_deref())?
-                .with_ca(api.ca);
-            Ok(code(client::status(&t, json)))
-        }
+        Cmd::Status { api, json } => Ok(code(client::status(&target(api)?, json))),
         Cmd::Services { action, api } => {
-            let t = client::Target::new(api.api, api.token_file, api.config.as_deref())?
-                .with_ca(api.ca);
+            let t = target(api)?;
             Ok(code(match action {
                 ServicesAction::Start { force } => client::services(&t, true, force),
                 ServicesAction::Stop => client::services(&t, false, false),
             }))
         }
-        Cmd::Failback { api } => {
-            let t = client::Target::new(api.api, api.token_file, api.config.as_deref())?
-                .with_ca(api.ca);
-            Ok(code(client::failback(&t)))
-        }
-        Cmd::Switchover { api } => {
-            let t = client::Target::new(api.api, api.token_file, api.config.as_deref())?
-                .with_ca(api.ca);
-            Ok(code(client::switchover(&t)))
-        }
-        Cmd::Events { api, limit, json } => {
-            let t = client::Target::new(api.api, api.token_file, api.config.as_deref())?
-                .with_ca(api.ca);
-            Ok(code(client::events(&t, limit, json)))
-        }
+        Cmd::Failback { api } => Ok(code(client::failback(&target(api)?))),
+        Cmd::Switchover { api } => Ok(code(client::switchover(&target(api)?))),
+        Cmd::Events { api, limit, json } => Ok(code(client::events(&target(api)?, limit, json))),
         Cmd::Follow { config } => {
             init_logging();
             runtime()?.block_on(follow::run(&config))?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::PbxSettings { config, json } => {
-            let (cfg, base) = node_config::load_config(&config)?;
-            let report = runtime()?.block_on(pbx_settings::run_for(&cfg, &base));
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                for (_, l) in pbx_settings::lines(&report) {
-                    println!("{l}");
-                }
-                if report.files.is_empty() {
-                    println!("pbx settings: nothing to change");
-                }
-                if let Some(w) = &report.warning {
-                    println!("warning: {w}");
-                }
-            }
-            Ok(if report.ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
+        Cmd::PbxSettings { config, json } => pbx_settings_command(&config, json),
         Cmd::Edge { config } => {
             init_logging();
             runtime()?.block_on(edge::run(&config))?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Replicate { api } => {
-            let t = client::Target::new(api.api, api.token_file, api.config.as_deref())?
-                .with_ca(api.ca);
-            Ok(code(client::replicate(&t)))
+        Cmd::Replicate { api } => Ok(code(client::replicate(&target(api)?))),
+        Cmd::Cert { action } => cert_command(action),
+    }
+}
+
+/// The node API a client command talks to.
+fn target(api: ApiArgs) -> anyhow::Result<client::Target> {
+    Ok(client::Target::new(api.api, api.token_file, api.config.as_deref())?.with_ca(api.ca))
+}
+
+/// `resilience pbx-settings`: apply (or undo) the PBX's HA settings now and
+/// report each file, as text or JSON.
+fn pbx_settings_command(config: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    let (cfg, base) = node_config::load_config(config)?;
+    let report = runtime()?.block_on(pbx_settings::run_for(&cfg, &base));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for (_, l) in pbx_settings::lines(&report) {
+            println!("{l}");
         }
-        Cmd::Cert {
-            action: CertAction::Init { dir, name, force },
-        } => {
+        if report.files.is_empty() {
+            println!("pbx settings: nothing to change");
+        }
+        if let Some(w) = &report.warning {
+            println!("warning: {w}");
+        }
+    }
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `resilience cert init|issue`: the cluster CA and each node's certificate.
+fn cert_command(action: CertAction) -> anyhow::Result<ExitCode> {
+    match action {
+        CertAction::Init { dir, name, force } => {
             replication::cert::init(&dir, &name, force)?;
             println!(
                 "cluster CA written to {}/{} (key {}, readable by root only)",
@@ -150,30 +153,19 @@ fn main() -> ExitCode {
                 replication::cert::CA_CERT,
                 replication::cert::CA_KEY
             );
-            Ok(ExitCode::SUCCESS)
         }
-        Cmd::Cert {
-            action:
-                CertAction::Issue {
-                    node,
-                    dir,
-                    names,
-                    force,
-                },
+        CertAction::Issue {
+            node,
+            dir,
+            names,
+            force,
         } => {
             replication::cert::issue(&dir, &node, &names, force)?;
             println!(
                 "{0}/{node}.crt and {0}/{node}.key issued under the cluster CA",
                 dir.display()
             );
-            Ok(ExitCode::SUCCESS)
-        }
-    })();
-    match result {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("resilience: {e:#}");
-            ExitCode::FAILURE
         }
     }
+    Ok(ExitCode::SUCCESS)
 }

@@ -25,9 +25,9 @@ use crate::http_server::{self as server, Bounds, Refusals};
 use anyhow::Context as _;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
-use hyper::body::{Frame, SizeHint};
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -134,57 +134,17 @@ fn show(a: Option<SocketAddr>) -> String {
 }
 
 /// Bind `http_listen` and `https_listen` (when set), serve them, and
-/// start the web servers' health checks. Long because both listeners and
-/// the health checks share the bounds and the target list set up here; a
-/// split is left to do.
+/// start the web servers' health checks.
 pub async fn spawn(cfg: &EdgeConfig, up: Arc<Mutex<Vec<bool>>>) -> anyhow::Result<()> {
     if cfg.edge.http_listen.is_none() && cfg.edge.https_listen.is_none() {
         return Ok(());
     }
-    let webs: Vec<Option<SocketAddr>> = cfg.pbxs.iter().map(|p| p.web).collect();
-    let has_web: Vec<bool> = webs.iter().map(Option::is_some).collect();
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(cfg.web.upstream_timeout));
-    connector.set_nodelay(true);
-    let web = Arc::new(Web {
-        names: cfg.pbxs.iter().map(|p| p.name.clone()).collect(),
-        webs,
-        up,
-        upstreams: Mutex::new(Upstreams::new(cfg.web_policy(), &has_web)),
-        client: Client::builder(TokioExecutor::new()).build(connector),
-        cfg: cfg.web.clone(),
-    });
-    for (i, p) in cfg.pbxs.iter().enumerate() {
-        if let (Some(addr), Some(path)) = (p.web, &p.web_health) {
-            metrics::gauge!("resilience_edge_web_upstream_available", "pbx" => p.name.clone())
-                .set(1.0);
-            tokio::spawn(check_loop(
-                web.clone(),
-                i,
-                format!("http://{addr}{path}"),
-                cfg.health.interval,
-                cfg.health.timeout,
-            ));
-        }
-    }
-    let limit = server::nofile_limit();
-    let cap = server::connection_cap(cfg.web.max_connections, limit);
-    let bounds = Bounds {
-        what: "web proxy",
-        cap,
-        per_peer: cfg.web.max_per_source.min(cap),
-        header_timeout: cfg.web.header_timeout,
-        upgrades: true,
-    };
+    let web = new_web(cfg, up);
+    spawn_checks(&web, cfg);
+    let bounds = web_bounds(cfg);
     // One budget for both listeners: HTTPS does not double the descriptors
     // strangers may hold.
     let slots = server::Slots::new(&bounds);
-    tracing::info!(
-        "edge: the web proxy serves at most {cap} connections at once, {} per address (max_connections {}, descriptor limit {})",
-        bounds.per_peer,
-        cfg.web.max_connections,
-        limit.map_or("unknown".into(), |n| n.to_string())
-    );
     let app = |https: bool| {
         axum::Router::new().fallback(forward).with_state(Proxy {
             web: web.clone(),
@@ -202,13 +162,7 @@ pub async fn spawn(cfg: &EdgeConfig, up: Arc<Mutex<Vec<bool>>>) -> anyhow::Resul
         });
     }
     if let Some(addr) = cfg.edge.https_listen {
-        let (Some(cert), Some(key)) = (&cfg.edge.tls_cert, &cfg.edge.tls_key) else {
-            anyhow::bail!("https_listen needs tls_cert and tls_key");
-        };
-        let certs = ReloadingCert::load(cert, key).context("edge TLS certificate")?;
-        certs.spawn_watch("edge");
-        let acceptor =
-            tokio_rustls::TlsAcceptor::from(Arc::new(certs.server_config(&[b"http/1.1"])));
+        let (acceptor, cert) = tls_acceptor(cfg)?;
         let l = crate::listen_fds::tokio_tcp(addr)
             .await
             .with_context(|| format!("web proxy TLS socket {addr}"))?;
@@ -222,6 +176,72 @@ pub async fn spawn(cfg: &EdgeConfig, up: Arc<Mutex<Vec<bool>>>) -> anyhow::Resul
         });
     }
     Ok(())
+}
+
+/// The proxy's state: each PBX's web server and a client to reach them.
+fn new_web(cfg: &EdgeConfig, up: Arc<Mutex<Vec<bool>>>) -> Arc<Web> {
+    let webs: Vec<Option<SocketAddr>> = cfg.pbxs.iter().map(|p| p.web).collect();
+    let has_web: Vec<bool> = webs.iter().map(Option::is_some).collect();
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(cfg.web.upstream_timeout));
+    connector.set_nodelay(true);
+    Arc::new(Web {
+        names: cfg.pbxs.iter().map(|p| p.name.clone()).collect(),
+        webs,
+        up,
+        upstreams: Mutex::new(Upstreams::new(cfg.web_policy(), &has_web)),
+        client: Client::builder(TokioExecutor::new()).build(connector),
+        cfg: cfg.web.clone(),
+    })
+}
+
+/// A health check loop per web server that has a health URL.
+fn spawn_checks(web: &Arc<Web>, cfg: &EdgeConfig) {
+    for (i, p) in cfg.pbxs.iter().enumerate() {
+        if let (Some(addr), Some(path)) = (p.web, &p.web_health) {
+            metrics::gauge!("resilience_edge_web_upstream_available", "pbx" => p.name.clone())
+                .set(1.0);
+            tokio::spawn(check_loop(
+                web.clone(),
+                i,
+                format!("http://{addr}{path}"),
+                cfg.health.interval,
+                cfg.health.timeout,
+            ));
+        }
+    }
+}
+
+/// The web listeners' bounds, from the config and the descriptor limit.
+fn web_bounds(cfg: &EdgeConfig) -> Bounds {
+    let limit = server::nofile_limit();
+    let cap = server::connection_cap(cfg.web.max_connections, limit);
+    let bounds = Bounds {
+        what: "web proxy",
+        cap,
+        per_peer: cfg.web.max_per_source.min(cap),
+        header_timeout: cfg.web.header_timeout,
+        upgrades: true,
+    };
+    tracing::info!(
+        "edge: the web proxy serves at most {cap} connections at once, {} per address (max_connections {}, descriptor limit {})",
+        bounds.per_peer,
+        cfg.web.max_connections,
+        limit.map_or("unknown".into(), |n| n.to_string())
+    );
+    bounds
+}
+
+/// The HTTPS listener's TLS, with a certificate reloaded when it changes;
+/// the certificate's path.
+fn tls_acceptor(cfg: &EdgeConfig) -> anyhow::Result<(tokio_rustls::TlsAcceptor, &std::path::Path)> {
+    let (Some(cert), Some(key)) = (&cfg.edge.tls_cert, &cfg.edge.tls_key) else {
+        anyhow::bail!("https_listen needs tls_cert and tls_key");
+    };
+    let certs = ReloadingCert::load(cert, key).context("edge TLS certificate")?;
+    certs.spawn_watch("edge");
+    let tls = Arc::new(certs.server_config(&[b"http/1.1"]));
+    Ok((tokio_rustls::TlsAcceptor::from(tls), cert))
 }
 
 /// Poll one web server's health URL (a 2xx or 3xx passes).
@@ -271,9 +291,7 @@ fn count(pbx: &str, outcome: &'static str) {
 }
 
 /// Forward one web request (or WebSocket upgrade) to the PBX the probes
-/// show up. Long because the request's path through the proxy (target,
-/// headers, body deadline, upgrade, answer) reads in one place; a split into
-/// a request context is left to do.
+/// show up.
 pub async fn forward(
     State(p): State<Proxy>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -286,17 +304,8 @@ pub async fn forward(
             "no PBX node is up to serve the web applications",
         );
     };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > web.cfg.max_body) {
-        REFUSED.bad_body();
-        return json_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("request body over {} bytes", web.cfg.max_body),
-        );
+    if let Some(refused) = refuse_declared_body(web, &req) {
+        return refused;
     }
     let upgrade = req.headers().contains_key(header::UPGRADE);
     let path = req
@@ -308,7 +317,48 @@ pub async fn forward(
         return json_error(StatusCode::BAD_REQUEST, "bad request target");
     };
     *req.uri_mut() = uri;
-    let h = req.headers_mut();
+    proxy_headers(req.headers_mut(), upgrade, client, p.https);
+    let from_client = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // A request without a body can be sent again: to another web server
+    // when this one refuses the connection (nothing reached it).
+    let spare = (!upgrade && hyper::body::Body::is_end_stream(req.body()))
+        .then(|| (req.method().clone(), req.version(), req.headers().clone()));
+    let fault = Arc::new(AtomicU8::new(FAULT_NONE));
+    let req = req.map(|b| {
+        Body::new(Limited {
+            inner: b,
+            deadline: Box::pin(tokio::time::sleep(web.cfg.body_timeout)),
+            left: web.cfg.max_body,
+            fault: fault.clone(),
+        })
+    });
+    match send(web, req, (i, to), &path, spare, &fault).await {
+        Ok((i, resp)) => answer(web, i, resp, from_client),
+        Err(refused) => refused,
+    }
+}
+
+/// A request whose declared length is over the limit is refused before
+/// anything is sent.
+fn refuse_declared_body(web: &Web, req: &Request) -> Option<Response> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_none_or(|n| n <= web.cfg.max_body) {
+        return None;
+    }
+    REFUSED.bad_body();
+    Some(json_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("request body over {} bytes", web.cfg.max_body),
+    ))
+}
+
+/// Drop the client connection's own headers (kept for an upgrade) and say
+/// who the client is and how it came.
+fn proxy_headers(h: &mut HeaderMap, upgrade: bool, client: SocketAddr, https: bool) {
     if !upgrade {
         for name in HOP {
             h.remove(name);
@@ -325,86 +375,119 @@ pub async fn forward(
     }
     h.insert(
         "x-forwarded-proto",
-        HeaderValue::from_static(if p.https { "https" } else { "http" }),
+        HeaderValue::from_static(if https { "https" } else { "http" }),
     );
-    let from_client = upgrade.then(|| hyper::upgrade::on(&mut req));
-    // A request without a body can be sent again: to another web server
-    // when this one refuses the connection (nothing reached it).
-    let spare = (!upgrade && hyper::body::Body::is_end_stream(req.body()))
-        .then(|| (req.method().clone(), req.version(), req.headers().clone()));
-    let fault = Arc::new(AtomicU8::new(FAULT_NONE));
-    let mut req = req.map(|b| {
-        Body::new(Limited {
-            inner: b,
-            deadline: Box::pin(tokio::time::sleep(web.cfg.body_timeout)),
-            left: web.cfg.max_body,
-            fault: fault.clone(),
-        })
-    });
-    let (mut i, mut to, mut spare) = (i, to, spare);
-    let mut resp = loop {
+}
+
+/// What a request without a body needs to be sent again.
+type Spare = (Method, Version, HeaderMap);
+
+/// Send `req` to web server `i` at `to`, and once more to another when its
+/// connection is refused and `spare` allows it; the server that answered
+/// and its answer, or the error answer for the client.
+async fn send(
+    web: &Web,
+    mut req: axum::http::Request<Body>,
+    (mut i, mut to): (usize, SocketAddr),
+    path: &str,
+    mut spare: Option<Spare>,
+    fault: &AtomicU8,
+) -> Result<(usize, hyper::Response<Incoming>), Response> {
+    loop {
         let name = &web.names[i];
         let answer = tokio::time::timeout(web.cfg.upstream_timeout, web.client.request(req)).await;
         let e = match answer {
-            Ok(Ok(r)) => break r,
+            Ok(Ok(r)) => return Ok((i, r)),
             Ok(Err(e)) => e,
             Err(_) => {
                 count(name, "failed");
                 web.record(|u| u.handle_outcome(Instant::now(), i, Outcome::Failed));
-                return json_error(
+                return Err(json_error(
                     StatusCode::GATEWAY_TIMEOUT,
                     &format!(
                         "{name}'s web server did not answer within {:?}",
                         web.cfg.upstream_timeout
                     ),
-                );
+                ));
             }
         };
-        // The client's own body broke the request: not the server's fault.
-        match fault.load(Ordering::Relaxed) {
-            FAULT_SLOW => {
-                count(name, "client_error");
-                REFUSED.bad_body();
-                return json_error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    &format!(
-                        "request body not received within {:?}",
-                        web.cfg.body_timeout
-                    ),
-                );
-            }
-            FAULT_LARGE => {
-                count(name, "client_error");
-                REFUSED.bad_body();
-                return json_error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("request body over {} bytes", web.cfg.max_body),
-                );
-            }
-            _ => {}
+        if let Some(refused) = client_fault(web, name, fault) {
+            return Err(refused);
         }
         count(name, "failed");
         web.record(|u| u.handle_outcome(Instant::now(), i, Outcome::Failed));
         tracing::debug!("web proxy: {name} {to}: {e}");
-        let retry = match (e.is_connect(), spare.take()) {
-            (true, Some(parts)) => web.target_other(Instant::now(), i).map(|t| (t, parts)),
-            _ => None,
-        };
-        let Some(((j, other), (method, version, headers))) = retry else {
-            return json_error(StatusCode::BAD_GATEWAY, &format!("{name} {to}: {e}"));
-        };
-        let Ok(uri) = format!("http://{other}{path}").parse::<Uri>() else {
-            return json_error(StatusCode::BAD_REQUEST, "bad request target");
-        };
-        let mut again = axum::http::Request::new(Body::empty());
-        *again.method_mut() = method;
-        *again.uri_mut() = uri;
-        *again.version_mut() = version;
-        *again.headers_mut() = headers;
-        metrics::counter!("resilience_edge_web_retried_total", "pbx" => web.names[j].clone())
-            .increment(1);
-        (i, to, req) = (j, other, again);
+        (i, to, req) = resend(web, (i, to), path, spare.take(), &e).map_err(|r| *r)?;
+    }
+}
+
+/// The client's own body broke the request: not the server's fault.
+fn client_fault(web: &Web, name: &str, fault: &AtomicU8) -> Option<Response> {
+    let (code, text) = match fault.load(Ordering::Relaxed) {
+        FAULT_SLOW => (
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "request body not received within {:?}",
+                web.cfg.body_timeout
+            ),
+        ),
+        FAULT_LARGE => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body over {} bytes", web.cfg.max_body),
+        ),
+        _ => return None,
     };
+    count(name, "client_error");
+    REFUSED.bad_body();
+    Some(json_error(code, &text))
+}
+
+/// The request again, for another web server, when server `i` at `to`
+/// refused the connection and the request has no body; else the error
+/// answer for the client.
+fn resend(
+    web: &Web,
+    (i, to): (usize, SocketAddr),
+    path: &str,
+    spare: Option<Spare>,
+    e: &hyper_util::client::legacy::Error,
+) -> Result<(usize, SocketAddr, axum::http::Request<Body>), Box<Response>> {
+    let name = &web.names[i];
+    let retry = match (e.is_connect(), spare) {
+        (true, Some(parts)) => web.target_other(Instant::now(), i).map(|t| (t, parts)),
+        _ => None,
+    };
+    let Some(((j, other), (method, version, headers))) = retry else {
+        return Err(Box::new(json_error(
+            StatusCode::BAD_GATEWAY,
+            &format!("{name} {to}: {e}"),
+        )));
+    };
+    let Ok(uri) = format!("http://{other}{path}").parse::<Uri>() else {
+        return Err(Box::new(json_error(
+            StatusCode::BAD_REQUEST,
+            "bad request target",
+        )));
+    };
+    let mut again = axum::http::Request::new(Body::empty());
+    *again.method_mut() = method;
+    *again.uri_mut() = uri;
+    *again.version_mut() = version;
+    *again.headers_mut() = headers;
+    metrics::counter!("resilience_edge_web_retried_total", "pbx" => web.names[j].clone())
+        .increment(1);
+    Ok((j, other, again))
+}
+
+/// Count web server `i`'s answer, then hand it to the client: without the
+/// server connection's own headers, or, for an upgrade, with a tunnel
+/// between the two upgraded connections.
+fn answer(
+    web: &Web,
+    i: usize,
+    mut resp: hyper::Response<Incoming>,
+    from_client: Option<hyper::upgrade::OnUpgrade>,
+) -> Response {
     let name = &web.names[i];
     let failed = matches!(
         resp.status(),
@@ -422,21 +505,19 @@ pub async fn forward(
         }
         h.remove(header::UPGRADE);
         h.remove("keep-alive");
-    } else {
-        if let Some(from_client) = from_client {
-            let from_server = hyper::upgrade::on(&mut resp);
-            let idle = web.cfg.websocket_idle;
-            tokio::spawn(async move {
-                let (Ok(c), Ok(s)) = (from_client.await, from_server.await) else {
-                    return;
-                };
-                metrics::gauge!("resilience_edge_websockets").increment(1.0);
-                if tunnel(TokioIo::new(c), TokioIo::new(s), idle).await {
-                    metrics::counter!("resilience_edge_websockets_idle_closed_total").increment(1);
-                }
-                metrics::gauge!("resilience_edge_websockets").decrement(1.0);
-            });
-        }
+    } else if let Some(from_client) = from_client {
+        let from_server = hyper::upgrade::on(&mut resp);
+        let idle = web.cfg.websocket_idle;
+        tokio::spawn(async move {
+            let (Ok(c), Ok(s)) = (from_client.await, from_server.await) else {
+                return;
+            };
+            metrics::gauge!("resilience_edge_websockets").increment(1.0);
+            if tunnel(TokioIo::new(c), TokioIo::new(s), idle).await {
+                metrics::counter!("resilience_edge_websockets_idle_closed_total").increment(1);
+            }
+            metrics::gauge!("resilience_edge_websockets").decrement(1.0);
+        });
     }
     resp.map(Body::new)
 }

@@ -122,11 +122,26 @@ fn flag(b: Option<bool>) -> f64 {
     }
 }
 
+/// What the follower's loop owns between steps: the core, what it reports
+/// in the status document, and what an applying task needs.
+struct Follow {
+    cfg: FollowConfig,
+    base: PathBuf,
+    agent: ureq::Agent,
+    url: String,
+    services: Services,
+    core: Follower,
+    counters: Counters,
+    states: Vec<ServiceState>,
+    last_error: Option<String>,
+    poll_error: Option<String>,
+    last_change: Option<SystemTime>,
+    done_tx: mpsc::Sender<Result<(), ServicesFailed>>,
+    status_tx: watch::Sender<Option<FollowerStatus>>,
+}
+
 /// Run the follower until SIGINT/SIGTERM. Services are left as they are on
 /// exit: a restarted follower picks up from what runs.
-/// Run the follower until SIGINT/SIGTERM. Long because construction and
-/// the loop are still one function: a driver split like the node's
-/// `NodeDriver` is left to do.
 pub async fn run(config: &Path) -> anyhow::Result<()> {
     let (cfg, base) = load_config(config)?;
     let ca = cfg
@@ -137,11 +152,53 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
     // A connection per poll: reachability of the node is what is measured.
     let agent = crate::http_client::http_agent(ca.as_deref(), Some(cfg.follow.timeout), false)
         .map_err(|e| anyhow::anyhow!("follow.ca: {e}"))?;
-    let url = cfg.follow.node.clone();
-    let services = Services::new(cfg.services.clone(), base.clone());
-    let mut core = Follower::new(cfg.policy());
-
     let (status_tx, status_rx) = watch::channel(None);
+    let mut api_task = spawn_api(&cfg, status_rx).await?;
+    let (done_tx, mut done_rx) = mpsc::channel::<Result<(), ServicesFailed>>(4);
+    let services = Services::new(cfg.services.clone(), base.clone());
+    let mut f = Follow {
+        url: cfg.follow.node.clone(),
+        core: Follower::new(cfg.policy()),
+        states: services.states().await,
+        services,
+        cfg,
+        base,
+        agent,
+        counters: Counters::default(),
+        last_error: None,
+        poll_error: None,
+        last_change: None,
+        done_tx,
+        status_tx,
+    };
+    tracing::info!("[RESILIENCE] Querying HA status at {}", f.url);
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let mut tick = tokio::time::interval(f.cfg.follow.poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = std::pin::pin!(crate::shutdown::shutdown_signal());
+
+    loop {
+        tokio::select! {
+            _ = tick.tick() => f.poll_once().await,
+            Some(r) = done_rx.recv() => f.applied(r).await,
+            r = &mut api_task => {
+                anyhow::bail!("follower API stopped: {:?}", r);
+            }
+            _ = &mut shutdown => {
+                tracing::info!("follower stopping; services left as they are");
+                return Ok(());
+            }
+        }
+        f.drain_outputs();
+        f.publish();
+    }
+}
+
+/// Bind the follower's status API and serve it on its own task.
+async fn spawn_api(
+    cfg: &FollowConfig,
+    status: watch::Receiver<Option<FollowerStatus>>,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let metrics = crate::metrics_export::install_metrics();
     let listener = crate::listen_fds::tokio_tcp(cfg.follow.api_listen)
         .await
@@ -154,11 +211,8 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(serve_metrics))
-        .route("/api/v1/status", get(status))
-        .with_state(ApiState {
-            status: status_rx,
-            metrics,
-        });
+        .route("/api/v1/status", get(self::status))
+        .with_state(ApiState { status, metrics });
     // Bounded like the node's API: a connection cap, header and idle
     // deadlines, and only this host's names (no DNS rebinding).
     let app = crate::http_server::guarded(
@@ -169,71 +223,62 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
         FOLLOW_API_CONNECTIONS,
         crate::http_server::nofile_limit(),
     );
-    let mut api_task =
-        tokio::spawn(async move { crate::http_server::serve(listener, app, None, cap).await });
+    Ok(tokio::spawn(async move {
+        crate::http_server::serve(listener, app, None, cap).await
+    }))
+}
 
-    let (done_tx, mut done_rx) = mpsc::channel::<Result<(), ServicesFailed>>(4);
-    let mut counters = Counters::default();
-    let mut states: Vec<ServiceState> = services.states().await;
-    let mut last_error: Option<String> = None;
-    let mut poll_error: Option<String> = None;
-    let mut last_change: Option<SystemTime> = None;
-    tracing::info!("[RESILIENCE] Querying HA status at {url}");
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    let mut tick = tokio::time::interval(cfg.follow.poll);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut shutdown = std::pin::pin!(crate::shutdown::shutdown_signal());
-
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                // The answer belongs to when the poll began: an unreachable
-                // node's clock starts then, not after the timeout.
-                let asked = Instant::now();
-                let (a, u) = (agent.clone(), url.clone());
-                let answer = tokio::task::spawn_blocking(move || poll(&a, &u))
-                    .await
-                    .unwrap_or_else(|e| Answer::Unreachable(format!("poll task: {e}")));
-                tracing::debug!("[RESILIENCE] Querying HA status at {url}: {answer:?}");
-                match &answer {
-                    Answer::Active(_) => {
-                        counters.polls_ok += 1;
-                        poll_error = None;
-                    }
-                    Answer::Unreachable(why) => {
-                        counters.polls_failed += 1;
-                        poll_error = Some(why.clone());
-                    }
-                }
-                core.handle_answer(asked, answer);
+impl Follow {
+    /// Ask the node once and hand the answer to the core.
+    async fn poll_once(&mut self) {
+        // The answer belongs to when the poll began: an unreachable
+        // node's clock starts then, not after the timeout.
+        let asked = Instant::now();
+        let (a, u) = (self.agent.clone(), self.url.clone());
+        let answer = tokio::task::spawn_blocking(move || poll(&a, &u))
+            .await
+            .unwrap_or_else(|e| Answer::Unreachable(format!("poll task: {e}")));
+        tracing::debug!(
+            "[RESILIENCE] Querying HA status at {}: {answer:?}",
+            self.url
+        );
+        match &answer {
+            Answer::Active(_) => {
+                self.counters.polls_ok += 1;
+                self.poll_error = None;
             }
-            Some(r) = done_rx.recv() => {
-                match &r {
-                    Ok(()) => counters.actions_ok += 1,
-                    Err(e) => {
-                        counters.actions_failed += 1;
-                        last_error = Some(e.to_string());
-                    }
-                }
-                core.handle_done(Instant::now(), r.map_err(|e| e.to_string()));
-                states = services.states().await;
-            }
-            r = &mut api_task => {
-                anyhow::bail!("follower API stopped: {:?}", r);
-            }
-            _ = &mut shutdown => {
-                tracing::info!("follower stopping; services left as they are");
-                return Ok(());
+            Answer::Unreachable(why) => {
+                self.counters.polls_failed += 1;
+                self.poll_error = Some(why.clone());
             }
         }
-        while let Some(out) = core.poll_output() {
+        self.core.handle_answer(asked, answer);
+    }
+
+    /// An applying task finished: count it, tell the core, re-read services.
+    async fn applied(&mut self, r: Result<(), ServicesFailed>) {
+        match &r {
+            Ok(()) => self.counters.actions_ok += 1,
+            Err(e) => {
+                self.counters.actions_failed += 1;
+                self.last_error = Some(e.to_string());
+            }
+        }
+        self.core
+            .handle_done(Instant::now(), r.map_err(|e| e.to_string()));
+        self.states = self.services.states().await;
+    }
+
+    /// Carry out what the core asks: applying tasks and log lines.
+    fn drain_outputs(&mut self) {
+        while let Some(out) = self.core.poll_output() {
             match out {
                 Output::Apply { active } => {
                     let (s, h, d, tx) = (
-                        services.clone(),
-                        cfg.hooks.clone(),
-                        base.clone(),
-                        done_tx.clone(),
+                        self.services.clone(),
+                        self.cfg.hooks.clone(),
+                        self.base.clone(),
+                        self.done_tx.clone(),
                     );
                     tokio::spawn(async move {
                         let _ = tx.send(apply(&s, &h, &d, active).await).await;
@@ -241,36 +286,40 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                 }
                 Output::Event(e) => match &e {
                     Event::Shows { .. } => {
-                        tracing::info!("[RESILIENCE] Querying HA status at {url}");
+                        tracing::info!("[RESILIENCE] Querying HA status at {}", self.url);
                         tracing::info!("[RESILIENCE] {e}");
                     }
                     Event::Unreachable { .. } | Event::Failed { .. } => {
                         tracing::warn!("[RESILIENCE] {e}")
                     }
                     Event::Decided { .. } => {
-                        last_change = Some(SystemTime::now());
+                        self.last_change = Some(SystemTime::now());
                         tracing::info!("[RESILIENCE] {e}")
                     }
                     _ => tracing::info!("[RESILIENCE] {e}"),
                 },
             }
         }
-        let snap = core.snapshot(Instant::now());
+    }
+
+    /// Refresh the metrics and the status document from the core.
+    fn publish(&self) {
+        let snap = self.core.snapshot(Instant::now());
+        let c = &self.counters;
         metrics::gauge!("resilience_follow_node_active").set(flag(snap.node_active));
         metrics::gauge!("resilience_follow_reachable").set(if snap.reachable { 1.0 } else { 0.0 });
         metrics::gauge!("resilience_follow_wanted_active").set(flag(snap.wanted));
         metrics::gauge!("resilience_follow_applied_active").set(flag(snap.applied));
-        metrics::counter!("resilience_follow_polls_total", "result" => "ok")
-            .absolute(counters.polls_ok);
+        metrics::counter!("resilience_follow_polls_total", "result" => "ok").absolute(c.polls_ok);
         metrics::counter!("resilience_follow_polls_total", "result" => "unreachable")
-            .absolute(counters.polls_failed);
+            .absolute(c.polls_failed);
         metrics::counter!("resilience_follow_actions_total", "result" => "ok")
-            .absolute(counters.actions_ok);
+            .absolute(c.actions_ok);
         metrics::counter!("resilience_follow_actions_total", "result" => "failed")
-            .absolute(counters.actions_failed);
-        let _ = status_tx.send(Some(FollowerStatus {
-            name: cfg.follow.name.clone(),
-            node_url: url.clone(),
+            .absolute(c.actions_failed);
+        let _ = self.status_tx.send(Some(FollowerStatus {
+            name: self.cfg.follow.name.clone(),
+            node_url: self.url.clone(),
             node_active: snap.node_active,
             reachable: snap.reachable,
             unreachable_for_ms: snap.unreachable_for.map(|d| d.as_millis() as u64),
@@ -280,18 +329,18 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
             pending: snap
                 .pending
                 .map(|(active, answers)| FollowerPending { active, answers }),
-            services: states.clone(),
+            services: self.states.clone(),
             polls: FollowerPolls {
-                ok: counters.polls_ok,
-                unreachable: counters.polls_failed,
+                ok: c.polls_ok,
+                unreachable: c.polls_failed,
             },
             actions: FollowerActions {
-                ok: counters.actions_ok,
-                failed: counters.actions_failed,
+                ok: c.actions_ok,
+                failed: c.actions_failed,
             },
-            last_error: last_error.clone(),
-            poll_error: poll_error.clone(),
-            last_change_unix_ms: last_change.map(crate::clock::unix_ms),
+            last_error: self.last_error.clone(),
+            poll_error: self.poll_error.clone(),
+            last_change_unix_ms: self.last_change.map(crate::clock::unix_ms),
         }));
     }
 }

@@ -11,10 +11,10 @@ mod control;
 
 use crate::status::HistoryPage;
 use anyhow::Context;
-use configs::{Sockets, NODES};
+use configs::{Ports, Sockets, NODES};
 use control::{Lab, ROLES};
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,9 +28,7 @@ fn help() {
 }
 
 /// Run a lab: write its configs and secrets, start both nodes and their
-/// stand-in PBXs, then read commands until quit or Ctrl-C. Long because
-/// setup and the command prompt are still one function; a split is left to
-/// do.
+/// stand-in PBXs, then read commands until quit or Ctrl-C.
 pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let dir = match dir {
         Some(d) => d,
@@ -42,8 +40,34 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let ports = sockets.ports();
     let wires = [sockets.wire[0].try_clone()?, sockets.wire[1].try_clone()?];
     let control = sockets.control.try_clone()?;
-    // The nodes refuse secrets others can read (crate::secret): 0600, and
-    // a folder kept from an older lab gets its files' modes fixed.
+    write_secrets(&dir)?;
+    let mut secret = [0u8; 12];
+    getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("random: {e}"))?;
+    let secret = hex::encode(secret);
+    let control_url = format!("http://127.0.0.1:{}/{secret}", ports.control);
+    write_configs(&dir, &ports, &control_url)?;
+
+    let lab = Arc::new(Mutex::new(Lab::new(
+        std::env::current_exe()?,
+        dir.clone(),
+        sockets,
+        secret.clone(),
+    )));
+    start(&lab, wires, &ports).await?;
+    serve_control(control, &lab, &secret)?;
+    let state = lab.lock().await.state();
+    std::fs::write(dir.join("lab.json"), serde_json::to_vec_pretty(&state)?)?;
+    print_addresses(&dir, &ports, &control_url);
+    help();
+    prompt(&lab, &dir, &ports).await?;
+    println!("lab: stopping");
+    lab.lock().await.stop_all().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The nodes refuse secrets others can read (crate::secret): 0600, and a
+/// folder kept from an older lab gets its files' modes fixed.
+fn write_secrets(dir: &Path) -> anyhow::Result<()> {
     for name in ["cluster.key", "api.token"] {
         let path = dir.join(name);
         if path.exists() {
@@ -54,53 +78,65 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("creating {}", path.display()))?;
         }
     }
-    let mut secret = [0u8; 12];
-    getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("random: {e}"))?;
-    let secret = hex::encode(secret);
-    let control_url = format!("http://127.0.0.1:{}/{secret}", ports.control);
+    Ok(())
+}
+
+/// Each node's and follower's config, and the edge's.
+fn write_configs(dir: &Path, ports: &Ports, control_url: &str) -> anyhow::Result<()> {
     for (i, n) in NODES.iter().enumerate() {
         std::fs::write(
             dir.join(format!("{n}.toml")),
-            configs::node(i, &ports, &control_url),
+            configs::node(i, ports, control_url),
         )?;
         std::fs::write(
             dir.join(format!("cc-{n}.toml")),
-            configs::follower(i, &ports),
+            configs::follower(i, ports),
         )?;
     }
-    std::fs::write(dir.join("edge.toml"), configs::edge(&ports))?;
+    std::fs::write(dir.join("edge.toml"), configs::edge(ports))?;
+    Ok(())
+}
 
-    let lab = Arc::new(Mutex::new(Lab::new(
-        std::env::current_exe()?,
-        dir.clone(),
-        sockets,
-        secret.clone(),
-    )));
-    {
-        let mut l = lab.lock().await;
-        for (i, sock) in wires.into_iter().enumerate() {
-            let wire = l.wire.clone();
-            let p = ports.clone();
-            tokio::spawn(async move {
-                if let Err(e) = wire.run(i, sock, p).await {
-                    eprintln!("lab: wire: {e:#}");
-                }
-            });
-        }
-        for role in ROLES {
-            println!("lab: {}", l.spawn(role)?);
-        }
+/// Carry the heartbeat wire between the nodes and start every role.
+async fn start(
+    lab: &Arc<Mutex<Lab>>,
+    wires: [std::net::UdpSocket; 2],
+    ports: &Ports,
+) -> anyhow::Result<()> {
+    let mut l = lab.lock().await;
+    for (i, sock) in wires.into_iter().enumerate() {
+        let wire = l.wire.clone();
+        let p = ports.clone();
+        tokio::spawn(async move {
+            if let Err(e) = wire.run(i, sock, p).await {
+                eprintln!("lab: wire: {e:#}");
+            }
+        });
     }
+    for role in ROLES {
+        println!("lab: {}", l.spawn(role)?);
+    }
+    Ok(())
+}
+
+/// Serve the lab's control API on its own task.
+fn serve_control(
+    control: std::net::TcpListener,
+    lab: &Arc<Mutex<Lab>>,
+    secret: &str,
+) -> anyhow::Result<()> {
     control.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(control).context("lab control port")?;
-    let app = control::router(lab.clone(), &secret);
+    let app = control::router(lab.clone(), secret);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             eprintln!("lab: control API: {e}");
         }
     });
-    let state = lab.lock().await.state();
-    std::fs::write(dir.join("lab.json"), serde_json::to_vec_pretty(&state)?)?;
+    Ok(())
+}
+
+fn print_addresses(dir: &Path, ports: &Ports, control_url: &str) {
     println!(
         "\nlab: folder {d}\n  dashboards  main    http://127.0.0.1:{m}/\n              standby http://127.0.0.1:{s}/\n  API token   {d}/api.token (paste it into a dashboard once)\n  edge        SIP 127.0.0.1:{e} (register phones here), status http://127.0.0.1:{ea}/api/v1/status\n  followers   cc-main http://127.0.0.1:{f0}/api/v1/status, cc-standby http://127.0.0.1:{f1}/api/v1/status\n  lab control {c}/\n  timers: heartbeat 200ms, failover after 3s, failback after 30s stable, drain up to 20s",
         d = dir.display(),
@@ -112,8 +148,11 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         f1 = ports.follower_api[1],
         c = control_url,
     );
-    help();
+}
 
+/// Print both nodes' new events and read commands until quit, Ctrl-C or
+/// stdin's end followed by Ctrl-C.
+async fn prompt(lab: &Arc<Mutex<Lab>>, dir: &Path, ports: &Ports) -> anyhow::Result<()> {
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
     let mut last_id: [i64; 2] = [0, 0];
@@ -121,53 +160,72 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let mut shutdown = std::pin::pin!(crate::shutdown::shutdown_signal());
     loop {
         tokio::select! {
-            _ = &mut shutdown => break,
-            _ = tick.tick() => {
-                for i in 0..2 {
-                    let url = format!("http://127.0.0.1:{}/api/v1/events?limit=50", ports.api[i]);
-                    let since = last_id[i];
-                    let got = tokio::task::spawn_blocking(move || fetch_events(&url, since)).await.unwrap_or_default();
-                    for (id, text) in got {
-                        last_id[i] = last_id[i].max(id);
-                        println!("[{:<7}] {text}", NODES[i]);
+            _ = &mut shutdown => return Ok(()),
+            _ = tick.tick() => print_events(ports, &mut last_id).await,
+            line = lines.next_line(), if stdin_open => match line {
+                Ok(Some(l)) => {
+                    if command(lab, dir, &l).await? == Prompt::Quit {
+                        return Ok(());
                     }
                 }
+                _ => stdin_open = false,
+            },
+        }
+    }
+}
+
+/// Print each node's events newer than the last one printed.
+async fn print_events(ports: &Ports, last_id: &mut [i64; 2]) {
+    for i in 0..2 {
+        let url = format!("http://127.0.0.1:{}/api/v1/events?limit=50", ports.api[i]);
+        let since = last_id[i];
+        let got = tokio::task::spawn_blocking(move || fetch_events(&url, since))
+            .await
+            .unwrap_or_default();
+        for (id, text) in got {
+            last_id[i] = last_id[i].max(id);
+            println!("[{:<7}] {text}", NODES[i]);
+        }
+    }
+}
+
+/// Whether the prompt goes on after a command.
+#[derive(PartialEq)]
+enum Prompt {
+    Go,
+    Quit,
+}
+
+/// Carry out one typed command line.
+async fn command(lab: &Arc<Mutex<Lab>>, dir: &Path, line: &str) -> anyhow::Result<Prompt> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["status"] => {
+            for n in NODES {
+                let cfg = dir.join(format!("{n}.toml"));
+                let t = crate::client::Target::new(None, None, Some(&cfg))?;
+                tokio::task::spawn_blocking(move || crate::client::status(&t, false)).await?;
             }
-            line = lines.next_line(), if stdin_open => {
-                match line {
-                    Ok(Some(l)) => {
-                        let words: Vec<&str> = l.split_whitespace().collect();
-                        match words.as_slice() {
-                            ["status"] => {
-                                for n in NODES {
-                                    let cfg = dir.join(format!("{n}.toml"));
-                                    let t = crate::client::Target::new(None, None, Some(&cfg))?;
-                                    tokio::task::spawn_blocking(move || crate::client::status(&t, false)).await?;
-                                }
-                            }
-                            ["quit"] | ["exit"] => break,
-                            [] => {}
-                            [action, rest @ ..] if rest.len() <= 1 => {
-                                let r = lab.lock().await.command(action, rest.first().copied()).await;
-                                match r {
-                                    Ok(m) => println!("lab: {m}"),
-                                    Err(e) => {
-                                        println!("lab: {e}");
-                                        help();
-                                    }
-                                }
-                            }
-                            _ => help(),
-                        }
-                    }
-                    _ => stdin_open = false,
+        }
+        ["quit"] | ["exit"] => return Ok(Prompt::Quit),
+        [] => {}
+        [action, rest @ ..] if rest.len() <= 1 => {
+            let r = lab
+                .lock()
+                .await
+                .command(action, rest.first().copied())
+                .await;
+            match r {
+                Ok(m) => println!("lab: {m}"),
+                Err(e) => {
+                    println!("lab: {e}");
+                    help();
                 }
             }
         }
+        _ => help(),
     }
-    println!("lab: stopping");
-    lab.lock().await.stop_all().await;
-    Ok(ExitCode::SUCCESS)
+    Ok(Prompt::Go)
 }
 
 /// `resilience lab --dir DIR ACTION [NODE]`: one fault for a running lab,

@@ -349,12 +349,29 @@ async fn start_api(
     Ok((task, addr))
 }
 
+/// The core, booted with a random boot id: the peer confirms it by a
+/// challenge echo, so nothing on this node's disk is needed for it to be
+/// heard again.
+fn boot_core(
+    settings: Settings,
+    persisted: resilience_core::Persisted,
+    seen_at_boot: ServicesAtBoot,
+) -> anyhow::Result<Node> {
+    let boot_id = getrandom::u64().map_err(|e| anyhow::anyhow!("random boot id: {e}"))?;
+    Ok(Node::boot(
+        settings,
+        persisted,
+        seen_at_boot,
+        boot_id,
+        Instant::now(),
+    ))
+}
+
 impl NodeDriver {
     /// Build the daemon from its config file: every secret is checked
-    /// before anything is started or written.
-    /// Long because it starts each part in the order the daemon needs (state,
-    /// sockets, PBX settings, services, replication, API, core), one call each,
-    /// and then fills the driver's fields.
+    /// before anything is started or written. Each part starts in the
+    /// order the daemon needs (state, sockets, PBX settings, services,
+    /// replication, API, core), one call each.
     pub async fn new(config: &Path) -> anyhow::Result<(NodeDriver, NodeHandle)> {
         let l = load(config)?;
         let (cfg, base, state_dir) = (l.cfg, l.base, l.state_dir);
@@ -387,16 +404,7 @@ impl NodeDriver {
         };
         let (api_task, api_addr) = start_api(&cfg, &base, api_state).await?;
 
-        // A random boot id per start: the peer confirms it by a challenge echo,
-        // so nothing on this node's disk is needed for it to be heard again.
-        let boot_id = getrandom::u64().map_err(|e| anyhow::anyhow!("random boot id: {e}"))?;
-        let node = Node::boot(
-            l.settings,
-            l.persisted,
-            seen_at_boot,
-            boot_id,
-            Instant::now(),
-        );
+        let node = boot_core(l.settings, l.persisted, seen_at_boot)?;
         let peer_addrs = node.settings().peer_addrs.clone();
         let signals = Signals::install()?;
         let alarm = alarm::Alarm::spawn().context("timer thread")?;
