@@ -4,9 +4,13 @@
 //! to hear this node again (see the heartbeat module): losing it costs the
 //! admin's hold and the history, never a second Active.
 //!
-//! A database that cannot be opened or fails SQLite's `quick_check` is moved
-//! aside (`state.db.corrupt-<unix time>`) and recreated; the node starts as on
-//! a first boot and says so, rather than crash-looping.
+//! A damaged database (not SQLite, or failing SQLite's `quick_check`) is
+//! moved aside (`state.db.corrupt-<unix time>`) and recreated; the node
+//! starts as on a first boot and says so, rather than crash-looping. Any
+//! other failure (unreadable, locked by another process past the busy
+//! timeout, read-only, disk full) is an error that stops the start and
+//! leaves the file alone: its facts (epoch, an admin's hold) are sound, and
+//! forgetting them would be worse than not starting.
 
 use crate::status::StateWord;
 use resilience_core::node::AdminChoice;
@@ -28,6 +32,8 @@ pub enum StoreError {
     Sql(PathBuf, rusqlite::Error),
     #[error("moving the damaged state database {0} aside: {1}")]
     MoveAside(PathBuf, std::io::Error),
+    #[error("state database {0}: damaged ({1})")]
+    Damaged(PathBuf, String),
     /// Kept apart from [`StoreError::Sql`]: a database this version cannot
     /// extend (read-only, disk full, locked) is not damaged, and is never
     /// moved aside — its facts (epoch, an admin's hold) stay.
@@ -78,6 +84,20 @@ fn migrate_state_column(conn: &mut Connection) -> rusqlite::Result<()> {
     tx.commit()
 }
 
+impl StoreError {
+    /// The file is not a sound SQLite database: only then is it moved aside.
+    fn is_damage(&self) -> bool {
+        use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+        match self {
+            StoreError::Damaged(..) => true,
+            StoreError::Sql(_, rusqlite::Error::SqliteFailure(f, _)) => {
+                matches!(f.code, DatabaseCorrupt | NotADatabase)
+            }
+            _ => false,
+        }
+    }
+}
+
 pub struct Store {
     conn: Connection,
     path: PathBuf,
@@ -94,7 +114,7 @@ impl Store {
         let path = dir.join(DB_FILE);
         match Self::open_checked(&path) {
             Ok(s) => Ok((s.migrated()?, None)),
-            Err(e) if path.exists() => {
+            Err(e) if path.exists() && e.is_damage() => {
                 let aside = dir.join(format!("{DB_FILE}.corrupt-{}", unix_ms(SystemTime::now())));
                 std::fs::rename(&path, &aside)
                     .map_err(|io| StoreError::MoveAside(path.clone(), io))?;
@@ -127,9 +147,9 @@ impl Store {
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
             .map_err(sql)?;
         if check != "ok" {
-            return Err(StoreError::Sql(
+            return Err(StoreError::Damaged(
                 path.to_owned(),
-                rusqlite::Error::InvalidParameterName(format!("quick_check: {check}")),
+                format!("quick_check: {check}"),
             ));
         }
         conn.execute_batch(
@@ -391,6 +411,39 @@ mod tests {
             vec![1, 0],
             "the next page starts below the cursor"
         );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A database that cannot be opened but is not damaged (here: the path
+    /// is a folder; in life: unreadable, locked, read-only) is an error and
+    /// is left where it is, never moved aside.
+    #[test]
+    fn an_unopenable_database_is_an_error_and_stays_in_place() {
+        let d = tmp("unopenable");
+        std::fs::create_dir_all(d.join(DB_FILE)).unwrap();
+        match Store::open(&d) {
+            Err(e) => assert!(!e.is_damage(), "{e}"),
+            Ok(_) => panic!("a folder opened as a database"),
+        }
+        assert!(d.join(DB_FILE).is_dir());
+        let aside = std::fs::read_dir(&d)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().contains("corrupt"));
+        assert!(!aside, "moved aside");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Garbage where the database should be is damage: moved aside, and
+    /// the node starts as on a first boot.
+    #[test]
+    fn a_file_that_is_not_sqlite_is_moved_aside_and_recreated() {
+        let d = tmp("garbage");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(DB_FILE), [b'x'; 4096]).unwrap();
+        let (s, warn) = Store::open(&d).unwrap();
+        assert!(warn.is_some_and(|w| w.contains("moved to")));
+        assert_eq!(s.load_facts().unwrap(), Persisted::default());
         let _ = std::fs::remove_dir_all(&d);
     }
 
