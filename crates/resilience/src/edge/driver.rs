@@ -29,7 +29,10 @@ pub struct EdgeHandle {
 
 impl EdgeHandle {
     /// Stop the edge: [`EdgeDriver::run`] stops the relay's and the API's
-    /// threads, joins them and returns.
+    /// threads, joins them and returns. The tasks it spawned on the caller's
+    /// runtime (SIP TCP/TLS accept loops, the web proxy, the PBX probes) end
+    /// with that runtime: in the daemon the process exits; a test that
+    /// needs them gone ends its runtime.
     pub fn shutdown(&self) {
         let _ = self.stop.send(());
     }
@@ -81,18 +84,32 @@ struct Sip {
     tcp_drop_rx: mpsc::Receiver<&'static str>,
 }
 
+/// The SIP UDP socket and the TCP listener on the same address. With port
+/// 0 the system picks the UDP port, which TCP must then share: another
+/// process may hold that TCP port, so a few picks are tried. A configured
+/// (or inherited) port is bound once: its failure is the admin's to see.
+async fn sip_pair(
+    listen: SocketAddr,
+) -> anyhow::Result<(std::net::UdpSocket, SocketAddr, tokio::net::TcpListener)> {
+    let tries = if listen.port() == 0 { 16 } else { 1 };
+    let mut last = None;
+    for _ in 0..tries {
+        let sock = crate::listen_fds::udp(listen)
+            .and_then(|s| s.set_nonblocking(true).map(|_| s))
+            .with_context(|| format!("SIP socket {listen}"))?;
+        let addr = sock.local_addr().context("SIP socket's address")?;
+        match crate::listen_fds::tokio_tcp(addr).await {
+            Ok(l) => return Ok((sock, addr, l)),
+            Err(e) => last = Some(anyhow::Error::new(e).context(format!("SIP TCP socket {addr}"))),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("SIP TCP socket {listen}")))
+}
+
 async fn sip_sockets(cfg: &EdgeConfig, path: &Path) -> anyhow::Result<Sip> {
     // Bound here (errors at start), registered with the relay thread's
     // runtime there.
-    let sock = crate::listen_fds::udp(cfg.edge.sip_listen)
-        .and_then(|s| s.set_nonblocking(true).map(|_| s))
-        .with_context(|| format!("SIP socket {}", cfg.edge.sip_listen))?;
-    // The bound address: the configured one, or its port picked by the
-    // system (port 0) and then shared by TCP, as SIP expects.
-    let addr = sock.local_addr().context("SIP socket's address")?;
-    let tcp_listener = crate::listen_fds::tokio_tcp(addr)
-        .await
-        .with_context(|| format!("SIP TCP socket {addr}"))?;
+    let (sock, addr, tcp_listener) = sip_pair(cfg.edge.sip_listen).await?;
     let (tcp_tx, tcp_rx) = mpsc::channel::<(Flow, Vec<u8>)>(1024);
     let (tcp_drop_tx, tcp_drop_rx) = mpsc::channel::<&'static str>(64);
     let intake = intake(cfg, tcp_tx, tcp_drop_tx)?;
