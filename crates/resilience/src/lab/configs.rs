@@ -43,7 +43,18 @@ fn udp() -> std::io::Result<UdpSocket> {
 }
 
 fn tcp() -> std::io::Result<TcpListener> {
-    TcpListener::bind("127.0.0.1:0")
+    listener(0)
+}
+
+/// A listening socket on 127.0.0.1 with the queue a role gives its own
+/// (tokio's 1,024; std's bind would give 128).
+fn listener(port: u16) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+    s.listen(1024)?;
+    Ok(s.into())
 }
 
 /// UDP and TCP on one port: the UDP port from the kernel, TCP bound on the
@@ -52,7 +63,7 @@ fn udp_tcp() -> std::io::Result<(UdpSocket, TcpListener)> {
     let mut last = None;
     for _ in 0..100 {
         let u = udp()?;
-        match TcpListener::bind(("127.0.0.1", u.local_addr()?.port())) {
+        match listener(u.local_addr()?.port()) {
             Ok(t) => return Ok((u, t)),
             Err(e) => last = Some(e),
         }

@@ -328,8 +328,11 @@ impl Pair {
     pub fn start(&mut self, i: usize) {
         self.spawn(i);
         assert!(
+            // Published, not only listening: the test holds the API's
+            // socket, so a request waits in its queue even before the node
+            // runs, and the node answers `{}` until its loop's first step.
             wait_until(Duration::from_secs(10), || get(&self.url(i, "/api/v1/ha"))
-                .is_some()),
+                .is_some_and(|v| v.get("node_type").is_some())),
             "{} API never came up\n{}",
             self.specs[i].name,
             self.logs()

@@ -15,6 +15,19 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
+/// A listening TCP socket on 127.0.0.1 with the queue the processes give
+/// their own (tokio's 1,024, not std's 128): a test that opens connections
+/// faster than a loaded machine accepts them must meet the same queue as in
+/// production, not connection attempts retried a second later.
+fn listener(port: u16) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
 /// One bound socket of a test, handed to the process that serves it.
 #[derive(Debug)]
 pub enum Sock {
@@ -30,7 +43,7 @@ impl Sock {
 
     /// A listening TCP socket on 127.0.0.1, port chosen by the kernel.
     pub fn tcp() -> Sock {
-        Sock::Tcp(TcpListener::bind("127.0.0.1:0").expect("bind TCP 127.0.0.1:0"))
+        Sock::Tcp(listener(0).expect("bind TCP 127.0.0.1:0"))
     }
 
     /// UDP and TCP on one port (SIP serves both): the UDP port comes from
@@ -40,7 +53,7 @@ impl Sock {
         for _ in 0..100 {
             let u = UdpSocket::bind("127.0.0.1:0").expect("bind UDP 127.0.0.1:0");
             let port = u.local_addr().unwrap().port();
-            if let Ok(t) = TcpListener::bind(("127.0.0.1", port)) {
+            if let Ok(t) = listener(port) {
                 return [Sock::Udp(u), Sock::Tcp(t)];
             }
         }
