@@ -149,10 +149,14 @@ def main():
     ap.add_argument("--files", type=int, default=10_000)
     ap.add_argument("--mb", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--binary", help="measure this resilience binary (default: build the release one)")
     args = ap.parse_args()
     need("rsync", "rsync")
-    subprocess.run(["cargo", "build", "-q", "--release", "-p", "resilience"], cwd=ROOT, check=True)
-    binary = str(ROOT / "target" / "release" / "resilience")
+    if args.binary:
+        binary = str(Path(args.binary).resolve())
+    else:
+        subprocess.run(["cargo", "build", "-q", "--release", "-p", "resilience"], cwd=ROOT, check=True)
+        binary = str(ROOT / "target" / "release" / "resilience")
     work = Path(tempfile.mkdtemp(prefix="ressync-"))
     src, dst_rsync, dst_res = work / "src", work / "dst-rsync", work / "dst-res"
     for d in (src, dst_rsync, dst_res):

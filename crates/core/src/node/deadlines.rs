@@ -100,44 +100,51 @@ impl Node {
             _ => None,
         };
         let drain = self.drain.as_ref();
-        [
-            (
-                (self.s.node_type != NodeType::Disabled).then_some(self.next_heartbeat),
-                Wake::Heartbeat,
-            ),
-            (Some(last + self.s.failover_after), Wake::PeerSilent),
-            (Some(last + self.s.startup_wait), Wake::StartupWait),
-            (
-                self.peer
-                    .deaf_since()
-                    .map(|t| t + self.s.failover_after + self.s.startup_wait),
-                Wake::PeerDeaf,
-            ),
-            (self.retry_at, Wake::ActionRetry),
-            (self.fault.as_ref().map(|f| f.until), Wake::FaultHold),
-            (
-                self.pbx_down_since.map(|t| t + self.s.failover_after),
-                Wake::PbxDown,
-            ),
-            (drain.map(|d| d.deadline), Wake::DrainTimeout),
-            (drain.map(|d| d.next_poll), Wake::DrainPoll),
-            (
-                drain
-                    .and_then(|d| d.grace)
-                    .map(|t| t + self.s.failover_after),
-                Wake::ReceiverGrace,
-            ),
-            (self.leaving, Wake::Leaving),
-            (self.adopt_until, Wake::Adoption),
-            (stable, Wake::FailbackStable),
-            (self.switchover_deadline(), Wake::Switchover),
-            (self.guard_deadline(), Wake::Guard),
-            self.data_deadline(),
-        ]
-        .into_iter()
-        .filter_map(|(t, why)| t.filter(|&t| t > now).map(|t| (t, why)))
-        // `min_by_key` keeps the first of equal keys.
-        .min_by_key(|&(t, _)| t)
+        // A running minimum, not an iterator over an array of pairs: this
+        // runs after every input and was a quarter of a simulated step.
+        // Strictly earlier wins, so equal deadlines keep the first reason.
+        let mut best: Option<(Instant, Wake)> = None;
+        let mut consider = |t: Option<Instant>, why: Wake| {
+            if let Some(t) = t.filter(|&t| t > now) {
+                if best.is_none_or(|(b, _)| t < b) {
+                    best = Some((t, why));
+                }
+            }
+        };
+        consider(
+            (self.s.node_type != NodeType::Disabled).then_some(self.next_heartbeat),
+            Wake::Heartbeat,
+        );
+        consider(Some(last + self.s.failover_after), Wake::PeerSilent);
+        consider(Some(last + self.s.startup_wait), Wake::StartupWait);
+        consider(
+            self.peer
+                .deaf_since()
+                .map(|t| t + self.s.failover_after + self.s.startup_wait),
+            Wake::PeerDeaf,
+        );
+        consider(self.retry_at, Wake::ActionRetry);
+        consider(self.fault.as_ref().map(|f| f.until), Wake::FaultHold);
+        consider(
+            self.pbx_down_since.map(|t| t + self.s.failover_after),
+            Wake::PbxDown,
+        );
+        consider(drain.map(|d| d.deadline), Wake::DrainTimeout);
+        consider(drain.map(|d| d.next_poll), Wake::DrainPoll);
+        consider(
+            drain
+                .and_then(|d| d.grace)
+                .map(|t| t + self.s.failover_after),
+            Wake::ReceiverGrace,
+        );
+        consider(self.leaving, Wake::Leaving);
+        consider(self.adopt_until, Wake::Adoption);
+        consider(stable, Wake::FailbackStable);
+        consider(self.switchover_deadline(), Wake::Switchover);
+        consider(self.guard_deadline(), Wake::Guard);
+        let (t, why) = self.data_deadline();
+        consider(t, why);
+        best
     }
 
     /// The earliest time at which a rule could change its answer.

@@ -1198,12 +1198,17 @@ impl Cluster {
         // while the two hear each other (else it overwrites the serving copy).
         if settled && !self.overlap && !self.forced_or_manual() {
             for (i, h) in self.hosts.iter().enumerate() {
+                let other = &self.hosts[1 - i];
+                // Only an Active node may push: the snapshot (the costly
+                // part of a step) is built only when the rule can break.
+                if !(h.is_active() && other.services && !other.stop_failed) {
+                    continue;
+                }
                 let may_push = h
                     .node
                     .as_ref()
                     .is_some_and(|n| n.snapshot(now).may_push_data().is_ok());
-                let other = &self.hosts[1 - i];
-                if may_push && other.services && !other.stop_failed {
+                if may_push {
                     return Err(format!(
                         "{} may push its data while {} runs services",
                         NAMES[i],
