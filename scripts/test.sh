@@ -34,6 +34,26 @@ if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || ! command -v pg_re
   need_pkg postgresql /nonexistent/postgres
 fi
 
+# promtool checks and unit-tests the alert rules (packaging/prometheus). It
+# comes with Debian's prometheus package, whose install would also start a
+# Prometheus server: unpack the package instead and use its promtool.
+PROMTOOL=$(command -v promtool || true)
+if [ -z "$PROMTOOL" ]; then
+  PROMTOOL=target/tools/prometheus/usr/bin/promtool
+  if [ ! -x "$PROMTOOL" ]; then
+    if [ "$apt_updated" = 0 ]; then
+      apt-get update -q
+      apt_updated=1
+    fi
+    mkdir -p target/tools
+    (cd target/tools && rm -f prometheus_*.deb && apt-get download prometheus \
+      && dpkg-deb -x prometheus_*.deb prometheus)
+  fi
+fi
+# The Debian package: lintian checks it, systemd-analyze verifies its units.
+need_pkg lintian lintian
+need_pkg systemd systemd-analyze
+
 # The dashboard's browser test: Debian's Chromium driven by playwright-core.
 need_pkg chromium chromium
 need_pkg chromium-driver chromedriver
@@ -44,6 +64,9 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
 fi
 
 export CARGO_TERM_COLOR=never
+# The alert rules: valid, and each fires on its case and not beside it.
+"$PROMTOOL" check rules packaging/prometheus/resilience.rules.yml
+"$PROMTOOL" test rules packaging/prometheus/resilience.rules.test.yml
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The fuzz targets live outside the workspace (cargo-fuzz's layout): build
@@ -52,3 +75,6 @@ cargo check --manifest-path fuzz/Cargo.toml
 # --nocapture shows the simulator's figures (seed count, simulated hours,
 # false-failover table); the end-to-end tests run one at a time.
 cargo test --workspace --no-fail-fast -- --nocapture --test-threads=2
+# The Debian package, built, checked with lintian and run from a throwaway
+# root (scripts/package.sh says how).
+./scripts/package.sh

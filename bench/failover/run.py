@@ -296,7 +296,7 @@ def detection_to_start(binary, work, run):
     except Exception:
         return None
     silent = [e["at_ms"] for e in events if e["kind"] == "peer_silent"]
-    up = [e["at_ms"] for e in events if e["kind"] == "active" and "to: true" in e["text"]]
+    up = [e["at_ms"] for e in events if e["kind"] == "active" and "to: true" in e["text"].lower()]
     if not silent or not up:
         return None
     return max(up) - max(silent)

@@ -11,6 +11,19 @@ use resilience_core::config::NodeConfig;
 use resilience_core::ClusterKey;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
+
+/// A duration as the config writes it: "200ms", "3s", "10m", "1h".
+fn dur(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0 => "0s".into(),
+        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        _ if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        _ if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        _ => format!("{ms}ms"),
+    }
+}
 
 /// Whether the file has a top-level `[name]` table.
 fn has_table(text: &str, name: &str) -> bool {
@@ -25,8 +38,12 @@ fn follow(shown: &str, text: &str) -> ExitCode {
             let f = &c.follow;
             println!("{shown}: OK");
             println!(
-                "  follower {} polls {} every {:?} (acts after {} answers in a row; unreachable for {:?} counts as inactive)",
-                f.name, f.node, f.poll, f.confirm_polls, f.unreachable_after
+                "  follower {} polls {} every {} (acts after {} answers in a row; unreachable for {} counts as inactive)",
+                f.name,
+                f.node,
+                dur(f.poll),
+                f.confirm_polls,
+                dur(f.unreachable_after)
             );
             println!(
                 "  {} service(s), {} on_active and {} on_inactive hook(s), API on {}",
@@ -111,13 +128,13 @@ fn edge_summary(c: &EdgeConfig) {
     }
     let l = &c.limits;
     println!(
-        "  limits: {} messages per {:?} per source; at most {} TCP/TLS connections ({} per address); a message due within {:?}, idle connections closed after {:?}",
+        "  limits: {} messages per {} per source; at most {} TCP/TLS connections ({} per address); a message due within {}, idle connections closed after {}",
         l.max_per_window,
-        l.window,
+        dur(l.window),
         l.max_connections,
         l.max_connections_per_source,
-        l.message_timeout,
-        l.idle_timeout
+        dur(l.message_timeout),
+        dur(l.idle_timeout)
     );
     for p in &c.pbxs {
         println!(
@@ -131,12 +148,12 @@ fn edge_summary(c: &EdgeConfig) {
         );
     }
     println!(
-        "  probes every {:?} (down after {}, up after {}); phones fail over after {:?}, back after {:?} stable",
-        c.health.interval,
+        "  probes every {} (down after {}, up after {}); phones fail over after {}, back after {} stable",
+        dur(c.health.interval),
         c.health.down_after,
         c.health.up_after,
-        c.phones.failover_after,
-        c.phones.failback_stable
+        dur(c.phones.failover_after),
+        dur(c.phones.failback_stable)
     );
 }
 
@@ -154,9 +171,9 @@ fn edge_web(c: &EdgeConfig) {
         return;
     }
     println!(
-        "  web proxy on {}; a web server is skipped for {:?} after {} failed requests within it",
+        "  web proxy on {}; a web server is skipped for {} after {} failed requests within it",
         listens.join(" and "),
-        c.web.fail_timeout,
+        dur(c.web.fail_timeout),
         c.web.max_fails
     );
     if let (Some(_), Some(cert), Some(key)) =
@@ -194,6 +211,14 @@ fn secrets(shown: &str, cfg: &NodeConfig, base: &Path) -> bool {
                 );
                 ok = false;
             }
+        }
+        // The node does not start without its key: an error, not a warning.
+        Err(e) if e.is_missing() => {
+            eprintln!(
+                "{shown}: key `heartbeat.key_file`: {e}; the node does not start without it: create it with `resilience keygen --out {}` and copy it to both nodes (mode 0600)",
+                key_path.display()
+            );
+            ok = false;
         }
         Err(e) => {
             ok &= report(
@@ -271,13 +296,13 @@ pub fn run(file: &Path) -> ExitCode {
         cfg.node.name, cfg.node.node_type, cfg.node.mode
     );
     println!(
-        "  heartbeat every {:?}, failover after {:?}; failback {:?}{}; split brain: {:?}",
-        cfg.heartbeat.interval,
-        cfg.heartbeat.failover_after,
+        "  heartbeat every {}, failover after {}; failback {}{}; split brain: {}",
+        dur(cfg.heartbeat.interval),
+        dur(cfg.heartbeat.failover_after),
         cfg.failback.policy,
         match cfg.failback.policy {
             resilience_core::config::FailbackPolicyKind::Stable =>
-                format!(" ({:?})", cfg.failback.stable_for),
+                format!(" (after {} stable)", dur(cfg.failback.stable_for)),
             _ => String::new(),
         },
         cfg.failback.split_brain,

@@ -4,11 +4,22 @@ use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// The exit codes, in `--help` (the same as `client`'s constants).
+pub const EXIT_CODES: &str = "Exit codes:
+  0   done (check-config: the file is valid)
+  1   refused: by the node (the reason is printed), or an invalid
+      configuration or secret file (check-config, and a role at start)
+  2   bad command line
+  3   the node's API could not be reached
+  4   the API token was refused
+  66  a configuration file could not be read";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "resilience",
     version,
-    about = "High-availability manager for telephony servers (Main/Standby PBX pairs)"
+    about = "High-availability manager for telephony servers (Main/Standby PBX pairs)",
+    after_help = EXIT_CODES
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -37,17 +48,20 @@ pub struct ApiArgs {
 pub enum Cmd {
     /// Run the HA daemon on a PBX host (Main or Standby).
     Node {
+        /// The role's configuration file (TOML; `resilience check-config` checks it).
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Follow a node's Active/Inactive status on a CC/UC/media host.
     Follow {
+        /// The role's configuration file (TOML; `resilience check-config` checks it).
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Write (Main, Standby) or restore (disabled) the PBX settings of the
     /// node config's [pbx_settings] now, as the node does at start.
     PbxSettings {
+        /// The role's configuration file (TOML; `resilience check-config` checks it).
         #[arg(long, short)]
         config: PathBuf,
         /// Print the report as JSON.
@@ -56,6 +70,7 @@ pub enum Cmd {
     },
     /// Run the SIP and HTTP edge in front of both nodes.
     Edge {
+        /// The role's configuration file (TOML; `resilience check-config` checks it).
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -130,8 +145,27 @@ pub enum Cmd {
         #[arg(long)]
         token: bool,
     },
-    /// Validate a node configuration file.
-    CheckConfig { file: PathBuf },
+    /// Print the completion script of SHELL (bash, zsh, fish, elvish,
+    /// powershell) for this command line.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (resilience.1 and one per command) into --out:
+    /// the Debian package's build runs it.
+    #[command(hide = true)]
+    Manpages {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Validate a node's, an edge's or a follower's configuration file and
+    /// the key, token and TLS key files it names, with the rules the role
+    /// applies at start. Prints what it read; exit 0 when valid.
+    #[command(after_help = EXIT_CODES)]
+    CheckConfig {
+        /// The configuration file (told apart by its [edge] or [follow] table).
+        file: PathBuf,
+    },
     /// A stand-in PBX for labs and tests: answers SIP OPTIONS and REGISTER.
     #[command(hide = true)]
     StandInPbx {

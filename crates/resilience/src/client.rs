@@ -2,7 +2,9 @@
 //! start|stop`, `failback`, `switchover`, `events`.
 //!
 //! Exit codes, for scripts: 0 done; 1 refused by the node (the reason is
-//! printed); 3 the node could not be reached; 4 the token was refused.
+//! printed); 3 the node could not be reached; 4 the token was refused; 66
+//! a configuration file could not be read (as sysexits' `EX_NOINPUT`). The
+//! same list is in `resilience --help`.
 
 use crate::status::{ApiAnswer, EventRow, HeartbeatInfo, HistoryPage, NodeStatus, PushAnswer};
 use serde_json::Value;
@@ -12,6 +14,7 @@ use std::time::Duration;
 pub const EXIT_REFUSED: i32 = 1;
 pub const EXIT_UNREACHABLE: i32 = 3;
 pub const EXIT_UNAUTHORIZED: i32 = 4;
+pub const EXIT_NO_INPUT: i32 = 66;
 
 /// Where the node's API is and how to prove who we are.
 #[derive(Debug, Clone)]

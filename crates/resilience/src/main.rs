@@ -10,9 +10,11 @@ mod edge;
 mod follow;
 mod http_client;
 mod http_server;
+mod journal;
 mod keygen;
 mod lab;
 mod listen_fds;
+mod manpages;
 mod metrics_export;
 mod node;
 mod node_config;
@@ -35,6 +37,17 @@ use std::process::ExitCode;
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if journal::stderr_is_journal() {
+        // journald stamps each line itself and reads its priority from a
+        // `<N>` prefix: `journalctl -p warning` then finds the warnings.
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .event_format(journal::Prefixed)
+            .with_writer(std::io::stderr)
+            .init();
+        return;
+    }
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -69,8 +82,32 @@ fn main() -> ExitCode {
     }
 }
 
+/// A role's or admin command's configuration file that cannot be read
+/// exits with its own code ([`client::EXIT_NO_INPUT`]), not the code of a
+/// refusal: a script can tell a typo in a path from a bad config.
+fn readable(config: &std::path::Path) -> Result<(), ExitCode> {
+    match std::fs::File::open(config) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            eprintln!("resilience: {}: cannot read: {e}", config.display());
+            Err(code(client::EXIT_NO_INPUT))
+        }
+    }
+}
+
 /// Carry out one CLI command: one arm per command, each a line or a few.
 fn run(command: Cmd) -> anyhow::Result<ExitCode> {
+    let config = match &command {
+        Cmd::Node { config }
+        | Cmd::Follow { config }
+        | Cmd::Edge { config }
+        | Cmd::PbxSettings { config, .. } => Some(config.as_path()),
+        Cmd::CheckConfig { file } => Some(file.as_path()),
+        _ => None,
+    };
+    if let Some(Err(c)) = config.map(readable) {
+        return Ok(c);
+    }
     match command {
         Cmd::Node { config } => {
             init_logging();
@@ -109,6 +146,15 @@ fn run(command: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::Replicate { api } => Ok(code(client::replicate(&target(api)?))),
         Cmd::Cert { action } => cert_command(action),
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "resilience", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Manpages { out } => {
+            manpages::write(&out)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -1,5 +1,10 @@
 //! The process-wide Prometheus recorder and its `/metrics` page, shared by
 //! the node, the edge and the follower; and the node's state as series.
+//!
+//! Names follow Prometheus's conventions: counters end in `_total`, times
+//! are in seconds, each series has a `# HELP` line ([`describe_all`]), and
+//! `resilience_info` carries what a label set should (role, type,
+//! version). The alert rules in `packaging/prometheus/` read these names.
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -9,6 +14,7 @@ use std::sync::OnceLock;
 
 /// `/metrics` of any role: the recorder's series in Prometheus text format.
 pub fn prometheus_text(handle: &PrometheusHandle) -> Response {
+    update_process_metrics();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         handle.render(),
@@ -24,14 +30,62 @@ pub fn install_metrics() -> PrometheusHandle {
             let recorder = PrometheusBuilder::new().build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be set (tests): keep ours for rendering.
-            let _ = metrics::set_global_recorder(recorder);
+            if metrics::set_global_recorder(recorder).is_ok() {
+                describe_all();
+            }
             handle
         })
         .clone()
 }
 
+/// `resilience_info{role, version, …} 1`: which program runs where, the
+/// usual way to join a label set onto other series.
+pub fn set_info(role: &'static str, labels: &[(&'static str, String)]) {
+    let mut all = vec![
+        metrics::Label::new("role", role),
+        metrics::Label::new("version", env!("CARGO_PKG_VERSION")),
+    ];
+    all.extend(
+        labels
+            .iter()
+            .map(|(k, v)| metrics::Label::new(*k, v.clone())),
+    );
+    metrics::gauge!("resilience_info", all).set(1.0);
+}
+
+/// Open and allowed file descriptors of this process (the names of
+/// Prometheus's own process collector), read at each scrape: the node keeps
+/// a reserve for a failover, an alert fires well before it is reached.
+fn update_process_metrics() {
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        metrics::gauge!("process_open_fds").set(dir.count() as f64);
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        metrics::gauge!("process_max_fds").set(lim.rlim_cur as f64);
+    }
+}
+
+/// Times the node's `active` flag changed, by the state it changed to.
+static LAST_ACTIVE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(UNKNOWN);
+const UNKNOWN: u8 = 2;
+
 /// Export the node's state as Prometheus series.
 pub fn update_metrics(s: &Snapshot, sent: u64, received: u64) {
+    let now = u8::from(s.active);
+    let was = LAST_ACTIVE.swap(now, std::sync::atomic::Ordering::Relaxed);
+    if was != UNKNOWN && was != now {
+        let to = if s.active { "active" } else { "inactive" };
+        metrics::counter!("resilience_transitions_total", "to" => to).increment(1);
+    }
+    metrics::gauge!("resilience_manual_mode").set(match s.mode {
+        resilience_core::Mode::Manual => 1.0,
+        _ => 0.0,
+    });
     metrics::gauge!("resilience_active").set(if s.active { 1.0 } else { 0.0 });
     metrics::gauge!("resilience_epoch").set(s.epoch as f64);
     metrics::gauge!("resilience_faulted").set(if s.faulted { 1.0 } else { 0.0 });
@@ -55,4 +109,202 @@ pub fn update_metrics(s: &Snapshot, sent: u64, received: u64) {
     for (reason, n) in &s.rejected {
         metrics::counter!("resilience_heartbeats_rejected_total", "reason" => *reason).absolute(*n);
     }
+}
+
+/// `# HELP` lines and units: what each series means, for whoever reads
+/// `/metrics` or a dashboard without the source.
+pub fn describe_all() {
+    use metrics::{describe_counter, describe_gauge, Unit};
+    describe_gauge!(
+        "resilience_info",
+        "Always 1: the role, version and node type of this process as labels."
+    );
+    describe_gauge!(
+        "resilience_active",
+        "1 while this node serves (its PBX services run as the Active node), else 0."
+    );
+    describe_gauge!(
+        "resilience_manual_mode",
+        "1 while this node is in manual mode (an admin starts and stops services)."
+    );
+    describe_counter!(
+        "resilience_transitions_total",
+        "Changes of this node's active state, by the state it changed to."
+    );
+    describe_gauge!(
+        "resilience_epoch",
+        "The pair's epoch as this node knows it (raised by every takeover)."
+    );
+    describe_gauge!(
+        "resilience_faulted",
+        "1 while this node holds off after its services failed to start."
+    );
+    describe_gauge!(
+        "resilience_pbx_up",
+        "1 while the local PBX health probe passes."
+    );
+    describe_gauge!(
+        "resilience_peer_heard",
+        "1 while the peer's heartbeats arrive within failover_after."
+    );
+    describe_gauge!(
+        "resilience_peer_active",
+        "1 when the peer last said it serves."
+    );
+    describe_gauge!(
+        "resilience_peer_last_heard_seconds",
+        Unit::Seconds,
+        "Time since the peer's last valid heartbeat."
+    );
+    describe_counter!(
+        "resilience_heartbeats_sent_total",
+        "Heartbeat frames sent to the peer."
+    );
+    describe_counter!(
+        "resilience_heartbeats_received_total",
+        "Valid heartbeat frames received from the peer."
+    );
+    describe_counter!(
+        "resilience_heartbeats_rejected_total",
+        "Heartbeat datagrams dropped, by reason (forged, replayed, malformed...)."
+    );
+    describe_counter!(
+        "resilience_api_refused_total",
+        "API connections or requests refused, by reason."
+    );
+    describe_counter!(
+        "resilience_replication_refused_total",
+        "Replication connections refused, by reason."
+    );
+    describe_counter!(
+        "resilience_replication_sessions_total",
+        "Replication sessions ended, by job, role and result (ok or failed)."
+    );
+    describe_gauge!(
+        "resilience_replication_failing",
+        "1 while the last session of a replication job failed."
+    );
+    describe_gauge!(
+        "resilience_replication_last_success_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time of the last successful session of a replication job."
+    );
+    describe_gauge!("process_open_fds", "Open file descriptors of this process.");
+    describe_gauge!(
+        "process_max_fds",
+        "The process's limit on open file descriptors (RLIMIT_NOFILE)."
+    );
+    describe_gauge!(
+        "resilience_follow_node_active",
+        "1 when the linked node said it serves at the last poll."
+    );
+    describe_gauge!(
+        "resilience_follow_reachable",
+        "1 while the linked node's API answers."
+    );
+    describe_gauge!(
+        "resilience_follow_wanted_active",
+        "1 while the follower wants its services running."
+    );
+    describe_gauge!(
+        "resilience_follow_applied_active",
+        "1 when the follower's services were last started (0: stopped)."
+    );
+    describe_counter!(
+        "resilience_follow_polls_total",
+        "Polls of the linked node, by result."
+    );
+    describe_counter!(
+        "resilience_follow_actions_total",
+        "Service commands run by the follower, by result."
+    );
+    describe_gauge!(
+        "resilience_edge_pbx_up",
+        "1 while the edge's probe of a PBX passes, by PBX."
+    );
+    describe_gauge!("resilience_edge_phones", "Phones the edge tracks.");
+    describe_gauge!(
+        "resilience_edge_phones_away",
+        "Phones served by the PBX that is not their home."
+    );
+    describe_gauge!(
+        "resilience_edge_flows",
+        "Open SIP flows (UDP addresses and TCP/TLS connections) the edge relays."
+    );
+    describe_gauge!(
+        "resilience_edge_calls",
+        "Calls in progress through the edge."
+    );
+    describe_gauge!(
+        "resilience_edge_registers_pending",
+        "REGISTERs relayed and not yet answered."
+    );
+    describe_gauge!(
+        "resilience_edge_tcp_connections",
+        "Open SIP TCP and TLS connections."
+    );
+    describe_gauge!(
+        "resilience_edge_websockets",
+        "Open WebSocket connections through the web proxy."
+    );
+    describe_gauge!(
+        "resilience_edge_web_upstream_available",
+        "1 while a PBX's web upstream takes requests, by PBX."
+    );
+    describe_counter!(
+        "resilience_edge_messages_total",
+        "SIP messages the edge relayed or generated, by kind."
+    );
+    describe_counter!(
+        "resilience_edge_dropped_total",
+        "SIP messages dropped, by reason."
+    );
+    describe_counter!(
+        "resilience_edge_connections_refused_total",
+        "SIP TCP/TLS connections refused, by reason."
+    );
+    describe_counter!(
+        "resilience_edge_phones_total",
+        "Phone table events (moved, returned, expired...), by event."
+    );
+    describe_counter!(
+        "resilience_edge_probe_unknown_total",
+        "PBX probes without a clear answer, by PBX."
+    );
+    describe_counter!(
+        "resilience_edge_register_timeouts_total",
+        "REGISTERs the PBX did not answer in time."
+    );
+    describe_counter!(
+        "resilience_edge_registers_pending_dropped_total",
+        "Pending REGISTERs forgotten because the table was full."
+    );
+    describe_counter!(
+        "resilience_edge_reregisters_total",
+        "REGISTERs the edge sent for a moved phone."
+    );
+    describe_counter!(
+        "resilience_edge_reregisters_ok_total",
+        "REGISTERs the edge sent for a moved phone that the PBX accepted."
+    );
+    describe_counter!(
+        "resilience_edge_api_pages_refused_total",
+        "Pages of the phones list refused for pacing (429)."
+    );
+    describe_counter!(
+        "resilience_edge_web_requests_total",
+        "HTTP requests proxied, by PBX."
+    );
+    describe_counter!(
+        "resilience_edge_web_retried_total",
+        "HTTP requests retried on the other PBX, by PBX."
+    );
+    describe_counter!(
+        "resilience_edge_web_upstream_disabled_total",
+        "Times a PBX's web upstream was taken out of rotation, by PBX."
+    );
+    describe_counter!(
+        "resilience_edge_websockets_idle_closed_total",
+        "WebSocket connections closed for idleness."
+    );
 }

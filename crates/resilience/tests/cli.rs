@@ -14,11 +14,40 @@ fn example(name: &str) -> String {
 
 #[test]
 fn examples_pass_check_config() {
+    // The nodes' examples name a cluster key beside them: made as the
+    // example's comment says, in a copy of the folder.
+    let dir = TestDir::new("cli-examples");
+    let key = dir.path("cluster.key");
+    let (code, _, err) = cli(&["keygen", "--out", key.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
     for f in ["main.toml", "standby.toml", "edge.toml", "follow.toml"] {
-        let (code, out, err) = cli(&["check-config", &example(f)]);
+        let copy = dir.path(f);
+        std::fs::copy(example(f), &copy).unwrap();
+        let (code, out, err) = cli(&["check-config", copy.to_str().unwrap()]);
         assert_eq!(code, 0, "{f}: {out}{err}");
         assert!(out.contains("OK"), "{out}");
+        // No Rust debug text: the config's own words.
+        assert!(!out.contains("Stable") && !out.contains("Some("), "{out}");
     }
+}
+
+#[test]
+fn a_missing_cluster_key_is_an_error_with_the_command_that_makes_it() {
+    // The node does not start without its key: check-config must not say OK.
+    let (code, out, err) = cli(&["check-config", &example("main.toml")]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(!out.contains("OK"), "{out}");
+    assert!(err.contains("resilience keygen --out"), "{err}");
+}
+
+#[test]
+fn help_lists_the_exit_codes_and_what_config_is() {
+    let (code, out, _) = cli(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("Exit codes:") && out.contains("66"), "{out}");
+    let (code, out, _) = cli(&["node", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("configuration file"), "{out}");
 }
 
 fn broken(dir: &TestDir, from: &str, to: &str) -> String {
@@ -74,7 +103,8 @@ fn bad_duration_names_the_line_and_the_key() {
 #[test]
 fn missing_file_is_a_clear_error() {
     let (code, _, err) = cli(&["check-config", "/nonexistent/node.toml"]);
-    assert_eq!(code, 1);
+    // Not 1, the code of an invalid config: a wrong path is another fault.
+    assert_eq!(code, 66);
     assert!(
         err.contains("/nonexistent/node.toml") && err.contains("cannot read"),
         "{err}"
@@ -129,7 +159,7 @@ fn keygen_prints_fresh_keys_and_writes_private_files() {
 #[test]
 fn follow_with_a_bad_config_names_the_file_line_and_key() {
     let (code, _, err) = cli(&["follow", "--config", "/nonexistent/follow.toml"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 66);
     assert!(err.contains("/nonexistent/follow.toml"), "{err}");
     let dir = common::TestDir::new("follow-config");
     let cfg = dir.path("follow.toml");
@@ -152,7 +182,7 @@ fn follow_with_a_bad_config_names_the_file_line_and_key() {
 #[test]
 fn edge_with_a_bad_config_names_the_file_line_and_key() {
     let (code, _, err) = cli(&["edge", "--config", "/nonexistent/edge.toml"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 66);
     assert!(err.contains("/nonexistent/edge.toml"), "{err}");
     let dir = common::TestDir::new("edge-config");
     let cfg = dir.path("edge.toml");

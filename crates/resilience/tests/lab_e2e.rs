@@ -89,6 +89,25 @@ fn lab_starts_injects_faults_and_stops_clean() {
         "{}",
         logs()
     );
+    // The printed links carry the token (no pasting), and the control page
+    // answers with and without a trailing slash.
+    let token = std::fs::read_to_string(lab_dir.join("api.token")).unwrap();
+    assert!(
+        wait_until(secs(10), || logs()
+            .contains(&format!("/#token={}", token.trim()))),
+        "{}",
+        logs()
+    );
+    for url in [control.clone(), format!("{control}/")] {
+        let page = agent()
+            .get(&url)
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        assert!(page.contains("<"), "{url}: {page}");
+    }
     // Each dashboard is served, and offers the lab's buttons.
     let s = get(&format!("{main}api/v1/status")).unwrap();
     assert_eq!(s["lab"].as_str(), Some(control.as_str()), "{s}");

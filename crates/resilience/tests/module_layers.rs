@@ -16,6 +16,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "leaves",
         &[
             "paths",
+            "journal",
             "clock",
             "secret",
             "ratelog",
@@ -42,7 +43,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("http glue", &["web", "api"]),
     ("roles", &["node", "edge", "follow"]),
-    ("entry", &["main", "cli", "client", "check_config", "lab"]),
+    (
+        "entry",
+        &["main", "cli", "client", "check_config", "lab", "manpages"],
+    ),
 ];
 
 /// Functions longer than this need "Long because" in their doc comment.

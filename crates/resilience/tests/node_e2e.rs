@@ -135,13 +135,13 @@ fn sigkill_of_the_main_fails_over_then_immediate_failback() {
     assert!(
         texts
             .iter()
-            .any(|t| t.contains("Updating resilience state, from: false to: true")),
+            .any(|t| t.contains("Updating resilience state, from: False to: True")),
         "{texts:?}"
     );
     assert!(
         texts
             .iter()
-            .any(|t| t.contains("Updating resilience state, from: true to: false")),
+            .any(|t| t.contains("Updating resilience state, from: True to: False")),
         "{texts:?}"
     );
 }
@@ -174,7 +174,7 @@ fn a_held_state_database_does_not_hold_up_the_failover() {
     let written = wait_until(secs(10), || {
         event_texts(&p, STANDBY)
             .iter()
-            .any(|t| t.contains("Updating resilience state, from: false to: true"))
+            .any(|t| t.contains("Updating resilience state, from: False to: True"))
     });
     assert!(
         written,

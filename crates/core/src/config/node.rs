@@ -48,7 +48,10 @@ pub struct NodeConfig {
 pub struct NodeSection {
     /// Unique name in the cluster, sent in every heartbeat (1 to 64 bytes).
     pub name: String,
-    #[serde(rename = "type")]
+    /// `disabled` unless the file says otherwise (XiVO: "Default status of
+    /// Resilience is disabled"): joining a pair takes an explicit `main` or
+    /// `standby`.
+    #[serde(rename = "type", default = "default_node_type")]
     pub node_type: NodeType,
     #[serde(default = "default_mode")]
     pub mode: Mode,
@@ -109,6 +112,17 @@ pub enum FailbackPolicyKind {
     Manual,
 }
 
+impl std::fmt::Display for FailbackPolicyKind {
+    /// The config's own word.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FailbackPolicyKind::Immediate => "immediate",
+            FailbackPolicyKind::Stable => "stable",
+            FailbackPolicyKind::Manual => "manual",
+        })
+    }
+}
+
 /// Who keeps the service when a partition heals with both nodes Active.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -117,6 +131,16 @@ pub enum SplitBrainPolicy {
     Main,
     /// The node that activated last (higher epoch); the Main on a tie.
     Latest,
+}
+
+impl std::fmt::Display for SplitBrainPolicy {
+    /// The config's own word.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SplitBrainPolicy::Main => "main",
+            SplitBrainPolicy::Latest => "latest",
+        })
+    }
 }
 
 /// `[failback]`.
@@ -289,6 +313,9 @@ pub struct ApiSection {
     pub hosts: Vec<String>,
 }
 
+fn default_node_type() -> NodeType {
+    NodeType::Disabled
+}
 fn default_mode() -> Mode {
     Mode::Automatic
 }
@@ -969,5 +996,38 @@ stop = "systemctl stop xivo-ctid"
         let src = "[node]\ntype = \"disabled\"\n";
         let e = NodeConfig::parse("d.toml", src).unwrap_err();
         assert!(e.message.contains("name"), "{e}");
+    }
+
+    #[test]
+    fn a_node_without_a_type_is_disabled() {
+        let c = NodeConfig::parse("node.toml", "[node]\nname = \"a\"\n").unwrap();
+        assert_eq!(c.node.node_type, NodeType::Disabled);
+        // A file with [peer] but no type does not join the pair silently.
+        let src = "[node]\nname = \"a\"\n[peer]\nname = \"b\"\naddress = \"127.0.0.1:7400\"\n";
+        let c = NodeConfig::parse("node.toml", src).unwrap();
+        assert_eq!(c.node.node_type, NodeType::Disabled);
+        let w = c.warnings("node.toml", src);
+        assert!(
+            w.iter().any(|w| w.key.as_deref() == Some("node.type")),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn a_hostname_a_big_port_and_a_duplicate_key_are_named() {
+        let src = MAIN.replace("127.0.0.1:7401", "pbx-standby.example:7401");
+        let e = NodeConfig::parse("m.toml", &src).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("peer.address"), "{e}");
+        assert!(e.message.contains("`pbx-standby.example`"), "{e}");
+        let src = MAIN.replace("127.0.0.1:7401", "127.0.0.1:99999");
+        let e = NodeConfig::parse("m.toml", &src).unwrap_err();
+        assert!(e.message.contains("port 99999"), "{e}");
+        let src = MAIN.replace(
+            "name = \"pbx-main\"",
+            "name = \"pbx-main\"\nname = \"again\"",
+        );
+        let e = NodeConfig::parse("m.toml", &src).unwrap_err();
+        assert!(e.message.contains("duplicate key `name`"), "{e}");
+        assert_eq!(e.line, Some(4), "{e}");
     }
 }

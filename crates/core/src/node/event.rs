@@ -171,9 +171,15 @@ impl fmt::Display for Event {
                 "node started as {node_type} in {mode} mode (epoch {epoch}, start {starts}, boot id {boot_id:016x})"
             )?,
             StatusChanged { from, to } => write!(f, "status {from} -> {to}")?,
-            ActiveChanged { from, to } => {
-                write!(f, "Updating resilience state, from: {from} to: {to}")?
-            }
+            // XiVO's words and casing (its sysconfd logs Python booleans),
+            // so the documented `grep 'Updating resilience state'` recipe
+            // reads the same lines here.
+            ActiveChanged { from, to } => write!(
+                f,
+                "Updating resilience state, from: {} to: {}",
+                py_bool(*from),
+                py_bool(*to)
+            )?,
             PeerHeard { status } => write!(f, "peer heard (status {status})")?,
             PeerSilent { silent_for } => write!(f, "peer silent for {}", human(*silent_for))?,
             PeerMismatch => f.write_str("peer configuration mismatch")?,
@@ -217,5 +223,14 @@ impl fmt::Display for Event {
             write!(f, " — {}", self.reason)?;
         }
         Ok(())
+    }
+}
+
+/// `True` / `False`, as XiVO's sysconfd writes them.
+fn py_bool(b: bool) -> &'static str {
+    if b {
+        "True"
+    } else {
+        "False"
     }
 }

@@ -91,7 +91,7 @@ fn active_flag_event_uses_xivo_words() {
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("Updating resilience state, from: false to: true")),
+            .any(|l| l.starts_with("Updating resilience state, from: False to: True")),
         "{lines:?}"
     );
 }

@@ -215,6 +215,7 @@ impl EdgeDriver {
         // Before any socket: a refused token stops the start at once.
         let token = api_token(&cfg, path)?;
         let metrics = crate::metrics_export::install_metrics();
+        crate::metrics_export::set_info("edge", &[]);
         let sip = sip_sockets(&cfg, path).await?;
         let names: Arc<Vec<String>> = Arc::new(cfg.pbxs.iter().map(|p| p.name.clone()).collect());
         let pbx_addrs: Vec<SocketAddr> = cfg.pbxs.iter().map(|p| p.sip).collect();

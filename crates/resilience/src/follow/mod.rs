@@ -200,6 +200,7 @@ async fn spawn_api(
     status: watch::Receiver<Option<FollowerStatus>>,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let metrics = crate::metrics_export::install_metrics();
+    crate::metrics_export::set_info("follow", &[]);
     let listener = crate::listen_fds::tokio_tcp(cfg.follow.api_listen)
         .await
         .with_context(|| format!("follower API socket {}", cfg.follow.api_listen))?;

@@ -289,5 +289,9 @@ pub fn router(lab: Shared, secret: &str) -> Router {
             },
         ))
         .with_state(lab);
-    Router::new().nest(&format!("/{secret}"), inner)
+    // `/SECRET` and `/SECRET/` alike: the lab prints the one, a browser
+    // or a hand may add the other.
+    Router::new()
+        .route(&format!("/{secret}/"), get(|| async { Html(PAGE) }))
+        .nest(&format!("/{secret}"), inner)
 }

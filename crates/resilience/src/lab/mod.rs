@@ -137,8 +137,12 @@ fn serve_control(
 }
 
 fn print_addresses(dir: &Path, ports: &Ports, control_url: &str) {
+    // The dashboards' links carry the token in their fragment: opened
+    // from here, they act at once (the token stays in the browser).
+    let token = std::fs::read_to_string(dir.join("api.token")).unwrap_or_default();
+    let token = token.trim();
     println!(
-        "\nlab: folder {d}\n  dashboards  main    http://127.0.0.1:{m}/\n              standby http://127.0.0.1:{s}/\n  API token   {d}/api.token (paste it into a dashboard once)\n  edge        SIP 127.0.0.1:{e} (register phones here), status http://127.0.0.1:{ea}/api/v1/status\n  followers   cc-main http://127.0.0.1:{f0}/api/v1/status, cc-standby http://127.0.0.1:{f1}/api/v1/status\n  lab control {c}/\n  timers: heartbeat 200ms, failover after 3s, failback after 30s stable, drain up to 20s",
+        "\nlab: folder {d}\n  dashboards  main    http://127.0.0.1:{m}/#token={token}\n              standby http://127.0.0.1:{s}/#token={token}\n  API token   {token} (in {d}/api.token; the links above carry it)\n  edge        SIP 127.0.0.1:{e} (register phones here), status http://127.0.0.1:{ea}/api/v1/status\n  followers   cc-main http://127.0.0.1:{f0}/api/v1/status, cc-standby http://127.0.0.1:{f1}/api/v1/status\n  lab control {c}/\n  timers: heartbeat 200ms, failover after 3s, failback after 30s stable, drain up to 20s",
         d = dir.display(),
         m = ports.api[0],
         s = ports.api[1],

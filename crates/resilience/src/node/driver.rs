@@ -32,6 +32,37 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
+/// When the next `WATCHDOG=1` is due: every half of systemd's period.
+struct Watchdog {
+    every: Duration,
+    next: Instant,
+}
+
+impl Watchdog {
+    /// Set when systemd asked for pings of this very process.
+    fn from_env() -> Option<Watchdog> {
+        let mut usec = 0;
+        if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+            return None;
+        }
+        let every = Duration::from_micros(usec) / 2;
+        tracing::info!("systemd watchdog: a ping every {every:?}");
+        Some(Watchdog {
+            every,
+            next: Instant::now(),
+        })
+    }
+
+    /// Ping when due; returns when the next ping is due.
+    fn pet(&mut self, now: Instant) -> Instant {
+        if now >= self.next {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            self.next = now + self.every;
+        }
+        self.next
+    }
+}
+
 /// An action's result known at once (the store refused it), fed back to the
 /// core before the loop waits.
 type ActionResult = (ActionId, Result<ActionOutcome, ActionError>);
@@ -122,6 +153,10 @@ pub struct NodeDriver {
     /// When the daemon was told to stop, plus the stop timeout.
     stop_deadline: Option<Instant>,
     alarm: alarm::Alarm,
+    /// systemd's watchdog (`WatchdogSec=`), pinged from this loop: a loop
+    /// that hangs stops the pings and systemd restarts the daemon, which
+    /// adopts the services it left running.
+    watchdog: Option<Watchdog>,
     signals: Signals,
     beside: Beside,
     started: Instant,
@@ -403,6 +438,13 @@ impl NodeDriver {
             pbx_settings,
         };
         let (api_task, api_addr) = start_api(&cfg, &base, api_state).await?;
+        crate::metrics_export::set_info(
+            "node",
+            &[
+                ("type", cfg.node.node_type.to_string()),
+                ("name", cfg.node.name.clone()),
+            ],
+        );
 
         let node = boot_core(l.settings, l.persisted, seen_at_boot)?;
         let peer_addrs = node.settings().peer_addrs.clone();
@@ -434,6 +476,7 @@ impl NodeDriver {
             restart_checking: false,
             stop_deadline: None,
             alarm,
+            watchdog: Watchdog::from_env(),
             signals,
             beside: Beside { api_task, watchers },
             started: Instant::now(),
@@ -478,6 +521,10 @@ impl NodeDriver {
                 continue;
             }
             self.publish();
+            let deadline = match &mut self.watchdog {
+                Some(w) => deadline.min(w.pet(Instant::now())),
+                None => deadline,
+            };
             self.alarm.set(deadline);
             let wake = tokio::select! {
                 _ = self.alarm.fired() => Wake::Timer,

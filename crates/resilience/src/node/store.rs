@@ -348,7 +348,7 @@ mod tests {
         s.append_event(
             100,
             "active",
-            "Updating resilience state, from: false to: true",
+            "Updating resilience state, from: False to: True",
             Some(StateWord::Active),
         )
         .unwrap();

@@ -44,6 +44,16 @@ impl Replicator {
         s.running = false;
         s.last_attempt_ms = Some(unix_ms(SystemTime::now()));
         s.duration_ms = Some(started.elapsed().as_millis() as u64);
+        let result = if r.is_ok() { "ok" } else { "failed" };
+        let job_label = job.to_owned();
+        metrics::counter!("resilience_replication_sessions_total", "name" => job_label.clone(), "role" => role, "result" => result)
+            .increment(1);
+        metrics::gauge!("resilience_replication_failing", "name" => job_label.clone(), "role" => role)
+            .set(if r.is_ok() { 0.0 } else { 1.0 });
+        if r.is_ok() {
+            metrics::gauge!("resilience_replication_last_success_timestamp_seconds", "name" => job_label, "role" => role)
+                .set(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()));
+        }
         match r {
             Ok(a) => {
                 s.last_success_ms = s.last_attempt_ms;

@@ -7,6 +7,17 @@
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "resilience-api-token";
 let token = localStorage.getItem(TOKEN_KEY) || "";
+// A link that carries the token in its fragment (`#token=…`, as the lab
+// prints its dashboards): kept like a typed one, then taken off the
+// address bar. A fragment never reaches a server, nor a Referer.
+{
+  const m = /^#token=([0-9A-Za-z._~-]{1,256})$/.exec(location.hash);
+  if (m) {
+    token = m[1];
+    localStorage.setItem(TOKEN_KEY, token);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+}
 
 function el(tag, text, cls) {
   const e = document.createElement(tag);

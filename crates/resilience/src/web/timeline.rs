@@ -147,7 +147,7 @@ mod tests {
                 4,
                 1300,
                 "active",
-                "Updating resilience state, from: false to: true — peer pbx-main silent for 3.0s",
+                "Updating resilience state, from: False to: True — peer pbx-main silent for 3.0s",
                 Some(Active),
             ),
             ev(5, 2000, "peer_state", "peer pbx-main is inactive", Some(Inactive)),
@@ -209,7 +209,7 @@ mod tests {
             },
             "peer pbx-main silent for 3.0s",
         );
-        assert!(up.text.contains("to: true") && !up.text.ends_with("to: true"));
+        assert!(up.text.contains("to: True") && !up.text.ends_with("to: True"));
         let down = rec(
             2,
             2000,

@@ -102,7 +102,11 @@ pub fn command(program: &str, args: &[&str], socks: &[&Sock]) -> Command {
     let mut c = Command::new("sh");
     c.arg("-c")
         .arg(format!(
-            "LISTEN_PID=$$ LISTEN_FDS={n}; export LISTEN_PID LISTEN_FDS; exec \"$0\" \"$@\""
+            // WATCHDOG_PID, like LISTEN_PID, must name the process that
+            // runs: this shell's pid, which exec keeps.
+            "LISTEN_PID=$$ LISTEN_FDS={n}; export LISTEN_PID LISTEN_FDS; \
+             if [ -n \"$WATCHDOG_USEC\" ]; then WATCHDOG_PID=$$; export WATCHDOG_PID; fi; \
+             exec \"$0\" \"$@\""
         ))
         .arg(program)
         .args(args);
