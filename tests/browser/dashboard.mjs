@@ -6,7 +6,7 @@
 // check, saying which.
 import { chromium } from "playwright-core";
 
-const { MAIN_URL, STANDBY_URL, TOKEN, ARTIFACTS } = process.env;
+const { MAIN_URL, STANDBY_URL, TOKEN, ARTIFACTS, MAIN_PID } = process.env;
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const WAIT = 15000;
 
@@ -92,7 +92,7 @@ try {
   await waitText(main, "#action-result", /Stop services: .*accepted/, "stop accepted");
   await waitText(main, "#node-status", /^Inactive/, "main page shows Inactive after Stop services");
   await waitText(standby, "#peer", /status\s*inactive/, "standby page shows its peer inactive");
-  await waitText(main, "#events", /Updating resilience state, from: true to: false/, "the event history shows the change");
+  await waitText(main, "#events", /Updating resilience state, from: True to: False/, "the event history shows the change");
   for (const [name, page] of Object.entries(pages)) {
     check(await page.evaluate(() => window.__noReload === true), `${name} page was not reloaded`);
   }
@@ -101,6 +101,14 @@ try {
   await main.waitForSelector('#timeline rect.active[y="6"]', { state: "attached", timeout: 15000 });
   check((await main.locator("#timeline rect").count()) >= 2, "the timeline draws both rows");
   await main.screenshot({ path: `${ARTIFACTS}/dashboard-main.png`, fullPage: true });
+
+  // The Main dies (SIGKILL of the pid the test started): its page no longer
+  // shows a status it cannot vouch for, and the Standby's shows what the
+  // Main last said, as such, not as what it says now.
+  process.kill(Number(MAIN_PID), "SIGKILL");
+  await waitText(main, "#node-status", /^Unreachable$/, "a dead node's page drops its status badge");
+  await waitText(standby, "#peer", /status\s*last known: inactive \(/, "a silent peer shows its last known status and when");
+  await standby.screenshot({ path: `${ARTIFACTS}/dashboard-peer-silent.png`, fullPage: true });
   console.log(`screenshots in ${ARTIFACTS}`);
 } catch (e) {
   console.log(e.message);

@@ -108,7 +108,8 @@ function render(s) {
           ["name", p.name],
           ["address", p.address],
           ["last heartbeat", p.heard ? ago(p.last_heard_ago_s) : `not heard (${ago(p.last_heard_ago_s)})`],
-          ["status", p.status],
+          // A silent peer's status is only what it last said.
+          ["status", p.heard ? p.status : p.status ? `last known: ${p.status} (${ago(p.last_heard_ago_s)})` : "never heard"],
           ["PBX health", p.pbx],
           ["epoch", p.epoch],
         ]
@@ -153,6 +154,13 @@ function render(s) {
     ["file", "change", "state"],
     files.length ? files : [["none", "no [pbx_settings] in this node's config", ""]]
   );
+  // Two PBXs serving: say it above everything else.
+  const both = $("both-active");
+  const bothActive = n.state === "active" && p && p.heard && p.status === "active";
+  both.hidden = !bothActive;
+  both.textContent = bothActive
+    ? `Both nodes are Active: ${n.name} and ${p.name} both serve. The split-brain rule (${n.split_brain || "failback.split_brain"}) decides which one stops; check the events.`
+    : "";
   const g = $("guard");
   g.hidden = !n.guard;
   g.textContent = n.guard ? `Not serving: ${n.guard}` : "";
@@ -233,7 +241,9 @@ async function refresh() {
     renderEvents((await getJson("/api/v1/events?limit=40")).events);
   } catch (e) {
     $("top").classList.add("stale");
-    $("updated").textContent = `node unreachable (${e.message}) — showing the last known state`;
+    // Not the last badge: a node that does not answer may not serve.
+    badge("node-status", "Unreachable", "stale");
+    $("updated").textContent = `node unreachable (${e.message}) — below, the last known state`;
   }
 }
 
