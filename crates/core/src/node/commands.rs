@@ -90,8 +90,12 @@ impl Node {
                 self.clear_fault();
                 self.persist();
                 match (was_held, peer_claims) {
-                    (_, Some(peer_status)) => format!(
+                    (true, Some(peer_status)) => format!(
                         "hold released; peer {peer_name} is {peer_status}, this node stays ready to take over"
+                    ),
+                    // Not "released": there was nothing to release.
+                    (false, Some(peer_status)) => format!(
+                        "no hold to release; peer {peer_name} is {peer_status}, this node stays ready to take over"
                     ),
                     (true, None) => "hold released; the heartbeat decides".to_string(),
                     (false, None) => "no hold to release; the heartbeat decides".to_string(),
