@@ -37,8 +37,10 @@ function ago(s) {
   return `${Math.round(s / 60)} min ago`;
 }
 
+// UTC with milliseconds, as `resilience events` prints them: one clock
+// for the page, the CLI and the logs of both nodes.
 function when(ms) {
-  return ms ? new Date(ms).toLocaleString() : "—";
+  return ms ? new Date(ms).toISOString() : "—";
 }
 
 function fillDl(dl, pairs) {
@@ -80,7 +82,7 @@ function render(s) {
   const busy = n.status && n.status !== "active" && n.status !== "inactive";
   const status = cap(n.state) + (busy ? ` (${n.status})` : "");
   badge("node-status", status, n.faulted ? "fault" : busy ? "busy" : n.state);
-  $("updated").textContent = "updated " + new Date().toLocaleTimeString();
+  $("updated").textContent = "updated " + new Date().toISOString().slice(11, 19) + " UTC";
 
   fillDl($("this"), [
     ["status", `${n.status}${n.reason ? " — " + n.reason : ""}`],
@@ -185,7 +187,7 @@ function renderEvents(events) {
   fillTable(
     $("events"),
     ["when", "what"],
-    (events || []).map((e) => [new Date(e.at_ms).toLocaleString(), e.text])
+    (events || []).map((e) => [when(e.at_ms), e.text])
   );
 }
 
