@@ -93,6 +93,11 @@ try {
   await waitText(main, "#node-status", /^Inactive/, "main page shows Inactive after Stop services");
   await waitText(standby, "#peer", /status\s*inactive/, "standby page shows its peer inactive");
   await waitText(main, "#events", /Updating resilience state, from: True to: False/, "the event history shows the change");
+  // One line for the transition: its steps are folded beneath the change.
+  await waitText(main, "#events tr.transition summary", /^Active → Inactive: Updating resilience state, from: True to: False/, "the stop is one line, headed by the change of state");
+  const visible = await main.locator("#events").innerText();
+  check(!/status active -> stopping/.test(visible), "the transition's steps are folded, not one line each");
+  check((visible.match(/from: True to: False/g) || []).length === 1, "the change of state appears once");
   for (const [name, page] of Object.entries(pages)) {
     check(await page.evaluate(() => window.__noReload === true), `${name} page was not reloaded`);
   }

@@ -183,12 +183,64 @@ function render(s) {
   ]);
 }
 
+// One line per transition: a node leaving Active or Inactive writes
+// several events (the cause, each status step, the change of state) until
+// it is Active or Inactive again; they become one row, headed by the
+// change of state and its reason, the steps folded beneath it. Events
+// outside a transition stay one row each. `events` is newest first.
+const STABLE = new Set(["active", "inactive"]);
+function groupEvents(events) {
+  const rows = [];
+  let cur = null;
+  for (const e of [...(events || [])].reverse()) {
+    const m = e.kind === "status" ? /^status (\w+) -> (\w+)/.exec(e.text) : null;
+    if (m && !cur && STABLE.has(m[1])) {
+      cur = { at_ms: e.at_ms, from: m[1], to: null, head: null, steps: [] };
+      // The cause logged in the same instant, just before the first step.
+      while (rows.length && !rows[rows.length - 1].steps && e.at_ms - rows[rows.length - 1].at_ms <= 100) {
+        cur.steps.unshift(rows.pop().event);
+      }
+      rows.push(cur);
+    }
+    if (cur) {
+      cur.steps.push(e);
+      if (e.kind === "active") cur.head = e;
+      if (m && STABLE.has(m[2])) {
+        cur.to = m[2];
+        cur = null;
+      }
+      continue;
+    }
+    rows.push({ at_ms: e.at_ms, event: e });
+  }
+  return rows.reverse();
+}
+
 function renderEvents(events) {
-  fillTable(
-    $("events"),
-    ["when", "what"],
-    (events || []).map((e) => [when(e.at_ms), e.text])
-  );
+  const table = $("events");
+  table.replaceChildren();
+  const head = el("tr");
+  head.append(el("th", "when"), el("th", "what"));
+  table.append(head);
+  for (const r of groupEvents(events)) {
+    const tr = el("tr");
+    tr.append(el("td", when(r.at_ms)));
+    const td = el("td");
+    if (r.steps) {
+      const d = el("details");
+      const title = `${cap(r.from)} → ${r.to ? cap(r.to) : "…"}`;
+      d.append(el("summary", r.head ? `${title}: ${r.head.text}` : title));
+      const ul = el("ul");
+      for (const s of r.steps) ul.append(el("li", `${when(s.at_ms)} ${s.text}`));
+      d.append(ul);
+      td.append(d);
+      tr.className = "transition";
+    } else {
+      td.textContent = r.event.text;
+    }
+    tr.append(td);
+    table.append(tr);
+  }
 }
 
 function renderTimeline(t) {
