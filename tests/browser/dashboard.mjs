@@ -105,6 +105,16 @@ try {
   // timeline reads each event's typed state, not its text (which ends with a reason).
   await main.waitForSelector('#timeline rect.active[y="6"]', { state: "attached", timeout: 15000 });
   check((await main.locator("#timeline rect").count()) >= 2, "the timeline draws both rows");
+  // Colours per state: the Main's row is green while it served, grey since
+  // it stopped (the legend's colours), not one colour for every segment.
+  await main.waitForSelector('#timeline rect.inactive[y="6"]', { state: "attached", timeout: 15000 });
+  const fills = await main.evaluate(() =>
+    Object.fromEntries(
+      ["active", "inactive"].map((c) => [c, getComputedStyle(document.querySelector(`#timeline rect.${c}[y="6"]`)).fill])
+    )
+  );
+  check(fills.active === "rgb(31, 138, 76)", `the Main's active time is green (${fills.active})`);
+  check(fills.inactive === "rgb(195, 200, 210)", `the Main's inactive time is grey (${fills.inactive})`);
   await main.screenshot({ path: `${ARTIFACTS}/dashboard-main.png`, fullPage: true });
 
   // The Main dies (SIGKILL of the pid the test started): its page no longer
