@@ -243,7 +243,17 @@ function renderEvents(events) {
   }
 }
 
+// "What happened": the view starts a little before the first change of
+// the window (a minute-long failover fills the width instead of being a
+// sliver of an hour), at least the last 10 minutes.
+function fitView(t) {
+  const first = Math.min(...t.marks.filter((m) => m.kind !== "boot").map((m) => m.at_ms), t.to_ms);
+  const from = Math.min(t.to_ms - 600000, first - Math.max(30000, (t.to_ms - first) * 0.1));
+  return { ...t, from_ms: Math.max(t.from_ms, from) };
+}
+
 function renderTimeline(t) {
+  if ($("hours").value === "fit") t = fitView(t);
   const svg = $("timeline");
   const NS = "http://www.w3.org/2000/svg";
   svg.replaceChildren();
@@ -255,10 +265,13 @@ function renderTimeline(t) {
   ];
   for (const [segs, y] of rows) {
     for (const s of segs) {
+      // Clipped to the view (a fitted view starts inside the window).
+      if (s.to_ms <= t.from_ms) continue;
+      const from = Math.max(s.from_ms, t.from_ms);
       const r = document.createElementNS(NS, "rect");
-      r.setAttribute("x", x(s.from_ms));
+      r.setAttribute("x", x(from));
       r.setAttribute("y", y);
-      r.setAttribute("width", Math.max(0.5, x(s.to_ms) - x(s.from_ms)));
+      r.setAttribute("width", Math.max(0.5, x(s.to_ms) - x(from)));
       r.setAttribute("height", 20);
       r.setAttribute("class", s.state);
       const title = document.createElementNS(NS, "title");
@@ -267,7 +280,7 @@ function renderTimeline(t) {
       svg.append(r);
     }
   }
-  for (const m of t.marks) {
+  for (const m of t.marks.filter((m) => m.at_ms >= t.from_ms)) {
     const l = document.createElementNS(NS, "line");
     l.setAttribute("x1", x(m.at_ms));
     l.setAttribute("x2", x(m.at_ms));
@@ -304,7 +317,8 @@ async function refresh() {
 let tick = 0;
 async function refreshTimeline() {
   try {
-    renderTimeline(await getJson(`/api/v1/timeline?hours=${$("hours").value}`));
+    const h = $("hours").value;
+    renderTimeline(await getJson(`/api/v1/timeline?hours=${h === "fit" ? 48 : h}`));
   } catch (e) {
     /* the status line already says the node is unreachable */
   }
