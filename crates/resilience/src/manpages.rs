@@ -16,9 +16,11 @@ pub fn write(out: &Path) -> anyhow::Result<()> {
     render(top.clone(), "resilience", out)?;
     for sub in top.get_subcommands().filter(|s| !s.is_hide_set()) {
         let name = format!("resilience-{}", sub.get_name());
+        // clap names are &'static str; this command runs once and exits.
+        let leaked: &'static str = Box::leak(name.clone().into_boxed_str());
         let page = sub
             .clone()
-            .name(name.clone())
+            .name(leaked)
             .version(env!("CARGO_PKG_VERSION"))
             .after_help(EXIT_CODES);
         render(page, &name, out)?;

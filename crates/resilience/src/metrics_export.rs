@@ -111,200 +111,278 @@ pub fn update_metrics(s: &Snapshot, sent: u64, received: u64) {
     }
 }
 
+/// What a series is, for its `# TYPE` and unit.
+#[derive(Clone, Copy)]
+enum Kind {
+    Gauge,
+    /// A gauge in seconds.
+    Seconds,
+    Counter,
+}
+
+/// Every series the binary writes, with its `# HELP` text (a test checks
+/// the list against the source and the alert rules).
+const SERIES: &[(&str, Kind, &str)] = &[
+    (
+        "resilience_info",
+        Kind::Gauge,
+        "Always 1: the role, version and node type of this process as labels.",
+    ),
+    (
+        "resilience_active",
+        Kind::Gauge,
+        "1 while this node serves (its PBX services run as the Active node), else 0.",
+    ),
+    (
+        "resilience_manual_mode",
+        Kind::Gauge,
+        "1 while this node is in manual mode (an admin starts and stops services).",
+    ),
+    (
+        "resilience_transitions_total",
+        Kind::Counter,
+        "Changes of this node's active state, by the state it changed to.",
+    ),
+    (
+        "resilience_epoch",
+        Kind::Gauge,
+        "The pair's epoch as this node knows it (raised by every takeover).",
+    ),
+    (
+        "resilience_faulted",
+        Kind::Gauge,
+        "1 while this node holds off after its services failed to start.",
+    ),
+    (
+        "resilience_pbx_up",
+        Kind::Gauge,
+        "1 while the local PBX health probe passes.",
+    ),
+    (
+        "resilience_peer_heard",
+        Kind::Gauge,
+        "1 while the peer's heartbeats arrive within failover_after.",
+    ),
+    (
+        "resilience_peer_active",
+        Kind::Gauge,
+        "1 when the peer last said it serves.",
+    ),
+    (
+        "resilience_peer_last_heard_seconds",
+        Kind::Seconds,
+        "Time since the peer's last valid heartbeat.",
+    ),
+    (
+        "resilience_heartbeats_sent_total",
+        Kind::Counter,
+        "Heartbeat frames sent to the peer.",
+    ),
+    (
+        "resilience_heartbeats_received_total",
+        Kind::Counter,
+        "Valid heartbeat frames received from the peer.",
+    ),
+    (
+        "resilience_heartbeats_rejected_total",
+        Kind::Counter,
+        "Heartbeat datagrams dropped, by reason (forged, replayed, malformed...).",
+    ),
+    (
+        "resilience_api_refused_total",
+        Kind::Counter,
+        "API connections or requests refused, by reason.",
+    ),
+    (
+        "resilience_replication_refused_total",
+        Kind::Counter,
+        "Replication connections refused, by reason.",
+    ),
+    (
+        "resilience_replication_sessions_total",
+        Kind::Counter,
+        "Replication sessions ended, by job, role and result (ok or failed).",
+    ),
+    (
+        "resilience_replication_failing",
+        Kind::Gauge,
+        "1 while the last session of a replication job failed.",
+    ),
+    (
+        "resilience_replication_last_success_timestamp_seconds",
+        Kind::Seconds,
+        "Unix time of the last successful session of a replication job.",
+    ),
+    (
+        "process_open_fds",
+        Kind::Gauge,
+        "Open file descriptors of this process.",
+    ),
+    (
+        "process_max_fds",
+        Kind::Gauge,
+        "The process's limit on open file descriptors (RLIMIT_NOFILE).",
+    ),
+    (
+        "resilience_follow_node_active",
+        Kind::Gauge,
+        "1 when the linked node said it serves at the last poll.",
+    ),
+    (
+        "resilience_follow_reachable",
+        Kind::Gauge,
+        "1 while the linked node's API answers.",
+    ),
+    (
+        "resilience_follow_wanted_active",
+        Kind::Gauge,
+        "1 while the follower wants its services running.",
+    ),
+    (
+        "resilience_follow_applied_active",
+        Kind::Gauge,
+        "1 when the follower's services were last started (0: stopped).",
+    ),
+    (
+        "resilience_follow_polls_total",
+        Kind::Counter,
+        "Polls of the linked node, by result.",
+    ),
+    (
+        "resilience_follow_actions_total",
+        Kind::Counter,
+        "Service commands run by the follower, by result.",
+    ),
+    (
+        "resilience_edge_pbx_up",
+        Kind::Gauge,
+        "1 while the edge's probe of a PBX passes, by PBX.",
+    ),
+    (
+        "resilience_edge_phones",
+        Kind::Gauge,
+        "Phones the edge tracks.",
+    ),
+    (
+        "resilience_edge_phones_away",
+        Kind::Gauge,
+        "Phones served by the PBX that is not their home.",
+    ),
+    (
+        "resilience_edge_flows",
+        Kind::Gauge,
+        "Open SIP flows (UDP addresses and TCP/TLS connections) the edge relays.",
+    ),
+    (
+        "resilience_edge_calls",
+        Kind::Gauge,
+        "Calls in progress through the edge.",
+    ),
+    (
+        "resilience_edge_registers_pending",
+        Kind::Gauge,
+        "REGISTERs relayed and not yet answered.",
+    ),
+    (
+        "resilience_edge_tcp_connections",
+        Kind::Gauge,
+        "Open SIP TCP and TLS connections.",
+    ),
+    (
+        "resilience_edge_websockets",
+        Kind::Gauge,
+        "Open WebSocket connections through the web proxy.",
+    ),
+    (
+        "resilience_edge_web_upstream_available",
+        Kind::Gauge,
+        "1 while a PBX's web upstream takes requests, by PBX.",
+    ),
+    (
+        "resilience_edge_messages_total",
+        Kind::Counter,
+        "SIP messages the edge relayed or generated, by kind.",
+    ),
+    (
+        "resilience_edge_dropped_total",
+        Kind::Counter,
+        "SIP messages dropped, by reason.",
+    ),
+    (
+        "resilience_edge_connections_refused_total",
+        Kind::Counter,
+        "SIP TCP/TLS connections refused, by reason.",
+    ),
+    (
+        "resilience_edge_phones_total",
+        Kind::Counter,
+        "Phone table events (moved, returned, expired...), by event.",
+    ),
+    (
+        "resilience_edge_probe_unknown_total",
+        Kind::Counter,
+        "PBX probes without a clear answer, by PBX.",
+    ),
+    (
+        "resilience_edge_register_timeouts_total",
+        Kind::Counter,
+        "REGISTERs the PBX did not answer in time.",
+    ),
+    (
+        "resilience_edge_registers_pending_dropped_total",
+        Kind::Counter,
+        "Pending REGISTERs forgotten because the table was full.",
+    ),
+    (
+        "resilience_edge_reregisters_total",
+        Kind::Counter,
+        "REGISTERs the edge sent for a moved phone.",
+    ),
+    (
+        "resilience_edge_reregisters_ok_total",
+        Kind::Counter,
+        "REGISTERs the edge sent for a moved phone that the PBX accepted.",
+    ),
+    (
+        "resilience_edge_api_pages_refused_total",
+        Kind::Counter,
+        "Pages of the phones list refused for pacing (429).",
+    ),
+    (
+        "resilience_edge_web_requests_total",
+        Kind::Counter,
+        "HTTP requests proxied, by PBX.",
+    ),
+    (
+        "resilience_edge_web_retried_total",
+        Kind::Counter,
+        "HTTP requests retried on the other PBX, by PBX.",
+    ),
+    (
+        "resilience_edge_web_upstream_disabled_total",
+        Kind::Counter,
+        "Times a PBX's web upstream was taken out of rotation, by PBX.",
+    ),
+    (
+        "resilience_edge_websockets_idle_closed_total",
+        Kind::Counter,
+        "WebSocket connections closed for idleness.",
+    ),
+    (
+        "resilience_edge_web_refused_total",
+        Kind::Counter,
+        "Web proxy connections refused, by reason.",
+    ),
+];
+
 /// `# HELP` lines and units: what each series means, for whoever reads
 /// `/metrics` or a dashboard without the source.
 pub fn describe_all() {
-    use metrics::{describe_counter, describe_gauge, Unit};
-    describe_gauge!(
-        "resilience_info",
-        "Always 1: the role, version and node type of this process as labels."
-    );
-    describe_gauge!(
-        "resilience_active",
-        "1 while this node serves (its PBX services run as the Active node), else 0."
-    );
-    describe_gauge!(
-        "resilience_manual_mode",
-        "1 while this node is in manual mode (an admin starts and stops services)."
-    );
-    describe_counter!(
-        "resilience_transitions_total",
-        "Changes of this node's active state, by the state it changed to."
-    );
-    describe_gauge!(
-        "resilience_epoch",
-        "The pair's epoch as this node knows it (raised by every takeover)."
-    );
-    describe_gauge!(
-        "resilience_faulted",
-        "1 while this node holds off after its services failed to start."
-    );
-    describe_gauge!(
-        "resilience_pbx_up",
-        "1 while the local PBX health probe passes."
-    );
-    describe_gauge!(
-        "resilience_peer_heard",
-        "1 while the peer's heartbeats arrive within failover_after."
-    );
-    describe_gauge!(
-        "resilience_peer_active",
-        "1 when the peer last said it serves."
-    );
-    describe_gauge!(
-        "resilience_peer_last_heard_seconds",
-        Unit::Seconds,
-        "Time since the peer's last valid heartbeat."
-    );
-    describe_counter!(
-        "resilience_heartbeats_sent_total",
-        "Heartbeat frames sent to the peer."
-    );
-    describe_counter!(
-        "resilience_heartbeats_received_total",
-        "Valid heartbeat frames received from the peer."
-    );
-    describe_counter!(
-        "resilience_heartbeats_rejected_total",
-        "Heartbeat datagrams dropped, by reason (forged, replayed, malformed...)."
-    );
-    describe_counter!(
-        "resilience_api_refused_total",
-        "API connections or requests refused, by reason."
-    );
-    describe_counter!(
-        "resilience_replication_refused_total",
-        "Replication connections refused, by reason."
-    );
-    describe_counter!(
-        "resilience_replication_sessions_total",
-        "Replication sessions ended, by job, role and result (ok or failed)."
-    );
-    describe_gauge!(
-        "resilience_replication_failing",
-        "1 while the last session of a replication job failed."
-    );
-    describe_gauge!(
-        "resilience_replication_last_success_timestamp_seconds",
-        Unit::Seconds,
-        "Unix time of the last successful session of a replication job."
-    );
-    describe_gauge!("process_open_fds", "Open file descriptors of this process.");
-    describe_gauge!(
-        "process_max_fds",
-        "The process's limit on open file descriptors (RLIMIT_NOFILE)."
-    );
-    describe_gauge!(
-        "resilience_follow_node_active",
-        "1 when the linked node said it serves at the last poll."
-    );
-    describe_gauge!(
-        "resilience_follow_reachable",
-        "1 while the linked node's API answers."
-    );
-    describe_gauge!(
-        "resilience_follow_wanted_active",
-        "1 while the follower wants its services running."
-    );
-    describe_gauge!(
-        "resilience_follow_applied_active",
-        "1 when the follower's services were last started (0: stopped)."
-    );
-    describe_counter!(
-        "resilience_follow_polls_total",
-        "Polls of the linked node, by result."
-    );
-    describe_counter!(
-        "resilience_follow_actions_total",
-        "Service commands run by the follower, by result."
-    );
-    describe_gauge!(
-        "resilience_edge_pbx_up",
-        "1 while the edge's probe of a PBX passes, by PBX."
-    );
-    describe_gauge!("resilience_edge_phones", "Phones the edge tracks.");
-    describe_gauge!(
-        "resilience_edge_phones_away",
-        "Phones served by the PBX that is not their home."
-    );
-    describe_gauge!(
-        "resilience_edge_flows",
-        "Open SIP flows (UDP addresses and TCP/TLS connections) the edge relays."
-    );
-    describe_gauge!(
-        "resilience_edge_calls",
-        "Calls in progress through the edge."
-    );
-    describe_gauge!(
-        "resilience_edge_registers_pending",
-        "REGISTERs relayed and not yet answered."
-    );
-    describe_gauge!(
-        "resilience_edge_tcp_connections",
-        "Open SIP TCP and TLS connections."
-    );
-    describe_gauge!(
-        "resilience_edge_websockets",
-        "Open WebSocket connections through the web proxy."
-    );
-    describe_gauge!(
-        "resilience_edge_web_upstream_available",
-        "1 while a PBX's web upstream takes requests, by PBX."
-    );
-    describe_counter!(
-        "resilience_edge_messages_total",
-        "SIP messages the edge relayed or generated, by kind."
-    );
-    describe_counter!(
-        "resilience_edge_dropped_total",
-        "SIP messages dropped, by reason."
-    );
-    describe_counter!(
-        "resilience_edge_connections_refused_total",
-        "SIP TCP/TLS connections refused, by reason."
-    );
-    describe_counter!(
-        "resilience_edge_phones_total",
-        "Phone table events (moved, returned, expired...), by event."
-    );
-    describe_counter!(
-        "resilience_edge_probe_unknown_total",
-        "PBX probes without a clear answer, by PBX."
-    );
-    describe_counter!(
-        "resilience_edge_register_timeouts_total",
-        "REGISTERs the PBX did not answer in time."
-    );
-    describe_counter!(
-        "resilience_edge_registers_pending_dropped_total",
-        "Pending REGISTERs forgotten because the table was full."
-    );
-    describe_counter!(
-        "resilience_edge_reregisters_total",
-        "REGISTERs the edge sent for a moved phone."
-    );
-    describe_counter!(
-        "resilience_edge_reregisters_ok_total",
-        "REGISTERs the edge sent for a moved phone that the PBX accepted."
-    );
-    describe_counter!(
-        "resilience_edge_api_pages_refused_total",
-        "Pages of the phones list refused for pacing (429)."
-    );
-    describe_counter!(
-        "resilience_edge_web_requests_total",
-        "HTTP requests proxied, by PBX."
-    );
-    describe_counter!(
-        "resilience_edge_web_retried_total",
-        "HTTP requests retried on the other PBX, by PBX."
-    );
-    describe_counter!(
-        "resilience_edge_web_upstream_disabled_total",
-        "Times a PBX's web upstream was taken out of rotation, by PBX."
-    );
-    describe_counter!(
-        "resilience_edge_websockets_idle_closed_total",
-        "WebSocket connections closed for idleness."
-    );
+    for &(name, kind, help) in SERIES {
+        match kind {
+            Kind::Gauge => metrics::describe_gauge!(name, help),
+            Kind::Seconds => metrics::describe_gauge!(name, metrics::Unit::Seconds, help),
+            Kind::Counter => metrics::describe_counter!(name, help),
+        }
+    }
 }

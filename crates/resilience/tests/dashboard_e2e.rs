@@ -43,7 +43,10 @@ fn dashboard_shows_and_drives_both_nodes() {
         .env("MAIN_URL", p.url(MAIN, "/"))
         .env("STANDBY_URL", p.url(STANDBY, "/"))
         .env("TOKEN", TOKEN)
-        .env("MAIN_PID", p.nodes[MAIN].as_ref().unwrap().pid().to_string())
+        .env(
+            "MAIN_PID",
+            p.nodes[MAIN].as_ref().unwrap().pid().to_string(),
+        )
         .env("ARTIFACTS", &artifacts)
         .output()
         .expect("node (Node.js) must be installed");

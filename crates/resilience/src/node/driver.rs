@@ -364,6 +364,14 @@ async fn start_api(
     base: &Path,
     state: ApiState,
 ) -> anyhow::Result<(JoinHandle<anyhow::Result<()>>, SocketAddr)> {
+    // The API serves /metrics: what this node is, as its info series.
+    crate::metrics_export::set_info(
+        "node",
+        &[
+            ("type", cfg.node.node_type.to_string()),
+            ("name", cfg.node.name.clone()),
+        ],
+    );
     let api_listener = crate::listen_fds::tokio_tcp(cfg.api.listen)
         .await
         .with_context(|| format!("API socket {}", cfg.api.listen))?;
@@ -438,13 +446,6 @@ impl NodeDriver {
             pbx_settings,
         };
         let (api_task, api_addr) = start_api(&cfg, &base, api_state).await?;
-        crate::metrics_export::set_info(
-            "node",
-            &[
-                ("type", cfg.node.node_type.to_string()),
-                ("name", cfg.node.name.clone()),
-            ],
-        );
 
         let node = boot_core(l.settings, l.persisted, seen_at_boot)?;
         let peer_addrs = node.settings().peer_addrs.clone();

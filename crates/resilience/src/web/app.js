@@ -296,8 +296,11 @@ function renderTimeline(t) {
   $("tl-from").textContent = when(t.from_ms);
 }
 
+// A node that accepts and never answers (hung, or its socket held by
+// systemd or a test while the daemon is down) counts as unreachable after
+// 3 s, as one that refuses.
 async function getJson(path) {
-  const r = await fetch(path, { cache: "no-store" });
+  const r = await fetch(path, { cache: "no-store", signal: AbortSignal.timeout(3000) });
   if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
   return r.json();
 }
