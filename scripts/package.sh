@@ -27,7 +27,7 @@ if ! cargo deb --version >/dev/null 2>&1; then
   cargo install cargo-deb --locked --version 3.8.0
 fi
 rm -rf "$target/debian"
-cargo deb -p resilience --no-build --no-strip --output "$target/debian/"
+cargo deb -p resilience --no-build --output "$target/debian/"
 deb=$(ls "$target"/debian/resilience_*.deb)
 
 # lintian: errors and warnings fail. The package carries its overrides
