@@ -54,9 +54,17 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        write!(writer, "<{}>", priority(event.metadata().level()))?;
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
-        writeln!(writer)
+        // Formatted whole first: a message of several lines (a refused
+        // upgrade quotes check-config's output) gets the prefix on each,
+        // or journald would file the rest as info.
+        let mut text = String::new();
+        ctx.field_format()
+            .format_fields(Writer::new(&mut text), event)?;
+        let p = priority(event.metadata().level());
+        for line in text.lines() {
+            writeln!(writer, "<{p}>{line}")?;
+        }
+        Ok(())
     }
 }
 

@@ -87,6 +87,7 @@ pub fn update_metrics(s: &Snapshot, sent: u64, received: u64) {
         _ => 0.0,
     });
     metrics::gauge!("resilience_active").set(if s.active { 1.0 } else { 0.0 });
+    metrics::gauge!("resilience_takes_new_calls").set(if s.takes_new_calls { 1.0 } else { 0.0 });
     metrics::gauge!("resilience_epoch").set(s.epoch as f64);
     metrics::gauge!("resilience_faulted").set(if s.faulted { 1.0 } else { 0.0 });
     metrics::gauge!("resilience_pbx_up").set(match s.pbx {
@@ -132,6 +133,11 @@ const SERIES: &[(&str, Kind, &str)] = &[
         "resilience_active",
         Kind::Gauge,
         "1 while this node serves (its PBX services run as the Active node), else 0.",
+    ),
+    (
+        "resilience_takes_new_calls",
+        Kind::Gauge,
+        "1 while this node takes new calls (0 while it drains: calls in progress end here, new ones go to the peer).",
     ),
     (
         "resilience_manual_mode",

@@ -19,7 +19,7 @@ fn notifications(
     watchdog_usec: Option<&str>,
     enough: usize,
     after: Duration,
-) -> (bool, usize, Proc) {
+) -> (bool, usize, Vec<String>, Proc) {
     let sock_path = p
         .dir
         .path(&format!("notify-{}.sock", watchdog_usec.unwrap_or("off")));
@@ -36,7 +36,7 @@ fn notifications(
         cmd.env("WATCHDOG_USEC", u);
     }
     let node = Proc::from_child("pbx-main", cmd.spawn().unwrap());
-    let (mut ready_at, mut pings) = (None, 0);
+    let (mut ready_at, mut pings, mut periods) = (None, 0, Vec::new());
     let mut buf = [0u8; 512];
     let start = Instant::now();
     loop {
@@ -55,8 +55,13 @@ fn notifications(
             ready_at = Some(Instant::now());
         }
         pings += msg.lines().filter(|l| *l == "WATCHDOG=1").count();
+        periods.extend(
+            msg.lines()
+                .filter(|l| l.starts_with("WATCHDOG_USEC="))
+                .map(str::to_owned),
+        );
     }
-    (ready_at.is_some(), pings, node)
+    (ready_at.is_some(), pings, periods, node)
 }
 
 #[test]
@@ -64,16 +69,24 @@ fn the_node_pings_systemds_watchdog_from_its_loop() {
     let _g = serial();
     let p = Pair::new("watchdog", "automatic", "policy = \"immediate\"", false);
     // A 400 ms watchdog: a ping at least every 200 ms while the loop runs.
-    let (ready, pings, mut node) = notifications(&p, Some("400000"), 10, Duration::from_secs(20));
+    let (ready, pings, periods, mut node) = notifications(&p, Some("400000"), 10, Duration::from_secs(20));
     assert!(ready, "no READY=1\n{}", p.logs());
     assert!(
         pings >= 10,
         "only {pings} WATCHDOG=1 within 20 s\n{}",
         p.logs()
     );
+    // The start asks for a longer period (status commands, the database),
+    // then the loop gives back the unit's own.
+    assert_eq!(
+        periods,
+        ["WATCHDOG_USEC=120000000", "WATCHDOG_USEC=400000"],
+        "{}",
+        p.logs()
+    );
     node.kill();
     // Without WATCHDOG_USEC (no WatchdogSec=), no ping at all.
-    let (ready, pings, mut node) = notifications(&p, None, 1, Duration::from_secs(2));
+    let (ready, pings, _, mut node) = notifications(&p, None, 1, Duration::from_secs(2));
     node.kill();
     assert!(ready, "no READY=1\n{}", p.logs());
     assert_eq!(pings, 0, "pinged a watchdog nobody asked for");

@@ -313,6 +313,13 @@ pub struct ApiSection {
     pub hosts: Vec<String>,
 }
 
+/// Whether `[table]` of `src` has `key` (any value).
+fn has_key(src: &str, table: &str, key: &str) -> bool {
+    toml_edit::Document::parse(src)
+        .ok()
+        .is_some_and(|d| d.as_item().get(table).and_then(|t| t.get(key)).is_some())
+}
+
 fn default_node_type() -> NodeType {
     NodeType::Disabled
 }
@@ -454,7 +461,19 @@ impl Default for ApiSection {
 impl NodeConfig {
     /// Parse and validate the text of a configuration file named `file`.
     pub fn parse(file: &str, src: &str) -> Result<NodeConfig, ConfigError> {
-        parse_file(file, src, NodeConfig::validate)
+        let cfg = parse_file(file, src, NodeConfig::validate)?;
+        // `disabled` by default, but a file that names a peer is a pair
+        // member's that lost its type: running it standalone could leave
+        // no node serving, or two. Say so rather than guess.
+        if cfg.peer.is_some() && !has_key(src, "node", "type") {
+            return Err(ConfigError {
+                file: file.to_owned(),
+                line: locate(src, "node").map(|o| line_of(src, o)),
+                key: Some("node.type".into()),
+                message: "missing: this file has a [peer], so say type = \"main\" or \"standby\" (or \"disabled\" and remove [peer] to leave the pair)".into(),
+            });
+        }
+        Ok(cfg)
     }
 
     /// Checks across keys that serde cannot express. Returns the key to blame.
@@ -1002,15 +1021,12 @@ stop = "systemctl stop xivo-ctid"
     fn a_node_without_a_type_is_disabled() {
         let c = NodeConfig::parse("node.toml", "[node]\nname = \"a\"\n").unwrap();
         assert_eq!(c.node.node_type, NodeType::Disabled);
-        // A file with [peer] but no type does not join the pair silently.
+        // A file with [peer] but no type is refused: it was a pair
+        // member's, and running it standalone could leave none serving.
         let src = "[node]\nname = \"a\"\n[peer]\nname = \"b\"\naddress = \"127.0.0.1:7400\"\n";
-        let c = NodeConfig::parse("node.toml", src).unwrap();
-        assert_eq!(c.node.node_type, NodeType::Disabled);
-        let w = c.warnings("node.toml", src);
-        assert!(
-            w.iter().any(|w| w.key.as_deref() == Some("node.type")),
-            "{w:?}"
-        );
+        let e = NodeConfig::parse("node.toml", src).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("node.type"), "{e}");
+        assert_eq!(e.line, Some(1), "{e}");
     }
 
     #[test]

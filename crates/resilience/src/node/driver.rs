@@ -32,6 +32,25 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
+/// How long the start may take before the loop pings (status commands,
+/// PBX settings, the database), told to systemd at start and before an
+/// upgrade's re-exec; the loop then restores the unit's `WatchdogSec=`.
+const STARTUP_WATCHDOG: Duration = Duration::from_secs(120);
+
+/// Give the start [`STARTUP_WATCHDOG`] under systemd's watchdog.
+pub(super) fn watchdog_startup() {
+    let mut usec = 0;
+    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+        let _ = sd_notify::notify(
+            false,
+            &[
+                sd_notify::NotifyState::WatchdogUsec(STARTUP_WATCHDOG.as_micros() as u32),
+                sd_notify::NotifyState::Watchdog,
+            ],
+        );
+    }
+}
+
 /// When the next `WATCHDOG=1` is due: every half of systemd's period.
 struct Watchdog {
     every: Duration,
@@ -47,6 +66,11 @@ impl Watchdog {
         }
         let every = Duration::from_micros(usec) / 2;
         tracing::info!("systemd watchdog: a ping every {every:?}");
+        // The unit's period again, after the start's longer one.
+        let _ = sd_notify::notify(
+            false,
+            &[sd_notify::NotifyState::WatchdogUsec(usec.min(u32::MAX as u64) as u32)],
+        );
         Some(Watchdog {
             every,
             next: Instant::now(),

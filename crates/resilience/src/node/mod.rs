@@ -37,6 +37,7 @@ struct Counters {
 
 /// Run the daemon until SIGINT/SIGTERM.
 pub async fn run(config: &Path) -> anyhow::Result<()> {
+    driver::watchdog_startup();
     let (driver, _handle) = NodeDriver::new(config).await?;
     driver.run().await
 }
@@ -90,6 +91,9 @@ async fn restart_check(exe: &Path, config: &Path) -> Result<(), RestartCheckErro
 /// the new process binds its sockets again, but for those handed over at
 /// start (`listen_fds`), handed on. Returns only on failure.
 fn reexec(exe: &Path) -> std::io::Error {
+    // systemd's watchdog stays armed across exec (same pid): the new
+    // process's start must not count as a stuck loop.
+    driver::watchdog_startup();
     let mut cmd = std::process::Command::new(exe);
     cmd.args(std::env::args_os().skip(1));
     crate::listen_fds::exec_keeping_sockets(cmd)

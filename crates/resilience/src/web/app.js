@@ -189,15 +189,24 @@ function render(s) {
 // change of state and its reason, the steps folded beneath it. Events
 // outside a transition stay one row each. `events` is newest first.
 const STABLE = new Set(["active", "inactive"]);
+// Worth a line of their own even inside a transition: what went wrong.
+const LOUD = new Set(["start_failed", "stop_failed", "faulted", "failback_data_failed", "split_brain", "action_failed", "command_refused"]);
 function groupEvents(events) {
   const rows = [];
   let cur = null;
   for (const e of [...(events || [])].reverse()) {
+    // A restart ends whatever transition the node was in (a crash, a kill).
+    if (e.kind === "booted") cur = null;
+    if (LOUD.has(e.kind)) {
+      rows.push({ at_ms: e.at_ms, event: e, loud: true });
+      if (cur) cur.steps.push(e);
+      continue;
+    }
     const m = e.kind === "status" ? /^status (\w+) -> (\w+)/.exec(e.text) : null;
     if (m && !cur && STABLE.has(m[1])) {
       cur = { at_ms: e.at_ms, from: m[1], to: null, head: null, steps: [] };
       // The cause logged in the same instant, just before the first step.
-      while (rows.length && !rows[rows.length - 1].steps && e.at_ms - rows[rows.length - 1].at_ms <= 100) {
+      while (rows.length && !rows[rows.length - 1].steps && !rows[rows.length - 1].loud && e.at_ms - rows[rows.length - 1].at_ms <= 100) {
         cur.steps.unshift(rows.pop().event);
       }
       rows.push(cur);
@@ -237,6 +246,7 @@ function renderEvents(events) {
       tr.className = "transition";
     } else {
       td.textContent = r.event.text;
+      if (r.loud) tr.className = "loud";
     }
     tr.append(td);
     table.append(tr);
@@ -299,13 +309,25 @@ function renderTimeline(t) {
 // A node that accepts and never answers (hung, or its socket held by
 // systemd or a test while the daemon is down) counts as unreachable after
 // 3 s, as one that refuses.
+function timeout(ms) {
+  if (AbortSignal.timeout) return AbortSignal.timeout(ms);
+  const c = new AbortController();
+  setTimeout(() => c.abort(), ms);
+  return c.signal;
+}
+
 async function getJson(path) {
-  const r = await fetch(path, { cache: "no-store", signal: AbortSignal.timeout(3000) });
+  const r = await fetch(path, { cache: "no-store", signal: timeout(3000) });
   if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
   return r.json();
 }
 
+// One refresh at a time: against a slow node, a late answer must not
+// overwrite a newer one, nor an old timeout a fresh success.
+let refreshing = false;
 async function refresh() {
+  if (refreshing) return;
+  refreshing = true;
   try {
     render(await getJson("/api/v1/status"));
     renderEvents((await getJson("/api/v1/events?limit=40")).events);
@@ -314,6 +336,8 @@ async function refresh() {
     // Not the last badge: a node that does not answer may not serve.
     badge("node-status", "Unreachable", "stale");
     $("updated").textContent = `node unreachable (${e.message}) — below, the last known state`;
+  } finally {
+    refreshing = false;
   }
 }
 
