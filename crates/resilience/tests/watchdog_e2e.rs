@@ -69,7 +69,8 @@ fn the_node_pings_systemds_watchdog_from_its_loop() {
     let _g = serial();
     let p = Pair::new("watchdog", "automatic", "policy = \"immediate\"", false);
     // A 400 ms watchdog: a ping at least every 200 ms while the loop runs.
-    let (ready, pings, periods, mut node) = notifications(&p, Some("400000"), 10, Duration::from_secs(20));
+    let (ready, pings, periods, mut node) =
+        notifications(&p, Some("400000"), 10, Duration::from_secs(20));
     assert!(ready, "no READY=1\n{}", p.logs());
     assert!(
         pings >= 10,

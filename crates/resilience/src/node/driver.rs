@@ -69,7 +69,9 @@ impl Watchdog {
         // The unit's period again, after the start's longer one.
         let _ = sd_notify::notify(
             false,
-            &[sd_notify::NotifyState::WatchdogUsec(usec.min(u32::MAX as u64) as u32)],
+            &[sd_notify::NotifyState::WatchdogUsec(
+                usec.min(u32::MAX as u64) as u32,
+            )],
         );
         Some(Watchdog {
             every,
