@@ -8,22 +8,10 @@ use crate::secret::SecretError;
 use resilience_core::config::edge::EdgeConfig;
 use resilience_core::config::follow::FollowConfig;
 use resilience_core::config::NodeConfig;
+use resilience_core::types::human as dur;
 use resilience_core::ClusterKey;
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
-
-/// A duration as the config writes it: "200ms", "3s", "10m", "1h".
-fn dur(d: Duration) -> String {
-    let ms = d.as_millis();
-    match ms {
-        0 => "0s".into(),
-        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
-        _ if ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
-        _ if ms.is_multiple_of(1_000) => format!("{}s", ms / 1_000),
-        _ => format!("{ms}ms"),
-    }
-}
 
 /// Whether the file has a top-level `[name]` table.
 fn has_table(text: &str, name: &str) -> bool {
